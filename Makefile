@@ -1,0 +1,52 @@
+# The README's commands. `make book` builds the website; `make test` runs every test.
+# Both create the virtual environment .venv on first use.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+BOOK_FLAGS  := -W -n --keep-going
+
+.PHONY: venv book test sync student lab browser clean help
+
+help:
+	@echo "make book     build the website into _build/html (executes every chapter)"
+	@echo "make test     run every test: package, chapters (nbval), pairs, website build, browser"
+	@echo "make sync     pair each notebooks/*.md with its .ipynb and stamp the setup cells"
+	@echo "make student  write student notebooks (solutions removed) into student/"
+	@echo "make lab      open the chapters in JupyterLab"
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -e ".[book,test]" 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
+	$(BIN)/python -c "import mpcourse, jupyter_book, nbval, playwright"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+book: $(STAMP)
+	$(BIN)/jupyter-book build . --toc book/_toc.yml $(BOOK_FLAGS)
+
+# The smallest problem sizes, so each chapter runs in well under a minute on two CPU cores.
+test: $(STAMP) browser
+	MPCOURSE_PROFILE=ci $(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider
+
+sync: $(STAMP)
+	$(BIN)/python -m mpcourse.authoring sync
+
+student: $(STAMP)
+	$(BIN)/mpcourse student student/
+
+lab: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[book,test,lab]"
+	$(BIN)/jupyter lab notebooks/
+
+# Headless Chromium for the browser test of the website: Debian's package, never a downloaded browser.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  echo "installing Debian's chromium for the browser test"; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+
+clean:
+	rm -rf _build student

@@ -1,0 +1,176 @@
+"""Tools for course authors: keep chapter pairs in sync and every chapter's setup cell identical.
+
+Each chapter is ``notebooks/SLUG.md`` (MyST markdown, the file people edit) paired by jupytext with
+``notebooks/SLUG.ipynb`` (committed without outputs, so Colab and the website can open it). Every
+chapter opens with the same two cells: an "Open in Colab" link (markdown cell tagged
+``mpcourse-badge``) and the setup cell (code cell tagged ``mpcourse-setup``). Both are generated
+from the repository address in ``_config.yml`` (the one place it is written) and the package
+version (the pinned ref Colab installs from), so they never drift apart.
+
+Run ``python -m mpcourse.authoring sync`` (``make sync``) after editing; ``check`` lists problems.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+from pathlib import Path
+
+import jupytext
+import nbformat
+
+from . import __version__
+
+ROOT = Path(__file__).resolve().parent.parent
+BADGE_TAG = "mpcourse-badge"
+SETUP_TAG = "mpcourse-setup"
+
+SETUP_TEMPLATE = """\
+# Setup, the same in every chapter. On Colab it installs the course package (pinned, --no-deps:
+# Colab's own torch, plotly and ipywidgets stay); everywhere it reports what this machine runs
+# natively, emulated, or not at all, and which problem-size profile is active.
+import sys
+
+if "google.colab" in sys.modules:
+    %pip install --quiet --no-deps "mpcourse @ git+{repository}@{ref}"
+
+import mpcourse
+
+caps = mpcourse.setup()"""
+
+BADGE_TEMPLATE = (
+    "[Open this chapter in Colab]({colab}) (free T4 GPU) or run it on your own machine; "
+    "it adapts to whatever hardware it finds."
+)
+
+
+def course_config(root: Path = ROOT) -> dict[str, str]:
+    """Repository address, branch and pinned ref, read from ``_config.yml`` and the package version."""
+    import yaml
+
+    with open(root / "_config.yml", encoding="utf-8") as f:
+        config = yaml.safe_load(f)
+    repo = config["repository"]
+    url = repo["url"].rstrip("/")
+    if not url.startswith("https://github.com/"):
+        raise ValueError(f"_config.yml repository.url must be a GitHub address, got {url!r}")
+    return {"repository": url, "branch": repo.get("branch", "main"), "ref": f"v{__version__}"}
+
+
+def setup_source(root: Path = ROOT) -> str:
+    """The setup cell every chapter must carry."""
+    cfg = course_config(root)
+    return SETUP_TEMPLATE.format(repository=cfg["repository"], ref=cfg["ref"])
+
+
+def badge_source(slug: str, root: Path = ROOT) -> str:
+    """The "Open in Colab" cell of chapter ``slug``."""
+    cfg = course_config(root)
+    path = cfg["repository"].removeprefix("https://github.com/")
+    colab = f"https://colab.research.google.com/github/{path}/blob/{cfg['branch']}/notebooks/{slug}.ipynb"
+    return BADGE_TEMPLATE.format(colab=colab)
+
+
+def chapters(root: Path = ROOT) -> list[Path]:
+    """The MyST sources of every chapter."""
+    return sorted((root / "notebooks").glob("*.md"))
+
+
+def _tagged(nb: nbformat.NotebookNode, tag: str) -> list[nbformat.NotebookNode]:
+    return [c for c in nb.cells if tag in c.get("metadata", {}).get("tags", [])]
+
+
+def stamp(md: Path, root: Path = ROOT) -> bool:
+    """Rewrite the badge and setup cells of one chapter source; True if the file changed."""
+    nb = jupytext.read(md)
+    badge, setup = _tagged(nb, BADGE_TAG), _tagged(nb, SETUP_TAG)
+    if len(badge) != 1 or len(setup) != 1:
+        raise ValueError(
+            f"{md}: expected one markdown cell tagged {BADGE_TAG!r} and one code cell tagged "
+            f"{SETUP_TAG!r}, found {len(badge)} and {len(setup)}"
+        )
+    new_badge, new_setup = badge_source(md.stem, root), setup_source(root)
+    if badge[0].source == new_badge and setup[0].source == new_setup:
+        return False
+    badge[0].source, setup[0].source = new_badge, new_setup
+    jupytext.write(nb, md, fmt="md:myst")
+    return True
+
+
+def _clean(nb: nbformat.NotebookNode) -> None:
+    """Drop outputs, execution counts and saved widget state (the website build executes afresh).
+
+    Cell ids are derived from the cell's content, so re-syncing an unchanged chapter rewrites nothing
+    and editing one cell changes one id.
+    """
+    nb.metadata.pop("widgets", None)
+    seen: dict[str, int] = {}
+    for cell in nb.cells:
+        digest = hashlib.sha1(f"{cell.cell_type}\n{cell.source}".encode()).hexdigest()[:12]
+        seen[digest] = seen.get(digest, 0) + 1
+        cell.id = digest if seen[digest] == 1 else f"{digest}-{seen[digest]}"
+        if cell.cell_type == "code":
+            cell.outputs = []
+            cell.execution_count = None
+
+
+def sync(root: Path = ROOT) -> list[Path]:
+    """Stamp every chapter and write its paired, output-free ``.ipynb``; returns the files changed."""
+    changed = []
+    for md in chapters(root):
+        if stamp(md, root):
+            changed.append(md)
+        nb = jupytext.read(md)
+        nb.metadata.setdefault("jupytext", {})["formats"] = "ipynb,md:myst"
+        _clean(nb)
+        target = md.with_suffix(".ipynb")
+        text = jupytext.writes(nb, fmt="ipynb")
+        if not target.exists() or target.read_text(encoding="utf-8") != text:
+            target.write_text(text, encoding="utf-8")
+            changed.append(target)
+    return changed
+
+
+def problems(root: Path = ROOT) -> list[str]:
+    """What is out of order in the chapter pairs (empty when all is well)."""
+    found = []
+    for md in chapters(root):
+        ipynb = md.with_suffix(".ipynb")
+        if not ipynb.exists():
+            found.append(f"{md.name} has no paired {ipynb.name}: run `make sync`")
+            continue
+        source, paired = jupytext.read(md), nbformat.read(ipynb, as_version=4)
+        if [c.source.strip() for c in source.cells] != [c.source.strip() for c in paired.cells]:
+            found.append(f"{md.name} and {ipynb.name} differ: run `make sync` and commit both")
+        if any(c.get("outputs") for c in paired.cells if c.cell_type == "code"):
+            found.append(f"{ipynb.name} carries outputs: run `make sync` (notebooks are committed output-free)")
+        if "widgets" in paired.metadata:
+            found.append(f"{ipynb.name} carries metadata.widgets: run `make sync`")
+        badge, setup = _tagged(source, BADGE_TAG), _tagged(source, SETUP_TAG)
+        if [c.source for c in badge] != [badge_source(md.stem, root)] or [c.source for c in setup] != [
+            setup_source(root)
+        ]:
+            found.append(f"{md.name}: the badge or setup cell is missing or differs from the template: run `make sync`")
+    for ipynb in sorted((root / "notebooks").glob("*.ipynb")):
+        if not ipynb.with_suffix(".md").exists():
+            found.append(f"{ipynb.name} has no paired .md source")
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mpcourse.authoring", description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=["sync", "check"], help="sync: stamp and pair; check: list problems")
+    args = parser.parse_args(argv)
+    if args.command == "sync":
+        for path in sync():
+            print(f"updated {path.relative_to(ROOT)}")
+        return 0
+    found = problems()
+    for line in found:
+        print(line, file=sys.stderr)
+    return 1 if found else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""The ``mpcourse`` command: student notebooks and the environment report."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _student(args: argparse.Namespace) -> int:
+    from .student import write_student_notebooks
+
+    for path in write_student_notebooks(Path(args.source), Path(args.outdir), nbgrader=args.nbgrader):
+        print(f"wrote {path}")
+    return 0
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    import importlib.metadata as md
+
+    from . import report
+
+    print(report())
+    print("packages:")
+    for name in ("numpy", "plotly", "ipywidgets", "tqdm", "pandas", "datasets", "ml_dtypes", "jupyter-book"):
+        try:
+            version = md.version(name)
+        except md.PackageNotFoundError:
+            version = "not installed"
+        print(f"  {name:<12}  {version}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mpcourse", description="Mixed-precision course helper.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    student = sub.add_parser("student", help="write student notebooks (reference solutions removed)")
+    student.add_argument("outdir", help="folder to write the student notebooks into")
+    student.add_argument("--source", default="notebooks", help="folder of instructor notebooks (default: notebooks)")
+    student.add_argument(
+        "--nbgrader",
+        action="store_true",
+        help="write nbgrader source notebooks instead (markers kept, nbgrader cell metadata added)",
+    )
+    student.set_defaults(run=_student)
+    doctor = sub.add_parser("doctor", help="print the device, precision support and package versions")
+    doctor.set_defaults(run=_doctor)
+    args = parser.parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

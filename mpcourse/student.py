@@ -1,0 +1,178 @@
+"""Student notebooks: the chapters with every reference solution removed.
+
+The chapters follow nbgrader's convention. A reference solution is the body of a function,
+between ``### BEGIN SOLUTION`` and ``### END SOLUTION`` lines; the student version replaces it with
+a stub, at the same indentation, that raises ``NotImplementedError``, so the function still
+defines and its check cell reports "not done yet". Solution prose sits in sphinx-exercise
+directives, each in a markdown cell of its own: ``{solution}`` (a whole solution) or the gated
+``{solution-start}`` ... ``{solution-end}`` pair around code cells. Those markdown cells, and any
+markdown between a start and its end, are dropped; code cells are kept with their stubs.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import nbformat
+
+BEGIN = "### BEGIN SOLUTION"
+END = "### END SOLUTION"
+STUB = "# YOUR CODE HERE\nraise NotImplementedError()"
+
+_DIRECTIVE = re.compile(r"^\s*(?::{3,}|`{3,})\{(solution|solution-start|solution-end)\}", re.MULTILINE)
+
+
+class SolutionMarkupError(ValueError):
+    """The solution markers of a notebook are malformed (unbalanced, nested, or not in a function)."""
+
+
+def strip_solutions(source: str, where: str = "cell") -> str:
+    """Replace every marked solution block in ``source`` with an indented stub."""
+    out: list[str] = []
+    indent: str | None = None
+    for number, line in enumerate(source.splitlines(), start=1):
+        stripped = line.strip()
+        if stripped == BEGIN:
+            if indent is not None:
+                raise SolutionMarkupError(f"{where}, line {number}: {BEGIN} inside another solution block")
+            indent = line[: len(line) - len(line.lstrip())]
+            if not indent:
+                raise SolutionMarkupError(
+                    f"{where}, line {number}: a solution must be the body of a function (indented), "
+                    "so the student's stub raises only when the function is called"
+                )
+            out.extend(indent + stub_line for stub_line in STUB.splitlines())
+        elif stripped == END:
+            if indent is None:
+                raise SolutionMarkupError(f"{where}, line {number}: {END} without {BEGIN}")
+            indent = None
+        elif indent is None:
+            out.append(line)
+    if indent is not None:
+        raise SolutionMarkupError(f"{where}: {BEGIN} without {END}")
+    return "\n".join(out)
+
+
+def solution_lines(source: str) -> list[str]:
+    """The lines between solution markers (what must not reach a student)."""
+    lines, inside = [], False
+    for line in source.splitlines():
+        if line.strip() == BEGIN:
+            inside = True
+        elif line.strip() == END:
+            inside = False
+        elif inside:
+            lines.append(line)
+    return lines
+
+
+_CHECK_CALL = re.compile(r"\bcheck\(\s*[\"']([\w-]+)[\"']")
+_LABEL = re.compile(r"^:label:[ \t]*(\S+)|\{(?:solution-start|solution)\}[ \t]+(\S+)", re.MULTILINE)
+
+
+def student_notebook(
+    nb: nbformat.NotebookNode, name: str = "notebook", *, nbgrader: bool = False
+) -> nbformat.NotebookNode:
+    """A copy of instructor notebook ``nb`` with solutions removed (see the module docstring).
+
+    With ``nbgrader=True`` the result is instead an nbgrader *source* notebook: solution prose is
+    dropped, the solution markers stay for ``nbgrader generate_assignment`` to strip, and cells
+    carry nbgrader's metadata (schema 3): solution cells are autograded answers, check cells are
+    autograder tests worth one point each.
+    """
+    out = nbformat.v4.new_notebook(metadata=dict(nb.metadata))
+    if not nbgrader:
+        out.metadata["mpcourse"] = {"student": True}
+        out.cells.append(
+            nbformat.v4.new_markdown_cell(
+                "*Student version: the reference solutions are removed. Complete each function marked "
+                "`# YOUR CODE HERE`, then run the check cell below it.*"
+            )
+        )
+    in_gate = False
+    label = None
+    for index, cell in enumerate(nb.cells):
+        where = f"{name}, cell {index}"
+        if cell.cell_type == "markdown":
+            found = _LABEL.search(cell.source)
+            if found:
+                label = found.group(1) or found.group(2)
+            kinds = _DIRECTIVE.findall(cell.source)
+            if kinds:
+                if len(kinds) > 1 or not _is_single_directive(cell.source):
+                    raise SolutionMarkupError(f"{where}: a solution directive must be alone in its markdown cell")
+                kind = kinds[0]
+                if kind == "solution-start":
+                    if in_gate:
+                        raise SolutionMarkupError(f"{where}: solution-start inside another solution")
+                    in_gate = True
+                elif kind == "solution-end":
+                    if not in_gate:
+                        raise SolutionMarkupError(f"{where}: solution-end without solution-start")
+                    in_gate = False
+                continue
+            if in_gate:
+                continue
+            out.cells.append(nbformat.v4.new_markdown_cell(cell.source, metadata=dict(cell.metadata)))
+        elif cell.cell_type == "code":
+            metadata = dict(cell.metadata)
+            has_solution = bool(solution_lines(cell.source))
+            if nbgrader:
+                strip_solutions(cell.source, where)  # validates the markers
+                source = cell.source
+                checked = _CHECK_CALL.search(cell.source)
+                if has_solution:
+                    metadata["nbgrader"] = _nbgrader_meta(f"{label or 'exercise'}-answer-{index}", solution=True)
+                elif checked:
+                    metadata["nbgrader"] = _nbgrader_meta(f"{checked.group(1)}-check", grade=True)
+            else:
+                source = strip_solutions(cell.source, where)
+            out.cells.append(nbformat.v4.new_code_cell(source, metadata=metadata))
+        else:
+            out.cells.append(nbformat.v4.new_raw_cell(cell.source, metadata=dict(cell.metadata)))
+    if in_gate:
+        raise SolutionMarkupError(f"{name}: solution-start without solution-end")
+    return out
+
+
+def _nbgrader_meta(grade_id: str, *, solution: bool = False, grade: bool = False) -> dict[str, object]:
+    meta: dict[str, object] = {
+        "grade": grade,
+        "grade_id": grade_id,
+        "locked": grade,
+        "schema_version": 3,
+        "solution": solution,
+        "task": False,
+    }
+    if grade:
+        meta["points"] = 1
+    return meta
+
+
+def _is_single_directive(source: str) -> bool:
+    """True when the cell holds one fenced directive and nothing outside the fence."""
+    text = source.strip()
+    match = re.match(r"^(:{3,}|`{3,})", text)
+    return bool(match) and text.rstrip().endswith(match.group(1)) and text.count(match.group(1)) == 2
+
+
+def write_student_notebooks(source_dir: Path, out_dir: Path, *, nbgrader: bool = False) -> list[Path]:
+    """Write the student (or, with ``nbgrader``, nbgrader source) version of every chapter."""
+    source_dir, out_dir = Path(source_dir), Path(out_dir)
+    notebooks = sorted(source_dir.glob("*.ipynb"))
+    if not notebooks:
+        raise FileNotFoundError(
+            f"no chapter notebooks (*.ipynb) in {source_dir}; run this from the course repository's root "
+            "or pass --source with the folder that holds them"
+        )
+    if out_dir.resolve() == source_dir.resolve():
+        raise ValueError("the output folder must differ from the source folder (the chapters would be overwritten)")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for path in notebooks:
+        nb = nbformat.read(path, as_version=4)
+        target = out_dir / path.name
+        nbformat.write(student_notebook(nb, path.name, nbgrader=nbgrader), target)
+        written.append(target)
+    return written

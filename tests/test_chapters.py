@@ -1,0 +1,90 @@
+"""Chapter pairs, the shared setup cell, and what every chapter must contain."""
+
+from __future__ import annotations
+
+import re
+import sys
+import types
+
+import jupytext
+import pytest
+import yaml
+from IPython.core.interactiveshell import InteractiveShell
+
+from conftest import ROOT
+from mpcourse import authoring
+from mpcourse.exercises import labels
+
+SOURCES = authoring.chapters(ROOT)
+TOC = yaml.safe_load((ROOT / "book" / "_toc.yml").read_text())
+
+
+def toc_files() -> list[str]:
+    return [entry["file"] for part in TOC["parts"] for entry in part["chapters"]]
+
+
+def test_pairs_are_in_sync_output_free_and_stamped() -> None:
+    assert SOURCES, "no chapters found"
+    assert authoring.problems(ROOT) == []
+
+
+def test_every_chapter_is_in_the_table_of_contents() -> None:
+    listed = set(toc_files())
+    for md in SOURCES:
+        assert f"notebooks/{md.stem}" in listed, f"{md.name} is not in book/_toc.yml"
+
+
+def test_repository_address_is_written_once() -> None:
+    url = authoring.course_config(ROOT)["repository"]
+    holders = [
+        p.relative_to(ROOT).as_posix()
+        for p in [*ROOT.glob("*.*"), *ROOT.glob("book/**/*"), *ROOT.glob("mpcourse/**/*.py")]
+        if p.is_file() and p.suffix not in {".ipynb"} and url in p.read_text(errors="ignore")
+    ]
+    assert holders == ["_config.yml"], holders
+
+
+@pytest.mark.parametrize("md", SOURCES, ids=lambda p: p.stem)
+def test_chapter_structure(md) -> None:
+    """Objectives first, then the badge and setup cell, exercises with checks, and a summary."""
+    nb = jupytext.read(md)
+    text = md.read_text()
+    assert nb.cells[0].source.startswith("# "), "a chapter starts with its title"
+    assert "**In this chapter you will**" in text, "learning objectives at the top"
+    assert "## Summary" in text
+    exercises = re.findall(r":::\{exercise\}\n:label: (\S+)", text)
+    checked = re.findall(r'check\("([\w-]+)"', text)
+    assert exercises, "every chapter has exercises"
+    assert sorted(exercises) == sorted(set(exercises)), "exercise labels are unique"
+    assert set(exercises) <= set(checked), f"exercises without a check cell: {set(exercises) - set(checked)}"
+    assert set(exercises) == set(labels(md.stem)), "every exercise has a registered check, and vice versa"
+
+
+def run_setup_cell(colab: bool, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Run the setup cell in a fresh IPython shell, recording what %pip was asked to do."""
+    if colab:
+        monkeypatch.setitem(sys.modules, "google", types.ModuleType("google"))
+        monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    else:
+        monkeypatch.delitem(sys.modules, "google.colab", raising=False)
+    calls: list[str] = []
+    shell = InteractiveShell()
+    shell.register_magic_function(lambda line: calls.append(line), "line", "pip")
+    result = shell.run_cell(authoring.setup_source(ROOT))
+    assert result.success, result.error_in_exec
+    return calls
+
+
+def test_setup_cell_on_colab_installs_the_pinned_package_without_dependencies(monkeypatch) -> None:
+    calls = run_setup_cell(colab=True, monkeypatch=monkeypatch)
+    assert len(calls) == 1
+    cfg = authoring.course_config(ROOT)
+    assert "--no-deps" in calls[0].split()
+    assert f"mpcourse @ git+{cfg['repository']}@{cfg['ref']}" in calls[0]
+    assert re.fullmatch(r"v\d+\.\d+\.\d+", cfg["ref"]), "the ref is a pinned release tag"
+
+
+def test_setup_cell_outside_colab_installs_nothing(monkeypatch, capsys) -> None:
+    assert run_setup_cell(colab=False, monkeypatch=monkeypatch) == []
+    report = capsys.readouterr().out
+    assert "mpcourse" in report and "fp8" in report and "profile" in report

@@ -1,0 +1,39 @@
+"""The mpcourse command."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+from mpcourse.cli import main
+
+
+def test_doctor_reports_device_and_packages(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["doctor"]) == 0
+    out = capsys.readouterr().out
+    for word in ("torch", "bf16", "fp8", "profile", "plotly", "ipywidgets"):
+        assert word in out
+
+
+def test_student_writes_one_notebook_per_chapter(tmp_path, capsys) -> None:
+    assert main(["student", str(tmp_path), "--source", str(ROOT / "notebooks")]) == 0
+    written = sorted(p.name for p in tmp_path.glob("*.ipynb"))
+    assert written == sorted(p.name for p in (ROOT / "notebooks").glob("*.ipynb"))
+
+
+def test_student_without_chapters_says_where_to_run(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="course repository's root"):
+        main(["student", str(tmp_path / "out"), "--source", str(tmp_path)])
+
+
+def test_student_refuses_to_overwrite_the_chapters() -> None:
+    with pytest.raises(ValueError, match="must differ"):
+        main(["student", str(ROOT / "notebooks"), "--source", str(ROOT / "notebooks")])
+
+
+def test_help_lists_the_commands() -> None:
+    out = subprocess.run([sys.executable, "-m", "mpcourse.cli", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "student" in out.stdout and "doctor" in out.stdout

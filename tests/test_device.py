@@ -1,0 +1,88 @@
+"""mpcourse.device: presets, detection and the per-precision verdicts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mpcourse import device
+
+
+def verdicts(preset: str) -> dict[str, str]:
+    return {p: s.status for p, s in device.precision_support(device.capabilities(preset=preset)).items()}
+
+
+def test_cpu_preset_emulates_everything_narrow() -> None:
+    assert verdicts("cpu") == {
+        "fp32": "native", "tf32": "unavailable", "fp16": "emulated", "bf16": "emulated", "fp8": "emulated"
+    }
+
+
+def test_cpu_with_amx_runs_bf16_natively() -> None:
+    assert verdicts("cpu_amx")["bf16"] == "native"
+
+
+def test_t4_has_fp16_tensor_cores_but_only_emulated_bf16_and_no_fp8() -> None:
+    caps = device.capabilities(preset="t4")
+    assert caps.sm == "sm_75"
+    assert verdicts("t4") == {
+        "fp32": "native", "tf32": "unavailable", "fp16": "native", "bf16": "emulated", "fp8": "emulated"
+    }
+    # The verdict explains the trap rather than trusting is_bf16_supported().
+    assert "is_bf16_supported" in device.precision_support(caps)["bf16"].reason
+
+
+def test_a100_has_bf16_and_tf32_but_no_fp8() -> None:
+    assert verdicts("a100") == {
+        "fp32": "native", "tf32": "native", "fp16": "native", "bf16": "native", "fp8": "emulated"
+    }
+
+
+@pytest.mark.parametrize("preset, sm", [("l4", "sm_89"), ("h100", "sm_90"), ("h200", "sm_90")])
+def test_ada_and_hopper_run_fp8_natively(preset: str, sm: str) -> None:
+    assert device.capabilities(preset=preset).sm == sm
+    assert set(verdicts(preset).values()) == {"native"}
+
+
+def test_presets_are_case_insensitive() -> None:
+    assert device.capabilities(preset="H100") == device.capabilities(preset="h100")
+
+
+def test_unknown_preset_lists_the_accepted_names() -> None:
+    with pytest.raises(ValueError) as err:
+        device.capabilities(preset="v100")
+    for name in ("a100", "cpu", "h100", "l4", "t4"):
+        assert name in str(err.value)
+
+
+def test_unknown_kind_lists_the_accepted_kinds() -> None:
+    with pytest.raises(ValueError, match="'cpu', 'cuda', 'mps'"):
+        device.capabilities(kind="tpu")
+
+
+def test_preset_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MPCOURSE_DEVICE_PRESET", "l4")
+    assert device.capabilities().name == "NVIDIA L4"
+
+
+def test_this_machine_is_detected_consistently() -> None:
+    caps = device.capabilities()
+    assert caps.preset is None
+    assert caps.kind == ("cuda" if torch.cuda.is_available() else caps.kind)
+    support = device.precision_support(caps)
+    assert list(support) == list(device.PRECISIONS)
+    assert support["fp32"].status == "native"
+    if caps.kind == "cpu":
+        assert support["bf16"].status == ("native" if caps.bf16_native else "emulated")
+
+
+def test_cpu_flags_are_read_from_cpuinfo(tmp_path) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("model name\t: Test CPU\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_tile amx_bf16\n")
+    assert device._read_cpu_flags(str(cpuinfo)) == {"avx2", "avx512f", "avx512_bf16", "amx_bf16"}
+    assert device._read_cpu_flags(str(tmp_path / "missing")) == frozenset()
+
+
+def test_describe_names_the_preset() -> None:
+    text = device.capabilities(preset="t4").describe()
+    assert "Tesla T4" in text and "sm_75" in text and "preset 't4'" in text
