@@ -1,10 +1,16 @@
-"""The ``mpcourse`` command: student notebooks and the environment report."""
+"""The ``mpcourse`` command: student notebooks, the environment report, and benchmarks."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from pathlib import Path
+
+#: Benchmarks runnable as ``mpcourse bench TOPIC``: topic -> "module:function". Each function takes
+#: ``(save: Path | None, quick: bool)``, prints a table anyone can reproduce, writes its results as
+#: data to ``save`` when given, and returns an exit status.
+BENCHES: dict[str, str] = {}
 
 
 def _student(args: argparse.Namespace) -> int:
@@ -31,6 +37,12 @@ def _doctor(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    module, _, function = BENCHES[args.topic].partition(":")
+    run = getattr(importlib.import_module(module), function)
+    return run(save=Path(args.save) if args.save else None, quick=args.quick)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mpcourse", description="Mixed-precision course helper.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -45,6 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     student.set_defaults(run=_student)
     doctor = sub.add_parser("doctor", help="print the device, precision support and package versions")
     doctor.set_defaults(run=_doctor)
+    bench = sub.add_parser("bench", help="run a benchmark and print its table")
+    bench.add_argument("topic", choices=sorted(BENCHES), help="what to measure")
+    bench.add_argument("--save", metavar="PATH", help="also store the results, with device, versions and date")
+    bench.add_argument("--quick", action="store_true", help="fewer sizes and repeats (a smoke run)")
+    bench.set_defaults(run=_bench)
     args = parser.parse_args(argv)
     return args.run(args)
 

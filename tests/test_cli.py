@@ -37,3 +37,19 @@ def test_student_refuses_to_overwrite_the_chapters() -> None:
 def test_help_lists_the_commands() -> None:
     out = subprocess.run([sys.executable, "-m", "mpcourse.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "student" in out.stdout and "doctor" in out.stdout
+
+
+def test_every_benchmark_topic_resolves() -> None:
+    import importlib
+
+    from mpcourse.cli import BENCHES
+
+    for topic, target in BENCHES.items():
+        module, _, function = target.partition(":")
+        assert callable(getattr(importlib.import_module(module), function)), topic
+
+
+def test_unknown_benchmark_topic_is_rejected(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["bench", "no-such-topic"])
+    assert "invalid choice" in capsys.readouterr().err
