@@ -1,4 +1,4 @@
-"""The ``mpcourse`` command: student notebooks, the environment report, and benchmarks."""
+"""The ``mpcourse`` command: student notebooks, the environment report, verification, benchmarks."""
 
 from __future__ import annotations
 
@@ -37,6 +37,19 @@ def _doctor(args: argparse.Namespace) -> int:
     return 0
 
 
+def _verify(args: argparse.Namespace) -> int:
+    from .verify import verify
+
+    notebooks = [Path(p) for p in args.notebooks] or sorted(Path("notebooks").glob("*.ipynb"))
+    records = verify(
+        notebooks,
+        args.profile,
+        out=Path(args.out) if args.out else None,
+        executed_dir=Path(args.executed) if args.executed else None,
+    )
+    return 0 if all(r["status"] == "passed" for r in records) else 1
+
+
 def _bench(args: argparse.Namespace) -> int:
     module, _, function = BENCHES[args.topic].partition(":")
     run = getattr(importlib.import_module(module), function)
@@ -57,6 +70,12 @@ def main(argv: list[str] | None = None) -> int:
     student.set_defaults(run=_student)
     doctor = sub.add_parser("doctor", help="print the device, precision support and package versions")
     doctor.set_defaults(run=_doctor)
+    verify = sub.add_parser("verify", help="run every chapter and record where and how it ran")
+    verify.add_argument("notebooks", nargs="*", help="chapter notebooks (default: notebooks/*.ipynb)")
+    verify.add_argument("--profile", default="full", choices=["ci", "small", "full"], help="problem sizes")
+    verify.add_argument("--out", metavar="FILE", help="write the records to this JSON file")
+    verify.add_argument("--executed", metavar="DIR", help="also save the executed notebooks here")
+    verify.set_defaults(run=_verify)
     bench = sub.add_parser("bench", help="run a benchmark and print its table")
     bench.add_argument("topic", choices=sorted(BENCHES), help="what to measure")
     bench.add_argument("--save", metavar="PATH", help="also store the results, with device, versions and date")

@@ -53,3 +53,35 @@ def test_unknown_benchmark_topic_is_rejected(capsys) -> None:
     with pytest.raises(SystemExit):
         main(["bench", "no-such-topic"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_verify_records_a_chapter_run(tmp_path, capsys) -> None:
+    import json
+
+    import nbformat
+
+    chapter = nbformat.v4.new_notebook()
+    chapter.cells = [nbformat.v4.new_code_cell("from mpcourse import profile\nprint('running', profile.current())")]
+    nb = tmp_path / "tiny.ipynb"
+    nbformat.write(chapter, nb)
+    out = tmp_path / "records.json"
+    assert main(["verify", str(nb), "--profile", "full", "--out", str(out), "--executed", str(tmp_path / "ran")]) == 0
+    (record,) = json.loads(out.read_text())
+    assert record["chapter"] == "tiny" and record["status"] == "passed" and record["profile"] == "full"
+    for key in ("device", "torch", "python", "date", "mpcourse"):
+        assert record[key], key
+    assert "running full" in (tmp_path / "ran" / "tiny.ipynb").read_text()
+
+
+def test_verify_reports_a_failing_chapter(tmp_path) -> None:
+    import json
+
+    import nbformat
+
+    broken = nbformat.v4.new_notebook()
+    broken.cells = [nbformat.v4.new_code_cell("x = 1"), nbformat.v4.new_code_cell("raise ValueError('planted')")]
+    path = tmp_path / "broken.ipynb"
+    nbformat.write(broken, path)
+    assert main(["verify", str(path), "--profile", "ci", "--out", str(tmp_path / "r.json")]) == 1
+    (record,) = json.loads((tmp_path / "r.json").read_text())
+    assert record["status"] == "failed" and "planted" in record["error"]

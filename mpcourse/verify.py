@@ -1,0 +1,99 @@
+"""Run every chapter top to bottom and record where and how it ran, as data.
+
+"Runs everywhere" is a claim to check, not to assert: ``mpcourse verify`` executes each chapter
+notebook in a fresh kernel with a chosen profile and writes one record per chapter (status,
+seconds, the first error if any, the device, library versions, date, profile, commit) to a JSON
+file. The records of real runs on real GPUs are committed under ``mpcourse/reference/`` and shown
+on the website; they are never typed in by hand.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
+
+from . import __version__, device, profile
+
+
+def environment() -> dict[str, object]:
+    """The device and software a run happened on."""
+    import torch
+
+    caps = device.capabilities()
+    return {
+        "device": caps.describe(),
+        "device_name": caps.name,
+        "kind": caps.kind,
+        "compute_capability": caps.sm,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "mpcourse": __version__,
+        "commit": _commit(),
+    }
+
+
+def _commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def run_chapter(path: Path, profile_name: str, timeout: int = 1800, executed_dir: Path | None = None) -> dict[str, object]:
+    """Execute one chapter notebook in a fresh kernel; return its record."""
+    if profile_name not in profile.PROFILES:
+        raise ValueError(f"unknown profile {profile_name!r}; accepted: {', '.join(profile.PROFILES)}")
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(nb, timeout=timeout, resources={"metadata": {"path": str(path.parent)}})
+    record: dict[str, object] = {"chapter": path.stem, "profile": profile_name, "status": "passed", "error": None}
+    start = time.perf_counter()
+    try:
+        client.execute(env={**os.environ, profile.ENV_VAR: profile_name})
+    except CellExecutionError as exc:
+        record["status"] = "failed"
+        record["error"] = f"{exc.ename}: {exc.evalue}"[:2000]
+    record["seconds"] = round(time.perf_counter() - start, 1)
+    record["date"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    if executed_dir is not None:
+        executed_dir.mkdir(parents=True, exist_ok=True)
+        nb.metadata.pop("widgets", None)
+        nbformat.write(nb, executed_dir / path.name)
+    return record
+
+
+def verify(
+    notebooks: list[Path], profile_name: str, out: Path | None = None, executed_dir: Path | None = None
+) -> list[dict[str, object]]:
+    """Run each notebook; print one line per chapter; write the records (with the environment) to ``out``."""
+    if not notebooks:
+        raise FileNotFoundError("no chapter notebooks given (run from the repository root, or pass their paths)")
+    env = environment()
+    print(f"verifying {len(notebooks)} chapters, profile '{profile_name}', on {env['device']}")
+    records = []
+    for path in notebooks:
+        record = {**run_chapter(Path(path), profile_name, executed_dir=executed_dir), **env}
+        records.append(record)
+        print(f"  {record['chapter']:<24} {record['status']:<7} {record['seconds']:>7.1f} s  {record['error'] or ''}")
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(records, indent=1) + "\n")
+    return records
+
+
+def load_records(folder: Path) -> list[dict[str, object]]:
+    """Every record stored in ``folder/*.json``."""
+    records: list[dict[str, object]] = []
+    for file in sorted(Path(folder).glob("*.json")):
+        records.extend(json.loads(file.read_text()))
+    return records
