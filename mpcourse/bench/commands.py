@@ -1,0 +1,99 @@
+"""``mpcourse bench matmul`` and ``mpcourse bench train``: print a table anyone can reproduce, optionally store it.
+
+Each command prints the device and software it ran on, then its table, then the headline
+figures; ``--save PATH`` also writes the results as data (see :mod:`mpcourse.bench.results`).
+Sizes follow the profile (``MPCOURSE_PROFILE``: full on a GPU, small on a CPU); ``--quick`` uses
+the ``ci`` sizes for a smoke run.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .. import device as devices
+from .. import profile, report
+from . import datasheets, results, sweeps
+
+__all__ = ["matmul", "matmul_sizes"]
+
+
+def matmul_sizes(kind: str, quick: bool = False) -> list[int]:
+    """Square sizes of the matmul sweep for a device kind and the active profile."""
+    if quick:
+        return [64, 128]
+    if kind == "cuda":
+        return profile.pick(ci=[256, 1024], small=[256, 1024, 4096], full=[256, 512, 1024, 2048, 4096, 8192])
+    return profile.pick(ci=[128, 256, 512], small=[128, 256, 512, 1024], full=[128, 256, 512, 1024, 2048])
+
+
+def _command() -> str:
+    return " ".join(["mpcourse", *sys.argv[1:]]) if sys.argv and sys.argv[0].endswith(("mpcourse", "cli.py")) else "mpcourse bench"
+
+
+def _print_table(frame: pd.DataFrame) -> None:
+    shown = frame.assign(
+        ms=frame["seconds"] * 1e3,
+        check=frame["check_ratio"],
+    )[["precision", "m", "n", "k", "status", "ms", "spread", "check", "tflops", "pct_of_peak", "rel_error"]]
+    with pd.option_context("display.width", 160, "display.max_rows", 200):
+        print(shown.to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep="-"))
+
+
+def headline(frame: pd.DataFrame, precision: str = "bf16", size: int = 8192) -> str | None:
+    """One line: the rate of the ``size``^3 product in ``precision`` as % of its reference peak."""
+    row = frame[(frame["precision"] == precision) & (frame["m"] == size) & (frame["n"] == size) & (frame["k"] == size)]
+    if row.empty or pd.isna(row["tflops"].iloc[0]):
+        return None
+    r = row.iloc[0]
+    return (
+        f"{precision} at {size}^3: {r['tflops']:.1f} TFLOP/s = {r['pct_of_peak']:.1f}% of "
+        f"{r['peak_tflops']:.4g} TFLOP/s ({r['peak_source']})"
+    )
+
+
+def matmul(save: Path | None, quick: bool) -> int:
+    """The matmul sweep (fp32, TF32, fp16, bf16, fp8), timing pitfalls, bandwidth and an elementwise op."""
+    caps = devices.capabilities()
+    print(report(caps))
+    kind = caps.kind
+    sheet = datasheets.for_device(caps)
+    print(f"reference peaks: {'datasheet of the ' + sheet.name if sheet else 'not in the datasheet table: the best rate measured here'}")
+    cuda = kind == "cuda"
+    min_run_time = 0.02 if quick else 0.2
+    pit_precision = "bf16" if caps.bf16_native else "fp32"
+    pit_n = 128 if quick else (4096 if cuda else 512)
+    # First, while the process is cold: the same product timed wrongly and rightly.
+    pitfalls = sweeps.timing_pitfalls(pit_n, pit_precision, caps=caps, min_run_time=min_run_time)
+    print(
+        f"\ntiming pitfalls, {pit_precision} {pit_n}^3, ms per call: first call alone {pitfalls['naive'] * 1e3:.3f}, "
+        f"no synchronisation {pitfalls['unsynchronised'] * 1e3:.3f}, torch.utils.benchmark "
+        f"{pitfalls['benchmark'] * 1e3:.3f}, independent {pitfalls['independent'] * 1e3:.3f}"
+    )
+    frame = sweeps.matmul_sweep(
+        matmul_sizes(kind, quick), caps=caps, min_run_time=min_run_time, max_call_seconds=0.1 if quick else 1.0
+    )
+    print("\nmatmul sweep (ms: median per call; spread: IQR/median; check: this / independent clock)")
+    _print_table(frame)
+    gbs = sweeps.bandwidth(caps=caps, nbytes=2**24 if quick else (2**30 if cuda else 2**28), min_run_time=min_run_time)
+    counts = [2**16] if quick else ([2**20, 2**24, 2**28] if cuda else [2**16, 2**20, 2**24])
+    elementwise = sweeps.elementwise_sweep(counts, caps=caps, min_run_time=min_run_time)
+    print(f"\nmemory bandwidth (copy): {gbs:.1f} GB/s" + (f"; datasheet {sheet.bandwidth_gb_s:.0f} GB/s" if sheet else ""))
+    print("elementwise z = x + y:")
+    print(elementwise[["precision", "elements", "seconds", "gb_per_s"]].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    line = headline(frame)
+    if line:
+        print("\n" + line)
+    if save is not None:
+        tables: dict[str, Any] = {
+            "matmul": frame,
+            "elementwise": elementwise,
+            "pitfalls": [pitfalls],
+            "bandwidth": [{"gb_per_s": gbs, "method": "copy of a large fp32 buffer, 2 bytes moved per byte"}],
+        }
+        path = results.save(results.make_record("matmul", tables, command=_command()), save)
+        print(f"\nsaved {path}")
+    return 0 if frame["tflops"].notna().any() else 1

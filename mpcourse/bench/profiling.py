@@ -1,0 +1,98 @@
+"""One step under ``torch.profiler``, summarised as a table: which kernels ran, for how long, in which dtypes.
+
+The profiler records every PyTorch operator called on the CPU and, on a CUDA device, every GPU
+kernel with its start and end on the GPU's clock, linked to the operator that launched it. That
+answers the questions a timing cannot: where the time goes, and whether the matrix products
+really ran in the precision you asked for (an fp32 ``aten::mm`` inside an autocast region is the
+sign of an op that autocast does not cover; on a GPU, cuBLAS kernel names such as
+``..._bf16bf16_...`` or ``...f16...`` say which units computed).
+
+:func:`kernel_table` profiles a few calls of a function (after warming it up) and returns one row
+per (kernel or operator, input dtypes): calls per step, total time per step, and share of the step.
+On a CPU it lists operators by their *self* time (time not spent in operators they call); on a
+CUDA device, GPU kernels by their time on the GPU.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+
+import pandas as pd
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+__all__ = ["kernel_table", "short_dtype"]
+
+_DTYPE_NAMES = {
+    "float": "fp32",
+    "c10::Half": "fp16",
+    "c10::BFloat16": "bf16",
+    "double": "fp64",
+    "c10::Float8_e4m3fn": "e4m3",
+    "c10::Float8_e5m2": "e5m2",
+    "long int": "int64",
+    "int": "int32",
+    "bool": "bool",
+}
+
+#: Entries of ``input_dtypes`` that describe a non-tensor argument, not a dtype.
+_NOT_DTYPES = frozenset({"Scalar", "ScalarList", "TensorList", "GenericList", "None"})
+
+
+def short_dtype(name: str) -> str:
+    """The profiler's C++ dtype name (``c10::BFloat16``) in the course's spelling (``bf16``)."""
+    return _DTYPE_NAMES.get(name, name)
+
+
+def _shorten(name: str, width: int = 90) -> str:
+    """GPU kernel names are long template instantiations; keep the informative start."""
+    return name if len(name) <= width else name[: width - 3] + "..."
+
+
+def _dtypes(event: object) -> str:
+    names = [short_dtype(d) for d in getattr(event, "input_dtypes", []) or [] if d and d not in _NOT_DTYPES]
+    return ", ".join(dict.fromkeys(names)) or "-"
+
+
+def kernel_table(
+    fn: Callable[[], object], *, device: str = "cpu", steps: int = 1, warmup: int = 1, top: int | None = 15
+) -> pd.DataFrame:
+    """Profile ``steps`` calls of ``fn`` (after ``warmup`` unprofiled ones); one row per kernel/op and dtypes.
+
+    Columns: ``name`` (GPU kernel on CUDA, operator on CPU), ``op`` (the operator that launched it),
+    ``dtypes`` (its input dtypes), ``calls`` and ``ms`` (per step), ``share`` (of the total time in
+    the table). ``top`` keeps the longest rows (None: all).
+    """
+    kind = torch.device(device).type
+    if kind not in ("cpu", "cuda"):
+        raise ValueError(f"kernel_table profiles 'cpu' or 'cuda' devices, got {device!r}")
+    if steps < 1 or warmup < 0:
+        raise ValueError(f"need steps >= 1 and warmup >= 0, got steps={steps}, warmup={warmup}")
+    for _ in range(warmup):
+        fn()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if kind == "cuda" else [])
+    with profile(activities=activities, record_shapes=True) as prof:
+        for _ in range(steps):
+            fn()
+        if kind == "cuda":
+            torch.cuda.synchronize()
+    totals: dict[tuple[str, str, str], list[float]] = defaultdict(lambda: [0, 0.0])
+    for event in prof.events():
+        if kind == "cuda":
+            for kernel in getattr(event, "kernels", []):  # GPU kernels this operator launched
+                entry = totals[(kernel.name, event.name, _dtypes(event))]
+                entry[0] += 1
+                entry[1] += kernel.duration  # microseconds
+        elif event.self_cpu_time_total > 0 and event.name.startswith("aten::"):
+            entry = totals[(event.name, event.name, _dtypes(event))]
+            entry[0] += 1
+            entry[1] += event.self_cpu_time_total
+    if not totals:
+        raise RuntimeError("the profiler recorded no kernels: did fn run any PyTorch operations?")
+    frame = pd.DataFrame(
+        [{"name": _shorten(n), "op": op, "dtypes": dt, "calls": c / steps, "ms": us / steps / 1e3} for (n, op, dt), (c, us) in totals.items()]
+    )
+    frame["share"] = frame["ms"] / frame["ms"].sum()
+    frame = frame.sort_values("ms", ascending=False, ignore_index=True)
+    return frame.head(top) if top else frame

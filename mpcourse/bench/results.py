@@ -1,0 +1,110 @@
+"""Benchmark results as data: what was measured, where, with which software, when, and by which command.
+
+A result file is JSON with a fixed set of keys (:data:`KEYS`): ``schema``, ``topic`` (``matmul``,
+``train``, ...), ``date`` (UTC, ISO 8601), ``command`` (what produced it, to reproduce it),
+``profile``, ``environment`` (device, compute capability, torch / CUDA / Python / mpcourse versions,
+commit; from :func:`mpcourse.verify.environment`) and ``tables`` (name -> list of row records).
+Missing measurements are ``null``. Reference results measured on real machines ship with the
+package in ``mpcourse/bench/reference/`` and chapters plot them next to the reader's own; no
+result number is ever typed in by hand.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .. import profile
+
+__all__ = ["KEYS", "REFERENCE_DIR", "SCHEMA", "label", "load", "make_record", "reference_records", "save", "table"]
+
+SCHEMA = 1
+KEYS = ("schema", "topic", "date", "command", "profile", "environment", "tables")
+REFERENCE_DIR = Path(__file__).with_name("reference")
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe: NaN and infinities become null, numpy scalars become Python numbers."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def make_record(topic: str, tables: dict[str, pd.DataFrame | list[dict[str, Any]]], *, command: str) -> dict[str, Any]:
+    """A result record for ``tables`` measured on this machine now, by ``command``."""
+    from ..verify import environment
+
+    if not tables:
+        raise ValueError("a result record needs at least one table")
+    rows = {name: t.to_dict("records") if isinstance(t, pd.DataFrame) else list(t) for name, t in tables.items()}
+    record = {
+        "schema": SCHEMA,
+        "topic": topic,
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": command,
+        "profile": profile.current(),
+        "environment": environment(),
+        "tables": rows,
+    }
+    return _clean(record)
+
+
+def save(record: dict[str, Any], path: str | Path) -> Path:
+    """Write ``record`` as JSON to ``path`` (folders created); returns the path."""
+    _validate(record, str(path))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_clean(record), indent=1, allow_nan=False) + "\n", encoding="utf-8")
+    return path
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    """Read a result file, checking that it has every key of the format."""
+    path = Path(path)
+    record = json.loads(path.read_text(encoding="utf-8"))
+    _validate(record, str(path))
+    return record
+
+
+def _validate(record: Any, where: str) -> None:
+    if not isinstance(record, dict):
+        raise ValueError(f"{where}: a result record is a JSON object, got {type(record).__name__}")
+    missing = [k for k in KEYS if k not in record]
+    if missing:
+        raise ValueError(f"{where}: not a benchmark result, missing keys {missing}; a result has {list(KEYS)}")
+    if record["schema"] != SCHEMA:
+        raise ValueError(f"{where}: result schema {record['schema']!r} is not the supported {SCHEMA}")
+    if not isinstance(record["tables"], dict):
+        raise ValueError(f"{where}: 'tables' must map table names to lists of rows")
+
+
+def reference_records(topic: str, folder: str | Path = REFERENCE_DIR) -> list[dict[str, Any]]:
+    """Every stored result of ``topic`` (e.g. ``"matmul"``) in ``folder``, oldest first."""
+    records = [load(p) for p in sorted(Path(folder).glob("*.json"))]
+    return sorted((r for r in records if r["topic"] == topic), key=lambda r: r["date"])
+
+
+def label(record: dict[str, Any]) -> str:
+    """A short name for a record in legends: device, torch version and date."""
+    env = record["environment"]
+    return f"{env.get('device_name', '?')} (torch {env.get('torch', '?')}, {record['date'][:10]})"
+
+
+def table(record: dict[str, Any], name: str) -> pd.DataFrame:
+    """Table ``name`` of a record as a DataFrame, with the record's label in a ``source`` column."""
+    if name not in record["tables"]:
+        raise KeyError(f"the record has no table {name!r}; it has: {', '.join(record['tables'])}")
+    frame = pd.DataFrame(record["tables"][name])
+    frame["source"] = label(record)
+    return frame

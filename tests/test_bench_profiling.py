@@ -1,0 +1,54 @@
+"""mpcourse.bench.profiling: the kernel table of a training step shows where time goes, and in which dtype."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mpcourse.bench.profiling import kernel_table, short_dtype
+
+
+def _step(dtype: torch.dtype):
+    gen = torch.Generator().manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10))
+    x, y = torch.randn(32, 64, generator=gen), torch.randint(0, 10, (32,), generator=gen)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+
+    return step
+
+
+@pytest.mark.parametrize("dtype, name", [(torch.float32, "fp32"), (torch.bfloat16, "bf16")])
+def test_matrix_products_appear_in_the_dtype_autocast_chose(dtype: torch.dtype, name: str) -> None:
+    table = kernel_table(_step(dtype), top=None)
+    products = table[table["op"].isin(["aten::mm", "aten::addmm"])]
+    assert set(products["dtypes"]) == {name}
+    assert products["calls"].sum() == 5  # 2 forward + 2 weight gradients + 1 input gradient
+    assert table["share"].sum() == pytest.approx(1.0)
+    assert table["ms"].is_monotonic_decreasing
+
+
+def test_steps_are_averaged_and_top_limits_rows() -> None:
+    one = kernel_table(_step(torch.float32), steps=1, top=None)
+    three = kernel_table(_step(torch.float32), steps=3, top=4)
+    assert len(three) == 4
+    calls = lambda t: dict(zip(zip(t["op"], t["dtypes"]), t["calls"]))  # noqa: E731
+    assert all(calls(one)[key] == c for key, c in calls(three).items())
+
+
+def test_dtype_names() -> None:
+    assert short_dtype("c10::BFloat16") == "bf16" and short_dtype("float") == "fp32"
+    assert short_dtype("c10::Float8_e4m3fn") == "e4m3"
+
+
+def test_bad_input_is_named() -> None:
+    with pytest.raises(ValueError, match="'cpu' or 'cuda'"):
+        kernel_table(lambda: None, device="mps")
+    with pytest.raises(RuntimeError, match="no kernels"):
+        kernel_table(lambda: None)

@@ -1,0 +1,67 @@
+"""mpcourse.bench.results: the stored format, and the reference results shipped with the package."""
+
+from __future__ import annotations
+
+import json
+import math
+import tomllib
+
+import pandas as pd
+import pytest
+
+from conftest import ROOT
+from mpcourse.bench import results
+
+
+def _record() -> dict:
+    frame = pd.DataFrame({"precision": ["fp32", "tf32"], "seconds": [0.001, float("nan")]})
+    return results.make_record("matmul", {"matmul": frame, "extra": [{"x": 1}]}, command="mpcourse bench matmul")
+
+
+def test_a_record_says_what_where_when_and_how(tmp_path) -> None:
+    record = _record()
+    assert set(results.KEYS) <= set(record)
+    env = record["environment"]
+    assert {"device_name", "torch", "cuda", "python", "mpcourse"} <= set(env)
+    assert record["date"].endswith("+00:00") and record["command"] == "mpcourse bench matmul"
+    path = results.save(record, tmp_path / "sub" / "r.json")
+    text = path.read_text()
+    assert "NaN" not in text  # strict JSON: a missing measurement is null
+    back = results.load(path)
+    assert back == json.loads(text) and back["tables"]["matmul"][1]["seconds"] is None
+    frame = results.table(back, "matmul")
+    assert frame["source"].iloc[0] == results.label(back)
+    assert math.isnan(frame["seconds"].iloc[1])
+
+
+def test_reference_records_filter_by_topic(tmp_path) -> None:
+    record = _record()
+    results.save(record, tmp_path / "a.json")
+    results.save({**record, "topic": "train"}, tmp_path / "b.json")
+    assert [r["topic"] for r in results.reference_records("matmul", tmp_path)] == ["matmul"]
+
+
+def test_bad_files_are_named(tmp_path) -> None:
+    (tmp_path / "x.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="JSON object"):
+        results.load(tmp_path / "x.json")
+    (tmp_path / "y.json").write_text('{"topic": "matmul"}')
+    with pytest.raises(ValueError, match="missing keys"):
+        results.load(tmp_path / "y.json")
+    with pytest.raises(KeyError, match="no table 'nope'"):
+        results.table(_record(), "nope")
+    with pytest.raises(ValueError, match="at least one table"):
+        results.make_record("matmul", {}, command="x")
+
+
+def test_shipped_reference_results_load_and_are_packaged() -> None:
+    stored = sorted(results.REFERENCE_DIR.glob("*.json"))
+    assert stored, "the course ships at least one reference result"
+    for path in stored:
+        record = results.load(path)
+        assert record["environment"]["device_name"] and record["command"].startswith("mpcourse bench")
+        if record["topic"] == "matmul":
+            frame = results.table(record, "matmul")
+            assert {"precision", "m", "n", "k", "tflops", "pct_of_peak", "rel_error"} <= set(frame)
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert "reference/*.json" in config["tool"]["setuptools"]["package-data"]["mpcourse.bench"]
