@@ -10,7 +10,9 @@ from pathlib import Path
 #: Benchmarks runnable as ``mpcourse bench TOPIC``: topic -> "module:function". Each function takes
 #: ``(save: Path | None, quick: bool)``, prints a table anyone can reproduce, writes its results as
 #: data to ``save`` when given, and returns an exit status.
-BENCHES: dict[str, str] = {}
+BENCHES: dict[str, str] = {
+    "formats": "mpcourse.formats:benchmark",
+}
 
 
 def _student(args: argparse.Namespace) -> int:
