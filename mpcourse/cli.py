@@ -11,6 +11,7 @@ from pathlib import Path
 #: ``(save: Path | None, quick: bool)``, prints a table anyone can reproduce, writes its results as
 #: data to ``save`` when given, and returns an exit status.
 BENCHES: dict[str, str] = {
+    "formats": "mpcourse.formats:benchmark",
     "matmul": "mpcourse.bench.commands:matmul",
 }
 

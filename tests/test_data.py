@@ -1,0 +1,144 @@
+"""mpcourse.data: real local datasets through `datasets`, hub fallback, reproducible batches. No network."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_digits
+
+from mpcourse import data
+
+
+@pytest.fixture(autouse=True)
+def ci_profile(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MPCOURSE_PROFILE", "ci")
+
+
+@pytest.fixture(scope="module")
+def digits() -> data.ImageData:
+    return data.load_images(source="local", verbose=False)
+
+
+@pytest.fixture(scope="module")
+def text() -> data.TextData:
+    return data.load_text(source="local", block_size=16, verbose=False)
+
+
+def test_digits_are_the_real_scikit_learn_digits(digits: data.ImageData) -> None:
+    raw = load_digits()
+    assert digits.source == "local" and digits.num_classes == 10
+    assert digits.input_shape == (1, 8, 8)
+    assert len(digits.x_train) + len(digits.x_eval) == len(raw.target) == 1797
+    # The labels are a permutation of the real labels (the split shuffles, nothing is invented).
+    all_labels = torch.cat([digits.y_train, digits.y_eval]).numpy()
+    assert np.array_equal(np.sort(all_labels), np.sort(raw.target))
+    # Standardised with the training set's statistics.
+    assert abs(digits.x_train.mean().item()) < 1e-5
+    assert digits.x_train.std().item() == pytest.approx(1.0, abs=1e-3)
+
+
+def test_digits_split_is_seeded_and_disjoint() -> None:
+    a = data.load_images(source="local", seed=1, verbose=False)
+    b = data.load_images(source="local", seed=1, verbose=False)
+    c = data.load_images(source="local", seed=2, verbose=False)
+    assert torch.equal(a.x_train, b.x_train) and torch.equal(a.y_eval, b.y_eval)
+    assert not torch.equal(a.y_train, c.y_train)
+    train_rows = {tuple(r) for r in a.x_train.flatten(1).tolist()}
+    eval_rows = {tuple(r) for r in a.x_eval.flatten(1).tolist()}
+    # Distinct images never cross the split (the digits contain a few exact duplicates; allow those).
+    assert len(train_rows & eval_rows) <= 5
+
+
+def test_subsets(capsys: pytest.CaptureFixture[str]) -> None:
+    small = data.load_images(source="local", n_train=100, n_eval=50)
+    assert (len(small.x_train), len(small.x_eval)) == (100, 50)
+    assert "100 training and 50 held-out" in capsys.readouterr().out
+
+
+def test_auto_source_stays_local_outside_the_full_profile(digits: data.ImageData) -> None:
+    assert data.load_images("mnist", verbose=False).source == "local"
+
+
+def test_hub_failure_falls_back_to_local_data_with_a_note(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    def offline(*args, **kwargs):
+        raise ConnectionError("no network in tests")
+
+    monkeypatch.setattr(data, "_hub", offline)
+    images = data.load_images("mnist", source="hub")
+    out = capsys.readouterr().out
+    assert images.name == "digits" and images.source == "local"
+    assert "could not be reached" in out and "ConnectionError" in out and "'mnist'" in out
+    corpus = data.load_text("wikitext2", source="hub", block_size=16)
+    assert corpus.source == "local" and "could not be reached" in capsys.readouterr().out
+
+
+def test_hub_request_for_a_local_only_dataset_says_so(capsys) -> None:
+    data.load_images("digits", source="hub")
+    assert "no hub version" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: data.load_images("imagenet", source="local"), "accepted: digits, mnist"),
+        (lambda: data.load_images(source="internet"), "accepted: auto, hub, local"),
+        (lambda: data.load_text("shakespeare", source="local"), "accepted: pydoc, wikitext2"),
+        (lambda: data.load_text(source="local", max_chars=50, block_size=32), "too short"),
+    ],
+)
+def test_bad_arguments_name_what_is_accepted(call, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_image_batches_are_reproducible_from_the_generator(digits: data.ImageData) -> None:
+    x1, y1 = digits.sample(32, torch.Generator().manual_seed(5))
+    x2, y2 = digits.sample(32, torch.Generator().manual_seed(5))
+    x3, _ = digits.sample(32, torch.Generator().manual_seed(6))
+    assert x1.shape == (32, 1, 8, 8) and y1.dtype == torch.long
+    assert torch.equal(x1, x2) and torch.equal(y1, y2) and not torch.equal(x1, x3)
+
+
+def test_image_eval_batches_cover_the_held_out_set_in_order(digits: data.ImageData) -> None:
+    batches = list(digits.eval_batches(100))
+    assert torch.equal(torch.cat([y for _, y in batches]), digits.y_eval)
+    assert sum(len(y) for _, y in digits.eval_batches(100, max_items=150)) == 150
+
+
+def test_text_is_pythons_documentation(text: data.TextData) -> None:
+    from pydoc_data.topics import topics
+
+    assert text.source == "local" and text.items_per_sample == 16
+    assert text.num_classes == len(text.vocab) == len(set(text.vocab))
+    sample = topics["assert"][:200]
+    assert text.decode(text.encode(sample)) == sample
+    assert len(text.train_tokens) + len(text.eval_tokens) == len("\n\n".join(topics[k] for k in sorted(topics)))
+
+
+def test_text_targets_are_the_inputs_shifted_by_one(text: data.TextData) -> None:
+    x, y = text.sample(8, torch.Generator().manual_seed(0))
+    assert x.shape == y.shape == (8, 16)
+    assert torch.equal(x[:, 1:], y[:, :-1])
+    (ex, ey), *_ = text.eval_batches(4)
+    assert torch.equal(ex[:, 1:], ey[:, :-1])
+    assert torch.equal(ex.reshape(-1), text.eval_tokens[: 4 * 16])
+
+
+def test_loss_and_correct_work_for_both_tasks(digits: data.ImageData, text: data.TextData) -> None:
+    logits = torch.zeros(4, 10, dtype=torch.bfloat16)
+    logits[:, 3] = 1
+    targets = torch.tensor([3, 3, 1, 0])
+    loss = digits.loss(logits, targets)
+    assert loss.dtype == torch.float32
+    assert loss.item() == pytest.approx(torch.nn.functional.cross_entropy(logits.float(), targets).item())
+    assert digits.correct(logits, targets) == (2, 4)
+    seq_logits = torch.randn(2, 16, text.num_classes)
+    seq_targets = torch.randint(text.num_classes, (2, 16))
+    assert text.correct(seq_logits, seq_targets)[1] == 32
+    assert text.loss(seq_logits, seq_targets).shape == ()
+
+
+def test_to_moves_every_tensor(digits: data.ImageData, text: data.TextData) -> None:
+    assert digits.to("cpu").device.type == "cpu"
+    assert text.to("cpu").device.type == "cpu"
