@@ -13,6 +13,7 @@ from pathlib import Path
 BENCHES: dict[str, str] = {
     "formats": "mpcourse.formats:benchmark",
     "matmul": "mpcourse.bench.commands:matmul",
+    "train": "mpcourse.bench.commands:train",
 }
 
 

@@ -8,8 +8,9 @@ from mpcourse.bench import commands, results
 from mpcourse.cli import BENCHES, main
 
 
-def test_matmul_topic_is_registered() -> None:
+def test_topics_are_registered() -> None:
     assert BENCHES["matmul"] == "mpcourse.bench.commands:matmul"
+    assert BENCHES["train"] == "mpcourse.bench.commands:train"
 
 
 def test_quick_matmul_prints_a_table_and_saves_results(tmp_path, capsys) -> None:
@@ -38,3 +39,14 @@ def test_sizes_follow_the_profile(monkeypatch) -> None:
     monkeypatch.setenv("MPCOURSE_PROFILE", "full")
     assert commands.matmul_sizes("cuda")[-1] == 8192
     assert commands.matmul_sizes("cpu", quick=True) == [64, 128]
+
+
+def test_quick_train_prints_recipes_and_saves_results(tmp_path, capsys) -> None:
+    path = tmp_path / "train.json"
+    assert main(["bench", "train", "--quick", "--save", str(path)]) == 0
+    out = capsys.readouterr().out
+    for word in ("recipe", "samples_per_s", "FLOPs per step", "longest kernels", f"saved {path}"):
+        assert word in out
+    record = results.load(path)
+    assert record["topic"] == "train" and set(record["tables"]) == {"recipes", "kernels", "config"}
+    assert {"fp32", "bf16"} <= {r["recipe"] for r in record["tables"]["recipes"]}

@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 
 import pytest
-
 from conftest import ROOT
+
 from mpcourse import device
 from mpcourse.bench import datasheets
 

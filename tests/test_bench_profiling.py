@@ -38,7 +38,7 @@ def test_steps_are_averaged_and_top_limits_rows() -> None:
     one = kernel_table(_step(torch.float32), steps=1, top=None)
     three = kernel_table(_step(torch.float32), steps=3, top=4)
     assert len(three) == 4
-    calls = lambda t: dict(zip(zip(t["op"], t["dtypes"]), t["calls"]))  # noqa: E731
+    calls = lambda t: dict(zip(zip(t["op"], t["dtypes"]), t["calls"]))
     assert all(calls(one)[key] == c for key, c in calls(three).items())
 
 

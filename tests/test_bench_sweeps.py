@@ -90,15 +90,6 @@ def test_availability_on_gpus(preset: str, precision: str, status: str) -> None:
     assert sweeps.availability(precision, device.capabilities(preset=preset))[0] == status
 
 
-def test_matmul_precision_restores_the_setting() -> None:
-    matmul = torch.backends.cuda.matmul
-    attribute = "fp32_precision" if hasattr(matmul, "fp32_precision") else "allow_tf32"
-    before = getattr(matmul, attribute)
-    with sweeps.matmul_precision("tf32"):
-        assert getattr(matmul, attribute) in ("tf32", True)
-    assert getattr(matmul, attribute) == before
-
-
 def test_bad_input_is_named() -> None:
     a = torch.randn(16, 16)
     with pytest.raises(ValueError, match="unknown precision 'fp4'"):

@@ -105,3 +105,15 @@ def test_sweep_timings_agree_with_an_independent_clock() -> None:
             break
     assert np.all(np.abs(ratios[-1] - 1) < 0.10), f"benchmark / independent per size, per attempt: {ratios}"
     assert (frame["samples"] >= 5).all()
+
+
+def test_compare_alternates_and_times_every_function() -> None:
+    order = []
+    out = timing.compare({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, min_run_time=0.005)
+    assert set(out) == {"a", "b"} and all(len(t.samples) >= 5 for t in out.values())
+    assert "alternating" in out["a"].method
+    # After planning (a's calls, then b's), the measured blocks take turns: a's block, then b's.
+    tail = order[-(len(order) // 4) :]
+    assert "a" in tail and "b" in tail
+    with pytest.raises(ValueError, match="at least one function"):
+        timing.compare({})

@@ -18,7 +18,7 @@ from .. import device as devices
 from .. import profile, report
 from . import datasheets, results, sweeps
 
-__all__ = ["matmul", "matmul_sizes"]
+__all__ = ["matmul", "matmul_sizes", "train", "train_config"]
 
 
 def matmul_sizes(kind: str, quick: bool = False) -> list[int]:
@@ -97,3 +97,51 @@ def matmul(save: Path | None, quick: bool) -> int:
         path = results.save(results.make_record("matmul", tables, command=_command()), save)
         print(f"\nsaved {path}")
     return 0 if frame["tflops"].notna().any() else 1
+
+
+def train_config(kind: str, quick: bool = False) -> dict[str, int]:
+    """Model and run sizes of the training-step benchmark for a device kind and the active profile."""
+    if quick:
+        return {"block_size": 16, "width": 32, "depth": 1, "steps": 4, "batch_size": 8}
+    gpu = kind == "cuda"
+    return profile.pick(
+        ci={"block_size": 32, "width": 32, "depth": 1, "steps": 6, "batch_size": 8},
+        small={"block_size": 64, "width": 128, "depth": 2, "steps": 30, "batch_size": 32},
+        full={"block_size": 256, "width": 1024, "depth": 8, "steps": 30, "batch_size": 32}
+        if gpu
+        else {"block_size": 64, "width": 256, "depth": 2, "steps": 30, "batch_size": 32},
+    )
+
+
+def train(save: Path | None, quick: bool) -> int:
+    """Throughput, memory and MFU of one transformer under every precision recipe, and its kernels."""
+    from .. import data
+    from . import trainstep
+
+    caps = devices.capabilities()
+    print(report(caps))
+    sheet = datasheets.for_device(caps)
+    config = train_config(caps.kind, quick)
+    text = data.load_text(source="local", block_size=config["block_size"], verbose=False)
+    print(f"model: character transformer, width {config['width']}, depth {config['depth']}, "
+          f"context {config['block_size']}; {config['steps']} steps of {config['batch_size']} sequences per recipe")
+    print(f"MFU against: {'the dense peaks of the ' + sheet.name + ' datasheet' if sheet else 'no datasheet for this device (MFU not computed)'}")
+    frame, kernels = trainstep.recipe_table(
+        text, width=config["width"], depth=config["depth"], steps=config["steps"], batch_size=config["batch_size"],
+        caps=caps, progress=False,
+    )
+    shown = frame.reindex(columns=["recipe", "status", "samples_per_s", "tokens_per_s", "step_ms", "peak_memory_mb",
+                                   "model_tflops", "mfu", "final_loss"])
+    with pd.option_context("display.width", 160):
+        print("\n" + shown.to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep="-"))
+    if "flops_per_step" in frame and frame["flops_per_step"].notna().any():
+        f = frame.dropna(subset=["flops_per_step"]).iloc[0]
+        print(f"\nFLOPs per step: {f['flops_per_step']:.4g} counted by FlopCounterMode, {f['six_nt_per_step']:.4g} by 6NT")
+    if not kernels.empty:
+        print("\nlongest kernels of one step, per recipe:")
+        for name, part in kernels.groupby("recipe", sort=False):
+            print(f"  {name}: " + "; ".join(f"{r.name} [{r.dtypes}] {r.ms:.3g} ms" for r in part.head(3).itertuples()))
+    if save is not None:
+        record = results.make_record("train", {"recipes": frame, "kernels": kernels, "config": [config]}, command=_command())
+        print(f"\nsaved {results.save(record, save)}")
+    return 0 if "samples_per_s" in frame and frame["samples_per_s"].notna().any() else 1

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from ..device import PRECISIONS, Capabilities
 
-__all__ = ["DATASHEETS", "Datasheet", "lookup", "for_device", "table"]
+__all__ = ["DATASHEETS", "Datasheet", "for_device", "lookup", "table"]
 
 
 @dataclass(frozen=True)

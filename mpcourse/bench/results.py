@@ -79,14 +79,14 @@ def load(path: str | Path) -> dict[str, Any]:
 
 def _validate(record: Any, where: str) -> None:
     if not isinstance(record, dict):
-        raise ValueError(f"{where}: a result record is a JSON object, got {type(record).__name__}")
+        raise ValueError(f"{where}: a result record is a JSON object, got {type(record).__name__}")  # noqa: TRY004
     missing = [k for k in KEYS if k not in record]
     if missing:
         raise ValueError(f"{where}: not a benchmark result, missing keys {missing}; a result has {list(KEYS)}")
     if record["schema"] != SCHEMA:
         raise ValueError(f"{where}: result schema {record['schema']!r} is not the supported {SCHEMA}")
     if not isinstance(record["tables"], dict):
-        raise ValueError(f"{where}: 'tables' must map table names to lists of rows")
+        raise ValueError(f"{where}: 'tables' must map table names to lists of rows")  # noqa: TRY004
 
 
 def reference_records(topic: str, folder: str | Path = REFERENCE_DIR) -> list[dict[str, Any]]:

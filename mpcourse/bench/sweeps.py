@@ -15,8 +15,7 @@ on a CPU without bf16 units can be a hundred times slower than fp32.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pandas as pd
@@ -24,6 +23,7 @@ import torch
 
 from .. import device as devices
 from ..device import PRECISIONS, Capabilities
+from ..train import matmul_precision
 from . import datasheets, timing
 
 __all__ = [
@@ -32,7 +32,6 @@ __all__ = [
     "bandwidth",
     "elementwise_sweep",
     "matmul_fn",
-    "matmul_precision",
     "matmul_sweep",
     "reference_peaks",
     "timing_pitfalls",
@@ -81,35 +80,6 @@ def availability(precision: str, caps: Capabilities) -> tuple[str, str]:
     return support.status, support.reason
 
 
-@contextmanager
-def matmul_precision(precision: str) -> Iterator[None]:
-    """Run fp32 matrix products as TF32 (``tf32``) or in true fp32 (``fp32``) on CUDA; restore after.
-
-    Uses ``torch.backends.cuda.matmul.fp32_precision`` where it exists (PyTorch 2.9+), otherwise the
-    older ``allow_tf32`` flag; never both, since PyTorch refuses to report a state set through a mix
-    of the two. Other precisions, and other devices, are unaffected.
-    """
-    _check_precision(precision)
-    if precision not in ("fp32", "tf32"):
-        yield
-        return
-    matmul = torch.backends.cuda.matmul
-    if hasattr(matmul, "fp32_precision"):
-        before = matmul.fp32_precision
-        matmul.fp32_precision = "tf32" if precision == "tf32" else "ieee"
-        try:
-            yield
-        finally:
-            matmul.fp32_precision = before
-    else:  # PyTorch < 2.9
-        before = matmul.allow_tf32
-        matmul.allow_tf32 = precision == "tf32"
-        try:
-            yield
-        finally:
-            matmul.allow_tf32 = before
-
-
 def _to_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Tensorwise scaling into E4M3: the largest magnitude maps to 448; returns (fp8 tensor, fp32 scale)."""
     scale = x.abs().amax().float() / torch.finfo(torch.float8_e4m3fn).max
@@ -122,7 +92,7 @@ def matmul_fn(precision: str, a: torch.Tensor, b: torch.Tensor) -> Callable[[], 
     fp8 uses ``torch._scaled_mm`` with one fp32 scale per tensor (E4M3 x E4M3, bf16 output). It
     needs every dimension divisible by 16 and the second operand column-major, which is arranged
     here; quantising the operands is not part of the timed call. For TF32 vs fp32, wrap calls in
-    :func:`matmul_precision`.
+    :func:`mpcourse.train.matmul_precision`.
     """
     _check_precision(precision)
     if a.dtype != torch.float32 or b.dtype != torch.float32:
@@ -227,7 +197,7 @@ def matmul_sweep(
         a, b, exact = operands[(m, n, k)]
         try:
             fn = matmul_fn(p, a, b)
-            with matmul_precision(p):
+            with matmul_precision(p == "tf32", dev):
                 out = fn()  # also the first call, which the measurements below do not count
                 got = out[:ERROR_ROWS].to(exact.device, torch.float64)
                 row["rel_error"] = (torch.linalg.norm(got - exact) / torch.linalg.norm(exact)).item()
@@ -300,7 +270,7 @@ def elementwise_sweep(
         for count in elements:
             x = torch.rand(count, device=dev).to(DTYPES[p])
             y, z = torch.rand_like(x), torch.empty_like(x)
-            t = timing.benchmark(lambda: torch.add(x, y, out=z), min_run_time=min_run_time)
+            t = timing.benchmark(lambda x=x, y=y, z=z: torch.add(x, y, out=z), min_run_time=min_run_time)
             nbytes = 3 * count * x.element_size()
             rows.append(
                 {
@@ -336,7 +306,7 @@ def timing_pitfalls(
     a = torch.randn(n, n, generator=gen).to(dev)
     b = torch.randn(n, n, generator=gen).to(dev)
     timing.synchronize(dev)
-    with matmul_precision(precision):
+    with matmul_precision(precision == "tf32", dev):
         fn = matmul_fn(precision, a, b)
         naive = timing.naive(fn)
         timing.synchronize(dev)

@@ -190,9 +190,10 @@ def compare(
     """
     if not fns:
         raise ValueError("compare needs at least one function")
+    threads = num_threads or torch.get_num_threads()
     plans = {}
     for name, fn in fns.items():
-        timer, threads = _timer(fn, num_threads)
+        timer, _ = _timer(fn, threads)
         plans[name] = (timer, *_plan(timer, min_run_time, min_blocks, 50))
     samples: dict[str, list[float]] = {name: [] for name in fns}
     with torch_benchmark.utils.common.set_torch_threads(threads):

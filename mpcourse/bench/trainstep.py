@@ -1,0 +1,142 @@
+"""Training-step throughput, memory and MFU per precision recipe, on top of :mod:`mpcourse.train`.
+
+Nothing here trains by itself: every step runs in :func:`mpcourse.train.train`, the course's one
+training loop, under its recipes (``fp32``, ``tf32``, ``fp16``, ``bf16``, ``pure_bf16``, and any
+recipe a later chapter registers). This module adds what a benchmark needs on top:
+
+- the model FLOPs of one step, counted by ``FlopCounterMode`` on the same model and batch shape,
+  and checked against the ``6 N T`` rule (:mod:`mpcourse.bench.flops`);
+- MFU: those FLOPs at the measured step rate, over the datasheet's dense peak of the precision the
+  recipe's matrix products run in (fp32, TF32, fp16 or bf16);
+- a ``torch.profiler`` table of one step's kernels and their dtypes (:mod:`mpcourse.bench.profiling`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import pandas as pd
+import torch
+
+from .. import device as devices
+from .. import memory, models
+from .. import train as engine
+from ..data import TextData
+from . import datasheets, flops, profiling
+
+__all__ = ["EXCLUDED", "default_recipes", "model_flops", "recipe_table"]
+
+#: Recipes benchmarked by default: every registered recipe except the one kept to show a failure.
+EXCLUDED = ("pure_fp16",)
+
+
+def default_recipes() -> list[str]:
+    """The registered recipes worth benchmarking (``pure_fp16`` diverges by design)."""
+    return [name for name in engine.RECIPES if name not in EXCLUDED]
+
+
+
+def model_flops(model: torch.nn.Module, data: TextData, batch_size: int) -> dict[str, float]:
+    """FLOPs of one training step (forward and backward) of ``model`` on a batch of ``data``.
+
+    Returns ``counted`` (``FlopCounterMode``), ``six_nt`` (6 x matrix parameters x tokens) and the
+    tokens per step. The count is independent of the precision: the same products run in any dtype.
+    """
+    dev = next(model.parameters()).device
+    x, y = data.to(dev).sample(batch_size, torch.Generator().manual_seed(0))
+    model.zero_grad(set_to_none=True)
+    counted = flops.count_flops(lambda: data.loss(model(x), y).backward())
+    model.zero_grad(set_to_none=True)
+    tokens = batch_size * data.items_per_sample
+    return {"counted": counted, "six_nt": flops.transformer_flops(memory.matmul_parameter_count(model), tokens), "tokens": tokens}
+
+
+def recipe_table(
+    data: TextData,
+    recipes: Sequence[str] | None = None,
+    *,
+    width: int,
+    depth: int,
+    steps: int,
+    batch_size: int,
+    caps: devices.Capabilities | None = None,
+    profile_top: int = 10,
+    progress: bool = True,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Train the same transformer under each recipe; return (one row per recipe, kernel tables).
+
+    The rows hold the status (native / emulated / unavailable on this device), samples and tokens
+    per second (median after warm-up, from the run's history), step time, peak memory (see the
+    history's ``memory_note``), final loss, FLOPs per step (counted and 6NT), achieved model
+    TFLOP/s, and MFU against the datasheet's dense peak (NaN where the device has no datasheet).
+    The kernel tables are one ``torch.profiler`` step per recipe, stacked with a ``recipe`` column.
+    """
+    caps = caps or devices.capabilities()
+    if caps.preset:
+        raise ValueError(f"preset {caps.preset!r} describes another machine; a benchmark measures this one")
+    dev = caps.kind if caps.kind in ("cpu", "cuda") else "cpu"
+    names = list(recipes) if recipes is not None else default_recipes()
+    for name in names:
+        engine.get_recipe(name)  # unknown names fail here, listing the registered ones
+    sheet = datasheets.for_device(caps)
+
+    def factory() -> torch.nn.Module:
+        return models.for_data(data, width=width, depth=depth)
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        counter_model = factory().to(dev)
+    count = model_flops(counter_model, data, batch_size)
+    del counter_model
+    rows: list[dict[str, Any]] = []
+    kernels: list[pd.DataFrame] = []
+    for name in names:
+        recipe = engine.get_recipe(name)
+        row: dict[str, Any] = {"recipe": name, "precision": recipe.precision}
+        try:
+            run = engine.train(
+                factory, data, name, steps=steps, batch_size=batch_size, device=dev, eval_every=steps,
+                eval_items=8, progress=progress, verbose=False, label=name,
+            )
+        except (RuntimeError, ValueError) as exc:  # a recipe this device or torch cannot run at all
+            rows.append(row | {"status": "failed", "note": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"})
+            continue
+        summary = run.summary()
+        samples_per_s = float(summary["samples_per_s"])
+        step_s = batch_size / samples_per_s
+        peak = sheet.peak_tflops(recipe.precision) if sheet else None
+        row |= {
+            "status": run.status,
+            "samples_per_s": samples_per_s,
+            "tokens_per_s": samples_per_s * data.items_per_sample,
+            "step_ms": step_s * 1e3,
+            "peak_memory_mb": float(summary["peak_memory_bytes"]) / 2**20,
+            "final_loss": float(summary["final_loss"]),
+            "flops_per_step": count["counted"],
+            "six_nt_per_step": count["six_nt"],
+            "model_tflops": count["counted"] / step_s / 1e12,
+            "peak_tflops": peak if peak is not None else math.nan,
+            "mfu": flops.mfu(count["counted"], step_s, peak) if peak is not None else math.nan,
+            "memory_note": run.memory_note,
+            "note": "; ".join(n for n in run.notes[1:]),
+        }
+        rows.append(row)
+        table = _kernels(run.model, data, name, batch_size, dev, profile_top)
+        kernels.append(table.assign(recipe=name))
+    frame = pd.DataFrame(rows)
+    return frame, (pd.concat(kernels, ignore_index=True) if kernels else pd.DataFrame())
+
+
+def _kernels(model: torch.nn.Module, data: TextData, recipe: str, batch_size: int, dev: str, top: int) -> pd.DataFrame:
+    """One further training step of the trained model, under the profiler (after one warm-up step).
+
+    ``train`` is called with the model itself (trained in place) and ``steps=1``; its final
+    evaluation is cut to a single window so that the table is essentially the step.
+    """
+
+    def one_step() -> None:
+        engine.train(model, data, recipe, steps=1, batch_size=batch_size, device=dev, eval_items=1, progress=False, verbose=False)
+
+    return profiling.kernel_table(one_step, device=dev, warmup=1, steps=1, top=top)

@@ -1,0 +1,72 @@
+"""mpcourse.bench.trainstep: recipes benchmarked through mpcourse.train, FLOPs, MFU, kernel tables."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from mpcourse import data, device, models
+from mpcourse.bench import trainstep
+
+CPU = device.capabilities(kind="cpu")
+
+
+@pytest.fixture(scope="module")
+def text():
+    return data.load_text(source="local", block_size=16, max_chars=20000, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def tables(text):
+    return trainstep.recipe_table(text, ["fp32", "bf16", "pure_bf16"], width=32, depth=1, steps=3, batch_size=4, caps=CPU, progress=False)
+
+
+def test_one_row_per_recipe_with_throughput_and_memory(tables) -> None:
+    frame, _ = tables
+    assert frame["recipe"].tolist() == ["fp32", "bf16", "pure_bf16"]
+    assert (frame["samples_per_s"] > 0).all()
+    assert frame["tokens_per_s"].tolist() == pytest.approx((frame["samples_per_s"] * 16).tolist())
+    memory = frame.set_index("recipe")["peak_memory_mb"]
+    assert memory["pure_bf16"] < memory["bf16"] <= memory["fp32"]  # exact storage accounting on a CPU
+    assert frame["mfu"].isna().all()  # a CPU has no datasheet peak
+    assert frame.set_index("recipe").loc["bf16", "status"] in ("native", "emulated")
+
+
+def test_kernel_tables_show_the_dtype_of_the_products(tables) -> None:
+    _, kernels = tables
+    products = kernels[kernels["op"].isin(["aten::mm", "aten::addmm"])].groupby("recipe")["dtypes"].agg(" ".join)
+    assert "bf16" in products["bf16"] and "bf16" in products["pure_bf16"]
+    assert "bf16" not in products["fp32"]
+
+
+def test_model_flops_agree_with_six_nt(text) -> None:
+    model = models.for_data(text, width=32, depth=1)
+    count = trainstep.model_flops(model, text, batch_size=4)
+    assert count["tokens"] == 4 * 16
+    assert 0.5 < count["counted"] / count["six_nt"] < 2
+    assert all(p.grad is None for p in model.parameters())  # counting leaves no gradients behind
+
+
+def test_mfu_uses_the_datasheet_peak_of_the_recipe_precision(monkeypatch, text) -> None:
+    # Pretend this CPU were an H100 for the peak lookup only (the run itself stays on the CPU).
+    h100 = device.capabilities(preset="h100")
+    monkeypatch.setattr(trainstep.datasheets, "for_device", lambda caps: trainstep.datasheets.lookup(h100.name))
+    frame, _ = trainstep.recipe_table(text, ["fp32", "bf16"], width=32, depth=1, steps=2, batch_size=4, caps=CPU, progress=False)
+    row = frame.set_index("recipe")
+    assert row.loc["fp32", "peak_tflops"] == 67.0 and row.loc["bf16", "peak_tflops"] == 989.5
+    for r in row.itertuples():
+        assert r.mfu == pytest.approx(r.flops_per_step / (r.step_ms / 1e3) / (r.peak_tflops * 1e12))
+        assert math.isfinite(r.mfu)
+
+
+def test_default_recipes_leave_out_the_failing_one() -> None:
+    assert "pure_fp16" not in trainstep.default_recipes()
+    assert {"fp32", "tf32", "fp16", "bf16", "pure_bf16"} <= set(trainstep.default_recipes())
+
+
+def test_bad_input_is_named(text) -> None:
+    with pytest.raises(ValueError, match="unknown recipe 'fp4'"):
+        trainstep.recipe_table(text, ["fp4"], width=32, depth=1, steps=1, batch_size=2, caps=CPU)
+    with pytest.raises(ValueError, match="another machine"):
+        trainstep.recipe_table(text, ["fp32"], width=32, depth=1, steps=1, batch_size=2, caps=device.capabilities(preset="t4"))
