@@ -1,8 +1,8 @@
 """Measurements on this machine: matrix products by precision and size, elementwise ops, bandwidth.
 
 :func:`matmul_sweep` times ``C = A @ B`` in fp32, TF32, fp16, bf16 and fp8 (``torch._scaled_mm``)
-over a list of shapes, and reports for each: seconds (median and spread, by
-``torch.utils.benchmark``), the same seconds measured independently (CUDA events on a GPU, a
+over a list of shapes, and reports for each: seconds per call (median, fastest sample and spread,
+by ``torch.utils.benchmark``), the same measured independently (CUDA events on a GPU, a
 synchronised ``perf_counter`` loop elsewhere) as a check, achieved TFLOP/s, the percentage of a
 reference peak (the datasheet's dense peak for a known GPU, otherwise the best rate measured on
 this device), and the relative error against a float64 product of the same inputs.
@@ -144,6 +144,7 @@ def matmul_sweep(
     max_call_seconds: float = 0.25,
     check: bool = True,
     num_threads: int | None = None,
+    clock: Callable[[], float] | None = None,
     seed: int = 0,
     progress: bool = True,
 ) -> pd.DataFrame:
@@ -158,6 +159,8 @@ def matmul_sweep(
         check: also time each product independently (CUDA events / perf_counter, alternating
             block by block with ``torch.utils.benchmark``), as ``check_s``.
         num_threads: CPU threads (default: all PyTorch would use).
+        clock: with ``check``, on a CPU only: the clock both measurements read (default: the wall
+            clock); see :func:`mpcourse.bench.timing.paired`.
     """
     for p in precisions:
         _check_precision(p)
@@ -202,20 +205,20 @@ def matmul_sweep(
                 got = out[:ERROR_ROWS].to(exact.device, torch.float64)
                 row["rel_error"] = (torch.linalg.norm(got - exact) / torch.linalg.norm(exact)).item()
                 if check:
-                    t, other = timing.paired(fn, device=dev, min_run_time=min_run_time, num_threads=num_threads)
-                    row["check_s"] = other.median
+                    t, other = timing.paired(fn, device=dev, min_run_time=min_run_time, num_threads=num_threads, clock=clock)
+                    row.update(check_s=other.median, check_best_s=min(other.samples), check_spread=other.spread)
                 else:
                     t = timing.benchmark(fn, min_run_time=min_run_time, num_threads=num_threads)
         except (RuntimeError, NotImplementedError, ValueError) as exc:
             row["status"], row["note"] = "skipped", f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
             rows.append(row)
             continue
-        row.update(seconds=t.median, spread=t.spread, samples=len(t.samples), tflops=flops / t.median / 1e12)
+        row.update(seconds=t.median, best_s=min(t.samples), spread=t.spread, samples=len(t.samples), tflops=flops / t.median / 1e12)
         last[p] = (flops, t.median)
         rows.append(row)
     bar.close()
     frame = pd.DataFrame(rows)
-    for column in ("seconds", "spread", "samples", "check_s", "tflops", "rel_error"):
+    for column in ("seconds", "best_s", "spread", "samples", "check_s", "check_best_s", "check_spread", "tflops", "rel_error"):
         if column not in frame:
             frame[column] = float("nan")
     best = frame["tflops"].max() if frame["tflops"].notna().any() else None
@@ -224,8 +227,8 @@ def matmul_sweep(
     frame["peak_source"] = [peaks[p][1] for p in frame["precision"]]
     frame["pct_of_peak"] = 100 * frame["tflops"] / frame["peak_tflops"].astype(float)
     frame["check_ratio"] = frame["seconds"] / frame["check_s"]
-    columns = ["precision", "m", "n", "k", "status", "seconds", "spread", "samples", "check_s", "check_ratio",
-               "tflops", "peak_tflops", "pct_of_peak", "rel_error", "flops", "peak_source", "note"]
+    columns = ["precision", "m", "n", "k", "status", "seconds", "best_s", "spread", "samples", "check_s", "check_best_s",
+               "check_spread", "check_ratio", "tflops", "peak_tflops", "pct_of_peak", "rel_error", "flops", "peak_source", "note"]
     return frame[columns]
 
 

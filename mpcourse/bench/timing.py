@@ -106,11 +106,14 @@ def synchronize(device: str | torch.device) -> None:
         torch.mps.synchronize()
 
 
-def _timer(fn: Callable[[], object], num_threads: int | None) -> tuple[torch_benchmark.Timer, int]:
+def _timer(
+    fn: Callable[[], object], num_threads: int | None, clock: Callable[[], float] | None = None
+) -> tuple[torch_benchmark.Timer, int]:
     if not callable(fn):
         raise TypeError(f"fn must be a callable taking no arguments, got {type(fn).__name__}")
     threads = num_threads or torch.get_num_threads()
-    return torch_benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads), threads
+    extra = {"timer": clock} if clock is not None else {}  # default: a wall clock that syncs the accelerator
+    return torch_benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads, **extra), threads
 
 
 def _plan(timer: torch_benchmark.Timer, min_run_time: float, min_blocks: int, max_blocks: int) -> tuple[int, int]:
@@ -159,23 +162,42 @@ def paired(
     num_threads: int | None = None,
     min_blocks: int = 5,
     max_blocks: int = 50,
+    clock: Callable[[], float] | None = None,
 ) -> tuple[Timing, Timing]:
     """:func:`benchmark` and an independent measurement of the same blocks, taken alternately.
 
     The independent clock is CUDA events on a CUDA device, ``time.perf_counter`` with explicit
-    synchronisation elsewhere. Alternating block by block means that a disturbance (another
-    process, a clock change) hits both alike, so a disagreement between the two medians points at
-    the measurement, not at the machine.
+    synchronisation elsewhere. Its blocks are built like the Timer's (the same warm-up calls, the
+    same number of timed calls), and the two take turns, in alternating order, so that a
+    disturbance (another process, a clock change) hits both alike: a disagreement between the two
+    medians then points at the measurement, not at the machine.
+
+    ``clock`` (CPU only) replaces the wall clock in both, e.g. ``time.process_time``: with one
+    thread, the CPU time of the calls, which other processes on a busy machine do not inflate.
     """
-    timer, threads = _timer(fn, num_threads)
+    if clock is not None and _kind(device) != "cpu":
+        raise ValueError("a custom clock is for CPU measurements; on an accelerator the clock must synchronise it")
+    timer, threads = _timer(fn, num_threads, clock)
     number, blocks = _plan(timer, min_run_time, min_blocks, max_blocks)
     cuda = _kind(device) == "cuda"
     ours, theirs = [], []
+
+    def independent_block() -> float:
+        for _ in range(max(number // 100, 2)):  # the same warm-up as each Timer.timeit block
+            fn()
+        return _cuda_event_block(fn, number) if cuda else _perf_counter_block(fn, number, device, clock)
+
     with torch_benchmark.utils.common.set_torch_threads(threads):
-        for _ in range(blocks):
-            ours.append(timer.timeit(number).median)
-            theirs.append(_cuda_event_block(fn, number) if cuda else _perf_counter_block(fn, number, device))
-    method = "CUDA events" if cuda else "time.perf_counter, synchronised"
+        for block in range(blocks):
+            # Same structure for both, in alternating order: neither is systematically the one
+            # that runs at the end of a scheduler time slice.
+            if block % 2:
+                theirs.append(independent_block())
+                ours.append(timer.timeit(number).median)
+            else:
+                ours.append(timer.timeit(number).median)
+                theirs.append(independent_block())
+    method = "CUDA events" if cuda else ("time.perf_counter, synchronised" if clock is None else f"{clock.__name__} loop")
     return Timing(tuple(ours), f"torch.utils.benchmark, {threads} thread{'s' * (threads > 1)}"), Timing(tuple(theirs), method)
 
 
@@ -205,13 +227,16 @@ def compare(
     return {name: Timing(tuple(s), method) for name, s in samples.items()}
 
 
-def _perf_counter_block(fn: Callable[[], object], number: int, device: str | torch.device) -> float:
+def _perf_counter_block(
+    fn: Callable[[], object], number: int, device: str | torch.device, clock: Callable[[], float] | None = None
+) -> float:
+    clock = clock or time.perf_counter
     synchronize(device)
-    start = time.perf_counter()
+    start = clock()
     for _ in range(number):
         fn()
     synchronize(device)
-    return (time.perf_counter() - start) / number
+    return (clock() - start) / number
 
 
 def _cuda_event_block(fn: Callable[[], object], number: int) -> float:

@@ -22,6 +22,14 @@ def _near(got: float, value: float) -> bool:
     return math.isclose(got, value, rel_tol=1e-6)
 
 
+def _judge(label: str, got: float, want: float, mistakes: dict[str, float], case: str, hint: str) -> None:
+    """Name a recognised mistake if ``got`` matches one (and not the right answer), else compare."""
+    for name, value in mistakes.items():
+        if _near(got, value) and not _near(value, want):
+            fail(label, f"for {case} your answer matches a common mistake: {name}.", hint)
+    expect_close(label, got, want, rtol=1e-6, case=case, hint=hint)
+
+
 @register("benchmarking-intensity")
 def check_intensity(matmul_intensity: Any) -> None:
     """``matmul_intensity(m, n, k, bytes_per_element)``: FLOPs per byte of ``(m x k) @ (k x n)``."""
@@ -43,10 +51,7 @@ def check_intensity(matmul_intensity: Any) -> None:
             "assuming square matrices": 2 * n**3 / (3 * n * n * b),
             "counting elements instead of bytes": want * b,
         }
-        for name, value in mistakes.items():
-            if _near(got, value) and not _near(value, want):
-                fail(label, f"for {case} your answer matches a common mistake: {name}.", hint)
-        expect_close(label, got, want, rtol=1e-6, case=case, hint=hint)
+        _judge(label, got, want, mistakes, case, hint)
 
 
 @register("benchmarking-speedup")
@@ -80,10 +85,7 @@ def check_speedup(roofline_speedup: Any) -> None:
             / min(f / (pl * 1e12), bl / (bw * 1e9)),
             "the inverse ratio (low-precision time over high-precision time)": tl / th,
         }
-        for name, value in mistakes.items():
-            if _near(got, value) and not _near(value, want):
-                fail(label, f"for {case} your answer matches a common mistake: {name}.", hint)
-        expect_close(label, got, want, rtol=1e-6, case=case, hint=hint)
+        _judge(label, got, want, mistakes, case, hint)
 
 
 class _SimulatedGPU:
@@ -167,8 +169,5 @@ def check_mfu(mfu: Any) -> None:
             "leaving the peak in TFLOP/s while the FLOPs are plain FLOPs": want * 1e12,
             "multiplying by the step time instead of dividing": 6 * n * t * s / (peak * 1e12),
         }
-        for name, value in mistakes.items():
-            if _near(got, value) and not _near(value, want):
-                fail(label, f"for {case} your answer matches a common mistake: {name}.", hint)
-        expect_close(label, got, want, rtol=1e-6, case=case, hint=hint)
+        _judge(label, got, want, mistakes, case, hint)
 
