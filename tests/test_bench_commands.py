@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from mpcourse import device
 from mpcourse.bench import commands, results
 from mpcourse.cli import BENCHES, main
 
@@ -39,6 +40,10 @@ def test_sizes_follow_the_profile(monkeypatch) -> None:
     monkeypatch.setenv("MPCOURSE_PROFILE", "full")
     assert commands.matmul_sizes("cuda")[-1] == 8192
     assert commands.matmul_sizes("cpu", quick=True) == [64, 128]
+    h100, t4 = device.capabilities(preset="h100"), device.capabilities(preset="t4")
+    assert commands.train_config(h100)["width"] == 1024 and commands.train_config(t4)["width"] == 512
+    monkeypatch.setenv("MPCOURSE_PROFILE", "ci")
+    assert commands.train_config(h100) == commands.train_config(t4, quick=True)
 
 
 def test_quick_train_prints_recipes_and_saves_results(tmp_path, capsys) -> None:

@@ -22,12 +22,12 @@ __all__ = ["matmul", "matmul_sizes", "train", "train_config"]
 
 
 def matmul_sizes(kind: str, quick: bool = False) -> list[int]:
-    """Square sizes of the matmul sweep for a device kind and the active profile."""
+    """Square sizes of the matmul sweep (here and in the chapter) for a device kind and the profile."""
     if quick:
         return [64, 128]
     if kind == "cuda":
-        return profile.pick(ci=[256, 1024], small=[256, 1024, 4096], full=[256, 512, 1024, 2048, 4096, 8192])
-    return profile.pick(ci=[128, 256, 512], small=[128, 256, 512, 1024], full=[128, 256, 512, 1024, 2048])
+        return profile.pick(ci=[64, 128], small=[256, 1024, 4096], full=[256, 512, 1024, 2048, 4096, 8192])
+    return profile.pick(ci=[64, 128], small=[128, 256, 512, 1024], full=[128, 256, 512, 1024, 2048])
 
 
 def _command() -> str:
@@ -99,18 +99,22 @@ def matmul(save: Path | None, quick: bool) -> int:
     return 0 if frame["tflops"].notna().any() else 1
 
 
-def train_config(kind: str, quick: bool = False) -> dict[str, int]:
-    """Model and run sizes of the training-step benchmark for a device kind and the active profile."""
+def train_config(caps: devices.Capabilities, quick: bool = False) -> dict[str, int]:
+    """Model and run sizes of the training-step benchmark (here and in the chapter) for a device and the profile.
+
+    On a GPU the full size is a 100M-parameter transformer, large enough for the tensor cores to
+    matter; a GPU without bf16 units (a T4) gets a smaller one, since two recipes run emulated there.
+    """
+    tiny = {"block_size": 16, "width": 32, "depth": 1, "steps": 4, "batch_size": 8}
     if quick:
-        return {"block_size": 16, "width": 32, "depth": 1, "steps": 4, "batch_size": 8}
-    gpu = kind == "cuda"
-    return profile.pick(
-        ci={"block_size": 32, "width": 32, "depth": 1, "steps": 6, "batch_size": 8},
-        small={"block_size": 64, "width": 128, "depth": 2, "steps": 30, "batch_size": 32},
-        full={"block_size": 256, "width": 1024, "depth": 8, "steps": 30, "batch_size": 32}
-        if gpu
-        else {"block_size": 64, "width": 256, "depth": 2, "steps": 30, "batch_size": 32},
-    )
+        return tiny
+    if caps.kind == "cuda":
+        full = {"block_size": 256, "width": 1024, "depth": 8, "steps": 30, "batch_size": 32}
+        if not caps.bf16_native:
+            full |= {"width": 512, "depth": 4}
+    else:
+        full = {"block_size": 64, "width": 256, "depth": 2, "steps": 30, "batch_size": 32}
+    return profile.pick(ci=tiny, small={"block_size": 64, "width": 128, "depth": 2, "steps": 30, "batch_size": 32}, full=full)
 
 
 def train(save: Path | None, quick: bool) -> int:
@@ -121,7 +125,7 @@ def train(save: Path | None, quick: bool) -> int:
     caps = devices.capabilities()
     print(report(caps))
     sheet = datasheets.for_device(caps)
-    config = train_config(caps.kind, quick)
+    config = train_config(caps, quick)
     text = data.load_text(source="local", block_size=config["block_size"], verbose=False)
     print(f"model: character transformer, width {config['width']}, depth {config['depth']}, "
           f"context {config['block_size']}; {config['steps']} steps of {config['batch_size']} sequences per recipe")
