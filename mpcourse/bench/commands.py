@@ -9,8 +9,9 @@ the ``ci`` sizes for a smoke run.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pandas as pd
 
@@ -18,7 +19,9 @@ from .. import device as devices
 from .. import profile, report
 from . import datasheets, results, sweeps
 
-__all__ = ["matmul", "matmul_sizes", "train", "train_config"]
+__all__ = ["headline", "matmul", "matmul_sizes", "train", "train_config"]
+
+T = TypeVar("T")
 
 
 def matmul_sizes(kind: str, quick: bool = False) -> list[int]:
@@ -55,45 +58,55 @@ def headline(frame: pd.DataFrame, precision: str = "bf16", size: int = 8192) -> 
     )
 
 
+def _attempt(what: str, fn: Callable[[], T]) -> T | None:
+    """Run one part of a benchmark; on failure print why and go on, so one run keeps what worked."""
+    try:
+        return fn()
+    except Exception as exc:  # noqa: BLE001 - report and continue: a GPU run is not repeated lightly
+        print(f"\n{what} failed: {type(exc).__name__}: {exc}")
+        return None
+
+
 def matmul(save: Path | None, quick: bool) -> int:
     """The matmul sweep (fp32, TF32, fp16, bf16, fp8), timing pitfalls, bandwidth and an elementwise op."""
     caps = devices.capabilities()
     print(report(caps))
-    kind = caps.kind
     sheet = datasheets.for_device(caps)
     print(f"reference peaks: {'datasheet of the ' + sheet.name if sheet else 'not in the datasheet table: the best rate measured here'}")
-    cuda = kind == "cuda"
+    cuda = caps.kind == "cuda"
     min_run_time = 0.02 if quick else 0.2
-    pit_precision = "bf16" if caps.bf16_native else "fp32"
-    pit_n = 128 if quick else (4096 if cuda else 512)
+    tables: dict[str, Any] = {}
     # First, while the process is cold: the same product timed wrongly and rightly.
-    pitfalls = sweeps.timing_pitfalls(pit_n, pit_precision, caps=caps, min_run_time=min_run_time)
-    print(
-        f"\ntiming pitfalls, {pit_precision} {pit_n}^3, ms per call: first call alone {pitfalls['naive'] * 1e3:.3f}, "
-        f"no synchronisation {pitfalls['unsynchronised'] * 1e3:.3f}, torch.utils.benchmark "
-        f"{pitfalls['benchmark'] * 1e3:.3f}, independent {pitfalls['independent'] * 1e3:.3f}"
-    )
+    pit_precision, pit_n = ("bf16" if caps.bf16_native else "fp32"), (128 if quick else (4096 if cuda else 512))
+    pitfalls = _attempt("timing pitfalls", lambda: sweeps.timing_pitfalls(pit_n, pit_precision, caps=caps, min_run_time=min_run_time))
+    if pitfalls:
+        tables["pitfalls"] = [pitfalls]
+        print(
+            f"\ntiming pitfalls, {pit_precision} {pit_n}^3, ms per call: first call alone {pitfalls['naive'] * 1e3:.3f}, "
+            f"no synchronisation {pitfalls['unsynchronised'] * 1e3:.3f}, torch.utils.benchmark "
+            f"{pitfalls['benchmark'] * 1e3:.3f}, independent {pitfalls['independent'] * 1e3:.3f}"
+        )
     frame = sweeps.matmul_sweep(
-        matmul_sizes(kind, quick), caps=caps, min_run_time=min_run_time, max_call_seconds=0.1 if quick else 1.0
+        matmul_sizes(caps.kind, quick), caps=caps, min_run_time=min_run_time, max_call_seconds=0.1 if quick else 1.0
     )
+    tables["matmul"] = frame
     print("\nmatmul sweep (ms: median per call; spread: IQR/median; check: this / independent clock)")
     _print_table(frame)
-    gbs = sweeps.bandwidth(caps=caps, nbytes=2**24 if quick else (2**30 if cuda else 2**28), min_run_time=min_run_time)
+    nbytes = 2**24 if quick else (2**30 if cuda else 2**28)
+    gbs = _attempt("bandwidth", lambda: sweeps.bandwidth(caps=caps, nbytes=nbytes, min_run_time=min_run_time))
+    if gbs:
+        tables["bandwidth"] = [{"gb_per_s": gbs, "method": "copy of a large fp32 buffer, 2 bytes moved per byte"}]
+        print(f"\nmemory bandwidth (copy): {gbs:.1f} GB/s" + (f"; datasheet {sheet.bandwidth_gb_s:.0f} GB/s" if sheet else ""))
     counts = [2**16] if quick else ([2**20, 2**24, 2**28] if cuda else [2**16, 2**20, 2**24])
-    elementwise = sweeps.elementwise_sweep(counts, caps=caps, min_run_time=min_run_time)
-    print(f"\nmemory bandwidth (copy): {gbs:.1f} GB/s" + (f"; datasheet {sheet.bandwidth_gb_s:.0f} GB/s" if sheet else ""))
-    print("elementwise z = x + y:")
-    print(elementwise[["precision", "elements", "seconds", "gb_per_s"]].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    elementwise = _attempt("elementwise", lambda: sweeps.elementwise_sweep(counts, caps=caps, min_run_time=min_run_time))
+    if elementwise is not None:
+        tables["elementwise"] = elementwise
+        print("elementwise z = x + y:")
+        print(elementwise[["precision", "elements", "seconds", "gb_per_s"]].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     line = headline(frame)
     if line:
         print("\n" + line)
     if save is not None:
-        tables: dict[str, Any] = {
-            "matmul": frame,
-            "elementwise": elementwise,
-            "pitfalls": [pitfalls],
-            "bandwidth": [{"gb_per_s": gbs, "method": "copy of a large fp32 buffer, 2 bytes moved per byte"}],
-        }
         path = results.save(results.make_record("matmul", tables, command=_command()), save)
         print(f"\nsaved {path}")
     return 0 if frame["tflops"].notna().any() else 1

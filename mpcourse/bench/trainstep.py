@@ -100,8 +100,8 @@ def recipe_table(
                 factory, data, name, steps=steps, batch_size=batch_size, device=dev, eval_every=steps,
                 eval_items=8, progress=progress, verbose=False, label=name,
             )
-        except (RuntimeError, ValueError) as exc:  # a recipe this device or torch cannot run at all
-            rows.append(row | {"status": "failed", "note": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"})
+        except Exception as exc:  # noqa: BLE001 - a benchmark reports a recipe that cannot run here, and goes on
+            rows.append(row | {"status": "failed", "note": _describe(exc)})
             continue
         summary = run.summary()
         samples_per_s = float(summary["samples_per_s"])
@@ -122,11 +122,17 @@ def recipe_table(
             "memory_note": run.memory_note,
             "note": "; ".join(n for n in run.notes[1:]),
         }
+        try:
+            kernels.append(_kernels(run.model, data, name, batch_size, dev, profile_top).assign(recipe=name))
+        except Exception as exc:  # noqa: BLE001 - e.g. a profiler without GPU tracing (CUPTI) support
+            row["note"] = "; ".join(filter(None, [row["note"], f"no kernel table: {_describe(exc)}"]))
         rows.append(row)
-        table = _kernels(run.model, data, name, batch_size, dev, profile_top)
-        kernels.append(table.assign(recipe=name))
     frame = pd.DataFrame(rows)
     return frame, (pd.concat(kernels, ignore_index=True) if kernels else pd.DataFrame())
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}"
 
 
 def _kernels(model: torch.nn.Module, data: TextData, recipe: str, batch_size: int, dev: str, top: int) -> pd.DataFrame:
