@@ -3,7 +3,8 @@
 A result file is JSON with a fixed set of keys (:data:`KEYS`): ``schema``, ``topic`` (``matmul``,
 ``train``, ...), ``date`` (UTC, ISO 8601), ``command`` (what produced it, to reproduce it),
 ``profile``, ``environment`` (device, compute capability, torch / CUDA / Python / mpcourse versions,
-commit; from :func:`mpcourse.verify.environment`) and ``tables`` (name -> list of row records).
+commit; from :func:`mpcourse.verify.environment`), ``conditions`` (the load average when it was
+saved) and ``tables`` (name -> list of row records).
 Missing measurements are ``null``. Reference results measured on real machines ship with the
 package in ``mpcourse/bench/reference/`` and chapters plot them next to the reader's own; no
 result number is ever typed in by hand.
@@ -14,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -55,9 +57,19 @@ def make_record(topic: str, tables: dict[str, pd.DataFrame | list[dict[str, Any]
         "command": command,
         "profile": profile.current(),
         "environment": environment(),
+        "conditions": _conditions(),
         "tables": rows,
     }
     return _clean(record)
+
+
+def _conditions() -> dict[str, Any]:
+    """How busy the machine was when the record was made: a shared machine measures slower and noisier."""
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):  # not on every platform
+        load = None
+    return {"load_average_1min": load, "cpu_count": os.cpu_count()}
 
 
 def save(record: dict[str, Any], path: str | Path) -> Path:
