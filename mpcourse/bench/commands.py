@@ -127,7 +127,7 @@ def train_config(caps: devices.Capabilities, quick: bool = False) -> dict[str, i
             full |= {"width": 512, "depth": 4}
     else:
         full = {"block_size": 64, "width": 256, "depth": 2, "steps": 30, "batch_size": 32}
-    return profile.pick(ci=tiny, small={"block_size": 64, "width": 128, "depth": 2, "steps": 30, "batch_size": 32}, full=full)
+    return profile.pick(ci=tiny, small={"block_size": 64, "width": 128, "depth": 2, "steps": 20, "batch_size": 16}, full=full)
 
 
 def train(save: Path | None, quick: bool) -> int:

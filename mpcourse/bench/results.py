@@ -4,7 +4,7 @@ A result file is JSON with a fixed set of keys (:data:`KEYS`): ``schema``, ``top
 ``train``, ...), ``date`` (UTC, ISO 8601), ``command`` (what produced it, to reproduce it),
 ``profile``, ``environment`` (device, compute capability, torch / CUDA / Python / mpcourse versions,
 commit; from :func:`mpcourse.verify.environment`), ``conditions`` (the load average when it was
-saved) and ``tables`` (name -> list of row records).
+saved, and the CPU threads PyTorch used) and ``tables`` (name -> list of row records).
 Missing measurements are ``null``. Reference results measured on real machines ship with the
 package in ``mpcourse/bench/reference/`` and chapters plot them next to the reader's own; no
 result number is ever typed in by hand.
@@ -64,12 +64,15 @@ def make_record(topic: str, tables: dict[str, pd.DataFrame | list[dict[str, Any]
 
 
 def _conditions() -> dict[str, Any]:
-    """How busy the machine was when the record was made: a shared machine measures slower and noisier."""
+    """How busy the machine was when the record was made (a shared machine measures slower and
+    noisier), and how many CPU threads PyTorch used (``OMP_NUM_THREADS`` sets it at start-up)."""
     try:
         load = os.getloadavg()[0]
     except (AttributeError, OSError):  # not on every platform
         load = None
-    return {"load_average_1min": load, "cpu_count": os.cpu_count()}
+    import torch
+
+    return {"load_average_1min": load, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
 
 
 def save(record: dict[str, Any], path: str | Path) -> Path:
@@ -110,7 +113,9 @@ def reference_records(topic: str, folder: str | Path = REFERENCE_DIR) -> list[di
 def label(record: dict[str, Any]) -> str:
     """A short name for a record in legends: device, torch version and date."""
     env = record["environment"]
-    return f"{env.get('device_name', '?')} (torch {env.get('torch', '?')}, {record['date'][:10]})"
+    threads = record.get("conditions", {}).get("torch_threads")
+    where = env.get("device_name", "?") + (f", {threads} thread{'s' * (threads > 1)}" if threads and env.get("kind") == "cpu" else "")
+    return f"{where} (torch {env.get('torch', '?')}, {record['date'][:10]})"
 
 
 def table(record: dict[str, Any], name: str) -> pd.DataFrame:
