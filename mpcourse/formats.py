@@ -832,6 +832,7 @@ def table(names: Any = None) -> pd.DataFrame:
                 "eps": f.eps,
                 "inf": inf_text,
                 "NaN": nan_text,
+                "description": f.description,
                 "introduced by": f.introduced,
                 "computes natively on": f.native,
             }
