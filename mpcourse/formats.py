@@ -104,7 +104,9 @@ class FloatFormat:
         if self.nan not in NAN_ENCODINGS:
             problems.append(f"nan must be one of {', '.join(NAN_ENCODINGS)}; got {self.nan!r}")
         if self.has_inf and (self.nan != "ieee" or m == 0):
-            problems.append("infinity uses the IEEE encoding, so has_inf needs nan='ieee' and mantissa_bits >= 1")
+            problems.append(
+                "infinity uses the IEEE encoding, so has_inf needs nan='ieee' and mantissa_bits >= 1"
+            )
         if self.nan == "ieee" and m == 0:
             problems.append("nan='ieee' needs mantissa_bits >= 1 (a NaN has a non-zero mantissa)")
         if self.nan == "negative_zero" and not self.signed:
@@ -320,7 +322,9 @@ class FloatFormat:
                 parts.append(f"{mm:0{self.mantissa_bits}b}")
             return sep.join(parts)
 
-        strings = [one(int(s), int(x), int(mm)) for s, x, mm in zip(sign.ravel(), exponent.ravel(), mantissa.ravel())]
+        strings = [
+            one(int(s), int(x), int(mm)) for s, x, mm in zip(sign.ravel(), exponent.ravel(), mantissa.ravel())
+        ]
         return strings[0] if sign.ndim == 0 else np.array(strings).reshape(sign.shape)
 
     def classify(self, bits: Any) -> Any:
@@ -333,7 +337,9 @@ class FloatFormat:
             np.where(
                 np.isinf(value),
                 "inf",
-                np.where(value == 0, "zero", np.where((exponent == 0) & self.subnormals, "subnormal", "normal")),
+                np.where(
+                    value == 0, "zero", np.where((exponent == 0) & self.subnormals, "subnormal", "normal")
+                ),
             ),
         )
         return kind[()] if kind.ndim == 0 else kind
@@ -460,6 +466,7 @@ class _Ops(NamedTuple):
     """The array operations the rounding algorithm needs, so that numpy and torch share one algorithm."""
 
     signbit: Callable[[Any], Any]
+    isnan: Callable[[Any], Any]
     exponent: Callable[[Any], Any]  # floor(log2(x)) for finite x > 0, as int64
     ldexp: Callable[[Any, Any], Any]  # x * 2**e, exactly, for an int64 array e
     rint: Callable[[Any], Any]  # round half to even
@@ -472,6 +479,7 @@ class _Ops(NamedTuple):
 
 _NUMPY = _Ops(
     signbit=np.signbit,
+    isnan=np.isnan,
     exponent=lambda x: np.frexp(x)[1].astype(np.int64) - 1,
     ldexp=lambda x, e: np.ldexp(x, e.astype(np.int32)),
     rint=np.rint,
@@ -497,6 +505,7 @@ def _torch_ops() -> _Ops:
 
     return _Ops(
         signbit=torch.signbit,
+        isnan=torch.isnan,
         exponent=lambda x: torch.frexp(x)[1].to(torch.int64) - 1,
         ldexp=ldexp,
         rint=torch.round,  # half to even, like np.rint
@@ -526,7 +535,7 @@ def _round(
     m = fmt.mantissa_bits
     negative = ops.signbit(x)
     a = abs(x)
-    nan_in = a != a
+    nan_in = ops.isnan(a)
     inf_in = a == math.inf
     zero_in = a == 0
     regular = ~(nan_in | inf_in | zero_in)
@@ -638,21 +647,27 @@ def _ieee(name: str, e: int, m: int, **meta: Any) -> FloatFormat:
 
 
 FP64 = _ieee(
-    "float64", 11, 52,
+    "float64",
+    11,
+    52,
     description="IEEE 754 double precision (binary64)",
     introduced="IEEE 754-1985",
     native="every CPU and GPU",
     sources=("ieee754-2019",),
 )
 FP32 = _ieee(
-    "float32", 8, 23,
+    "float32",
+    8,
+    23,
     description="IEEE 754 single precision (binary32): the default dtype of PyTorch",
     introduced="IEEE 754-1985",
     native="every CPU and GPU",
     sources=("ieee754-2019",),
 )
 TF32 = _ieee(
-    "tf32", 8, 10,
+    "tf32",
+    8,
+    10,
     description="TensorFloat-32: a tensor-core math mode for fp32 matmuls (fp32 range, 10 mantissa bits, "
     "fp32 accumulation), never a storage type; stored here as 19-bit patterns",
     introduced="NVIDIA, 2020 (Ampere A100)",
@@ -660,69 +675,112 @@ TF32 = _ieee(
     sources=("nvidia2020tf32", "pytorch-cuda-semantics"),
 )
 FP16 = _ieee(
-    "float16", 5, 10,
+    "float16",
+    5,
+    10,
     description="IEEE 754 half precision (binary16)",
     introduced="IEEE 754-2008",
     native="NVIDIA tensor cores from Volta (sm_70) on; CPUs with AVX512-FP16 or AMX-FP16",
-    sources=("ieee754-2019", "micikevicius2018mixed"),
+    sources=("ieee754-2019", "micikevicius2018mixed", "intel-amx"),
 )
 BF16 = _ieee(
-    "bfloat16", 8, 7,
+    "bfloat16",
+    8,
+    7,
     description="brain floating point: fp32's exponent with a 7-bit mantissa (fp32 with 16 bits cut off)",
     introduced="Google Brain, for TPUs",
     native="Google TPUs; NVIDIA tensor cores from Ampere (sm_80) on; CPUs with AVX512-BF16 or AMX",
     sources=("google2019bf16", "kalamkar2019bf16", "intel-amx"),
 )
 E4M3 = FloatFormat(
-    "float8_e4m3fn", 4, 3, bias=7, has_inf=False, nan="all_ones",
+    "float8_e4m3fn",
+    4,
+    3,
+    bias=7,
+    has_inf=False,
+    nan="all_ones",
     description="OCP FP8 E4M3: no infinity, one NaN pattern per sign, so the top binade holds finite values",
     introduced="NVIDIA, Arm and Intel, 2022; OCP OFP8, 2023",
     native="NVIDIA tensor cores from Ada (sm_89) and Hopper (sm_90) on; AMD from MI350 (gfx950)",
     sources=("micikevicius2022fp8", "ocp2023ofp8", "triton-pr-7186"),
 )
 E5M2 = _ieee(
-    "float8_e5m2", 5, 2,
+    "float8_e5m2",
+    5,
+    2,
     description="OCP FP8 E5M2: IEEE-style (inf and NaNs); fp16 with its mantissa cut to 2 bits",
     introduced="NVIDIA, Arm and Intel, 2022; OCP OFP8, 2023",
     native="NVIDIA tensor cores from Ada (sm_89) and Hopper (sm_90) on; AMD from MI350 (gfx950)",
     sources=("micikevicius2022fp8", "ocp2023ofp8", "triton-pr-7186"),
 )
 E4M3FNUZ = FloatFormat(
-    "float8_e4m3fnuz", 4, 3, bias=8, has_inf=False, nan="negative_zero",
+    "float8_e4m3fnuz",
+    4,
+    3,
+    bias=8,
+    has_inf=False,
+    nan="negative_zero",
     description="E4M3 with bias 8, no infinity, no negative zero: the single NaN is 0x80",
     introduced="Graphcore (Noune et al., 2022)",
     native="AMD MI300 (gfx942); MI350 moved to the OCP formats",
     sources=("noune2022fp8", "triton-pr-7186"),
 )
 E5M2FNUZ = FloatFormat(
-    "float8_e5m2fnuz", 5, 2, bias=16, has_inf=False, nan="negative_zero",
+    "float8_e5m2fnuz",
+    5,
+    2,
+    bias=16,
+    has_inf=False,
+    nan="negative_zero",
     description="E5M2 with bias 16, no infinity, no negative zero: the single NaN is 0x80",
     introduced="Graphcore (Noune et al., 2022)",
     native="AMD MI300 (gfx942); MI350 moved to the OCP formats",
     sources=("noune2022fp8", "triton-pr-7186"),
 )
 E8M0 = FloatFormat(
-    "float8_e8m0fnu", 8, 0, bias=127, has_inf=False, nan="all_ones", signed=False, subnormals=False,
+    "float8_e8m0fnu",
+    8,
+    0,
+    bias=127,
+    has_inf=False,
+    nan="all_ones",
+    signed=False,
+    subnormals=False,
     description="MX scale: an unsigned power of two, 2^-127 to 2^127; no zero, no infinity; NaN is 0xFF",
     introduced="OCP Microscaling (MX) v1.0, 2023, as the shared scale of a block",
     native="NVIDIA tensor cores from Blackwell (sm_100) on, as MXFP8/MXFP4 block scales",
     sources=("ocp2023mx", "nvidia-te-docs"),
 )
 E2M1 = FloatFormat(
-    "float4_e2m1fn", 2, 1, bias=1, has_inf=False, nan="none",
-    description="FP4 E2M1: ±{0, 0.5, 1, 1.5, 2, 3, 4, 6}, no infinity, no NaN; useful only with block scales",
+    "float4_e2m1fn",
+    2,
+    1,
+    bias=1,
+    has_inf=False,
+    nan="none",
+    description="FP4 E2M1: ±{0, 0.5, 1, 1.5, 2, 3, 4, 6}, no infinity, no NaN; useful with block scales",
     introduced="OCP Microscaling (MX) v1.0, 2023 (MXFP4); also NVIDIA's NVFP4",
     native="NVIDIA tensor cores from Blackwell (sm_100) on",
     sources=("ocp2023mx", "nvidia-te-docs"),
 )
 E2M3 = FloatFormat(
-    "float6_e2m3fn", 2, 3, bias=1, has_inf=False, nan="none",
+    "float6_e2m3fn",
+    2,
+    3,
+    bias=1,
+    has_inf=False,
+    nan="none",
     description="FP6 E2M3 (MXFP6 element): no infinity, no NaN",
     introduced="OCP Microscaling (MX) v1.0, 2023",
     sources=("ocp2023mx",),
 )
 E3M2 = FloatFormat(
-    "float6_e3m2fn", 3, 2, bias=3, has_inf=False, nan="none",
+    "float6_e3m2fn",
+    3,
+    2,
+    bias=3,
+    has_inf=False,
+    nan="none",
     description="FP6 E3M2 (MXFP6 element): no infinity, no NaN",
     introduced="OCP Microscaling (MX) v1.0, 2023",
     sources=("ocp2023mx",),
@@ -802,7 +860,12 @@ def custom(
     bias = (1 << (exponent_bits - 1)) - 1 if bias is None else bias
     suffix = "" if (has_inf, nan) == (True, "ieee") else "fn" if nan == "all_ones" else "custom"
     return FloatFormat(
-        name or f"e{exponent_bits}m{mantissa_bits}{suffix}", exponent_bits, mantissa_bits, bias, has_inf=has_inf, nan=nan
+        name or f"e{exponent_bits}m{mantissa_bits}{suffix}",
+        exponent_bits,
+        mantissa_bits,
+        bias,
+        has_inf=has_inf,
+        nan=nan,
     )
 
 
@@ -865,13 +928,19 @@ def round_tensor(
 
     fmt = get(fmt)
     if not isinstance(t, torch.Tensor) or not t.is_floating_point():
-        raise TypeError(f"round_tensor expects a floating-point torch tensor; got {type(t).__name__} "
-                        f"{getattr(t, 'dtype', '')}")
+        raise TypeError(
+            f"round_tensor expects a floating-point torch tensor; got {type(t).__name__} "
+            f"{getattr(t, 'dtype', '')}"
+        )
     if fmt.exponent_bits > 10:
-        raise ValueError(f"round_tensor handles formats of up to 10 exponent bits; {fmt.name} has {fmt.exponent_bits} "
-                         "(a float64 tensor is already exact)")
+        raise ValueError(
+            f"round_tensor handles formats of up to 10 exponent bits; {fmt.name} has {fmt.exponent_bits} "
+            "(a float64 tensor is already exact)"
+        )
     x = t.detach().to(torch.float64)
-    value, _ = _round(x, fmt, _torch_ops(), saturate=saturate, rounding=rounding, rng=generator, want_codes=False)
+    value, _ = _round(
+        x, fmt, _torch_ops(), saturate=saturate, rounding=rounding, rng=generator, want_codes=False
+    )
     return value.to(t.dtype)
 
 
@@ -903,7 +972,9 @@ def benchmark(save: Path | None = None, quick: bool = False) -> int:
         f"round {n_values:,} float32 values to float8_e4m3fn": lambda: E4M3.round(values),
     }
     results = []
-    print(f"mpcourse.formats: median of {repeats} runs (numpy {np.__version__}, {platform.processor() or platform.machine()})")
+    print(
+        f"mpcourse.formats: median of {repeats} runs (numpy {np.__version__}, {platform.processor() or platform.machine()})"
+    )
     for name, fn in cases.items():
         fn()  # warm-up (builds the lookup tables)
         times = timeit.repeat(fn, number=1, repeat=repeats)

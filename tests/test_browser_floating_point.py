@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from test_browser import ARGS, CHROMIUM, server  # noqa: F401  (server is a fixture used below)
 
 pytestmark = pytest.mark.browser
@@ -23,26 +22,27 @@ def test_figures_draw_and_the_format_dropdown_works(server: str) -> None:  # noq
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 1000})
-        requests: list[str] = []
-        errors: list[str] = []
-        page.on("request", lambda r: requests.append(r.url))
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(f"{server}/notebooks/floating_point.html", wait_until="networkidle")
-        page.wait_for_selector(".js-plotly-plot .main-svg", timeout=20_000)
-        plots = page.locator(".js-plotly-plot")
-        assert plots.count() >= 5
-        patterns = plots.first  # every bit pattern of the small formats, with a format menu
-        assert "float8_e4m3fn" in patterns.locator(".gtitle").text_content()
-        patterns.locator(".updatemenu-header-group").click()
-        patterns.locator(".updatemenu-dropdown-button", has_text="float8_e5m2").first.click()
-        page.wait_for_function(
-            "document.querySelector('.js-plotly-plot .gtitle').textContent.startsWith('float8_e5m2')", timeout=5_000
-        )
-        assert "6 nan" in patterns.locator(".gtitle").text_content()  # E5M2 spends six patterns on NaN
-        # The widget snapshot shows one toggle per bit of fp32, and the math rendered.
-        assert page.locator(".jupyter-widgets .widget-toggle-button").count() >= 32
-        assert page.locator("mjx-container").count() >= 10
-        browser.close()
-    assert errors == []
-    assert all(url.startswith(server) for url in requests), [u for u in requests if not u.startswith(server)]
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            page.goto(f"{server}/notebooks/floating_point.html", wait_until="networkidle")
+            page.wait_for_selector(".js-plotly-plot .main-svg", timeout=20_000)
+            plots = page.locator(".js-plotly-plot")
+            assert plots.count() >= 5
+            patterns = plots.first  # every bit pattern of the small formats, with a format menu
+            assert "float8_e4m3fn" in patterns.locator(".gtitle").text_content()
+            patterns.locator(".updatemenu-header-group").click()
+            patterns.locator(".updatemenu-dropdown-button", has_text="float8_e5m2").first.click()
+            page.wait_for_function(
+                "document.querySelector('.js-plotly-plot .gtitle').textContent.startsWith('float8_e5m2')",
+                timeout=5_000,
+            )
+            assert "6 nan" in patterns.locator(".gtitle").text_content()  # E5M2 spends six patterns on NaN
+            # The widget snapshot shows one toggle per bit of fp32, and the math rendered.
+            assert page.locator(".jupyter-widgets .widget-toggle-button").count() >= 32
+            assert page.locator("mjx-container").count() >= 10
+            loaded = page.evaluate("performance.getEntriesByType('resource').map(e => e.name)")
+        finally:
+            browser.close()
+    assert loaded and all(url.startswith(server) for url in loaded), [
+        u for u in loaded if not u.startswith(server)
+    ]
