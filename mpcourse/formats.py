@@ -419,8 +419,9 @@ class FloatFormat:
             scalar input).
         """
         x = _as_float64(values, f"{self.name}.encode")
-        _, code = _round(x, self, _NUMPY, saturate=saturate, rounding=rounding, rng=rng, want_codes=True)
-        code = code.astype(self.storage_dtype)
+        ops = _numpy_ops(self)
+        _, code = _round(x.ravel(), self, ops, saturate=saturate, rounding=rounding, rng=rng, want_codes=True)
+        code = code.astype(self.storage_dtype).reshape(x.shape)
         return code[()] if code.ndim == 0 else code
 
     def round(
@@ -437,7 +438,9 @@ class FloatFormat:
         and special cases as in :meth:`encode`.
         """
         x = _as_float64(values, f"{self.name}.round")
-        value, _ = _round(x, self, _NUMPY, saturate=saturate, rounding=rounding, rng=rng, want_codes=False)
+        ops = _numpy_ops(self)
+        value, _ = _round(x.ravel(), self, ops, saturate=saturate, rounding=rounding, rng=rng, want_codes=False)
+        value = value.reshape(x.shape)
         return value[()] if value.ndim == 0 else value
 
     def neighbours(self, values: Any) -> tuple[Any, Any]:
@@ -473,6 +476,7 @@ class _Ops(NamedTuple):
     floor: Callable[[Any], Any]
     clip: Callable[[Any, int, int], Any]
     where: Callable[[Any, Any, Any], Any]
+    fill: Callable[[Any, Any, Any], None]  # in place: array[mask] = scalar
     to_int: Callable[[Any], Any]
     uniform: Callable[[Any, Any], Any]  # uniform on [0, 1), shaped like x, from a seed or generator
 
@@ -481,14 +485,23 @@ _NUMPY = _Ops(
     signbit=np.signbit,
     isnan=np.isnan,
     exponent=lambda x: np.frexp(x)[1].astype(np.int64) - 1,
-    ldexp=lambda x, e: np.ldexp(x, e.astype(np.int32)),
+    ldexp=lambda x, e: x * ((e + 1023) << 52).view(np.float64),
     rint=np.rint,
     floor=np.floor,
     clip=np.clip,
     where=np.where,
+    fill=lambda array, mask, value: np.copyto(array, value, where=mask),
     to_int=lambda x: x.astype(np.int64),
     uniform=lambda x, rng: np.random.default_rng(rng).random(np.shape(x)),
 )
+#: For formats whose scalings leave float64's normal exponents (float64 itself): numpy's own ldexp.
+_NUMPY_WIDE = _NUMPY._replace(ldexp=lambda x, e: np.ldexp(x, e.astype(np.int32)))
+
+
+def _numpy_ops(fmt: FloatFormat) -> _Ops:
+    """The numpy operations for ``fmt``: 2^e from its bits when every scaling stays in [-1022, 1023]."""
+    fast = fmt.emin - fmt.mantissa_bits >= -1022 and fmt.emax + 1 + fmt.mantissa_bits <= 1023
+    return _NUMPY if fast else _NUMPY_WIDE
 
 
 @functools.cache
@@ -512,6 +525,7 @@ def _torch_ops() -> _Ops:
         floor=torch.floor,
         clip=lambda x, lo, hi: torch.clamp(x, lo, hi),
         where=torch.where,
+        fill=lambda array, mask, value: array.masked_fill_(mask, value),
         to_int=lambda x: x.to(torch.int64),
         uniform=uniform,
     )
@@ -529,6 +543,7 @@ def _round(
     into the next binade by itself. The pattern is ``(E - emin) * 2^m + n``: the hidden bit of a
     normal ``n`` adds the 1 that its exponent field needs. With ``m >= 1``, ``n`` and the pattern
     have the same parity, so "ties to even" on ``n`` is ties to even on the pattern, as IEEE 754 says.
+    Everything else is special cases: zero, infinity, NaN, overflow, and formats without some of them.
     """
     if rounding not in ROUNDINGS:
         raise ValueError(f"unknown rounding {rounding!r}; accepted: {', '.join(ROUNDINGS)}")
@@ -539,7 +554,13 @@ def _round(
     inf_in = a == math.inf
     zero_in = a == 0
     regular = ~(nan_in | inf_in | zero_in)
-    safe = ops.where(regular, a, 1.0)
+    if fmt.nan == "none" and bool(nan_in.any()):
+        raise ValueError(
+            f"{fmt.name} has no NaN, and {int(nan_in.sum())} input value(s) are NaN: there is no pattern to "
+            "map them to. Replace or mask the NaNs first (ml_dtypes silently writes a zero pattern)."
+        )
+    safe = abs(x)  # a fresh array, made safe for frexp below
+    ops.fill(safe, ~regular, 1.0)
 
     exponent = ops.clip(ops.exponent(safe), fmt.emin, fmt.emax + 1)
     scaled = ops.ldexp(safe, m - exponent)  # exact: a power-of-two scaling
@@ -557,13 +578,13 @@ def _round(
 
     if not fmt.subnormals:  # no zero: anything below the smallest value is held there (as ml_dtypes does)
         below = value < fmt.tiny
-        value = ops.where(below, fmt.tiny, value)
-        n = ops.where(below, float(1 << m), n)
-        exponent = ops.where(below, fmt.emin, exponent)
+        ops.fill(value, below, fmt.tiny)
+        ops.fill(n, below, float(1 << m))
+        ops.fill(exponent, below, fmt.emin)
 
     overflow = regular & (value > fmt.max)
     if toward_zero is not None:  # IEEE 754: a rounding toward zero stops at max
-        value = ops.where(overflow & toward_zero, fmt.max, value)
+        ops.fill(value, overflow & toward_zero, fmt.max)
         overflow = overflow & ~toward_zero
     big = overflow | inf_in
     # Inputs the format has no pattern for: NaN; for E8M0 also zero and negative numbers.
@@ -573,29 +594,28 @@ def _round(
     if not fmt.signed:
         invalid = invalid | negative
     big = big & ~invalid
-    if fmt.nan == "none" and bool(nan_in.any()):
-        raise ValueError(
-            f"{fmt.name} has no NaN, and {int(nan_in.sum())} input value(s) are NaN: there is no pattern to "
-            "map them to. Replace or mask the NaNs first (ml_dtypes silently writes a zero pattern)."
-        )
     if saturate or fmt.nan == "none":  # a format with neither inf nor NaN can only saturate
         big_value, big_code, big_is_nan = fmt.max, fmt.max_code, False
     elif fmt.has_inf:
         big_value, big_code, big_is_nan = math.inf, fmt.inf_code, False
     else:
         big_value, big_code, big_is_nan = math.nan, 0, True
-    magnitude = ops.where(big, big_value, ops.where(zero_in, 0.0, value))
-    magnitude = ops.where(invalid, math.nan, magnitude)
-    value = ops.where(negative, -magnitude, magnitude) if fmt.signed else magnitude
-    if fmt.signed and not fmt.has_negative_zero:
-        value = ops.where(value == 0, 0.0, value)  # fnuz: -0.0, and negatives that round to zero, give +0
+    ops.fill(value, zero_in, 0.0)
+    ops.fill(value, big, big_value)
+    ops.fill(value, invalid, math.nan)
+    if fmt.signed:
+        value = ops.where(negative, -value, value)
+        if not fmt.has_negative_zero:
+            ops.fill(value, value == 0, 0.0)  # fnuz: -0.0, and negatives that round to zero, give +0
     if not want_codes:
         return value, None
 
-    n_int = ops.to_int(ops.clip(ops.where(regular & ~big & ~invalid, n, 0.0), 0, 1 << (m + 1)))
+    nan_out = (invalid | big) if big_is_nan else invalid
+    ops.fill(n, ~regular | big | nan_out, 0.0)
+    n_int = ops.to_int(ops.clip(n, 0, 1 << (m + 1)))
     code = (exponent - fmt.emin) * (1 << m) + n_int - (0 if fmt.subnormals else 1 << m)
-    nan_out = invalid | big if big_is_nan else invalid
-    code = ops.where(nan_out, 0, ops.where(big, big_code, ops.where(regular, code, 0)))
+    ops.fill(code, ~regular | nan_out, 0)
+    ops.fill(code, big, big_code)
     if fmt.signed:
         sign = negative & ~nan_out
         if not fmt.has_negative_zero:
@@ -604,7 +624,7 @@ def _round(
             sign = sign | (negative & nan_out)
         code = code + ops.to_int(sign) * (1 << (fmt.bits - 1))
     if fmt.nan_code is not None:
-        code = ops.where(nan_out, code + fmt.nan_code, code)
+        code = code + ops.to_int(nan_out) * fmt.nan_code
     return value, code
 
 
@@ -958,10 +978,13 @@ def benchmark(save: Path | None = None, quick: bool = False) -> int:
     import platform
     import timeit
 
+    import torch
+
     repeats, n_values = (5, 100_000) if quick else (25, 1_000_000)
     rng = np.random.default_rng(0)
     values = (rng.standard_normal(n_values) * np.exp(rng.uniform(-12, 12, n_values))).astype(np.float32)
     patterns = np.arange(1 << 16, dtype=np.uint16)
+    tensor = torch.from_numpy(values)
     cases = {
         "decode all 65,536 float16 patterns": lambda: FP16.decode(patterns),
         "decode all 65,536 bfloat16 patterns": lambda: BF16.decode(patterns),
@@ -970,6 +993,7 @@ def benchmark(save: Path | None = None, quick: bool = False) -> int:
             for f in (FP16, BF16, E4M3, E5M2, E2M1)
         },
         f"round {n_values:,} float32 values to float8_e4m3fn": lambda: E4M3.round(values),
+        f"round_tensor {n_values:,} float32 values to float8_e4m3fn (torch, CPU)": lambda: round_tensor(tensor, E4M3),
     }
     results = []
     print(
@@ -980,7 +1004,7 @@ def benchmark(save: Path | None = None, quick: bool = False) -> int:
         times = timeit.repeat(fn, number=1, repeat=repeats)
         median = float(np.median(times))
         results.append({"case": name, "median_s": median, "min_s": float(min(times)), "repeats": repeats})
-        print(f"  {name:<55} {median * 1e3:9.2f} ms")
+        print(f"  {name:<68} {median * 1e3:9.2f} ms")
     if save is not None:
         record = {
             "benchmark": "formats",
@@ -989,6 +1013,7 @@ def benchmark(save: Path | None = None, quick: bool = False) -> int:
             "processor": platform.processor() or platform.machine(),
             "python": platform.python_version(),
             "numpy": np.__version__,
+            "torch": torch.__version__,
             "results": results,
         }
         save.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")

@@ -653,3 +653,12 @@ def test_scalars_in_scalars_out() -> None:
     assert isinstance(formats.FP16.encode(1.0), np.uint16)
     assert formats.E4M3.round(0.3) == 0.3125
     assert formats.BF16.round(torch.tensor([257.0])).tolist() == [256.0]
+
+
+def test_shapes_are_kept_and_inputs_never_modified() -> None:
+    x = np.array([[1.0, -0.0, np.nan], [1e9, 3e-9, -7.3]])
+    before = x.copy()
+    assert formats.E4M3FNUZ.encode(x).shape == (2, 3) and formats.E8M0.round(x).shape == (2, 3)
+    t = torch.from_numpy(x.copy())  # float64: round_tensor works on it without a copy of its own
+    formats.round_tensor(t, "e4m3fnuz", saturate=True)
+    assert same_values(x, before).all() and same_values(t.numpy(), before).all()
