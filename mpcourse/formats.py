@@ -818,7 +818,7 @@ ALIASES: dict[str, str] = {
     **{alias: "tf32" for alias in ("tensorfloat32", "tensorfloat-32", "tfloat32")},
     **{alias: "float16" for alias in ("fp16", "half", "binary16", "f16")},
     **{alias: "bfloat16" for alias in ("bf16", "brain", "brainfloat16")},
-    **{alias: "float8_e4m3fn" for alias in ("e4m3", "e4m3fn", "fp8_e4m3", "fp8_e4m3fn", "float8_e4m3")},
+    **{alias: "float8_e4m3fn" for alias in ("e4m3", "e4m3fn", "fp8_e4m3", "fp8_e4m3fn")},
     **{alias: "float8_e5m2" for alias in ("e5m2", "fp8_e5m2")},
     **{alias: "float8_e4m3fnuz" for alias in ("e4m3fnuz", "fp8_e4m3fnuz")},
     **{alias: "float8_e5m2fnuz" for alias in ("e5m2fnuz", "fp8_e5m2fnuz")},
@@ -826,6 +826,16 @@ ALIASES: dict[str, str] = {
     **{alias: "float4_e2m1fn" for alias in ("e2m1", "fp4", "fp4_e2m1", "float4_e2m1fn_x2", "e2m1fn")},
     **{alias: "float6_e2m3fn" for alias in ("e2m3", "fp6_e2m3", "e2m3fn")},
     **{alias: "float6_e3m2fn" for alias in ("e3m2", "fp6_e3m2", "e3m2fn")},
+}
+
+
+#: ml_dtypes types that are NOT the formats their names suggest to ML readers, and how to build them.
+_LOOKALIKES: dict[str, str] = {
+    "float8_e4m3": "IEEE-style E4M3 with infinities (max 240), not OCP's float8_e4m3fn (max 448): "
+    "formats.custom(4, 3)",
+    "float8_e3m4": "IEEE-style E3M4: formats.custom(3, 4)",
+    "float8_e4m3b11fnuz": "E4M3 with bias 11, no infinity, NaN 0x80: "
+    "formats.custom(4, 3, bias=11, has_inf=False, nan='negative_zero')",
 }
 
 
@@ -845,6 +855,8 @@ def get(name_or_dtype: Any) -> FloatFormat:
     key = ALIASES.get(key, key)
     if key in ALL:
         return ALL[key]
+    if key in _LOOKALIKES:
+        raise ValueError(f"{name_or_dtype!r} is ml_dtypes's {key}, an {_LOOKALIKES[key]}")
     accepted = ", ".join(f"{name} ({', '.join(a for a, n in ALIASES.items() if n == name)})" for name in ALL)
     raise ValueError(
         f"unknown floating-point format {name_or_dtype!r}. Accepted names (aliases in brackets): {accepted}; "

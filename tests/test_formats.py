@@ -581,6 +581,13 @@ def test_unknown_formats_are_rejected_with_the_accepted_names(bad) -> None:
         formats.get(bad)
 
 
+def test_ml_dtypes_lookalikes_are_not_mistaken_for_ocp_formats() -> None:
+    with pytest.raises(ValueError, match=r"IEEE-style E4M3.*not OCP's float8_e4m3fn.*custom\(4, 3\)"):
+        formats.get(ml_dtypes.float8_e4m3)
+    with pytest.raises(ValueError, match=r"custom\(3, 4\)"):
+        formats.get("float8_e3m4")
+
+
 def test_bad_bit_patterns_are_rejected_clearly() -> None:
     with pytest.raises(TypeError, match="expects integer bit patterns.*got dtype float32.*encode"):
         formats.FP16.decode(np.array([1.0], np.float32))
