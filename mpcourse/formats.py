@@ -18,10 +18,11 @@ precision, decoding a bit pattern, rounding a value) is derived from them, for a
 
 Rounding is round-to-nearest, ties to even (the IEEE 754 default) unless another mode is asked
 for; overflow gives infinity, NaN, or the largest finite value, as the format defines (or
-saturates when asked). Conversions agree bit for bit with ml_dtypes, except where documented in
-:meth:`FloatFormat.encode` (ml_dtypes's choices for inputs a format cannot hold are arbitrary in two
-places). numpy is the core; :func:`round_tensor` runs the same algorithm with torch operations, so it
-works on any device.
+saturates when asked). Conversions of float32 values agree bit for bit with ml_dtypes, except in
+the corners documented in :meth:`FloatFormat.encode` (NaN payloads, NaN into a format that has no
+NaN, E8M0 just above 2^-127); float64 inputs are rounded once, where ml_dtypes and torch go through
+float32. numpy is the core; :func:`round_tensor` runs the same algorithm with torch operations, so
+it works on any device.
 """
 
 from __future__ import annotations
@@ -38,6 +39,12 @@ import numpy as np
 if TYPE_CHECKING:
     import pandas as pd
     import torch
+
+__all__ = [
+    "ALIASES", "ALL", "BF16", "E2M1", "E2M3", "E3M2", "E4M3", "E4M3FNUZ", "E5M2", "E5M2FNUZ", "E8M0",
+    "FP16", "FP32", "FP64", "TF32", "Fields", "FloatFormat", "benchmark", "custom", "get", "round_tensor",
+    "table",
+]
 
 NanEncoding = Literal["ieee", "all_ones", "negative_zero", "none"]
 Rounding = Literal["nearest", "toward_zero", "down", "up", "stochastic"]
