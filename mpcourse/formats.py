@@ -41,8 +41,27 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = [
-    "ALIASES", "ALL", "BF16", "E2M1", "E2M3", "E3M2", "E4M3", "E4M3FNUZ", "E5M2", "E5M2FNUZ", "E8M0",
-    "FP16", "FP32", "FP64", "TF32", "Fields", "FloatFormat", "benchmark", "custom", "get", "round_tensor",
+    "ALIASES",
+    "ALL",
+    "BF16",
+    "E2M1",
+    "E2M3",
+    "E3M2",
+    "E4M3",
+    "E4M3FNUZ",
+    "E5M2",
+    "E5M2FNUZ",
+    "E8M0",
+    "FP16",
+    "FP32",
+    "FP64",
+    "TF32",
+    "Fields",
+    "FloatFormat",
+    "benchmark",
+    "custom",
+    "get",
+    "round_tensor",
     "table",
 ]
 
@@ -425,10 +444,7 @@ class FloatFormat:
             unsigned integers of :attr:`storage_dtype`, shaped like ``values`` (a numpy scalar for a
             scalar input).
         """
-        x = _as_float64(values, f"{self.name}.encode")
-        ops = _numpy_ops(self)
-        _, code = _round(x.ravel(), self, ops, saturate=saturate, rounding=rounding, rng=rng, want_codes=True)
-        code = code.astype(self.storage_dtype).reshape(x.shape)
+        code = self._round_numpy(values, "encode", saturate=saturate, rounding=rounding, rng=rng)
         return code[()] if code.ndim == 0 else code
 
     def round(
@@ -444,11 +460,28 @@ class FloatFormat:
         This is what a quantiser needs ("what would this tensor look like stored in E4M3?"). Arguments
         and special cases as in :meth:`encode`.
         """
-        x = _as_float64(values, f"{self.name}.round")
-        ops = _numpy_ops(self)
-        value, _ = _round(x.ravel(), self, ops, saturate=saturate, rounding=rounding, rng=rng, want_codes=False)
-        value = value.reshape(x.shape)
+        value = self._round_numpy(values, "round", saturate=saturate, rounding=rounding, rng=rng)
         return value[()] if value.ndim == 0 else value
+
+    def _round_numpy(self, values: Any, method: str, **options: Any) -> np.ndarray:
+        """Run the rounding algorithm in numpy, in blocks small enough for the CPU caches.
+
+        The algorithm is a chain of some thirty element-wise steps; on blocks of 16k values their
+        temporaries stay in cache, which makes it about twice as fast as on a whole large array.
+        """
+        array = _as_float64(values, f"{self.name}.{method}")
+        x = array.ravel()
+        _reject_nan(self, np.isnan(x))  # up front, to count them all
+        want_codes = method == "encode"
+        out = np.empty(x.size, self.storage_dtype if want_codes else np.float64)
+        ops = _numpy_ops(self)
+        options["rng"] = (
+            np.random.default_rng(options["rng"]) if options["rounding"] == "stochastic" else None
+        )
+        for start in range(0, x.size, _BLOCK):
+            value, code = _round(x[start : start + _BLOCK], self, ops, want_codes=want_codes, **options)
+            out[start : start + _BLOCK] = code if want_codes else value
+        return out.reshape(array.shape)
 
     def neighbours(self, values: Any) -> tuple[Any, Any]:
         """The representable values just below and just above (equal to the value if it is representable)."""
@@ -561,11 +594,7 @@ def _round(
     inf_in = a == math.inf
     zero_in = a == 0
     regular = ~(nan_in | inf_in | zero_in)
-    if fmt.nan == "none" and bool(nan_in.any()):
-        raise ValueError(
-            f"{fmt.name} has no NaN, and {int(nan_in.sum())} input value(s) are NaN: there is no pattern to "
-            "map them to. Replace or mask the NaNs first (ml_dtypes silently writes a zero pattern)."
-        )
+    _reject_nan(fmt, nan_in)
     safe = abs(x)  # a fresh array, made safe for frexp below
     ops.fill(safe, ~regular, 1.0)
 
@@ -633,6 +662,19 @@ def _round(
     if fmt.nan_code is not None:
         code = code + ops.to_int(nan_out) * fmt.nan_code
     return value, code
+
+
+#: Values per block of the numpy rounding (see FloatFormat._round_numpy).
+_BLOCK = 1 << 14
+
+
+def _reject_nan(fmt: FloatFormat, nan_mask: Any) -> None:
+    """A format without NaN has no pattern for a NaN input: say so rather than invent one."""
+    if fmt.nan == "none" and bool(nan_mask.any()):
+        raise ValueError(
+            f"{fmt.name} has no NaN, and {int(nan_mask.sum())} input value(s) are NaN: there is no pattern to "
+            "map them to. Replace or mask the NaNs first (ml_dtypes silently writes a zero pattern)."
+        )
 
 
 def _as_float64(values: Any, what: str) -> np.ndarray:
@@ -952,10 +994,11 @@ def round_tensor(
 ) -> torch.Tensor:
     """Round a tensor to a format, on its own device; the result has ``t``'s dtype and device.
 
-    The same algorithm as :meth:`FloatFormat.round`, run with torch operations (in float64, so it
-    is exact), so it works on a GPU as well as a CPU and gives bit-identical results. The values are
-    stored back in ``t.dtype``, which must be able to hold them: float32 holds every format but
-    float64; float16 holds every 8-bit format but E8M0.
+    The same algorithm as :meth:`FloatFormat.round`, so the results are bit-identical: on a GPU it
+    runs as torch operations on the device (in float64, so it is exact); on a CPU, numpy's cache-sized
+    blocks are faster, except for stochastic rounding with a ``generator``, which stays in torch.
+    The values are stored back in ``t.dtype``, which must be able to hold them: float32 holds every
+    format but float64; float16 holds every 8-bit format but E8M0.
 
     Args:
         t: a floating-point tensor.
@@ -976,6 +1019,18 @@ def round_tensor(
             f"round_tensor handles formats of up to 10 exponent bits; {fmt.name} has {fmt.exponent_bits} "
             "(a float64 tensor is already exact)"
         )
+    if t.device.type == "cpu" and generator is None:
+        value = fmt.round(t, saturate=saturate, rounding=rounding)
+        return torch.as_tensor(value).to(t.dtype).reshape(t.shape)
+    return _round_with_torch(t, fmt, saturate=saturate, rounding=rounding, generator=generator)
+
+
+def _round_with_torch(
+    t: torch.Tensor, fmt: FloatFormat, *, saturate: bool, rounding: str, generator: torch.Generator | None
+) -> torch.Tensor:
+    """The rounding algorithm as torch operations on ``t``'s device (what round_tensor runs on a GPU)."""
+    import torch
+
     x = t.detach().to(torch.float64)
     value, _ = _round(
         x, fmt, _torch_ops(), saturate=saturate, rounding=rounding, rng=generator, want_codes=False
@@ -1012,7 +1067,9 @@ def benchmark(save: Path | None = None, quick: bool = False) -> int:
             for f in (FP16, BF16, E4M3, E5M2, E2M1)
         },
         f"round {n_values:,} float32 values to float8_e4m3fn": lambda: E4M3.round(values),
-        f"round_tensor {n_values:,} float32 values to float8_e4m3fn (torch, CPU)": lambda: round_tensor(tensor, E4M3),
+        f"round_tensor {n_values:,} float32 values (CPU tensor) to float8_e4m3fn": lambda: round_tensor(
+            tensor, E4M3
+        ),
     }
     results = []
     print(
