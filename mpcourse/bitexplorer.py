@@ -18,27 +18,9 @@ import plotly.graph_objects as go
 from . import formats
 
 #: Formats offered by the explorer (float64's 64 toggles would not fit a notebook's width).
-EXPLORER_FORMATS: tuple[str, ...] = (
-    "float32",
-    "tf32",
-    "float16",
-    "bfloat16",
-    "float8_e4m3fn",
-    "float8_e5m2",
-    "float8_e4m3fnuz",
-    "float8_e5m2fnuz",
-    "float8_e8m0fnu",
-    "float4_e2m1fn",
-)
+EXPLORER_FORMATS: tuple[str, ...] = tuple(name for name, f in formats.ALL.items() if f.bits <= 32)
 #: Formats small enough to draw every pattern of.
-SMALL_FORMATS: tuple[str, ...] = (
-    "float8_e4m3fn",
-    "float8_e5m2",
-    "float8_e4m3fnuz",
-    "float8_e5m2fnuz",
-    "float8_e8m0fnu",
-    "float4_e2m1fn",
-)
+SMALL_FORMATS: tuple[str, ...] = tuple(name for name, f in formats.ALL.items() if f.bits <= 8)
 #: Colours of the three fields, used by the widget and the figure alike.
 FIELD_STYLE = {"sign": "danger", "exponent": "info", "mantissa": "success"}
 CLASS_COLOURS = {

@@ -35,16 +35,8 @@ ML_DTYPES = {
     "float6_e2m3fn": np.dtype(ml_dtypes.float6_e2m3fn),
     "float6_e3m2fn": np.dtype(ml_dtypes.float6_e3m2fn),
 }
-#: Formats torch can cast to, by our canonical name.
-TORCH = [
-    "float16",
-    "bfloat16",
-    "float8_e4m3fn",
-    "float8_e5m2",
-    "float8_e4m3fnuz",
-    "float8_e5m2fnuz",
-    "float8_e8m0fnu",
-]
+#: Formats torch can cast to, by our canonical name (float32 and float64 aside).
+TORCH = [name for name, f in formats.ALL.items() if f.torch_dtype is not None and f.bits <= 16]
 #: custom() formats that ml_dtypes also implements: an independent check of custom().
 CUSTOM = {(3, 4): np.dtype(ml_dtypes.float8_e3m4), (4, 3): np.dtype(ml_dtypes.float8_e4m3)}
 
