@@ -205,7 +205,15 @@ def _check_name(name: str, table: dict) -> None:
 
 
 def _hub(repo: str, config: str | None, split: str):  # pragma: no cover - needs the network
+    """Load a split from the hub, failing fast when offline (instead of waiting on retries)."""
+    import os
+    import socket
+
     import datasets
+
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
+        raise ConnectionError("HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set")
+    socket.create_connection(("huggingface.co", 443), timeout=3).close()
 
     return datasets.load_dataset(repo, config, split=split) if config else datasets.load_dataset(repo, split=split)
 
@@ -376,9 +384,10 @@ def load_text(
         name = "pydoc"
     if max_chars is not None:
         text = text[:max_chars]
-    vocab = "".join(sorted(set(text)))
-    index = {ch: i for i, ch in enumerate(vocab)}
-    tokens = torch.tensor([index[ch] for ch in text], dtype=torch.long)
+    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)  # one code point per character
+    symbols = np.unique(codes)  # sorted: the vocabulary, as code points
+    vocab = "".join(map(chr, symbols))
+    tokens = torch.from_numpy(np.searchsorted(symbols, codes).astype(np.int64))
     n_eval = math.ceil(len(tokens) * eval_fraction)
     if len(tokens) - n_eval <= block_size + 1 or n_eval <= block_size + 1:
         raise ValueError(

@@ -385,6 +385,12 @@ def check_against_docs(result: XRay) -> pd.DataFrame:
 
 
 class _KernelRecorder(TorchDispatchMode):
+
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        # PyTorch otherwise wraps __torch_dispatch__ in torch._dynamo.disable, whose first use imports
+        # torch._dynamo (seconds). This mode never runs under torch.compile, so it needs no such guard.
+        return False
     def __init__(self, modules: _ModuleStack) -> None:
         super().__init__()
         self.modules = modules
