@@ -185,73 +185,37 @@ def test_train_step_accepts_the_reference_and_backward_inside_autocast() -> None
     check(f"{SLUG}-train-step", backward_inside)
 
 
-def no_autocast(model, optimizer, scaler, x, y, device_type, dtype):
-    optimizer.zero_grad()
-    loss = F.cross_entropy(model(x), y)
-    scaler.scale(loss).backward()
-    scaler.step(optimizer)
-    scaler.update()
-    return loss
+def step_with(*, autocast=True, zero_grad=True, scaled_backward=True, through_scaler=True, update=True, return_scaled=False):
+    """A training step with one part of the recipe changed: the realistic mistakes the check must catch."""
 
+    def step(model, optimizer, scaler, x, y, device_type, dtype):
+        if zero_grad:
+            optimizer.zero_grad()
+        with torch.autocast(device_type, dtype=dtype, enabled=autocast):
+            loss = F.cross_entropy(model(x), y)
+        scaled = scaler.scale(loss)
+        (scaled if scaled_backward else loss).backward()
+        if through_scaler:
+            scaler.step(optimizer)
+        else:
+            optimizer.step()
+        if update:
+            scaler.update()
+        return scaled if return_scaled else loss
 
-def direct_step(model, optimizer, scaler, x, y, device_type, dtype):
-    optimizer.zero_grad()
-    with torch.autocast(device_type, dtype=dtype):
-        loss = F.cross_entropy(model(x), y)
-    scaler.scale(loss).backward()
-    optimizer.step()
-    scaler.update()
-    return loss
-
-
-def unscaled_backward(model, optimizer, scaler, x, y, device_type, dtype):
-    optimizer.zero_grad()
-    with torch.autocast(device_type, dtype=dtype):
-        loss = F.cross_entropy(model(x), y)
-    loss.backward()
-    scaler.scale(loss)
-    scaler.step(optimizer)
-    scaler.update()
-    return loss
-
-
-def no_zero_grad(model, optimizer, scaler, x, y, device_type, dtype):
-    with torch.autocast(device_type, dtype=dtype):
-        loss = F.cross_entropy(model(x), y)
-    scaler.scale(loss).backward()
-    scaler.step(optimizer)
-    scaler.update()
-    return loss
-
-
-def no_update(model, optimizer, scaler, x, y, device_type, dtype):
-    optimizer.zero_grad()
-    with torch.autocast(device_type, dtype=dtype):
-        loss = F.cross_entropy(model(x), y)
-    scaler.scale(loss).backward()
-    scaler.step(optimizer)
-    return loss
-
-
-def returns_scaled(model, optimizer, scaler, x, y, device_type, dtype):
-    optimizer.zero_grad()
-    with torch.autocast(device_type, dtype=dtype):
-        loss = scaler.scale(F.cross_entropy(model(x), y))
-    loss.backward()
-    scaler.step(optimizer)
-    scaler.update()
-    return loss
+    return step
 
 
 @pytest.mark.parametrize(
     "wrong, message",
     [
-        (no_autocast, "did not run under autocast"),
-        (direct_step, "no inf checks were recorded"),
-        (unscaled_backward, "differ from a correct step"),
-        (no_zero_grad, "differ from a correct step"),
-        (no_update, r"never called scaler.update\(\)"),
-        (returns_scaled, "scaled loss"),
+        (step_with(autocast=False), "did not run under autocast"),
+        (step_with(through_scaler=False), "no inf checks were recorded"),
+        (step_with(through_scaler=False, update=False), r"never called scaler.step\(\)"),
+        (step_with(scaled_backward=False), "differ from a correct step"),
+        (step_with(zero_grad=False), "differ from a correct step"),
+        (step_with(update=False), r"never called scaler.update\(\)"),
+        (step_with(return_scaled=True), "scaled loss"),
     ],
 )
 def test_train_step_rejects_mistakes(wrong, message) -> None:

@@ -150,7 +150,7 @@ def check_inference(predict_probabilities: Any) -> None:
     for dtype in (torch.bfloat16, torch.float16):
         model = _probe_model()
         seen: list[torch.dtype] = []
-        model[0].register_forward_hook(lambda m, a, out: seen.append(out.dtype))
+        model[0].register_forward_hook(lambda m, a, out, seen=seen: seen.append(out.dtype))
         x = torch.randn(5, 8, generator=torch.Generator().manual_seed(1))
         probs = call(label, predict_probabilities, model, x, "cpu", dtype)
         case = f"dtype={dtype}"

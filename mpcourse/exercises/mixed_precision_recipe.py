@@ -230,7 +230,7 @@ def check_train_step(amp_train_step: Any) -> None:
         ref_opt = torch.optim.SGD(ref_model.parameters(), lr=0.1)
         spy, ref_scaler = _SpyScaler(2.0**10), torch.amp.GradScaler("cpu", init_scale=2.0**10)
         out_dtypes: list[torch.dtype] = []
-        model[0].register_forward_hook(lambda m, a, out: out_dtypes.append(out.dtype))
+        model[0].register_forward_hook(lambda m, a, out, log=out_dtypes: log.append(out.dtype))
         gen = torch.Generator().manual_seed(1)
         x, y = torch.randn(8, 16, generator=gen), torch.randint(0, 4, (8,), generator=gen)
         poisoned = x.clone()
