@@ -416,3 +416,18 @@ def test_compare_needs_distinct_labels(digits) -> None:
         plot_histories([run], metrics=["speed"])
     with pytest.raises(TypeError, match="non-empty list of History"):
         compare([])
+
+
+def test_small_cpu_runs_use_one_thread_and_restore_the_setting(digits) -> None:
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        auto = train(mlp(digits), digits, "fp32", steps=2, **QUIET)
+        assert auto.config["threads"] == 1 and any("one thread" in n for n in auto.notes)
+        assert torch.get_num_threads() == 2
+        chosen = train(mlp(digits), digits, "fp32", steps=2, threads=2, **QUIET)
+        assert chosen.config["threads"] == 2 and not any("one thread" in n for n in chosen.notes)
+        with pytest.raises(ValueError, match="positive number of CPU threads"):
+            train(mlp(digits), digits, "fp32", steps=1, threads=0, **QUIET)
+    finally:
+        torch.set_num_threads(before)
