@@ -26,7 +26,7 @@ from mpcourse.train import (
     train,
 )
 
-QUIET = dict(progress=False, verbose=False)
+QUIET = dict(progress=False, verbose=False, device="cpu")  # CPU runs: deterministic, on any machine
 
 
 @pytest.fixture(autouse=True)
@@ -336,7 +336,7 @@ def test_a_scaler_with_bf16_is_allowed_but_noted(digits) -> None:
 
 def test_emulated_recipe_runs_with_a_visible_note(digits, capsys) -> None:
     t4 = device.capabilities(preset="t4")
-    run = train(mlp(digits), digits, "bf16", steps=2, caps=t4, progress=False)
+    run = train(mlp(digits), digits, "bf16", steps=2, caps=t4, progress=False, device="cpu")
     out = capsys.readouterr().out
     assert run.status == "emulated" and run.device == "cpu"
     assert "bf16 is emulated on cuda: Tesla T4" in out and "Recipe 'fp16' runs natively here" in out
@@ -380,6 +380,16 @@ def test_matmul_precision_leaves_cpu_settings_alone() -> None:
     with matmul_precision(True, "cpu"):
         assert (torch.get_float32_matmul_precision(), torch.backends.cuda.matmul.fp32_precision) == before
     assert (torch.get_float32_matmul_precision(), torch.backends.cuda.matmul.fp32_precision) == before
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("recipe", ["fp32", "tf32", "fp16", "bf16", "pure_bf16"])
+def test_recipes_run_on_cuda(digits, recipe) -> None:  # pragma: no cover - GPU only
+    run = train(mlp(digits), digits, recipe, steps=5, device="cuda", progress=False, verbose=False)
+    assert run.device.startswith("cuda") and (run.frame["peak_memory_bytes"] > 0).all()
+    assert run.dtypes["parameters"] == ("bfloat16" if recipe == "pure_bf16" else "float32")
+    assert run.config["threads"] is None and (run.config["scaler"] == "GradScaler") == (recipe == "fp16")
+    assert "max_memory_allocated" in run.memory_note
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
