@@ -257,7 +257,7 @@ def test_evaluate_uses_no_grad_and_restores_the_mode(digits) -> None:
 )
 def test_bad_arguments_are_explained(digits, kwargs, error, message) -> None:
     with pytest.raises(error, match=message):
-        train(mlp(digits), digits, "fp16", **(dict(steps=2) | kwargs), **QUIET)
+        train(mlp(digits), digits, "fp16", **(QUIET | dict(steps=2) | kwargs))
 
 
 def test_bad_model_and_data_are_explained(digits) -> None:
