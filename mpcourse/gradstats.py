@@ -254,20 +254,36 @@ def window(values: Any, fmt: Any = "fp16", scale: float = 1.0) -> pd.Series:
     scaled = x * scale
     mag = scaled.abs()
     nonzero = finite & (x != 0)
-    rounded = formats.round_tensor(scaled[nonzero], fmt)
     ss, tiny, top = fmt.smallest_subnormal, fmt.tiny, fmt.max
+    flushed, overflow = _flushed_and_overflow(scaled[nonzero], fmt)
     counts = {
         "zero": int((x == 0).sum()),
-        "flushed_to_zero": int((rounded == 0).sum()),
+        "flushed_to_zero": flushed,
         "below_smallest_subnormal": int((nonzero & (mag < ss)).sum()),
         "subnormal": int((nonzero & (mag >= ss) & (mag < tiny)).sum()) if fmt.subnormals else 0,
         "below_smallest_normal": int((nonzero & (mag < tiny)).sum()),
         "normal": int((nonzero & (mag >= tiny) & (mag <= top)).sum()),
         "above_max": int((nonzero & (mag > top)).sum()),
-        "overflow": int((~torch.isfinite(rounded)).sum()),
+        "overflow": overflow,
         "nonfinite": int((~finite).sum()),
     }
     return pd.Series({k: v / n for k, v in counts.items()}, name=f"{fmt.name} x{scale:g}")
+
+
+def _flushed_and_overflow(x: torch.Tensor, fmt: formats.FloatFormat) -> tuple[int, int]:
+    """How many of the (finite, non-zero, float64) values round to zero, and to inf/NaN, in ``fmt``.
+
+    For IEEE-style formats (subnormals, infinities) round-to-nearest-even has two exact thresholds:
+    a magnitude at most half the smallest subnormal rounds to zero (the tie goes to zero, which is
+    even), and one at least ``max`` plus half the spacing at ``max`` rounds to infinity (the tie goes
+    up, since ``max`` has an odd significand). Other formats are rounded value by value.
+    """
+    mag = x.abs()
+    if fmt.nan == "ieee" and fmt.has_inf and fmt.subnormals:
+        half_spacing_at_max = math.ldexp(1.0, fmt.emax - fmt.mantissa_bits - 1)
+        return int((mag <= fmt.smallest_subnormal / 2).sum()), int((mag >= fmt.max + half_spacing_at_max).sum())
+    rounded = formats.round_tensor(x, fmt)
+    return int((rounded == 0).sum()), int((~torch.isfinite(rounded)).sum())
 
 
 def underflow_table(snapshot: GradientSnapshot, fmt: Any = "fp16", scale: float = 1.0) -> pd.DataFrame:
@@ -377,7 +393,7 @@ def _scale_label(h: Log2Histogram, fmt: formats.FloatFormat, log2_scale: int) ->
     low, high = math.floor(w["smallest_subnormal"]), math.floor(w["max"]) + 1
     e = h.exponents + log2_scale
     n = max(h.total, 1)
-    if e[0] > low or e[-1] + 1 < high:
+    if (h.below and e[0] > low) or (h.above and e[-1] + 1 < high):
         raise ValueError(
             f"histogram {h.label!r} covers binades {h.exponents[0]}..{h.exponents[-1]}, too few to judge a "
             f"loss scale of 2^{log2_scale}; build it with a wider log2_histogram(lo=..., hi=...)"

@@ -38,9 +38,10 @@ on a GPU the check costs one synchronisation per step, as GradScaler's does.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from enum import Enum
 from typing import Any
 
@@ -512,6 +513,7 @@ def compare_with_gradscaler(
     }
     if optimizer not in optimizers:
         raise ValueError(f"unknown optimizer {optimizer!r}; accepted: {', '.join(optimizers)}")
+    checkpoints = set(checkpoint_at)
 
     def reference(**kw: Any) -> torch.amp.GradScaler:
         return torch.amp.GradScaler(dev.type, **kw)
@@ -522,45 +524,56 @@ def compare_with_gradscaler(
         runs.append({"factory": factory, "scaler": factory(**settings), "model": model,
                      "opt": optimizers[optimizer](list(model.parameters()))})
     gen = torch.Generator().manual_seed(seed + 1)
+    n_params = len(list(base.parameters()))
     rows = []
-    checkpoints = set(checkpoint_at)
-    for step in range(1, steps + 1):
-        x = torch.randn(16, 12, generator=gen).to(dev)
-        y = torch.randint(0, 5, (16,), generator=gen).to(dev)
-        event = events[step - 1]
-        n_params = len(list(base.parameters()))
-        which = int(torch.randint(0, n_params, (), generator=gen))
-        where = torch.rand((), generator=gen).item()
-        record: dict[str, Any] = {"step": step, "event": event}
-        for run, suffix in zip(runs, ("", "_ref")):
-            scaler, model, opt = run["scaler"], run["model"], run["opt"]
-            opt.zero_grad(set_to_none=True)
-            with torch.autocast(dev.type, dtype=torch.float16, enabled=autocast):
-                logits = model(x)
-            loss = nn.functional.cross_entropy(logits.float(), y)
-            scaler.scale(loss).backward()
-            if event != "clean":
-                grad = list(model.parameters())[which].grad
-                flat = grad.view(-1)
-                flat[int(where * flat.numel())] = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}[event]
-            if clip is not None:
-                scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-            before = [p.detach().clone() for p in model.parameters()]
-            scaler.step(opt)
-            scaler.update()
-            record["scale" + suffix] = float(scaler.get_scale())
-            record["skipped" + suffix] = all(torch.equal(a, p) for a, p in zip(before, model.parameters()))
-            state = scaler.state_dict() if callable(getattr(scaler, "state_dict", None)) else {}
-            record["tracker" + suffix] = state.get("_growth_tracker", math.nan)
-            if step in checkpoints:
-                run["scaler"] = run["factory"](**settings)
-                run["scaler"].load_state_dict(state)
-        record["params_equal"] = all(
-            torch.equal(a, b) for a, b in zip(runs[0]["model"].parameters(), runs[1]["model"].parameters())
-        )
-        rows.append(record)
+    with one_thread():
+        for step in range(1, steps + 1):
+            x = torch.randn(16, 12, generator=gen).to(dev)
+            y = torch.randint(0, 5, (16,), generator=gen).to(dev)
+            event = events[step - 1]
+            which = int(torch.randint(0, n_params, (), generator=gen))
+            where = torch.rand((), generator=gen).item()
+            record: dict[str, Any] = {"step": step, "event": event}
+            for run, suffix in zip(runs, ("", "_ref")):
+                scaler, model, opt = run["scaler"], run["model"], run["opt"]
+                opt.zero_grad(set_to_none=True)
+                with torch.autocast(dev.type, dtype=torch.float16, enabled=autocast):
+                    logits = model(x)
+                loss = nn.functional.cross_entropy(logits.float(), y)
+                scaler.scale(loss).backward()
+                if event != "clean":
+                    flat = list(model.parameters())[which].grad.view(-1)
+                    flat[int(where * flat.numel())] = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}[event]
+                if clip is not None:
+                    scaler.unscale_(opt)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+                before = [p.detach().clone() for p in model.parameters()]
+                scaler.step(opt)
+                scaler.update()
+                record["scale" + suffix] = float(scaler.get_scale())
+                record["skipped" + suffix] = all(torch.equal(a, p) for a, p in zip(before, model.parameters()))
+                state = scaler.state_dict() if callable(getattr(scaler, "state_dict", None)) else {}
+                record["tracker" + suffix] = state.get("_growth_tracker", math.nan)
+                if step in checkpoints:
+                    run["scaler"] = run["factory"](**settings)
+                    run["scaler"].load_state_dict(state)
+            record["params_equal"] = all(
+                torch.equal(a, b) for a, b in zip(runs[0]["model"].parameters(), runs[1]["model"].parameters())
+            )
+            rows.append(record)
     return pd.DataFrame(rows)
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Run on one CPU thread: on tensors this small, coordinating threads costs more than it saves
+    (and on a busy machine, much more). Results do not depend on it; the thread count is restored."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
 
 
 def first_divergence(trace: pd.DataFrame) -> str | None:

@@ -20,7 +20,7 @@ from torch import nn
 
 from .. import formats
 from ..gradstats import Log2Histogram
-from ..scaling import compare_with_gradscaler, event_schedule, first_divergence
+from ..scaling import compare_with_gradscaler, event_schedule, first_divergence, one_thread
 from . import ExerciseFailed, call, fail, register
 
 # ---- loss_scaling-dynamic-scaler ------------------------------------------------------------------
@@ -215,9 +215,10 @@ def _run_steps(step_fn: Callable[..., Any], init_scale: float, seed: int, label:
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     scaler = torch.amp.GradScaler("cpu", init_scale=init_scale, growth_interval=2)
     norms = []
-    for x, y in _batches(seed + 1, 5):
-        args = (model, opt, scaler, x, y, 0.5)
-        norms.append(call(label, step_fn, *args) if label else step_fn(*args))
+    with one_thread():
+        for x, y in _batches(seed + 1, 5):
+            args = (model, opt, scaler, x, y, 0.5)
+            norms.append(call(label, step_fn, *args) if label else step_fn(*args))
     return {"params": [p.detach().clone() for p in model.parameters()], "norms": norms, "scale": scaler.get_scale()}
 
 
@@ -299,10 +300,11 @@ def _run_epoch(epoch_fn: Callable[..., Any], label: str | None = None) -> dict[s
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**4)  # small, so no bug hides behind another
     args = (model, opt, scaler, _batches(4, 6), 1.0)
-    if label:
-        call(label, epoch_fn, *args)
-    else:
-        epoch_fn(*args)
+    with one_thread():
+        if label:
+            call(label, epoch_fn, *args)
+        else:
+            epoch_fn(*args)
     return {"params": [p.detach().clone() for p in model.parameters()], "norms": [], "scale": scaler.get_scale()}
 
 
