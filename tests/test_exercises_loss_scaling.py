@@ -11,6 +11,7 @@ from torch import nn
 
 from mpcourse import formats
 from mpcourse.exercises import ExerciseFailed, NotDoneYet, check, labels
+from mpcourse.exercises.loss_scaling import _clipped_step_variant, _loop_variant
 
 LABELS = [
     "loss_scaling-broken-loop",
@@ -209,46 +210,37 @@ def test_clip_reference_passes() -> None:
     check("loss_scaling-clip", clipped_step)
 
 
-def _clip_wrong(kind: str):
-    def step(model, optimizer, scaler, x, y, max_norm):
-        if kind != "no-zero-grad":
-            optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(x.device.type, dtype=torch.float16):
-            logits = model(x)
-        loss = F.cross_entropy(logits.float(), y)
-        scaler.scale(loss).backward()
-        if kind == "clip-first":
-            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-            scaler.unscale_(optimizer)
-        elif kind == "scaled-norm":
-            norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()]))
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-        else:
-            scaler.unscale_(optimizer)
-            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-        if kind == "optimizer-step":
-            optimizer.step()
-        else:
-            scaler.step(optimizer)
-        scaler.update()
-        return float(norm)
+def clipped_step_returning_the_scaled_norm(model, optimizer, scaler, x, y, max_norm):
+    optimizer.zero_grad(set_to_none=True)
+    with torch.autocast(x.device.type, dtype=torch.float16):
+        logits = model(x)
+    scaler.scale(F.cross_entropy(logits.float(), y)).backward()
+    norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()]))  # still scaled
+    scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    scaler.step(optimizer)
+    scaler.update()
+    return float(norm)
 
-    return step
+
+def test_returning_the_scaled_norm_fails() -> None:
+    with pytest.raises(ExerciseFailed, match="norm of the scaled gradients"):
+        check("loss_scaling-clip", clipped_step_returning_the_scaled_norm)
 
 
 @pytest.mark.parametrize(
     "kind, message",
     [
-        ("clip-first", "clip threshold is then max_norm / scale"),
+        ("clip-then-unscale", "clip threshold is then max_norm / scale"),
+        ("no-unscale", "clipping the scaled gradients"),
         ("no-zero-grad", "not zeroing the gradients"),
         ("optimizer-step", "not skipped"),
-        ("scaled-norm", "norm of the scaled gradients"),
     ],
 )
-def test_clip_mistakes_fail(kind: str, message: str) -> None:
+def test_clip_mistakes_are_named(kind: str, message: str) -> None:
+    # The check's own generator of the usual mistakes; each must be recognised and named.
     with pytest.raises(ExerciseFailed, match=message):
-        check("loss_scaling-clip", _clip_wrong(kind))
+        check("loss_scaling-clip", _clipped_step_variant(kind))
 
 
 # ---- broken loop ---------------------------------------------------------------------------------
@@ -288,33 +280,28 @@ def test_an_equivalent_fix_passes_too() -> None:
     check("loss_scaling-broken-loop", other)
 
 
-def _loop_with(bugs: set[str]):
-    def epoch(model, optimizer, scaler, batches, max_norm=1.0):
-        loss_fn = nn.CrossEntropyLoss()
-        for x, y in batches:
-            if "zero_grad" not in bugs:
-                optimizer.zero_grad()
-            with torch.autocast(x.device.type, dtype=torch.float16):
-                out = model(x)
-                if "softmax" in bugs:
-                    out = torch.softmax(out, dim=1)
-                loss = loss_fn(out, y)
-            scaler.scale(loss).backward()
-            if "clip" not in bugs:
-                scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-            scaler.step(optimizer)
-            if "double_step" in bugs:
-                optimizer.step()
-            scaler.update()
+def broken_epoch(model, optimizer, scaler, batches, max_norm=1.0):
+    """The chapter's broken loop, as a learner sees it: four bugs."""
+    loss_fn = nn.CrossEntropyLoss()
+    for x, y in batches:
+        with torch.autocast(x.device.type, dtype=torch.float16):
+            probs = torch.softmax(model(x), dim=1)
+            loss = loss_fn(probs, y)
+        scaler.scale(loss).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+        scaler.step(optimizer)
+        optimizer.step()
+        scaler.update()
 
-    return epoch
+
+def test_the_unfixed_loop_is_told_all_four_bugs() -> None:
+    with pytest.raises(ExerciseFailed, match="4 bugs"):
+        check("loss_scaling-broken-loop", broken_epoch)
 
 
 @pytest.mark.parametrize(
     "bugs, message",
     [
-        ({"softmax", "zero_grad", "clip", "double_step"}, "4 bugs"),
         ({"softmax"}, "log-softmax"),
         ({"zero_grad"}, "never zeroed"),
         ({"clip"}, "still scaled"),
@@ -323,8 +310,9 @@ def _loop_with(bugs: set[str]):
     ],
 )
 def test_remaining_bugs_are_named(bugs: set[str], message: str) -> None:
+    # The check's own bug generator makes the partial fixes; the check must name the bugs left.
     with pytest.raises(ExerciseFailed, match=message):
-        check("loss_scaling-broken-loop", _loop_with(bugs))
+        check("loss_scaling-broken-loop", _loop_variant(frozenset(bugs)))
 
 
 def test_an_unrecognised_loop_fails_generically() -> None:

@@ -10,7 +10,7 @@ from torch import nn
 from mpcourse import data, models, train
 from mpcourse.scaling import DynamicLossScaler, StaticLossScaler, compare_with_gradscaler, event_schedule, first_divergence
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"))]
 
 
 def assert_conforms(trace) -> None:
