@@ -327,7 +327,7 @@ def window_layout(fmt: Any, scale_log2: float = 0.0) -> dict[str, list[dict[str,
     shapes, annotations = [], []
     for x0, x1, color, text in ((mid, hi, "#2ca02c", f"{fmt.name} normal"), (lo, mid, "#ff7f0e", "subnormal")):
         shapes.append(dict(type="rect", xref="x", yref="paper", x0=x0, x1=x1, y0=0, y1=1,
-                           fillcolor=color, opacity=0.15, line_width=0, layer="below"))
+                           fillcolor=color, opacity=0.15, line=dict(width=0), layer="below"))
         annotations.append(dict(x=x0, y=1, xref="x", yref="paper", text=text, showarrow=False,
                                 xanchor="left", yanchor="bottom", font=dict(size=11)))
     return {"shapes": shapes, "annotations": annotations}
@@ -362,10 +362,12 @@ def plot_window(
         )
     fig.update_layout(**window_layout(fmt))
     fig.update_layout(
-        barmode="overlay", bargap=0, height=420, title=title or f"Gradient magnitudes and {fmt.name}'s window",
+        barmode="overlay", bargap=0, height=560 if scales_log2 else 460, margin=dict(t=130),
+        title=title or f"Gradient magnitudes and {fmt.name}'s window",
         xaxis_title="log2 |gradient| (binade k holds [2^k, 2^(k+1)))", yaxis_title="fraction of all values",
-        legend=dict(orientation="h", yanchor="bottom", y=-0.45),
+        legend=dict(orientation="h", yanchor="bottom", y=1.08, x=0),
     )
+    fig.update_xaxes(range=_x_range(histograms, fmt, scales_log2 or [0]))
     fig.update_yaxes(tickformat=".0%")
     if scales_log2:
         steps = []
@@ -375,14 +377,24 @@ def plot_window(
                 method="update",
                 label=str(int(s)),
                 args=[{"name": labels}, {**window_layout(fmt, s),
-                                          "title.text": f"{title or 'Gradients'}: loss scale 2^{int(s)}"}],
+                                          "title.text": f"{title or 'Gradients'}: loss multiplied by 2^{int(s)}"}],
             ))
         active = list(scales_log2).index(0) if 0 in scales_log2 else 0
-        fig.update_layout(sliders=[dict(active=active, currentvalue=dict(prefix="log2(loss scale) = "), steps=steps, pad=dict(t=60))])
+        fig.update_layout(sliders=[dict(active=active, currentvalue=dict(prefix="loss multiplied by 2^"), steps=steps,
+                                        pad=dict(t=70))])
         for trace, label in zip(fig.data, steps[active]["args"][0]["name"]):
             trace.name = label
         fig.update_layout(**window_layout(fmt, scales_log2[active]))
     return fig
+
+
+def _x_range(histograms: Sequence[Log2Histogram], fmt: formats.FloatFormat, scales_log2: Sequence[int]) -> list[float]:
+    """An x range that shows every non-empty binade and the whole window at every slider position."""
+    w = format_window(fmt)
+    filled = [h.exponents[h.counts > 0] for h in histograms if h.counts.any()]
+    lo = min([w["smallest_subnormal"] - max(scales_log2)] + [float(e.min()) for e in filled])
+    hi = max([w["max"] - min(scales_log2)] + [float(e.max()) + 1 for e in filled])
+    return [math.floor(lo) - 1, math.ceil(hi) + 1]
 
 
 def _scale_label(h: Log2Histogram, fmt: formats.FloatFormat, log2_scale: int) -> str:
