@@ -8,8 +8,7 @@ chain rule is linear in the loss), which lifts small gradients into fp16's range
 fp32 weight gradients by S before the optimizer step ("unscaling") gives back the true gradient.
 The price is overflow: too large an S pushes large gradients past fp16's max (65504) to inf.
 
-- :class:`StaticLossScaler` uses one fixed S, chosen by the user (the recipe of the 2018 mixed
-  precision paper).
+- :class:`StaticLossScaler` uses one fixed S, chosen by the user.
 - :class:`DynamicLossScaler` chooses S itself: start high, halve S and skip the step whenever a
   gradient overflows, and double it after ``growth_interval`` steps without overflow. This is
   ``torch.amp.GradScaler``'s algorithm; this implementation matches it bit for bit (scale, skip
@@ -251,14 +250,13 @@ class _LossScaler:
 class StaticLossScaler(_LossScaler):
     """Loss scaling with one fixed scale ``S``, chosen by you.
 
-    This is loss scaling as the 2018 mixed-precision paper introduced it: pick S so that the
-    gradients that matter land inside fp16's range and none overflow. Too small, and small
+    Pick S so that the gradients that matter land inside fp16's range and none overflow. Too small, and small
     gradients still flush to zero; too large, and large ones overflow to inf.
 
     With ``skip_non_finite=True`` (the default) a step whose gradients hold an inf or NaN is
     skipped, as a dynamic scaler would, but the scale does not change: too large a scale then skips
-    *every* step. With ``skip_non_finite=False`` the step is always taken, as in the paper's
-    description of static scaling: an overflow puts inf/NaN into the weights, for good.
+    *every* step. With ``skip_non_finite=False`` the step is always taken, as by a scaler that never
+    checks: an overflow puts inf/NaN into the weights, for good.
     """
 
     def __init__(self, scale: float, *, skip_non_finite: bool = True, enabled: bool = True) -> None:
