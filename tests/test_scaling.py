@@ -310,3 +310,21 @@ def test_event_schedule_is_reproducible_and_validated() -> None:
         event_schedule(10, p_bad=2.0)
     with pytest.raises(ValueError, match="events must"):
         compare_with_gradscaler(DynamicLossScaler, steps=3, events=["clean", "boom", "clean"])
+
+
+def test_sparse_gradients_are_unscaled_like_gradscaler() -> None:
+    results = []
+    for make in (DynamicLossScaler, lambda **kw: torch.amp.GradScaler("cpu", **kw)):
+        torch.manual_seed(0)
+        emb = nn.Embedding(10, 4, sparse=True)
+        opt = torch.optim.SGD(emb.parameters(), lr=0.1)
+        scaler = make(init_scale=2.0**8)
+        for step in range(3):
+            opt.zero_grad()
+            scaler.scale(emb(torch.tensor([1, 3, 3, 7])).square().sum()).backward()
+            if step == 1:
+                emb.weight.grad._values()[0, 0] = math.nan
+            scaler.step(opt)
+            scaler.update()
+        results.append((emb.weight.detach().clone(), scaler.get_scale()))
+    assert torch.equal(results[0][0], results[1][0]) and results[0][1] == results[1][1] == 2.0**7
