@@ -254,20 +254,36 @@ def window(values: Any, fmt: Any = "fp16", scale: float = 1.0) -> pd.Series:
     scaled = x * scale
     mag = scaled.abs()
     nonzero = finite & (x != 0)
-    rounded = formats.round_tensor(scaled[nonzero], fmt)
     ss, tiny, top = fmt.smallest_subnormal, fmt.tiny, fmt.max
+    flushed, overflow = _flushed_and_overflow(scaled[nonzero], fmt)
     counts = {
         "zero": int((x == 0).sum()),
-        "flushed_to_zero": int((rounded == 0).sum()),
+        "flushed_to_zero": flushed,
         "below_smallest_subnormal": int((nonzero & (mag < ss)).sum()),
         "subnormal": int((nonzero & (mag >= ss) & (mag < tiny)).sum()) if fmt.subnormals else 0,
         "below_smallest_normal": int((nonzero & (mag < tiny)).sum()),
         "normal": int((nonzero & (mag >= tiny) & (mag <= top)).sum()),
         "above_max": int((nonzero & (mag > top)).sum()),
-        "overflow": int((~torch.isfinite(rounded)).sum()),
+        "overflow": overflow,
         "nonfinite": int((~finite).sum()),
     }
     return pd.Series({k: v / n for k, v in counts.items()}, name=f"{fmt.name} x{scale:g}")
+
+
+def _flushed_and_overflow(x: torch.Tensor, fmt: formats.FloatFormat) -> tuple[int, int]:
+    """How many of the (finite, non-zero, float64) values round to zero, and to inf/NaN, in ``fmt``.
+
+    For IEEE-style formats (subnormals, infinities) round-to-nearest-even has two exact thresholds:
+    a magnitude at most half the smallest subnormal rounds to zero (the tie goes to zero, which is
+    even), and one at least ``max`` plus half the spacing at ``max`` rounds to infinity (the tie goes
+    up, since ``max`` has an odd significand). Other formats are rounded value by value.
+    """
+    mag = x.abs()
+    if fmt.nan == "ieee" and fmt.has_inf and fmt.subnormals:
+        half_spacing_at_max = math.ldexp(1.0, fmt.emax - fmt.mantissa_bits - 1)
+        return int((mag <= fmt.smallest_subnormal / 2).sum()), int((mag >= fmt.max + half_spacing_at_max).sum())
+    rounded = formats.round_tensor(x, fmt)
+    return int((rounded == 0).sum()), int((~torch.isfinite(rounded)).sum())
 
 
 def underflow_table(snapshot: GradientSnapshot, fmt: Any = "fp16", scale: float = 1.0) -> pd.DataFrame:
@@ -311,7 +327,7 @@ def window_layout(fmt: Any, scale_log2: float = 0.0) -> dict[str, list[dict[str,
     shapes, annotations = [], []
     for x0, x1, color, text in ((mid, hi, "#2ca02c", f"{fmt.name} normal"), (lo, mid, "#ff7f0e", "subnormal")):
         shapes.append(dict(type="rect", xref="x", yref="paper", x0=x0, x1=x1, y0=0, y1=1,
-                           fillcolor=color, opacity=0.15, line_width=0, layer="below"))
+                           fillcolor=color, opacity=0.15, line=dict(width=0), layer="below"))
         annotations.append(dict(x=x0, y=1, xref="x", yref="paper", text=text, showarrow=False,
                                 xanchor="left", yanchor="bottom", font=dict(size=11)))
     return {"shapes": shapes, "annotations": annotations}
@@ -346,10 +362,12 @@ def plot_window(
         )
     fig.update_layout(**window_layout(fmt))
     fig.update_layout(
-        barmode="overlay", bargap=0, height=420, title=title or f"Gradient magnitudes and {fmt.name}'s window",
+        barmode="overlay", bargap=0, height=560 if scales_log2 else 460, margin=dict(t=130),
+        title=title or f"Gradient magnitudes and {fmt.name}'s window",
         xaxis_title="log2 |gradient| (binade k holds [2^k, 2^(k+1)))", yaxis_title="fraction of all values",
-        legend=dict(orientation="h", yanchor="bottom", y=-0.45),
+        legend=dict(orientation="h", yanchor="bottom", y=1.08, x=0),
     )
+    fig.update_xaxes(range=_x_range(histograms, fmt, scales_log2 or [0]))
     fig.update_yaxes(tickformat=".0%")
     if scales_log2:
         steps = []
@@ -359,14 +377,24 @@ def plot_window(
                 method="update",
                 label=str(int(s)),
                 args=[{"name": labels}, {**window_layout(fmt, s),
-                                          "title.text": f"{title or 'Gradients'}: loss scale 2^{int(s)}"}],
+                                          "title.text": f"{title or 'Gradients'}: loss multiplied by 2^{int(s)}"}],
             ))
         active = list(scales_log2).index(0) if 0 in scales_log2 else 0
-        fig.update_layout(sliders=[dict(active=active, currentvalue=dict(prefix="log2(loss scale) = "), steps=steps, pad=dict(t=60))])
+        fig.update_layout(sliders=[dict(active=active, currentvalue=dict(prefix="loss multiplied by 2^"), steps=steps,
+                                        pad=dict(t=70))])
         for trace, label in zip(fig.data, steps[active]["args"][0]["name"]):
             trace.name = label
         fig.update_layout(**window_layout(fmt, scales_log2[active]))
     return fig
+
+
+def _x_range(histograms: Sequence[Log2Histogram], fmt: formats.FloatFormat, scales_log2: Sequence[int]) -> list[float]:
+    """An x range that shows every non-empty binade and the whole window at every slider position."""
+    w = format_window(fmt)
+    filled = [h.exponents[h.counts > 0] for h in histograms if h.counts.any()]
+    lo = min([w["smallest_subnormal"] - max(scales_log2)] + [float(e.min()) for e in filled])
+    hi = max([w["max"] - min(scales_log2)] + [float(e.max()) + 1 for e in filled])
+    return [math.floor(lo) - 1, math.ceil(hi) + 1]
 
 
 def _scale_label(h: Log2Histogram, fmt: formats.FloatFormat, log2_scale: int) -> str:
@@ -377,7 +405,7 @@ def _scale_label(h: Log2Histogram, fmt: formats.FloatFormat, log2_scale: int) ->
     low, high = math.floor(w["smallest_subnormal"]), math.floor(w["max"]) + 1
     e = h.exponents + log2_scale
     n = max(h.total, 1)
-    if e[0] > low or e[-1] + 1 < high:
+    if (h.below and e[0] > low) or (h.above and e[-1] + 1 < high):
         raise ValueError(
             f"histogram {h.label!r} covers binades {h.exponents[0]}..{h.exponents[-1]}, too few to judge a "
             f"loss scale of 2^{log2_scale}; build it with a wider log2_histogram(lo=..., hi=...)"
