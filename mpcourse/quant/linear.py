@@ -258,10 +258,12 @@ class FP8Linear(nn.Linear):
     def quantize(self, role: str, t: torch.Tensor, *, record: bool = True) -> Quantized:
         """Quantise operand ``role`` (``input``, ``weight`` or ``grad_output``) along its last axis.
 
-        With delayed scaling, ``record=False`` uses the current scale without touching the history.
+        With delayed scaling, ``record=False`` (and evaluation, ``self.training`` False) uses the current
+        scale without touching the history: only training steps shape the scales.
         """
         recipe, fmt = self._recipe_and_format(role)
         if recipe == "delayed":
+            record = record and self.training
             return self.scalers[role].quantize(t, record=record, update=record)
         return quantize(t, recipe, fmt, block_size=self.config.block_of(recipe), axis=-1,
                         pow2_scales=self.config.pow2_scales)
