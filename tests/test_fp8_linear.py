@@ -184,3 +184,28 @@ def test_stored_results_are_complete_records() -> None:
             assert record.get(key), (record["file"], key)
         assert record["gemms"] and all("bf16_s" in r for r in record["gemms"])
         json.dumps(record)
+
+
+@pytest.mark.skipif(not hasattr(torch, "_scaled_mm"), reason="no torch._scaled_mm")
+@pytest.mark.parametrize("config, tolerance", [("fp8_tensorwise", 1e-6), ("fp8_delayed", 1e-6), ("fp8_rowwise", 1e-2)])
+def test_the_native_path_of_auto_gemm(config: str, tolerance: float) -> None:
+    """The branch a GPU with fp8 units takes (torch._scaled_mm for every GEMM it accepts), run here on
+    PyTorch's CPU emulation of _scaled_mm by pretending the device is native; rowwise outputs bf16."""
+    torch.manual_seed(0)
+    native = FP8Linear(64, 32, config=config, gemm="auto")
+    emulated = FP8Linear(64, 32, config=config, gemm="emulated")
+    emulated.load_state_dict(native.state_dict())
+    native._native = True  # what _fp8_native() finds on sm_89+
+    x1 = torch.randn(48, 64, requires_grad=True)
+    x2 = x1.detach().clone().requires_grad_(True)
+    try:
+        y1 = native(x1)
+    except (RuntimeError, NotImplementedError) as err:
+        pytest.skip(f"torch._scaled_mm does not run on this CPU: {err}")
+    y2 = emulated(x2)
+    dy = torch.randn_like(y1)
+    y1.backward(dy)
+    y2.backward(dy)
+    assert native.used_scaled_mm and not emulated.used_scaled_mm
+    for a, b in ((y1, y2), (x1.grad, x2.grad), (native.weight.grad, emulated.weight.grad)):
+        assert quant.relative_error(a, b) < tolerance

@@ -134,6 +134,14 @@ def test_pow2_scales_are_powers_of_two_and_never_overflow() -> None:
     assert quant.error_stats(x, q)["saturated"] == 0.0
 
 
+def test_e8m0_bits_decode_as_torch_does() -> None:
+    patterns = torch.arange(256, dtype=torch.int32).to(torch.uint8).view(torch.float8_e8m0fnu)
+    ours, theirs = quant.scaling.e8m0_to_float(patterns), patterns.float()
+    assert torch.equal(ours[:255], theirs[:255]) and torch.isnan(ours[255]) and torch.isnan(theirs[255])
+    powers = torch.cat([pow2(torch.arange(-127, 128)), torch.tensor([math.nan])])
+    assert torch.equal(quant.scaling._e8m0_storage(powers).view(torch.uint8), torch.arange(256).to(torch.uint8))
+
+
 def test_pow2_is_exact() -> None:
     e = torch.arange(-149, 128)
     assert torch.equal(pow2(e).double(), torch.tensor([2.0 ** int(k) for k in e], dtype=torch.float64))

@@ -216,14 +216,14 @@ def check_mx(mx_quantize: Any) -> None:
             fail(label, f"for {case} some scales are not powers of two. MX scales are E8M0: a pure exponent, no "
                  "mantissa; amax / 448 is not one.", hint)
         ref = quant.quantize(x, "mxfp8")
-        want_s = ref.scale.double()
+        want_s = ref.scale_values().double()
         amax = x.double().reshape(rows, cols // 32, 32).abs().amax(-1)
         if not torch.equal(s, want_s):
             ratio = (s / want_s)[amax > 0]
             if (ratio == 2.0 ** 8).all():
                 fail(label, f"for {case} your scales are 2^floor(log2 amax), without subtracting E4M3's emax (8): every "
                      "element lands in [1, 2) and E4M3's range goes unused.", hint)
-            rceil = quant.quantize(x, "mxfp8", mx_scale_rounding="rceil").scale.double()
+            rceil = quant.quantize(x, "mxfp8", mx_scale_rounding="rceil").scale_values().double()
             if torch.equal(s, rceil):
                 fail(label, f"for {case} your scales are the smallest powers of two >= amax / 448: that is NVIDIA's "
                      "'RCEIL' rule (cuBLAS), which never saturates; the OCP spec's rule is floor(log2 amax) - 8.", hint)

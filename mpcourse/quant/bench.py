@@ -126,7 +126,7 @@ def _gemm_line(r: dict[str, Any]) -> str:
             f"  rowwise {speed('fp8_rowwise')}  tensorwise incl. casts {speed('fp8_tensorwise_with_casts')}")
 
 
-def measure_training_steps(shapes: tuple[tuple[int, int, int], ...] = STEP_SHAPES, *, budget_s: float = 90.0,
+def measure_training_steps(shapes: tuple[tuple[int, int, int], ...] = STEP_SHAPES, *, budget_s: float = 50.0,
                            min_run_time: float = 0.3, compile: bool = True, progress: bool = True) -> list[dict[str, Any]]:
     """Forward+backward time of one linear layer, bf16 vs torchao float8 (tensorwise, rowwise).
 

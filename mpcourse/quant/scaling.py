@@ -57,6 +57,7 @@ E4M3 = formats.get("e4m3")
 E5M2 = formats.get("e5m2")
 E2M1 = formats.get("e2m1")
 E8M0 = formats.get("e8m0")
+E8M0_DTYPE: torch.dtype | None = getattr(torch, "float8_e8m0fnu", None)
 
 
 @dataclass(frozen=True)
@@ -201,7 +202,7 @@ class Quantized:
 
     def scale_values(self) -> torch.Tensor:
         """The decode scales as float32, NVFP4's tensor scale folded in."""
-        s = self.scale.float()
+        s = e8m0_to_float(self.scale) if self.scale.dtype == E8M0_DTYPE else self.scale.float()
         return s * self.tensor_scale if self.tensor_scale is not None else s
 
     def expanded_scale(self) -> torch.Tensor:
@@ -344,9 +345,19 @@ def _mx_scale(amax: torch.Tensor, fmt: formats.FloatFormat, rounding: str) -> to
 
 
 def _e8m0_storage(scale: torch.Tensor) -> torch.Tensor:
-    """Powers of two as ``torch.float8_e8m0fnu`` (exact), or float32 where torch lacks that dtype."""
-    dtype = getattr(torch, "float8_e8m0fnu", None)
-    return scale.to(dtype) if dtype is not None else scale
+    """Powers of two (or NaN) as ``torch.float8_e8m0fnu``, built from the bits (biased exponent, 0xFF for NaN)
+    so that no cast kernel is needed on any device; float32 where torch lacks the dtype."""
+    if E8M0_DTYPE is None:
+        return scale
+    _, e = torch.frexp(scale)
+    biased = torch.where(torch.isfinite(scale), (e.to(torch.int32) - 1 + 127).clamp(0, 254), torch.full_like(e, 255, dtype=torch.int32))
+    return biased.to(torch.uint8).view(E8M0_DTYPE)
+
+
+def e8m0_to_float(t: torch.Tensor) -> torch.Tensor:
+    """Decode ``torch.float8_e8m0fnu`` values to float32 from their bits: 2^(bits - 127), NaN for 0xFF."""
+    bits = t.view(torch.uint8).to(torch.int32)
+    return torch.where(bits == 255, torch.full_like(bits, math.nan, dtype=torch.float32), pow2(bits - 127))
 
 
 def quantize(
@@ -393,7 +404,7 @@ def quantize(
                              "history of earlier steps, which a single tensor does not have")
         return scaler.quantize(x, saturate=saturate)
     if spec.granularity == "tensor":
-        scale = _amax_scale(x.abs().amax() if x.numel() else torch.zeros(()), fmt, pow2_scales)
+        scale = _amax_scale(x.abs().amax() if x.numel() else torch.zeros((), device=x.device), fmt, pow2_scales)
         return Quantized(cast(x / scale, fmt, saturate=saturate), scale, spec.name, fmt, None, axis % max(x.dim(), 1))
 
     x2, ax = _moved(x, axis, spec.granularity)
@@ -425,9 +436,10 @@ def quantize(
         divisor = expand_blocks(scale2, x2.shape)
         stored = _e8m0_storage(scale2)
     elif spec.name == "nvfp4":
-        global_amax = x.abs().amax() if x.numel() else torch.zeros(())
+        global_amax = x.abs().amax() if x.numel() else torch.zeros((), device=x.device)
         tensor_scale = global_amax / (E4M3.max * fmt.max)  # TE: s_global = amax / (448 * 6)
-        tensor_scale = torch.where(torch.isfinite(tensor_scale) & (tensor_scale > 0), tensor_scale, torch.ones(()))
+        tensor_scale = torch.where(torch.isfinite(tensor_scale) & (tensor_scale > 0), tensor_scale,
+                                   torch.ones_like(tensor_scale))
         stored = cast((amax / fmt.max) / tensor_scale, E4M3, saturate=True)  # s_block, stored in E4M3
         divisor = expand_blocks(stored.float() * tensor_scale, x2.shape)
     else:
