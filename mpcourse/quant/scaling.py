@@ -596,23 +596,26 @@ def error_stats(x: torch.Tensor, q: Quantized | torch.Tensor) -> dict[str, float
     - ``relative_error``: ``||x - x̂|| / ||x||`` (Frobenius norms);
     - ``snr_db``: ``20 log10(||x|| / ||x - x̂||)``, signal-to-noise ratio in decibels (inf if exact);
     - ``underflow``: fraction of the non-zero entries of ``x`` that became 0;
-    - ``saturated``: fraction of entries clamped to ±max (their scaled value was beyond max by more
-      than rounding accounts for; NaN when ``q`` is a plain tensor);
+    - ``saturated``: fraction of entries clamped to ±max (their scaled value was beyond the rounding
+      tie above max, where rounding alone would have left the format; NaN when ``q`` is a plain tensor);
     - ``nonfinite``: fraction of entries that became NaN or inf;
     - ``bits_per_element``: storage cost with scales (NaN when ``q`` is a plain tensor).
     """
     x64 = x.detach().double()
-    xhat = (q.dequantize() if isinstance(q, Quantized) else q).detach().double()
+    if isinstance(q, Quantized):
+        data, scale = q.data.float(), q.expanded_scale()
+        xhat = (data * scale).double()
+    else:
+        xhat = q.detach().double()
     if xhat.shape != x64.shape:
         raise ValueError(f"shapes differ: x {tuple(x64.shape)} vs quantised {tuple(xhat.shape)}")
     finite = torch.isfinite(xhat)
     diff = torch.where(finite, xhat - x64, torch.zeros_like(x64))
     signal, noise = torch.linalg.norm(x64).item(), torch.linalg.norm(diff).item()
     nonzero = x64 != 0
-    if isinstance(q, Quantized):  # stored at ±max although the scaled value was beyond max + half an ulp
-        at_max = q.data.float().abs() == q.fmt.max
-        beyond = x64.abs() / q.expanded_scale().double() > q.fmt.max * (1 + q.fmt.eps / 2)
-        saturated = (at_max & beyond).sum().item() / max(x64.numel(), 1)
+    if isinstance(q, Quantized):  # stored at ±max although the scaled value was beyond the rounding tie above max
+        tie = q.fmt.max + float(q.fmt.spacing(q.fmt.max)) / 2
+        saturated = ((data.abs() == q.fmt.max) & (x64.abs() > tie * scale.double())).sum().item() / max(x64.numel(), 1)
     else:
         saturated = math.nan
     return {
