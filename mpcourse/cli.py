@@ -12,6 +12,7 @@ from pathlib import Path
 #: data to ``save`` when given, and returns an exit status.
 BENCHES: dict[str, str] = {
     "formats": "mpcourse.formats:benchmark",
+    "fp8": "mpcourse.quant.bench:benchmark",
 }
 
 
