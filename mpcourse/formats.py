@@ -818,7 +818,7 @@ E8M0 = FloatFormat(
     description="MX scale: an unsigned power of two, 2^-127 to 2^127; no zero, no infinity; NaN is 0xFF",
     introduced="OCP Microscaling (MX) v1.0, 2023, as the shared scale of a block",
     native="NVIDIA tensor cores from Blackwell (sm_100) on, as MXFP8/MXFP4 block scales",
-    sources=("ocp2023mx", "nvidia-te-docs"),
+    sources=("ocp2023mx", "nvidia-te-recipes"),
 )
 E2M1 = FloatFormat(
     "float4_e2m1fn",
@@ -830,7 +830,7 @@ E2M1 = FloatFormat(
     description="FP4 E2M1: ±{0, 0.5, 1, 1.5, 2, 3, 4, 6}, no infinity, no NaN; useful with block scales",
     introduced="OCP Microscaling (MX) v1.0, 2023 (MXFP4); also NVIDIA's NVFP4",
     native="NVIDIA tensor cores from Blackwell (sm_100) on",
-    sources=("ocp2023mx", "nvidia-te-docs"),
+    sources=("ocp2023mx", "nvidia-te-recipes"),
 )
 E2M3 = FloatFormat(
     "float6_e2m3fn",
