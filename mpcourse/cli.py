@@ -49,6 +49,7 @@ def _verify(args: argparse.Namespace) -> int:
         args.profile,
         out=Path(args.out) if args.out else None,
         executed_dir=Path(args.executed) if args.executed else None,
+        jobs=args.jobs,
     )
     return 0 if all(r["status"] == "passed" for r in records) else 1
 
@@ -78,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     verify.add_argument("--profile", default="full", choices=["ci", "small", "full"], help="problem sizes")
     verify.add_argument("--out", metavar="FILE", help="write the records to this JSON file")
     verify.add_argument("--executed", metavar="DIR", help="also save the executed notebooks here")
+    verify.add_argument("--jobs", type=int, default=1, help="chapters to run at once (default 1)")
     verify.set_defaults(run=_verify)
     bench = sub.add_parser("bench", help="run a benchmark and print its table")
     bench.add_argument("topic", choices=sorted(BENCHES), help="what to measure")
