@@ -18,17 +18,18 @@ import plotly.graph_objects as go
 from . import formats
 
 #: Formats offered by the explorer (float64's 64 toggles would not fit a notebook's width).
-EXPLORER_FORMATS: tuple[str, ...] = (
-    "float32", "tf32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2",
-    "float8_e4m3fnuz", "float8_e5m2fnuz", "float8_e8m0fnu", "float4_e2m1fn",
-)
+EXPLORER_FORMATS: tuple[str, ...] = tuple(name for name, f in formats.ALL.items() if f.bits <= 32)
 #: Formats small enough to draw every pattern of.
-SMALL_FORMATS: tuple[str, ...] = (
-    "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz", "float8_e8m0fnu", "float4_e2m1fn",
-)
+SMALL_FORMATS: tuple[str, ...] = tuple(name for name, f in formats.ALL.items() if f.bits <= 8)
 #: Colours of the three fields, used by the widget and the figure alike.
 FIELD_STYLE = {"sign": "danger", "exponent": "info", "mantissa": "success"}
-CLASS_COLOURS = {"normal": "#1f77b4", "subnormal": "#ff7f0e", "zero": "#7f7f7f", "inf": "#d62728", "nan": "#9467bd"}
+CLASS_COLOURS = {
+    "normal": "#1f77b4",
+    "subnormal": "#ff7f0e",
+    "zero": "#7f7f7f",
+    "inf": "#d62728",
+    "nan": "#9467bd",
+}
 
 
 def _field_of(fmt: formats.FloatFormat, position: int) -> str:
@@ -48,7 +49,9 @@ def explain_value(fmt: formats.FloatFormat, value: float) -> str:
     below, above = (float(v) for v in fmt.neighbours(value))
     lines = [f"<b>{value!r}</b> is stored as <code>{fmt.bit_string(pattern)}</code> = {stored!r}"]
     if math.isfinite(value) and math.isfinite(stored) and value != 0:
-        lines.append(f"relative rounding error {abs(stored - value) / abs(value):.3g} (eps/2 = {fmt.eps / 2:.3g})")
+        lines.append(
+            f"relative rounding error {abs(stored - value) / abs(value):.3g} (eps/2 = {fmt.eps / 2:.3g})"
+        )
     if math.isfinite(value):
         lines.append(f"neighbours: {below!r} below, {above!r} above")
     return "<br>".join(lines)
@@ -96,7 +99,9 @@ def explorer(names: Sequence[str] = EXPLORER_FORMATS, value: float = 1.0):
         toggles = []
         for i in range(fmt.bits):
             toggle = widgets.ToggleButton(
-                value=False, description="0", button_style=FIELD_STYLE[_field_of(fmt, i)],
+                value=False,
+                description="0",
+                button_style=FIELD_STYLE[_field_of(fmt, i)],
                 tooltip=f"bit {fmt.bits - 1 - i} ({_field_of(fmt, i)})",
                 layout=widgets.Layout(width="30px", padding="0px"),
             )
@@ -148,17 +153,27 @@ def patterns_figure(names: Sequence[str] = SMALL_FORMATS) -> go.Figure:
             for p, b in zip(patterns, bits)
         ]
         fig.add_scatter(
-            x=patterns, y=magnitude, mode="markers", name=name, visible=k == 0,
-            marker={"color": [CLASS_COLOURS[c] for c in kinds], "size": 6,
-                    "symbol": ["x" if c in ("nan", "inf") else "circle" for c in kinds]},
-            hovertext=hover, hoverinfo="text",
+            x=patterns,
+            y=magnitude,
+            mode="markers",
+            name=name,
+            visible=k == 0,
+            marker={
+                "color": [CLASS_COLOURS[c] for c in kinds],
+                "size": 6,
+                "symbol": ["x" if c in ("nan", "inf") else "circle" for c in kinds],
+            },
+            hovertext=hover,
+            hoverinfo="text",
         )
     buttons = [
         {
             "label": name,
             "method": "update",
-            "args": [{"visible": [j == k for j in range(len(names))]},
-                     {"title.text": _title(formats.get(name))}],
+            "args": [
+                {"visible": [j == k for j in range(len(names))]},
+                {"title.text": _title(formats.get(name))},
+            ],
         }
         for k, name in enumerate(names)
     ]
@@ -166,13 +181,21 @@ def patterns_figure(names: Sequence[str] = SMALL_FORMATS) -> go.Figure:
         title=_title(formats.get(names[0])),
         updatemenus=[{"buttons": buttons, "x": 1.0, "xanchor": "right", "y": 1.15, "yanchor": "top"}],
         xaxis_title="bit pattern (as an unsigned integer)",
-        yaxis={"type": "log", "title": "|value| (zero at the bottom, NaN and inf at the top)", "exponentformat": "power"},
-        height=450, showlegend=False, margin={"t": 90},
+        yaxis={
+            "type": "log",
+            "title": "|value| (zero at the bottom, NaN and inf at the top)",
+            "exponentformat": "power",
+        },
+        height=450,
+        showlegend=False,
+        margin={"t": 90},
     )
     return fig
 
 
 def _title(fmt: formats.FloatFormat) -> str:
-    counts = {k: int(v) for k, v in zip(*np.unique(fmt.classify(np.arange(1 << fmt.bits)), return_counts=True))}
+    counts = {
+        k: int(v) for k, v in zip(*np.unique(fmt.classify(np.arange(1 << fmt.bits)), return_counts=True))
+    }
     parts = ", ".join(f"{counts.get(k, 0)} {k}" for k in CLASS_COLOURS if counts.get(k))
     return f"{fmt.name}: every pattern ({parts}); hover a point"

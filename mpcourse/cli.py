@@ -12,6 +12,7 @@ from pathlib import Path
 #: data to ``save`` when given, and returns an exit status.
 BENCHES: dict[str, str] = {
     "formats": "mpcourse.formats:benchmark",
+    "fp8": "mpcourse.quant.bench:benchmark",
     "matmul": "mpcourse.bench.commands:matmul",
     "train": "mpcourse.bench.commands:train",
 }
@@ -50,6 +51,7 @@ def _verify(args: argparse.Namespace) -> int:
         args.profile,
         out=Path(args.out) if args.out else None,
         executed_dir=Path(args.executed) if args.executed else None,
+        jobs=args.jobs,
     )
     return 0 if all(r["status"] == "passed" for r in records) else 1
 
@@ -79,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     verify.add_argument("--profile", default="full", choices=["ci", "small", "full"], help="problem sizes")
     verify.add_argument("--out", metavar="FILE", help="write the records to this JSON file")
     verify.add_argument("--executed", metavar="DIR", help="also save the executed notebooks here")
+    verify.add_argument("--jobs", type=int, default=1, help="chapters to run at once (default 1)")
     verify.set_defaults(run=_verify)
     bench = sub.add_parser("bench", help="run a benchmark and print its table")
     bench.add_argument("topic", choices=sorted(BENCHES), help="what to measure")

@@ -6,11 +6,12 @@ no network). So each loader has two sources, chosen by the ``source`` argument:
 
 - ``"hub"``: the Hugging Face hub through :func:`datasets.load_dataset` (MNIST, Fashion-MNIST,
   CIFAR-10; WikiText-2 for text). Needs the network; used on Colab and GPU machines.
-- ``"local"``: a real dataset that ships inside a package the course already depends on, wrapped
-  in a :class:`datasets.Dataset` so both sources take the same path. Images: scikit-learn's
-  handwritten digits (1,797 8x8 scans, UCI ML repository). Text: the English reference text of
-  Python's own documentation that the standard library ships in ``pydoc_data.topics`` (the text
-  behind ``help("assert")`` and friends), for a character-level language model.
+- ``"local"``: a real dataset that ships inside a package the course already depends on, read
+  from disk without the network (and without importing ``datasets``, which takes seconds). Images:
+  scikit-learn's handwritten digits (1,797 8x8 scans, UCI ML repository). Text: the English
+  reference text of Python's own documentation that the standard library ships in
+  ``pydoc_data.topics`` (the text behind ``help("assert")`` and friends), for a character-level
+  language model.
 
 ``source="auto"`` (the default) uses the hub only in the ``full`` profile (a GPU machine) and falls
 back to the local dataset, with a note, if the hub cannot be reached; every other profile uses the
@@ -205,7 +206,15 @@ def _check_name(name: str, table: dict) -> None:
 
 
 def _hub(repo: str, config: str | None, split: str):  # pragma: no cover - needs the network
+    """Load a split from the hub, failing fast when offline (instead of waiting on retries)."""
+    import os
+    import socket
+
     import datasets
+
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
+        raise ConnectionError("HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set")
+    socket.create_connection(("huggingface.co", 443), timeout=3).close()
 
     return datasets.load_dataset(repo, config, split=split) if config else datasets.load_dataset(repo, split=split)
 
@@ -282,18 +291,31 @@ def _to_image_bundle(
 
 
 @functools.lru_cache(maxsize=1)
-def _digits_dataset():
-    """scikit-learn's digits as a :class:`datasets.Dataset` (read once per process)."""
-    import datasets
-    from sklearn.datasets import load_digits
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's digits as (images (1797, 8, 8), labels), read once per process.
 
-    raw = load_digits()
-    return datasets.Dataset.from_dict({"image": raw.images.astype(np.float32), "label": raw.target}).with_format("numpy")
+    The digits ship with scikit-learn as ``sklearn/datasets/data/digits.csv.gz`` (64 pixel values
+    and the label per row). Reading that file directly gives exactly what ``load_digits()`` returns
+    without importing scikit-learn, which takes seconds; if the file has moved, ``load_digits()``.
+    """
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("sklearn")  # locates the package without importing it
+    if spec is not None and spec.submodule_search_locations:
+        path = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / "digits.csv.gz"
+        if path.is_file():
+            table = np.loadtxt(path, delimiter=",")
+            return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(np.int64)
+    from sklearn.datasets import load_digits  # pragma: no cover - a scikit-learn with another layout
+
+    raw = load_digits()  # pragma: no cover
+    return raw.images, raw.target  # pragma: no cover
 
 
 def _local_digits(n_train: int | None, n_eval: int | None, seed: int, fallback_reason: str, requested: str) -> ImageData:
-    ds = _digits_dataset()
-    train_idx, eval_idx = _split(len(ds), 0.2, seed)
+    images, labels = _digits_arrays()
+    train_idx, eval_idx = _split(len(labels), 0.2, seed)
     train_idx = train_idx[:n_train] if n_train else train_idx
     eval_idx = eval_idx[:n_eval] if n_eval else eval_idx
     what = "scikit-learn's handwritten digits (1,797 8x8 images, 10 classes), shipped with scikit-learn"
@@ -302,8 +324,7 @@ def _local_digits(n_train: int | None, n_eval: int | None, seed: int, fallback_r
     else:
         note = f"Data: {what}; no network needed."
     note += f" {len(train_idx)} training and {len(eval_idx)} held-out images."
-    columns = ds[:]  # the whole table as arrays (indexing a column alone would iterate row by row)
-    return _to_image_bundle(columns["image"], columns["label"], train_idx, eval_idx, name="digits", source="local", note=note)
+    return _to_image_bundle(images, labels, train_idx, eval_idx, name="digits", source="local", note=note)
 
 
 def _hub_images(name: str, n_train: int | None, n_eval: int | None, seed: int) -> ImageData:  # pragma: no cover
@@ -376,9 +397,10 @@ def load_text(
         name = "pydoc"
     if max_chars is not None:
         text = text[:max_chars]
-    vocab = "".join(sorted(set(text)))
-    index = {ch: i for i, ch in enumerate(vocab)}
-    tokens = torch.tensor([index[ch] for ch in text], dtype=torch.long)
+    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)  # one code point per character
+    symbols = np.unique(codes)  # sorted: the vocabulary, as code points
+    vocab = "".join(map(chr, symbols))
+    tokens = torch.from_numpy(np.searchsorted(symbols, codes).astype(np.int64))
     n_eval = math.ceil(len(tokens) * eval_fraction)
     if len(tokens) - n_eval <= block_size + 1 or n_eval <= block_size + 1:
         raise ValueError(
@@ -408,7 +430,4 @@ def _pydoc_text() -> str:
     """Python's documentation topics (the text of ``help(topic)``), in a fixed order, as one string."""
     from pydoc_data.topics import topics
 
-    import datasets
-
-    ds = datasets.Dataset.from_dict({"topic": sorted(topics), "text": [topics[k] for k in sorted(topics)]})
-    return "\n\n".join(ds[:]["text"])
+    return "\n\n".join(topics[k] for k in sorted(topics))

@@ -198,6 +198,12 @@ def state_bytes(model: nn.Module, optimizer: torch.optim.Optimizer | None = None
 class _ParameterCasts(TorchDispatchMode):
     """Records the bytes of every copy of a parameter made in another dtype (what autocast caches)."""
 
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        # PyTorch otherwise wraps __torch_dispatch__ in torch._dynamo.disable, whose first use imports
+        # torch._dynamo (seconds). This mode never runs under torch.compile, so it needs no such guard.
+        return False
+
     def __init__(self, param_keys: set[tuple[str, int]]) -> None:
         super().__init__()
         self.param_keys = param_keys

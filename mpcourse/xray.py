@@ -32,7 +32,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 #: PyTorch's autocast op lists, from docs/source/amp.md ("Autocast Op Reference"), as of PyTorch
 #: 2.9-2.14. ``lower``: ops that autocast to the low-precision dtype; ``fp32``: ops that autocast
-#: to float32; ``widest``: ops that promote to the widest input type. CPU fp16 uses the bf16 lists.
+#: to float32; ``widest``: ops that promote to the widest input type; ``banned``: ops that raise in
+#: an autocast region. CPU fp16 uses the bf16 lists.
 DOCUMENTED: dict[str, dict[str, frozenset[str]]] = {
     "cuda": {
         "lower": frozenset(
@@ -48,6 +49,8 @@ DOCUMENTED: dict[str, dict[str, frozenset[str]]] = {
             "softplus sum renorm tan triplet_margin_loss".split()
         ),
         "widest": frozenset("addcdiv addcmul atan2 bilinear cross dot grid_sample index_put scatter_add tensordot".split()),
+        # "binary_cross_entropy and BCELoss raise an error in autocast-enabled regions" (CUDA section)
+        "banned": frozenset({"binary_cross_entropy"}),
     },
     "cpu": {
         "lower": frozenset(
@@ -108,7 +111,7 @@ CONVERSION_OPS: frozenset[str] = frozenset("to float half bfloat16 double type t
 
 
 def documented_category(op: str, device_type: str) -> str:
-    """``lower``, ``fp32``, ``widest`` or ``unlisted``: where PyTorch's docs put ``op`` for a device type."""
+    """``lower``, ``fp32``, ``widest``, ``banned`` or ``unlisted``: where PyTorch's docs put ``op``."""
     if device_type not in DOCUMENTED:
         raise ValueError(f"no documented autocast lists for {device_type!r}; accepted: {', '.join(DOCUMENTED)}")
     name = ALIASES[device_type].get(op, op)
@@ -385,6 +388,12 @@ def check_against_docs(result: XRay) -> pd.DataFrame:
 
 
 class _KernelRecorder(TorchDispatchMode):
+
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        # PyTorch otherwise wraps __torch_dispatch__ in torch._dynamo.disable, whose first use imports
+        # torch._dynamo (seconds). This mode never runs under torch.compile, so it needs no such guard.
+        return False
     def __init__(self, modules: _ModuleStack) -> None:
         super().__init__()
         self.modules = modules

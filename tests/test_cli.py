@@ -85,3 +85,10 @@ def test_verify_reports_a_failing_chapter(tmp_path) -> None:
     assert main(["verify", str(path), "--profile", "ci", "--out", str(tmp_path / "r.json")]) == 1
     (record,) = json.loads((tmp_path / "r.json").read_text())
     assert record["status"] == "failed" and "planted" in record["error"]
+
+
+def test_verify_needs_a_positive_number_of_jobs(tmp_path) -> None:
+    from mpcourse.verify import verify
+
+    with pytest.raises(ValueError, match="positive number"):
+        verify([tmp_path / "x.ipynb"], "ci", jobs=0)

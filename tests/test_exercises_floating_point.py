@@ -1,4 +1,4 @@
-"""The checks of chapter floating_point: reference solutions pass, realistic mistakes fail, stubs are 'not done'."""
+"""Checks of chapter floating_point: reference solutions pass, realistic mistakes fail, stubs are 'not done'."""
 
 from __future__ import annotations
 
@@ -174,12 +174,23 @@ def _u(x):
     [
         (lambda x: (_u(x) >> 16).astype(np.uint16), "NaN with pattern"),  # truncation also ruins NaNs
         (lambda x: np.where(np.isnan(x), 0x7FC0, _u(x) >> 16).astype(np.uint16), "truncations"),
-        (lambda x: np.where(np.isnan(x), 0x7FC0, (_u(x) + 0x8000) >> 16).astype(np.uint16), "rounded up, away"),
+        (
+            lambda x: np.where(np.isnan(x), 0x7FC0, (_u(x) + 0x8000) >> 16).astype(np.uint16),
+            "rounded up, away",
+        ),
         (lambda x: ((_u(x) + 0x7FFF + ((_u(x) >> 16) & 1)) >> 16).astype(np.uint16), "NaN with pattern"),
         (lambda x: x.astype(np.float32), "dtype float32"),
         (lambda x: (_u(x) + 0x7FFF + ((_u(x) >> 16) & 1)).astype(np.int64), "fit in 16 bits"),
-        (lambda x: np.where(np.isnan(x), 0x7FC0, (_u(x) + 0x7FFF) >> 16).astype(np.uint16), "rounded down, away"),
-        (lambda x: np.where(np.isnan(x), 0x7FC0, (_u(x) + 0x7FFF + ((_u(x) >> 15) & 1)) >> 16).astype(np.uint16), "rounded up"),
+        (
+            lambda x: np.where(np.isnan(x), 0x7FC0, (_u(x) + 0x7FFF) >> 16).astype(np.uint16),
+            "rounded down, away",
+        ),
+        (
+            lambda x: np.where(np.isnan(x), 0x7FC0, (_u(x) + 0x7FFF + ((_u(x) >> 15) & 1)) >> 16).astype(
+                np.uint16
+            ),
+            "rounded up",
+        ),
         (lambda x: np.where(np.isnan(x), 0x7FC0, (_u(x) + 0x7FFF + ((_u(x) >> 16) & 1)) >> 16) ^ 1, "gave"),
     ],
 )

@@ -26,7 +26,7 @@ from mpcourse.train import (
     train,
 )
 
-QUIET = dict(progress=False, verbose=False)
+QUIET = dict(progress=False, verbose=False, device="cpu")  # CPU runs: deterministic, on any machine
 
 
 @pytest.fixture(autouse=True)
@@ -257,7 +257,7 @@ def test_evaluate_uses_no_grad_and_restores_the_mode(digits) -> None:
 )
 def test_bad_arguments_are_explained(digits, kwargs, error, message) -> None:
     with pytest.raises(error, match=message):
-        train(mlp(digits), digits, "fp16", **(dict(steps=2) | kwargs), **QUIET)
+        train(mlp(digits), digits, "fp16", **(QUIET | dict(steps=2) | kwargs))
 
 
 def test_bad_model_and_data_are_explained(digits) -> None:
@@ -336,7 +336,7 @@ def test_a_scaler_with_bf16_is_allowed_but_noted(digits) -> None:
 
 def test_emulated_recipe_runs_with_a_visible_note(digits, capsys) -> None:
     t4 = device.capabilities(preset="t4")
-    run = train(mlp(digits), digits, "bf16", steps=2, caps=t4, progress=False)
+    run = train(mlp(digits), digits, "bf16", steps=2, caps=t4, progress=False, device="cpu")
     out = capsys.readouterr().out
     assert run.status == "emulated" and run.device == "cpu"
     assert "bf16 is emulated on cuda: Tesla T4" in out and "Recipe 'fp16' runs natively here" in out
@@ -383,6 +383,16 @@ def test_matmul_precision_leaves_cpu_settings_alone() -> None:
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("recipe", ["fp32", "tf32", "fp16", "bf16", "pure_bf16"])
+def test_recipes_run_on_cuda(digits, recipe) -> None:  # pragma: no cover - GPU only
+    run = train(mlp(digits), digits, recipe, steps=5, device="cuda", progress=False, verbose=False)
+    assert run.device.startswith("cuda") and (run.frame["peak_memory_bytes"] > 0).all()
+    assert run.dtypes["parameters"] == ("bfloat16" if recipe == "pure_bf16" else "float32")
+    assert run.config["threads"] is None and (run.config["scaler"] == "GradScaler") == (recipe == "fp16")
+    assert "max_memory_allocated" in run.memory_note
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_matmul_precision_sets_and_restores_tf32_on_cuda() -> None:  # pragma: no cover - GPU only
     before = torch.backends.cuda.matmul.fp32_precision
     with matmul_precision(True, "cuda"):
@@ -416,3 +426,18 @@ def test_compare_needs_distinct_labels(digits) -> None:
         plot_histories([run], metrics=["speed"])
     with pytest.raises(TypeError, match="non-empty list of History"):
         compare([])
+
+
+def test_small_cpu_runs_use_one_thread_and_restore_the_setting(digits) -> None:
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        auto = train(mlp(digits), digits, "fp32", steps=2, **QUIET)
+        assert auto.config["threads"] == 1 and any("one thread" in n for n in auto.notes)
+        assert torch.get_num_threads() == 2
+        chosen = train(mlp(digits), digits, "fp32", steps=2, threads=2, **QUIET)
+        assert chosen.config["threads"] == 2 and not any("one thread" in n for n in chosen.notes)
+        with pytest.raises(ValueError, match="positive number of CPU threads"):
+            train(mlp(digits), digits, "fp32", steps=1, threads=0, **QUIET)
+    finally:
+        torch.set_num_threads(before)

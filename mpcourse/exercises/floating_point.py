@@ -35,10 +35,14 @@ def _ieee_decode_variants(bits: int, e: int, m: int) -> dict[str, float]:
     if field == (1 << e) - 1:
         return {}
     return {
-        "the hidden bit forgotten (a normal significand is 1 + mantissa / 2^m)": sign * 2.0 ** (field - bias) * frac,
+        "the hidden bit forgotten (a normal significand is 1 + mantissa / 2^m)": sign
+        * 2.0 ** (field - bias)
+        * frac,
         "a bias of 2^(e-1) instead of 2^(e-1) - 1": sign * 2.0 ** (field - bias - 1) * (1 + frac),
         "the sign bit ignored": 2.0 ** (field - bias) * (1 + frac),
-        "the mantissa read as a fraction of 2^(m+1)": sign * 2.0 ** (field - bias) * (1 + mantissa / (1 << (m + 1))),
+        "the mantissa read as a fraction of 2^(m+1)": sign
+        * 2.0 ** (field - bias)
+        * (1 + mantissa / (1 << (m + 1))),
     }
 
 
@@ -46,12 +50,25 @@ def _reference_patterns() -> list[tuple[str, int, int, np.ndarray, np.ndarray]]:
     """(name, e, m, patterns, reference values) from numpy's float16, torch's E5M2, and E3M4."""
     rng = np.random.default_rng(7)
     fp16_patterns = np.unique(
-        np.concatenate([np.arange(0, 64), np.arange(0x7BF0, 0x7C10), np.arange(0xFBF0, 0x10000), rng.integers(0, 1 << 16, 3000)])
+        np.concatenate(
+            [
+                np.arange(0, 64),
+                np.arange(0x7BF0, 0x7C10),
+                np.arange(0xFBF0, 0x10000),
+                rng.integers(0, 1 << 16, 3000),
+            ]
+        )
     ).astype(np.uint16)
     e5m2_patterns = np.arange(256, dtype=np.uint8)
     return [
         ("float16", 5, 10, fp16_patterns, fp16_patterns.view(np.float16).astype(np.float64)),
-        ("E5M2", 5, 2, e5m2_patterns, torch.from_numpy(e5m2_patterns).view(torch.float8_e5m2).double().numpy()),
+        (
+            "E5M2",
+            5,
+            2,
+            e5m2_patterns,
+            torch.from_numpy(e5m2_patterns).view(torch.float8_e5m2).double().numpy(),
+        ),
         ("E3M4 (an IEEE-like 8-bit format)", 3, 4, e5m2_patterns, formats.custom(3, 4).decode(e5m2_patterns)),
     ]
 
@@ -70,18 +87,34 @@ def check_decode(decode: Any) -> None:
             got = call(label, decode, int(bits), e, m)
             case = f"{name} pattern {bits:#x} ({formats.custom(e, m).bit_string(bits)})"
             if not isinstance(got, (int, float, np.floating, np.integer)):
-                fail(label, f"for {case} you returned {type(got).__name__}, not a number.", "return a Python float.")
+                fail(
+                    label,
+                    f"for {case} you returned {type(got).__name__}, not a number.",
+                    "return a Python float.",
+                )
             got = float(got)
             if math.isnan(value):
                 if not math.isnan(got):
-                    fail(label, f"{case} is a NaN; you returned {got!r}.", "exponent all ones with a non-zero mantissa is NaN.")
+                    fail(
+                        label,
+                        f"{case} is a NaN; you returned {got!r}.",
+                        "exponent all ones with a non-zero mantissa is NaN.",
+                    )
                 continue
             if got == value and math.copysign(1, got) == math.copysign(1, value):
                 continue
             if math.isinf(value):
-                fail(label, f"{case} is {value}; you returned {got!r}.", "exponent all ones with a zero mantissa is infinity.")
+                fail(
+                    label,
+                    f"{case} is {value}; you returned {got!r}.",
+                    "exponent all ones with a zero mantissa is infinity.",
+                )
             if value == 0 and got == 0:
-                fail(label, f"{case} is {value!r} (a signed zero); you returned {got!r}.", "zero keeps its sign: -0.0.")
+                fail(
+                    label,
+                    f"{case} is {value!r} (a signed zero); you returned {got!r}.",
+                    "zero keeps its sign: -0.0.",
+                )
             for mistake, wrong in _ieee_decode_variants(bits, e, m).items():
                 if got == wrong:
                     fail(label, f"for {case} you returned {got!r}: that is {mistake}.", hint)
@@ -94,19 +127,21 @@ _LIMIT_KEYS = ("max", "tiny", "smallest_subnormal", "eps")
 
 
 def _limit_variants(e: int, m: int) -> dict[str, dict[str, float]]:
+    """For each limit, the values the usual wrong derivations give, by mistake."""
     bias = (1 << (e - 1)) - 1
     emax, emin = (1 << e) - 2 - bias, 1 - bias
+    all_ones = (1 << e) - 1 - bias  # the exponent of the reserved top binade
     return {
         "max": {
-            "the all-ones exponent used for max (IEEE formats reserve it for inf and NaN)":
-                math.ldexp(2 - 2.0**-m, (1 << e) - 1 - bias),
-            "max taken as 2^(emax+1), without the mantissa": math.ldexp(1.0, emax + 1),
-            "max taken as 2^emax, ignoring the mantissa bits": math.ldexp(1.0, emax),
+            "the all-ones exponent used for max (IEEE formats reserve it for inf and NaN)": (2 - 2.0**-m)
+            * 2.0**all_ones,
+            "max taken as 2^(emax+1), without the mantissa": 2.0 ** (emax + 1),
+            "max taken as 2^emax, ignoring the mantissa bits": 2.0**emax,
         },
-        "tiny": {"tiny taken as 2^-bias (the smallest normal exponent is 1 - bias)": math.ldexp(1.0, -bias)},
+        "tiny": {"tiny taken as 2^-bias (the smallest normal exponent is 1 - bias)": 2.0**-bias},
         "smallest_subnormal": {
-            "the smallest subnormal half too small (subnormals share the exponent 1 - bias of the smallest normal)":
-                math.ldexp(1.0, emin - m - 1),
+            "the smallest subnormal half too small (subnormals share the smallest normal's exponent, "
+            "1 - bias)": 2.0 ** (emin - m - 1),
         },
         "eps": {
             "eps confused with the unit roundoff eps/2 = 2^-(m+1)": 2.0 ** -(m + 1),
@@ -124,19 +159,36 @@ def check_limits(format_limits: Any) -> None:
         "finite number is all ones minus one; the smallest normal has exponent field 1; a subnormal step is "
         "the smallest normal divided by 2^m; eps is the gap after 1."
     )
-    references = {(5, 10): np.finfo(np.float16), (8, 23): np.finfo(np.float32), (11, 52): np.finfo(np.float64)}
+    references = {
+        (5, 10): np.finfo(np.float16),
+        (8, 23): np.finfo(np.float32),
+        (11, 52): np.finfo(np.float64),
+    }
     for e, m in [(5, 10), (8, 7), (5, 2), (3, 4), (4, 3), (8, 23), (11, 52), (2, 5)]:
         got = call(label, format_limits, e, m)
         case = f"e={e}, m={m}"
         if not isinstance(got, dict) or set(got) != set(_LIMIT_KEYS):
-            fail(label, f"for {case} you returned {got!r}.", f"return a dict with exactly the keys {', '.join(_LIMIT_KEYS)}.")
+            fail(
+                label,
+                f"for {case} you returned {got!r}.",
+                f"return a dict with exactly the keys {', '.join(_LIMIT_KEYS)}.",
+            )
         if (e, m) in references:  # numpy's own finfo where it has the format
             info = references[(e, m)]
-            want = {"max": float(info.max), "tiny": float(info.smallest_normal),
-                    "smallest_subnormal": float(info.smallest_subnormal), "eps": float(info.eps)}
+            want = {
+                "max": float(info.max),
+                "tiny": float(info.smallest_normal),
+                "smallest_subnormal": float(info.smallest_subnormal),
+                "eps": float(info.eps),
+            }
         else:
             fmt = formats.custom(e, m)
-            want = {"max": fmt.max, "tiny": fmt.tiny, "smallest_subnormal": fmt.smallest_subnormal, "eps": fmt.eps}
+            want = {
+                "max": fmt.max,
+                "tiny": fmt.tiny,
+                "smallest_subnormal": fmt.smallest_subnormal,
+                "eps": fmt.eps,
+            }
         for key in _LIMIT_KEYS:
             value = float(got[key])
             if value == want[key]:
@@ -157,8 +209,25 @@ def _bf16_cases() -> np.ndarray:
     ties = (high << 16) | 0x8000  # exactly halfway, with even and odd upper halves
     near = np.concatenate([ties - 1, ties + 1])
     special = np.array(
-        [0x00000000, 0x80000000, 0x7F800000, 0xFF800000, 0x7FC00000, 0xFFC00000, 0x7F800001, 0x7FFFFFFF, 0xFF800001,
-         0x7F7F8000, 0x7F7F7FFF, 0x7F7FFFFF, 0x00008000, 0x00018000, 0x00000001, 0x3F808000, 0x3F818000],
+        [
+            0x00000000,
+            0x80000000,
+            0x7F800000,
+            0xFF800000,
+            0x7FC00000,
+            0xFFC00000,
+            0x7F800001,
+            0x7FFFFFFF,
+            0xFF800001,
+            0x7F7F8000,
+            0x7F7F7FFF,
+            0x7F7FFFFF,
+            0x00008000,
+            0x00018000,
+            0x00000001,
+            0x3F808000,
+            0x3F818000,
+        ],
         dtype=np.uint32,
     )
     random = rng.integers(0, 1 << 32, 20000, dtype=np.uint64).astype(np.uint32)
@@ -173,13 +242,22 @@ def check_bf16_rne(fp32_to_bf16_bits: Any) -> None:
     got = call(label, fp32_to_bf16_bits, x.copy())
     got = np.asarray(got)
     if got.shape != x.shape or not np.issubdtype(got.dtype, np.integer):
-        fail(label, f"you returned an array of dtype {got.dtype} and shape {got.shape}.",
-             f"return integer bit patterns (np.uint16), one per input: shape {x.shape}.")
+        fail(
+            label,
+            f"you returned an array of dtype {got.dtype} and shape {got.shape}.",
+            f"return integer bit patterns (np.uint16), one per input: shape {x.shape}.",
+        )
     got = got.astype(np.int64)
     if got.min() < 0 or got.max() > 0xFFFF:
-        fail(label, "some patterns do not fit in 16 bits.", "keep the upper 16 bits of the rounded float32 pattern.")
+        fail(
+            label,
+            "some patterns do not fit in 16 bits.",
+            "keep the upper 16 bits of the rounded float32 pattern.",
+        )
     with np.errstate(invalid="ignore"):
-        want = torch.from_numpy(x.copy()).to(torch.bfloat16).view(torch.int16).numpy().astype(np.int64) & 0xFFFF
+        want = (
+            torch.from_numpy(x.copy()).to(torch.bfloat16).view(torch.int16).numpy().astype(np.int64) & 0xFFFF
+        )
     bf16 = formats.BF16
     got_v, want_v = bf16.decode(got), bf16.decode(want)
     ok = (got == want) | (np.isnan(got_v) & np.isnan(want_v))  # any NaN pattern is fine for a NaN
@@ -191,21 +269,33 @@ def check_bf16_rne(fp32_to_bf16_bits: Any) -> None:
     if (bad & nan_in).any():
         i = np.flatnonzero(bad & nan_in)[0]
         became = "infinity" if np.isinf(got_v[i]) else repr(float(got_v[i]))
-        fail(label, f"the NaN with pattern {u[i]:#010x} became {became}.",
-             "a NaN whose payload sits only in the low 16 bits loses it when rounded; make sure the result "
-             "keeps a non-zero mantissa (set the top mantissa bit), and do not add a rounding bias to NaNs.")
+        fail(
+            label,
+            f"the NaN with pattern {u[i]:#010x} became {became}.",
+            "a NaN whose payload sits only in the low 16 bits loses it when rounded; make sure the result "
+            "keeps a non-zero mantissa (set the top mantissa bit), and do not add a rounding bias to NaNs.",
+        )
     tie = (u & 0xFFFF) == 0x8000
     i = np.flatnonzero(bad)[0]
     if tie[bad].all():
         direction = "up" if got[i] > want[i] else "down"
-        fail(label, f"the tie {x[i]!r} (pattern {u[i]:#010x}, exactly halfway) was rounded {direction}, away from "
-             "the even neighbour.",
-             "at exactly halfway, round to the pattern whose last kept bit is 0: the bias is 0x7FFF plus that bit.")
+        fail(
+            label,
+            f"the tie {x[i]!r} (pattern {u[i]:#010x}, exactly halfway) was rounded {direction}, away from "
+            "the even neighbour.",
+            "at exactly halfway, round to the pattern whose last kept bit is 0: the bias is 0x7FFF plus that bit.",
+        )
     if (got[bad] == (u >> 16)[bad]).all():
-        fail(label, "your results are truncations (the low 16 bits dropped).",
-             "round to nearest: add a rounding bias before shifting, so values past halfway carry up.")
-    fail(label, f"{x[i]!r} (pattern {u[i]:#010x}) gave {got[i]:#06x}; torch gives {want[i]:#06x}.",
-         "round the float32 pattern to its upper 16 bits, ties to even, and treat NaN separately.")
+        fail(
+            label,
+            "your results are truncations (the low 16 bits dropped).",
+            "round to nearest: add a rounding bias before shifting, so values past halfway carry up.",
+        )
+    fail(
+        label,
+        f"{x[i]!r} (pattern {u[i]:#010x}) gave {got[i]:#06x}; torch gives {want[i]:#06x}.",
+        "round the float32 pattern to its upper 16 bits, ties to even, and treat NaN separately.",
+    )
 
 
 # ---- floating_point-overflow ----------------------------------------------------------------------------
@@ -216,12 +306,18 @@ def check_overflow(overflows_fp16: Any) -> None:
     """``overflows_fp16(x)``: True where a finite float64 becomes ±inf when rounded to fp16."""
     label = "floating_point-overflow"
     rng = np.random.default_rng(5)
-    edges = np.array([65504.0, 65505.0, 65519.0, 65519.999, 65520.0, 65520.001, 65535.0, 65536.0, 65552.0, 1e5, 1e300])
+    edges = np.array(
+        [65504.0, 65505.0, 65519.0, 65519.999, 65520.0, 65520.001, 65535.0, 65536.0, 65552.0, 1e5, 1e300]
+    )
     x = np.concatenate([edges, -edges, rng.uniform(-7e4, 7e4, 5000), [0.0, 1.0, -1e-8]])
     got = call(label, overflows_fp16, x.copy())
     got = np.asarray(got)
     if got.shape != x.shape or got.dtype != np.bool_:
-        fail(label, f"you returned dtype {got.dtype}, shape {got.shape}.", f"return a boolean array of shape {x.shape}.")
+        fail(
+            label,
+            f"you returned dtype {got.dtype}, shape {got.shape}.",
+            f"return a boolean array of shape {x.shape}.",
+        )
     # numpy rounds float64 to float16 once; torch goes through float32 and can round twice (65519.999
     # becomes 65520.0, a tie, then inf), so torch is not the reference for float64 inputs.
     with np.errstate(over="ignore"):
@@ -230,18 +326,25 @@ def check_overflow(overflows_fp16: Any) -> None:
         return
     a = np.abs(x)
     for mistake, wrong in {
-        "you flagged everything above max = 65504, but values up to half a gap above max round down to it": a > 65504,
+        "you flagged everything above max = 65504, but values up to half a gap above max round down to it": a
+        > 65504,
         "the tie at exactly 65520 rounds to even, which here is up (to 65536, beyond max)": a > 65520,
         "values from 65520 up already round past max": a >= 65536,
         "negative values overflow too (to -inf)": x >= 65520,
     }.items():
         if np.array_equal(got, wrong):
-            fail(label, f"your answer matches a common mistake: {mistake}.",
-                 "find the smallest value that rounds to something larger than max: max plus half the gap between "
-                 "values at the top of fp16's range, with ties to even.")
+            fail(
+                label,
+                f"your answer matches a common mistake: {mistake}.",
+                "find the smallest value that rounds to something larger than max: max plus half the gap between "
+                "values at the top of fp16's range, with ties to even.",
+            )
     i = np.flatnonzero(got != want)[0]
-    fail(label, f"for x = {x[i]!r} you said {bool(got[i])}; rounding to float16 says {bool(want[i])}.",
-         "a value overflows if round-to-nearest-even sends it past max; think about the gap near max.")
+    fail(
+        label,
+        f"for x = {x[i]!r} you said {bool(got[i])}; rounding to float16 says {bool(want[i])}.",
+        "a value overflows if round-to-nearest-even sends it past max; think about the gap near max.",
+    )
 
 
 # ---- floating_point-stall --------------------------------------------------------------------------------
@@ -270,7 +373,7 @@ def _torch_stall(dtype: torch.dtype, addend: float) -> float:
 
 @register("floating_point-stall")
 def check_stall(stall_value: Any) -> None:
-    """``stall_value(fmt, largest_addend)``: where a running sum of addends <= largest_addend stops growing."""
+    """``stall_value(fmt, largest_addend)``: where a running sum of addends up to that stops growing."""
     label = "floating_point-stall"
     hint = (
         "the sum stops growing once adding the largest addend no longer reaches the next representable "
@@ -291,9 +394,15 @@ def check_stall(stall_value: Any) -> None:
         want = reference()
         case = f"{fmt.name} with addends up to {addend!r}"
         if isinstance(got, (int, float, np.floating)) and math.isclose(float(got), want / 2):
-            fail(label, f"for {case} you predict {got!r}, half the value the sum really reaches ({want!r}).",
-                 "at your value the addend is exactly one gap: the sum still grows. It stalls one binade later.")
+            fail(
+                label,
+                f"for {case} you predict {got!r}, half the value the sum really reaches ({want!r}).",
+                "at your value the addend is exactly one gap: the sum still grows. It stalls one binade later.",
+            )
         if isinstance(got, (int, float, np.floating)) and math.isclose(float(got), want * 2):
-            fail(label, f"for {case} you predict {got!r}, twice the value the sum stalls at.",
-                 "at half your value, the addend is already half a gap, and the tie goes to the even value.")
+            fail(
+                label,
+                f"for {case} you predict {got!r}, twice the value the sum stalls at.",
+                "at half your value, the addend is already half a gap, and the tie goes to the even value.",
+            )
         expect_close(label, got, want, rtol=1e-12, case=case, hint=hint)

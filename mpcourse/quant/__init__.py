@@ -1,0 +1,67 @@
+"""FP8 (and FP4) quantisation, scaled GEMMs and fp8 training, emulated anywhere and real on sm_89+.
+
+- :mod:`~mpcourse.quant.scaling`: the scaling recipes (tensorwise current and delayed, rowwise,
+  1x128 and 128x128 blocks, MX with E8M0 scales, NVFP4), :func:`quantize` -> :class:`Quantized`
+  (elements + scales), :class:`DelayedScaler` (Transformer Engine's amax history), :func:`error_stats`.
+- :mod:`~mpcourse.quant.gemm`: :func:`fp8_mm` (a scaled fp8 GEMM, emulated exactly) and
+  :func:`scaled_mm` (``torch._scaled_mm`` with its rules checked and explained).
+- :mod:`~mpcourse.quant.linear`: :class:`FP8Linear`, :func:`convert_to_fp8`, the fp8 training
+  recipes (registered with :mod:`mpcourse.train` on import: ``fp8_tensorwise``, ``fp8_delayed``,
+  ``fp8_rowwise``, ``fp8_blockwise``, ``mxfp8``, and ``torchao_*`` for sm_89+), and torchao's path.
+- :mod:`~mpcourse.quant.bench`: ``mpcourse bench fp8`` (fp8 vs bf16 speed on a GPU) and the stored results.
+
+Example::
+
+    from mpcourse import quant
+
+    q = quant.quantize(x, "mxfp8")             # E4M3 elements, one E8M0 scale per 32
+    q.dequantize(), q.bits_per_element          # the values it stands for; 8.25
+    quant.error_stats(x, q)["snr_db"]
+"""
+
+from .gemm import (
+    SCALED_MM_DTYPES,
+    SCALED_MM_RECIPES,
+    UnsupportedFP8Error,
+    flops,
+    fp8_mm,
+    relative_error,
+    scaled_mm,
+    scaled_mm_problems,
+)
+from .linear import (
+    CONFIGS,
+    FP8Config,
+    FP8Linear,
+    convert_to_fp8,
+    get_config,
+    plan,
+    register_training_recipes,
+    torchao_convert,
+    torchao_status,
+)
+from .scaling import (
+    ALIASES,
+    ELEMENT_FORMATS,
+    RECIPES,
+    DelayedScaler,
+    DelayedScaling,
+    Quantized,
+    ScalingRecipe,
+    cast,
+    dequantize,
+    error_stats,
+    expand_blocks,
+    fake_quantize,
+    pow2,
+    quantize,
+    resolve,
+)
+
+__all__ = [
+    "ALIASES", "CONFIGS", "ELEMENT_FORMATS", "RECIPES", "SCALED_MM_DTYPES", "SCALED_MM_RECIPES",
+    "DelayedScaler", "DelayedScaling", "FP8Config", "FP8Linear", "Quantized", "ScalingRecipe",
+    "UnsupportedFP8Error", "cast", "convert_to_fp8", "dequantize", "error_stats", "expand_blocks",
+    "fake_quantize", "flops", "fp8_mm", "get_config", "plan", "pow2", "quantize", "register_training_recipes",
+    "relative_error", "resolve", "scaled_mm", "scaled_mm_problems", "torchao_convert", "torchao_status",
+]

@@ -1,0 +1,598 @@
+"""Loss scalers, written to be read: a static one, and a dynamic one that behaves exactly like
+``torch.amp.GradScaler``.
+
+Why scale at all? Under fp16 autocast, backpropagation computes activation gradients in fp16,
+whose smallest subnormal is 2^-24 (about 6e-8). Gradients smaller than half of that round to zero
+and are lost. Multiplying the loss by S multiplies every gradient of the backward pass by S (the
+chain rule is linear in the loss), which lifts small gradients into fp16's range; dividing the
+fp32 weight gradients by S before the optimizer step ("unscaling") gives back the true gradient.
+The price is overflow: too large an S pushes large gradients past fp16's max (65504) to inf.
+
+- :class:`StaticLossScaler` uses one fixed S, chosen by the user.
+- :class:`DynamicLossScaler` chooses S itself: start high, halve S and skip the step whenever a
+  gradient overflows, and double it after ``growth_interval`` steps without overflow. This is
+  ``torch.amp.GradScaler``'s algorithm; this implementation matches it bit for bit (scale, skip
+  decisions, growth tracker, parameters), and the course's tests check that.
+
+Both scalers have GradScaler's interface, so they drop into the standard loop, and into
+``mpcourse.train.train(..., scaler=...)``::
+
+    scaler = DynamicLossScaler()
+    for x, y in batches:
+        optimizer.zero_grad()
+        with torch.autocast("cuda", dtype=torch.float16):
+            loss = loss_fn(model(x), y)
+        scaler.scale(loss).backward()    # backward on the scaled loss: gradients are S times too big
+        scaler.unscale_(optimizer)       # optional: only if you need true gradients (clipping)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        scaler.step(optimizer)           # unscales if not done yet; skips the step on inf/NaN
+        scaler.update()                  # adjusts S for the next iteration
+
+The state is explicit on purpose: ``_scale`` (a float32 tensor on the loss's device, as in
+GradScaler), ``_growth_tracker`` (clean steps since the scale last changed) and, per optimizer,
+the stage of the iteration (``READY`` -> ``UNSCALED`` -> ``STEPPED``) and the inf/NaN flags found
+while unscaling, one per device. The flags stay tensors until ``step`` needs a decision, so that
+on a GPU the check costs one synchronisation per step, as GradScaler's does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+from collections.abc import Callable, Iterable, Iterator
+from enum import Enum
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+
+__all__ = ["DynamicLossScaler", "OptState", "StaticLossScaler", "compare_with_gradscaler", "event_schedule", "first_divergence"]
+
+
+class OptState(Enum):
+    """Where an optimizer is in the current iteration (the same stages GradScaler tracks)."""
+
+    READY = 0  # gradients are scaled (or not computed yet)
+    UNSCALED = 1  # unscale_() ran: gradients hold true values, inf/NaN flags are known
+    STEPPED = 2  # step() ran (or was skipped); update() ends the iteration
+
+
+def _fresh_state() -> dict[str, Any]:
+    return {"stage": OptState.READY, "found_inf_per_device": {}}
+
+
+def _positive_finite(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+class _LossScaler:
+    """What every loss scaler does: multiply the loss, unscale the gradients, skip a poisoned step.
+
+    Subclasses decide how the scale changes in :meth:`update`.
+    """
+
+    def __init__(self, init_scale: float, *, enabled: bool = True) -> None:
+        self._enabled = bool(enabled)
+        self._init_scale = _positive_finite("init_scale", init_scale)
+        self._scale: torch.Tensor | None = None  # created on the loss's device by the first scale()
+        self._per_optimizer_states: dict[int, dict[str, Any]] = {}
+        #: True after an :meth:`update` that ended an iteration whose step was skipped.
+        self.last_step_skipped = False
+
+    # ---- the loop's four calls ---------------------------------------------------------------
+
+    def scale(self, outputs: Any) -> Any:
+        """Multiply ``outputs`` (the loss, or a tensor or nested list/tuple of tensors) by the scale.
+
+        The scale is a float32 tensor, created on the device of the first output the scaler sees;
+        the product follows PyTorch's type promotion, so an fp32 loss gives an fp32 scaled loss.
+        """
+        if not self._enabled:
+            return outputs
+        if isinstance(outputs, torch.Tensor):
+            if self._scale is None:
+                self._lazy_init(outputs.device)
+            assert self._scale is not None
+            return outputs * self._scale.to(device=outputs.device, non_blocking=True)
+        if isinstance(outputs, (list, tuple)):
+            scaled = [self.scale(o) for o in outputs]
+            return type(outputs)(scaled)
+        raise ValueError("outputs must be a Tensor or an iterable of Tensors")
+
+    def unscale_(self, optimizer: torch.optim.Optimizer) -> None:
+        """Divide the gradients of ``optimizer``'s parameters by the scale, in place, and record
+        whether any of them is inf or NaN (checked before dividing, as GradScaler does).
+
+        Call it at most once per iteration, before :meth:`step`, and only when you need the true
+        gradients before the step (to clip them, or to look at them); :meth:`step` calls it
+        otherwise. A second call would divide twice, so it raises instead.
+        """
+        if not self._enabled:
+            return
+        self._check_scale("unscale_")
+        state = self._state(optimizer)
+        if state["stage"] is OptState.UNSCALED:
+            raise RuntimeError("unscale_() has already been called on this optimizer since the last update().")
+        if state["stage"] is OptState.STEPPED:
+            raise RuntimeError("unscale_() is being called after step().")
+        assert self._scale is not None
+        # 1/S computed in float64 and rounded once to float32, exactly as GradScaler does ("FP32
+        # division can be imprecise for certain compile options").
+        inv_scale = self._scale.double().reciprocal().float()
+        state["found_inf_per_device"] = self._unscale_grads(optimizer, inv_scale)
+        state["stage"] = OptState.UNSCALED
+
+    def step(self, optimizer: torch.optim.Optimizer, *args: Any, **kwargs: Any) -> Any:
+        """Unscale (if :meth:`unscale_` was not called), then run ``optimizer.step(*args, **kwargs)``
+        unless a gradient was inf or NaN: then the step is skipped and the parameters (and the
+        optimizer's state, e.g. Adam's moments) stay as they were. Returns what the optimizer's
+        step returns, or None when skipped.
+        """
+        if not self._enabled:
+            return optimizer.step(*args, **kwargs)
+        if "closure" in kwargs:
+            raise RuntimeError("Closure use is not currently supported if GradScaler is enabled.")
+        self._check_scale("step")
+        state = self._state(optimizer)
+        if state["stage"] is OptState.STEPPED:
+            raise RuntimeError("step() has already been called since the last update().")
+        if state["stage"] is OptState.READY:
+            self.unscale_(optimizer)
+        assert len(state["found_inf_per_device"]) > 0, "No inf checks were recorded for this optimizer."
+        result = None
+        if not self._should_skip(state):
+            result = optimizer.step(*args, **kwargs)
+        state["stage"] = OptState.STEPPED
+        return result
+
+    def update(self, new_scale: float | torch.Tensor | None = None) -> None:
+        """End the iteration: adjust the scale (see the subclass) and forget this iteration's flags.
+
+        ``new_scale`` (a float, or a one-element float tensor) sets the scale directly instead.
+        """
+        if not self._enabled:
+            return
+        self._check_scale("update")
+        assert self._scale is not None
+        found_infs = [
+            flag.to(self._scale.device, non_blocking=True)
+            for state in self._per_optimizer_states.values()
+            for flag in state["found_inf_per_device"].values()
+        ]
+        if new_scale is not None:
+            self._set_scale(new_scale)
+        else:
+            assert len(found_infs) > 0, "No inf checks were recorded prior to update."
+            found_inf = bool(sum(f.item() for f in found_infs))  # any inf/NaN, on any device, in any optimizer
+            self._update_scale(found_inf)
+        self.last_step_skipped = any(self._should_skip(s) for s in self._per_optimizer_states.values())
+        self._per_optimizer_states = {}
+
+    def get_scale(self) -> float:
+        """The current scale as a Python float (1.0 when disabled). Reads the device: a GPU sync."""
+        if not self._enabled:
+            return 1.0
+        return self._init_scale if self._scale is None else float(self._scale.item())
+
+    def is_enabled(self) -> bool:
+        return self._enabled
+
+    # ---- the machinery ---------------------------------------------------------------------------
+
+    def _lazy_init(self, device: torch.device) -> None:
+        self._scale = torch.full((), self._init_scale, dtype=torch.float32, device=device)
+
+    def _check_scale(self, funcname: str) -> None:
+        if self._scale is None:
+            raise AssertionError(
+                f"Attempted {funcname} but _scale is None.  This may indicate your script did not use "
+                "scaler.scale(loss or outputs) earlier in the iteration."
+            )
+
+    def _state(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        return self._per_optimizer_states.setdefault(id(optimizer), _fresh_state())
+
+    def _unscale_grads(self, optimizer: torch.optim.Optimizer, inv_scale: torch.Tensor) -> dict[torch.device, torch.Tensor]:
+        """Multiply every gradient by ``inv_scale`` in place; return one inf/NaN flag per device.
+
+        The check runs on the *scaled* gradient, before the multiplication, like PyTorch's kernel.
+        The flag is a float32 tensor on the gradients' device (1.0: found inf or NaN), so no value
+        leaves the GPU here.
+        """
+        found: dict[torch.device, torch.Tensor] = {}
+        inv: dict[torch.device, torch.Tensor] = {}
+        with torch.no_grad():
+            for grad in self._grads(optimizer):
+                dev = grad.device
+                if dev not in found:
+                    found[dev] = torch.zeros((), dtype=torch.float32, device=dev)
+                    inv[dev] = inv_scale.to(dev, non_blocking=True)
+                nonfinite = torch.logical_not(torch.isfinite(grad)).any()
+                found[dev] = torch.maximum(found[dev], nonfinite.float())
+                grad.mul_(inv[dev])
+        return found
+
+    @staticmethod
+    def _grads(optimizer: torch.optim.Optimizer) -> Iterable[torch.Tensor]:
+        """The gradient tensors to unscale: dense ``.grad``, or the values of a sparse one."""
+        for group in optimizer.param_groups:
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                if param.grad.dtype == torch.float16:
+                    # The scaler divides by S in the gradients' own dtype: fp16 gradients would
+                    # underflow in that division, the very loss scaling exists to prevent. Keep
+                    # fp32 master weights (fp16 autocast), whose gradients are fp32.
+                    raise ValueError("Attempting to unscale FP16 gradients.")
+                yield param.grad._values() if param.grad.is_sparse else param.grad
+
+    def _should_skip(self, state: dict[str, Any]) -> bool:
+        return bool(sum(flag.item() for flag in state["found_inf_per_device"].values()))
+
+    def _set_scale(self, new_scale: float | torch.Tensor) -> None:
+        assert self._scale is not None
+        if isinstance(new_scale, float):
+            self._scale.fill_(new_scale)
+            return
+        reason = "new_scale should be a float or a 1-element torch.FloatTensor with requires_grad=False."
+        if not isinstance(new_scale, torch.Tensor) or new_scale.numel() != 1 or new_scale.requires_grad:
+            raise ValueError(reason)
+        self._scale.copy_(new_scale)
+
+    def _update_scale(self, found_inf: bool) -> None:
+        raise NotImplementedError
+
+
+class StaticLossScaler(_LossScaler):
+    """Loss scaling with one fixed scale ``S``, chosen by you.
+
+    Pick S so that the gradients that matter land inside fp16's range and none overflow. Too small, and small
+    gradients still flush to zero; too large, and large ones overflow to inf.
+
+    With ``skip_non_finite=True`` (the default) a step whose gradients hold an inf or NaN is
+    skipped, as a dynamic scaler would, but the scale does not change: too large a scale then skips
+    *every* step. With ``skip_non_finite=False`` the step is always taken, as by a scaler that never
+    checks: an overflow puts inf/NaN into the weights, for good.
+    """
+
+    def __init__(self, scale: float, *, skip_non_finite: bool = True, enabled: bool = True) -> None:
+        super().__init__(scale, enabled=enabled)
+        self.skip_non_finite = bool(skip_non_finite)
+
+    def _should_skip(self, state: dict[str, Any]) -> bool:
+        return self.skip_non_finite and super()._should_skip(state)
+
+    def _update_scale(self, found_inf: bool) -> None:
+        """A static scale never changes."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"scale": self.get_scale(), "skip_non_finite": self.skip_non_finite} if self._enabled else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if not self._enabled:
+            return
+        if not state_dict:
+            raise RuntimeError("The source state dict is empty, possibly because it was saved from a disabled scaler.")
+        self._init_scale = _positive_finite("scale", state_dict["scale"])
+        if self._scale is not None:
+            self._scale.fill_(self._init_scale)
+        self.skip_non_finite = bool(state_dict["skip_non_finite"])
+
+    def __repr__(self) -> str:
+        return f"StaticLossScaler(scale={self.get_scale():g}, skip_non_finite={self.skip_non_finite})"
+
+
+class DynamicLossScaler(_LossScaler):
+    """Dynamic loss scaling: ``torch.amp.GradScaler``'s algorithm, in plain tensor operations.
+
+    The scale starts at ``init_scale`` (2^16: high, since overflow is cheap to detect and undo and
+    underflow is not detected at all). After each iteration, :meth:`update`:
+
+    - if any gradient was inf or NaN (the step was skipped): multiplies the scale by
+      ``backoff_factor`` and resets the count of clean steps;
+    - otherwise counts one more clean step; after ``growth_interval`` of them in a row, multiplies
+      the scale by ``growth_factor`` (unless that would overflow float32) and restarts the count.
+
+    So the scale hovers just below the largest value that does not overflow, probing upwards every
+    ``growth_interval`` steps; a few skipped steps at the start (while 2^16 comes down) are normal.
+
+    Each product is computed in float64 and rounded once to float32, as PyTorch's kernel does
+    (``float * double`` in C++), so non-power-of-two factors give the same scale bit for bit.
+
+    Raises:
+        ValueError: for a growth factor <= 1, a backoff factor outside (0, 1), a growth interval
+            that is not a whole number >= 1, or an initial scale that is not finite and positive.
+    """
+
+    def __init__(
+        self,
+        init_scale: float = 2.0**16,
+        growth_factor: float = 2.0,
+        backoff_factor: float = 0.5,
+        growth_interval: int = 2000,
+        *,
+        enabled: bool = True,
+    ) -> None:
+        super().__init__(init_scale, enabled=enabled)
+        self._growth_factor, self._backoff_factor, self._growth_interval = _check_factors(
+            growth_factor, backoff_factor, growth_interval
+        )
+        self._init_growth_tracker = 0
+        self._growth_tracker: int = 0  # clean steps in a row since the scale last changed
+
+    def _update_scale(self, found_inf: bool) -> None:
+        assert self._scale is not None
+        scale = self._scale.item()  # a float32 value, held exactly by a Python float (float64)
+        if found_inf:
+            self._scale.fill_(scale * self._backoff_factor)  # float64 product, rounded once to float32
+            self._growth_tracker = 0
+            return
+        successful = self._growth_tracker + 1
+        if successful == self._growth_interval:
+            grown = torch.tensor(scale * self._growth_factor, dtype=torch.float32)
+            if torch.isfinite(grown):  # never grow past float32's range to inf
+                self._scale.fill_(grown.item())
+            self._growth_tracker = 0
+        else:
+            self._growth_tracker = successful
+
+    def _lazy_init(self, device: torch.device) -> None:
+        super()._lazy_init(device)
+        self._growth_tracker = self._init_growth_tracker
+
+    # ---- GradScaler's accessors ------------------------------------------------------------------
+
+    def get_growth_factor(self) -> float:
+        return self._growth_factor
+
+    def set_growth_factor(self, new_factor: float) -> None:
+        self._growth_factor, _, _ = _check_factors(new_factor, self._backoff_factor, self._growth_interval)
+
+    def get_backoff_factor(self) -> float:
+        return self._backoff_factor
+
+    def set_backoff_factor(self, new_factor: float) -> None:
+        _, self._backoff_factor, _ = _check_factors(self._growth_factor, new_factor, self._growth_interval)
+
+    def get_growth_interval(self) -> int:
+        return self._growth_interval
+
+    def set_growth_interval(self, new_interval: int) -> None:
+        _, _, self._growth_interval = _check_factors(self._growth_factor, self._backoff_factor, new_interval)
+
+    def get_growth_tracker(self) -> int:
+        """Clean steps in a row since the scale last changed."""
+        if not self._enabled:
+            return 0
+        return self._init_growth_tracker if self._scale is None else self._growth_tracker
+
+    # ---- checkpoints -------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """GradScaler's checkpoint: the same keys, so either can load the other's state.
+
+        Save it with the model and optimizer: without it, a resumed run restarts at 2^16 and
+        skips steps again while the scale comes back down.
+        """
+        if not self._enabled:
+            return {}
+        return {
+            "scale": self.get_scale(),
+            "growth_factor": self._growth_factor,
+            "backoff_factor": self._backoff_factor,
+            "growth_interval": self._growth_interval,
+            "_growth_tracker": self.get_growth_tracker(),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if not self._enabled:
+            return
+        if len(state_dict) == 0:
+            raise RuntimeError(
+                "The source state dict is empty, possibly because it was saved from a disabled instance of GradScaler."
+            )
+        self._init_scale = _positive_finite("scale", state_dict["scale"])
+        if self._scale is not None:
+            self._scale.fill_(state_dict["scale"])
+        self._growth_factor, self._backoff_factor, self._growth_interval = _check_factors(
+            state_dict["growth_factor"], state_dict["backoff_factor"], state_dict["growth_interval"]
+        )
+        self._init_growth_tracker = int(state_dict["_growth_tracker"])
+        if self._scale is not None:
+            self._growth_tracker = self._init_growth_tracker
+
+    def __repr__(self) -> str:
+        if not self._enabled:
+            return "DynamicLossScaler(enabled=False)"
+        return (
+            f"DynamicLossScaler(scale={self.get_scale():g}, growth_factor={self._growth_factor:g}, "
+            f"backoff_factor={self._backoff_factor:g}, growth_interval={self._growth_interval}, "
+            f"growth_tracker={self.get_growth_tracker()})"
+        )
+
+
+def _check_factors(growth_factor: Any, backoff_factor: Any, growth_interval: Any) -> tuple[float, float, int]:
+    """Validate a dynamic scaler's settings, naming every problem and what is accepted."""
+    problems = []
+    number = (int, float)
+    if isinstance(growth_factor, bool) or not isinstance(growth_factor, number) or not growth_factor > 1 or not math.isfinite(growth_factor):
+        problems.append(f"growth_factor must be a finite number > 1 (the scale must grow), got {growth_factor!r}")
+    if isinstance(backoff_factor, bool) or not isinstance(backoff_factor, number) or not 0 < backoff_factor < 1:
+        problems.append(f"backoff_factor must be in (0, 1) (the scale must shrink and stay positive), got {backoff_factor!r}")
+    if isinstance(growth_interval, bool) or not isinstance(growth_interval, int) or growth_interval < 1:
+        problems.append(f"growth_interval must be a whole number >= 1 (clean steps before growing), got {growth_interval!r}")
+    if problems:
+        raise ValueError("invalid loss scaler settings: " + "; ".join(problems))
+    return float(growth_factor), float(backoff_factor), int(growth_interval)
+
+
+# ---- checking a scaler against torch.amp.GradScaler ------------------------------------------------
+
+#: What :func:`compare_with_gradscaler` can inject into a step's scaled gradients.
+EVENTS: tuple[str, ...] = ("clean", "inf", "-inf", "nan")
+
+
+def event_schedule(
+    steps: int, *, seed: int = 0, growth_interval: int = 2000, p_bad: float = 0.05
+) -> list[str]:
+    """A random sequence of step events: runs of clean steps (some longer than ``growth_interval``,
+    so the scale grows) separated by bursts of steps whose gradients hold inf or NaN.
+
+    ``p_bad`` is the probability that a run of clean steps ends after any given step.
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if not 0 <= p_bad <= 1:
+        raise ValueError(f"p_bad must be a probability in [0, 1], got {p_bad}")
+    gen = torch.Generator().manual_seed(seed)
+    events: list[str] = []
+    while len(events) < steps:
+        if torch.rand((), generator=gen).item() < 0.2:  # now and then a clean run past a growth boundary
+            run = growth_interval + int(torch.randint(0, growth_interval + 1, (), generator=gen))
+        elif p_bad > 0:  # geometric: the run ends after each step with probability p_bad
+            u = 1.0 - torch.rand((), generator=gen, dtype=torch.float64).item()
+            run = 1 + int(math.log(u) / math.log1p(-p_bad)) if p_bad < 1 else 0
+        else:
+            run = steps
+        events += ["clean"] * run
+        burst = int(torch.randint(1, 3, (), generator=gen))
+        events += [EVENTS[1 + int(torch.randint(0, 3, (), generator=gen))] for _ in range(burst)]
+    return events[:steps]
+
+
+def compare_with_gradscaler(
+    make_scaler: Callable[..., Any],
+    *,
+    steps: int = 200,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    init_scale: float = 2.0**16,
+    growth_factor: float = 2.0,
+    backoff_factor: float = 0.5,
+    growth_interval: int = 8,
+    events: list[str] | None = None,
+    clip: float | None = None,
+    checkpoint_at: Iterable[int] = (),
+    optimizer: str = "adam",
+    autocast: bool = False,
+) -> pd.DataFrame:
+    """Train two identical copies of a small model, one with ``make_scaler(...)`` and one with
+    ``torch.amp.GradScaler``, on the same batches and the same injected infs/NaNs; return a
+    per-step table comparing them.
+
+    ``make_scaler(init_scale=..., growth_factor=..., backoff_factor=..., growth_interval=...)``
+    must return a scaler with GradScaler's methods. Each step: forward (under fp16 autocast with
+    ``autocast=True``), ``scale(loss).backward()``, the step's event written into one scaled
+    gradient element (``"inf"``, ``"-inf"``, ``"nan"``, or nothing for ``"clean"``), then, with
+    ``clip``, ``unscale_`` and ``clip_grad_norm_``; then ``step`` and ``update``. After each step in
+    ``checkpoint_at`` both scalers go through ``state_dict()`` into fresh instances.
+
+    Columns: ``step``, ``event``, ``scale`` / ``scale_ref`` (after ``update``), ``skipped`` /
+    ``skipped_ref`` (the parameters did not change), ``tracker`` / ``tracker_ref`` (the growth
+    tracker from ``state_dict()``, NaN if the scaler has none), ``params_equal`` (bit for bit).
+    :func:`first_divergence` reads it.
+    """
+    dev = torch.device(device)
+    settings = dict(init_scale=init_scale, growth_factor=growth_factor, backoff_factor=backoff_factor,
+                    growth_interval=growth_interval)
+    events = events if events is not None else event_schedule(steps, seed=seed, growth_interval=growth_interval)
+    if len(events) < steps or any(e not in EVENTS for e in events):
+        raise ValueError(f"events must hold at least {steps} entries from {EVENTS}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        base = nn.Sequential(nn.Linear(12, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 5))
+    optimizers = {
+        "adam": lambda p: torch.optim.Adam(p, lr=1e-2),
+        "sgd": lambda p: torch.optim.SGD(p, lr=1e-2, momentum=0.9),
+    }
+    if optimizer not in optimizers:
+        raise ValueError(f"unknown optimizer {optimizer!r}; accepted: {', '.join(optimizers)}")
+    checkpoints = set(checkpoint_at)
+
+    def reference(**kw: Any) -> torch.amp.GradScaler:
+        return torch.amp.GradScaler(dev.type, **kw)
+
+    runs = []
+    for factory in (make_scaler, reference):
+        model = copy.deepcopy(base).to(dev)
+        runs.append({"factory": factory, "scaler": factory(**settings), "model": model,
+                     "opt": optimizers[optimizer](list(model.parameters()))})
+    gen = torch.Generator().manual_seed(seed + 1)
+    n_params = len(list(base.parameters()))
+    rows = []
+    with one_thread():
+        for step in range(1, steps + 1):
+            x = torch.randn(16, 12, generator=gen).to(dev)
+            y = torch.randint(0, 5, (16,), generator=gen).to(dev)
+            event = events[step - 1]
+            which = int(torch.randint(0, n_params, (), generator=gen))
+            where = torch.rand((), generator=gen).item()
+            record: dict[str, Any] = {"step": step, "event": event}
+            for run, suffix in zip(runs, ("", "_ref")):
+                scaler, model, opt = run["scaler"], run["model"], run["opt"]
+                opt.zero_grad(set_to_none=True)
+                with torch.autocast(dev.type, dtype=torch.float16, enabled=autocast):
+                    logits = model(x)
+                loss = nn.functional.cross_entropy(logits.float(), y)
+                scaler.scale(loss).backward()
+                if event != "clean":
+                    flat = list(model.parameters())[which].grad.view(-1)
+                    flat[int(where * flat.numel())] = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}[event]
+                if clip is not None:
+                    scaler.unscale_(opt)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+                before = [p.detach().clone() for p in model.parameters()]
+                scaler.step(opt)
+                scaler.update()
+                record["scale" + suffix] = float(scaler.get_scale())
+                record["skipped" + suffix] = all(torch.equal(a, p) for a, p in zip(before, model.parameters()))
+                state = scaler.state_dict() if callable(getattr(scaler, "state_dict", None)) else {}
+                record["tracker" + suffix] = state.get("_growth_tracker", math.nan)
+                if step in checkpoints:
+                    run["scaler"] = run["factory"](**settings)
+                    run["scaler"].load_state_dict(state)
+            record["params_equal"] = all(
+                torch.equal(a, b) for a, b in zip(runs[0]["model"].parameters(), runs[1]["model"].parameters())
+            )
+            rows.append(record)
+    return pd.DataFrame(rows)
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Run on one CPU thread: on tensors this small, coordinating threads costs more than it saves
+    (and on a busy machine, much more). Results do not depend on it; the thread count is restored."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
+
+
+def first_divergence(trace: pd.DataFrame) -> str | None:
+    """The first step where a scaler and GradScaler differ, in words; None if they never do."""
+    checks = [
+        ("skipped", "skipped the step" , "took the step"),
+        ("scale", None, None),
+        ("tracker", None, None),
+    ]
+    for _, row in trace.iterrows():
+        for column, yes, no in checks:
+            mine, ref = row[column], row[column + "_ref"]
+            if column == "tracker" and pd.isna(mine):
+                continue
+            if mine != ref:
+                if yes is not None:
+                    return (f"step {row['step']} (event: {row['event']}): your scaler {yes if mine else no}, "
+                            f"GradScaler {yes if ref else no}")
+                what = "scale" if column == "scale" else "growth tracker"
+                return (f"step {row['step']} (event: {row['event']}): after update() your {what} is {mine!r}, "
+                        f"GradScaler's is {ref!r}")
+        if not row["params_equal"]:
+            return f"step {row['step']} (event: {row['event']}): the parameters differ from GradScaler's run"
+    return None

@@ -1,0 +1,211 @@
+"""mpcourse.quant.linear: the fp8 linear layer's three GEMMs, model conversion, recipes, torchao, benchmark."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from mpcourse import data, device, models, quant, train
+from mpcourse.quant import bench
+from mpcourse.quant.linear import FP8Linear
+
+
+def _manual(layer: FP8Linear, x: torch.Tensor, dy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """y, dx, dw computed by hand: quantise each GEMM's operands along its K, multiply the dequantised values."""
+    cfg = layer.config
+    w = layer.weight.detach()
+
+    def q(t: torch.Tensor, recipe: str, fmt: str) -> torch.Tensor:
+        return quant.quantize(t, recipe, fmt, block_size=cfg.block_of(recipe), pow2_scales=cfg.pow2_scales).dequantize().double()
+
+    f, g = cfg.forward_format, cfg.backward_format
+    y = q(x, cfg.input_recipe, f) @ q(w, cfg.weight_recipe, f).T + layer.bias.detach().double()
+    dx = q(dy, cfg.grad_recipe, g) @ q(w.t(), cfg.weight_recipe, f).T
+    dw = q(dy.t(), cfg.grad_recipe, g) @ q(x.t(), cfg.input_recipe, f).T
+    return y, dx, dw
+
+
+@pytest.mark.parametrize("config", ["fp8_tensorwise", "fp8_rowwise", "fp8_blockwise", "mxfp8"])
+def test_three_gemms_use_quantised_operands_and_a_straight_through_backward(config: str) -> None:
+    torch.manual_seed(0)
+    layer = FP8Linear(256, 128, config=config, gemm="emulated")
+    x = torch.randn(128, 256, requires_grad=True)
+    dy = torch.randn(128, 128)
+    y = layer(x)
+    y.backward(dy)
+    want_y, want_dx, want_dw = _manual(layer, x.detach(), dy)
+    assert quant.relative_error(y, want_y) < 1e-6
+    assert quant.relative_error(x.grad, want_dx) < 1e-6
+    assert quant.relative_error(layer.weight.grad, want_dw) < 1e-6
+    assert torch.allclose(layer.bias.grad, dy.sum(0))
+    assert layer.weight.dtype == torch.float32  # the master weight stays fp32
+    # and it is close to the fp32 layer: straight-through means the gradient of the unquantised function
+    ref = nn.functional.linear(x.detach(), layer.weight.detach(), layer.bias.detach())
+    assert quant.relative_error(y, ref) < 0.1
+
+
+def test_delayed_layer_reuses_the_forward_cast_and_learns_scales() -> None:
+    torch.manual_seed(0)
+    layer = FP8Linear(64, 32, config="fp8_delayed")
+    for _ in range(3):
+        layer(torch.randn(16, 64) * 10).sum().backward()
+    assert set(layer.scalers) == {"input", "weight", "grad_output"}
+    history = layer.scalers["input"].amax_history
+    assert (history[-3:] > 0).all() and history[0] == 0  # three steps recorded, slot 0 cleared for the next
+    assert layer.scalers["grad_output"].fmt.name == "float8_e5m2"
+    assert layer.scalers["input"].scale.item() == pytest.approx(448 / history.max().item(), rel=1e-6)
+
+
+def test_wgrad_blocks_along_a_batch_that_is_not_a_multiple_of_the_block() -> None:
+    torch.manual_seed(0)
+    layer = FP8Linear(128, 128, config="fp8_blockwise", gemm="emulated")
+    x = torch.randn(100, 128, requires_grad=True)  # 100 rows: the wgrad GEMM pads them to 128 with zeros
+    dy = torch.randn(100, 128)
+    layer(x).backward(dy)
+    padded_x, padded_dy = nn.functional.pad(x.detach(), (0, 0, 0, 28)), nn.functional.pad(dy, (0, 0, 0, 28))
+    _, _, want_dw = _manual(layer, padded_x, padded_dy)
+    assert quant.relative_error(layer.weight.grad, want_dw) < 1e-6
+
+
+def test_autocast_output_dtype_and_3d_inputs() -> None:
+    layer = FP8Linear(64, 32, config="mxfp8")
+    x = torch.randn(2, 5, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+    assert y.dtype == torch.bfloat16 and y.shape == (2, 5, 32)
+    assert layer(x).dtype == torch.float32
+
+
+@pytest.mark.skipif(not hasattr(torch, "_scaled_mm"), reason="no torch._scaled_mm")
+def test_scaled_mm_gemm_agrees_with_the_emulation() -> None:
+    torch.manual_seed(0)
+    emulated = FP8Linear(64, 32, config="fp8_tensorwise", gemm="emulated")
+    real = FP8Linear(64, 32, config="fp8_tensorwise", gemm="scaled_mm")
+    real.load_state_dict(emulated.state_dict())
+    x = torch.randn(16, 64)
+    try:
+        out = real(x)
+    except (RuntimeError, NotImplementedError) as err:
+        pytest.skip(f"torch._scaled_mm does not run on this CPU: {err}")
+    assert real.used_scaled_mm
+    assert quant.relative_error(out, emulated(x)) < 1e-6
+
+
+def test_auto_gemm_falls_back_to_the_emulation_without_fp8_units() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    layer = FP8Linear(64, 32, config="fp8_tensorwise", gemm="auto")
+    layer(torch.randn(4, 64)).sum().backward()
+    assert not layer.used_scaled_mm
+
+
+def test_convert_keeps_first_last_and_indivisible_layers() -> None:
+    model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.Linear(128, 96), nn.Linear(96, 128),
+                          nn.Linear(128, 10))
+    weight = model[2].weight
+    table = quant.plan(model, "fp8_blockwise")
+    assert table["fp8"].tolist() == [False, True, False, False, False]
+    assert "first" in table.loc[0, "reason"] and "last" in table.loc[4, "reason"]
+    assert "not divisible" in table.loc[2, "reason"]
+    quant.convert_to_fp8(model, "fp8_blockwise")
+    assert isinstance(model[2], FP8Linear) and model[2].weight is weight
+    assert not isinstance(model[0], FP8Linear) and not isinstance(model[3], FP8Linear)
+    everything = quant.plan(nn.Sequential(nn.Linear(32, 32), nn.Linear(32, 32)), "mxfp8", skip_first_last=False)
+    assert everything["fp8"].all()
+    filtered = quant.plan(model, "mxfp8", module_filter=lambda name, m: name != "3")
+    assert "module_filter" in filtered.set_index("layer").loc["3", "reason"]
+
+
+def test_bad_configurations_are_rejected() -> None:
+    with pytest.raises(ValueError, match="every tensor"):
+        quant.FP8Config("x", "mixed", input_recipe="delayed")
+    with pytest.raises(ValueError, match="stores elements in"):
+        quant.FP8Config("x", "fp4 delayed", "delayed", "delayed", "delayed", forward_format="e2m1")
+    with pytest.raises(ValueError, match="accepted: fp8_tensorwise"):
+        FP8Linear(8, 8, config="fp8_fastest")
+    with pytest.raises(ValueError, match="accepted: auto, emulated, scaled_mm"):
+        FP8Linear(8, 8, gemm="cublas")
+
+
+def test_training_recipes_are_registered_and_train() -> None:
+    for name in (*quant.CONFIGS, "torchao_tensorwise", "torchao_rowwise"):
+        recipe = train.get_recipe(name)
+        assert recipe.precision == "fp8" and recipe.autocast_dtype == torch.bfloat16 and not recipe.pure
+    quant.register_training_recipes()  # idempotent
+    digits = data.load_images("digits", verbose=False)
+    for name in ("fp8_delayed", "mxfp8"):
+        run = train.train(lambda: models.MLP(64, 10, width=64, depth=3), digits, name, steps=30, batch_size=64,
+                          progress=False, verbose=False, lr=3e-3)
+        assert not run.diverged
+        losses = run.frame["loss"]
+        assert losses.tail(5).mean() < 0.6 * losses.head(5).mean()
+        assert sum(isinstance(m, FP8Linear) for m in run.model.modules()) == 2
+
+
+def test_torchao_path_is_refused_clearly_without_fp8_hardware() -> None:
+    caps = device.capabilities(preset="a100")
+    ok, why = quant.torchao_status(caps)
+    assert not ok and "sm_89" in why
+    if not torch.cuda.is_available():
+        with pytest.raises(quant.UnsupportedFP8Error, match="sm_89"):
+            quant.torchao_convert(nn.Sequential(nn.Linear(16, 16)))
+    with pytest.raises(ValueError, match="accepted: tensorwise, rowwise"):
+        quant.torchao_convert(nn.Sequential(nn.Linear(16, 16)), "mxfp8")
+
+
+# ---- benchmark ------------------------------------------------------------------------------------
+
+
+def test_benchmark_needs_fp8_hardware(capsys) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert bench.benchmark() == 1
+    assert "Nothing measured" in capsys.readouterr().out
+
+
+def test_gemm_measurement_runs_anywhere_scaled_mm_does(capsys) -> None:
+    try:
+        records = bench.measure_gemms(((32, 64, 32),), min_run_time=0.001, device="cpu", progress=True)
+    except (RuntimeError, NotImplementedError) as err:
+        pytest.skip(f"torch._scaled_mm does not run on this CPU: {err}")
+    (record,) = records
+    assert record["flops"] == 2 * 32 * 64 * 32 and record["bf16_s"] > 0
+    assert "fp8_tensorwise_speedup" in record and "M,K,N" in capsys.readouterr().out
+    table = bench.speedup_table({"gemms": records})
+    assert list(table["M, K, N"]) == ["32, 64, 32"]
+
+
+def test_stored_results_are_complete_records() -> None:
+    for record in bench.load_results():
+        for key in ("device", "torch", "date", "command", "gemms"):
+            assert record.get(key), (record["file"], key)
+        assert record["gemms"] and all("bf16_s" in r for r in record["gemms"])
+        json.dumps(record)
+
+
+@pytest.mark.skipif(not hasattr(torch, "_scaled_mm"), reason="no torch._scaled_mm")
+@pytest.mark.parametrize("config, tolerance", [("fp8_tensorwise", 1e-6), ("fp8_delayed", 1e-6), ("fp8_rowwise", 1e-2)])
+def test_the_native_path_of_auto_gemm(config: str, tolerance: float) -> None:
+    """The branch a GPU with fp8 units takes (torch._scaled_mm for every GEMM it accepts), run here on
+    PyTorch's CPU emulation of _scaled_mm by pretending the device is native; rowwise outputs bf16."""
+    torch.manual_seed(0)
+    native = FP8Linear(64, 32, config=config, gemm="auto")
+    emulated = FP8Linear(64, 32, config=config, gemm="emulated")
+    emulated.load_state_dict(native.state_dict())
+    native._native = True  # what _fp8_native() finds on sm_89+
+    x1 = torch.randn(48, 64, requires_grad=True)
+    x2 = x1.detach().clone().requires_grad_(True)
+    try:
+        y1 = native(x1)
+    except (RuntimeError, NotImplementedError) as err:
+        pytest.skip(f"torch._scaled_mm does not run on this CPU: {err}")
+    y2 = emulated(x2)
+    dy = torch.randn_like(y1)
+    y1.backward(dy)
+    y2.backward(dy)
+    assert native.used_scaled_mm and not emulated.used_scaled_mm
+    for a, b in ((y1, y2), (x1.grad, x2.grad), (native.weight.grad, emulated.weight.grad)):
+        assert quant.relative_error(a, b) < tolerance

@@ -1,0 +1,327 @@
+"""mpcourse.quant.scaling: every recipe against independent references (ml_dtypes, the specs' rules, TE's kernel)."""
+
+from __future__ import annotations
+
+import math
+
+import ml_dtypes
+import numpy as np
+import pytest
+import torch
+
+from mpcourse import formats, quant
+from mpcourse.quant.scaling import pow2
+
+RECIPES_AND_FORMATS = [
+    ("tensorwise", "e4m3"), ("tensorwise", "e5m2"), ("tensorwise", "e2m1"), ("rowwise", "e4m3"),
+    ("rowwise", "e5m2"), ("blockwise", "e4m3"), ("blockwise_2d", "e4m3"), ("mx", "e4m3"), ("mx", "e5m2"),
+    ("mx", "e2m1"), ("mx", "e3m2"), ("nvfp4", "e2m1"), ("tensorwise", "e4m3fnuz"),
+]
+
+
+def wide_tensor(rows: int = 256, cols: int = 512, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(rows, cols, generator=gen) * torch.logspace(-4, 3, cols)[torch.randperm(cols, generator=gen)]
+
+
+@pytest.mark.parametrize("recipe, fmt", RECIPES_AND_FORMATS)
+def test_round_trip_is_within_the_format_error_bound(recipe: str, fmt: str) -> None:
+    """Each element is within half an ulp of the format (relative 2^-(m+1), or half the subnormal spacing,
+    times its scale) of the original; elements whose scaled value exceeded max are exactly ±max x scale."""
+    x = wide_tensor()
+    q = quant.quantize(x, recipe, fmt)
+    f = q.fmt
+    scale = q.expanded_scale().double()
+    x64, back = x.double(), q.dequantize().double()
+    scaled = x64 / scale
+    inside = scaled.abs() < f.max + f.spacing(f.max) / 2  # beyond that, rounding cannot reach: saturation
+    bound = torch.maximum(x64.abs() * f.eps / 2, scale * f.smallest_subnormal / 2) * (1 + 1e-6)
+    assert ((back - x64).abs() <= bound)[inside].all()
+    if (~inside).any():  # only MX (floor rule) can push a block's largest values past max
+        assert recipe == "mx"
+        assert torch.equal(back[~inside].abs(), (f.max * scale)[~inside])
+    assert q.data.shape == x.shape
+
+
+def test_error_shrinks_with_mantissa_bits_and_finer_scales() -> None:
+    x = torch.randn(256, 512, generator=torch.Generator().manual_seed(2))
+    snr = {name: quant.error_stats(x, quant.quantize(x, name))["snr_db"] for name in ("tensorwise", "blockwise", "mxfp8", "mxfp4", "nvfp4")}
+    e5m2 = quant.error_stats(x, quant.quantize(x, "tensorwise", "e5m2"))["snr_db"]
+    assert snr["blockwise"] > snr["tensorwise"] > e5m2  # E4M3 has one more mantissa bit than E5M2
+    assert min(snr["mxfp8"], snr["blockwise"]) > max(snr["mxfp4"], snr["nvfp4"]) + 6  # 8 bits beat 4 bits
+    assert snr["nvfp4"] > snr["mxfp4"]  # finer blocks (16) with finer (E4M3) scales
+
+
+@pytest.mark.parametrize("fmt, emax", [("e4m3", 8), ("e5m2", 15), ("e2m1", 2), ("e2m3", 2), ("e3m2", 4)])
+def test_mx_scales_are_powers_of_two_from_the_spec_rule(fmt: str, emax: int) -> None:
+    """OCP MX v1.0 §6.3: X = 2^(floor(log2 max|V|) - emax_elem), stored as E8M0; elements are V / X."""
+    x = wide_tensor(64, 256)
+    q = quant.quantize(x, "mx", fmt)
+    assert q.scale.dtype == torch.float8_e8m0fnu and q.scale.shape == (64, 8)
+    s = q.scale.double().numpy()
+    mantissa, _ = np.frexp(s)
+    assert (mantissa == 0.5).all()
+    amax = x.double().reshape(64, 8, 32).abs().amax(-1).numpy()
+    assert np.array_equal(np.log2(s), np.floor(np.log2(amax)) - emax)
+    assert formats.get(fmt).emax == emax
+    # elements: V / X rounded to the element format, saturating (independent: ml_dtypes or formats)
+    scaled = (x.double() / q.expanded_scale().double()).numpy()
+    f = formats.get(fmt)
+    if f.ml_dtype is not None:
+        want = np.clip(scaled, -f.max, f.max).astype(np.float32).astype(f.ml_dtype).astype(np.float64)
+    else:
+        want = f.round(scaled, saturate=True)
+    assert np.array_equal(q.data.double().numpy(), want)
+
+
+def test_mx_special_blocks() -> None:
+    x = torch.ones(4, 32)
+    x[0] = 0.0  # no amax: the smallest scale, 2^-127
+    x[1, 3] = math.nan  # NaN anywhere: the block's scale is NaN (0xFF)
+    x[2] *= 2.0**200 / 2.0**80  # huge: exponent clamped to 127
+    x[3] *= 1e-38  # tiny: exponent clamped to -127
+    q = quant.quantize(x, "mxfp8")
+    s = q.scale.float()
+    assert s[0, 0] == 2.0**-127 and torch.isnan(s[1, 0]) and s[2, 0] == 2.0**112
+    assert s[3, 0] == 2.0**-127 and q.scale.view(torch.uint8)[1, 0] == 0xFF
+    assert torch.isnan(q.dequantize()[1]).all() and (q.dequantize()[0] == 0).all()
+
+
+def test_mx_rceil_never_saturates_and_floor_may() -> None:
+    x = torch.full((1, 32), 500.0)  # floor: X = 2^(8 - 8) = 1, 500 > 448 saturates; rceil: X = 2
+    floor_q, rceil_q = quant.quantize(x, "mxfp8"), quant.quantize(x, "mxfp8", mx_scale_rounding="rceil")
+    assert floor_q.scale.float().item() == 1.0 and rceil_q.scale.float().item() == 2.0
+    assert quant.error_stats(x, floor_q)["saturated"] == 1.0 and quant.error_stats(x, rceil_q)["saturated"] == 0.0
+    with pytest.raises(ValueError, match="floor, rceil"):
+        quant.quantize(x, "mxfp8", mx_scale_rounding="round")
+
+
+def test_nvfp4_follows_the_documented_two_level_formula() -> None:
+    """TE's NVFP4: s_global = amax / (448 x 6); s_block = (block_amax / 6) / s_global stored in E4M3;
+    elements = E2M1(x / (s_block x s_global)), saturating. Reimplemented here with ml_dtypes."""
+    x = wide_tensor(32, 64, seed=3).double().numpy()
+    q = quant.quantize(torch.from_numpy(x).float(), "nvfp4")
+    x = x.astype(np.float32).astype(np.float64)
+    s_global = np.float32(np.abs(x).max() / (448.0 * 6.0))
+    block_amax = np.abs(x.reshape(32, 4, 16)).max(-1)
+    s_block = np.clip((block_amax / 6.0).astype(np.float32) / s_global, -448, 448).astype(ml_dtypes.float8_e4m3fn)
+    assert q.tensor_scale.item() == pytest.approx(float(s_global), rel=1e-7)
+    assert np.array_equal(q.scale.double().numpy(), s_block.astype(np.float64))
+    divisor = np.repeat(s_block.astype(np.float32), 16, axis=1) * s_global
+    want = np.clip(x.astype(np.float32) / divisor, -6, 6).astype(ml_dtypes.float4_e2m1fn).astype(np.float64)
+    assert np.array_equal(q.data.double().numpy(), want)
+
+
+def test_blockwise_2d_tiles_and_axis() -> None:
+    x = wide_tensor(256, 384)
+    q = quant.quantize(x, "block_128x128")
+    assert q.scale.shape == (2, 3)
+    tile_amax = x.reshape(2, 128, 3, 128).abs().amax(dim=(1, 3))
+    assert torch.allclose(q.scale, tile_amax / 448.0)
+    # quantising along axis 0 is quantising the transpose along its last axis
+    q0, qt = quant.quantize(x, "blockwise", axis=0), quant.quantize(x.t(), "blockwise")
+    assert torch.equal(q0.dequantize(), qt.dequantize().t()) and q0.scale.shape == (2, 384)
+    r0, rt = quant.quantize(x, "rowwise", axis=0), quant.quantize(x.t(), "rowwise")
+    assert torch.equal(r0.dequantize(), rt.dequantize().t()) and r0.scale.shape == (1, 384)
+
+
+def test_pow2_scales_are_powers_of_two_and_never_overflow() -> None:
+    x = wide_tensor()
+    q = quant.quantize(x, "rowwise", pow2_scales=True)
+    mantissa, _ = torch.frexp(q.scale.double())
+    assert (mantissa == 0.5).all()
+    assert (q.scale * 448 >= x.abs().amax(1, keepdim=True)).all()
+    assert quant.error_stats(x, q)["saturated"] == 0.0
+
+
+def test_e8m0_bits_decode_as_torch_does() -> None:
+    patterns = torch.arange(256, dtype=torch.int32).to(torch.uint8).view(torch.float8_e8m0fnu)
+    ours, theirs = quant.scaling.e8m0_to_float(patterns), patterns.float()
+    assert torch.equal(ours[:255], theirs[:255]) and torch.isnan(ours[255]) and torch.isnan(theirs[255])
+    powers = torch.cat([pow2(torch.arange(-127, 128)), torch.tensor([math.nan])])
+    assert torch.equal(quant.scaling._e8m0_storage(powers).view(torch.uint8), torch.arange(256).to(torch.uint8))
+
+
+def test_pow2_is_exact() -> None:
+    e = torch.arange(-149, 128)
+    assert torch.equal(pow2(e).double(), torch.tensor([2.0 ** int(k) for k in e], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("fmt", ["e4m3", "e5m2", "e4m3fnuz", "e5m2fnuz"])
+def test_cast_matches_ml_dtypes(fmt: str) -> None:
+    """In range: round to nearest even, as ml_dtypes; out of range: ±max when saturating, else ml_dtypes's NaN/inf."""
+    f = formats.get(fmt)
+    gen = torch.Generator().manual_seed(1)
+    v = torch.cat([torch.randn(20000, generator=gen) * f.max / 4, torch.randn(2000, generator=gen) * f.tiny,
+                   torch.tensor([f.max * 1.01, -f.max * 3, math.inf, -math.inf, math.nan, 0.0, -0.0])])
+    sat = quant.cast(v, f, saturate=True).double().numpy()
+    nonsat = quant.cast(v, f, saturate=False).double().numpy()
+    vn = v.numpy()
+    want_nonsat = vn.astype(f.ml_dtype).astype(np.float64)
+    want_sat = np.where(np.isnan(vn), np.nan, np.clip(vn, -f.max, f.max)).astype(f.ml_dtype).astype(np.float64)
+    np.testing.assert_array_equal(sat, want_sat)
+    limit = f.max + f.spacing(f.max) / 2  # values from here on round beyond max: overflow
+    finite = np.isfinite(vn) & (np.abs(vn) < limit)
+    np.testing.assert_array_equal(nonsat[finite], want_nonsat[finite])
+    assert (np.abs(vn) > f.max).sum() > (np.abs(vn) >= limit).sum() > 0  # both cases are exercised
+    overflow = ~finite & ~np.isnan(vn)
+    if f.has_inf:
+        assert np.array_equal(nonsat[overflow], np.sign(vn[overflow]) * np.inf)
+    else:
+        assert np.isnan(nonsat[overflow]).all()
+
+
+def test_saturate_false_gives_nan_or_inf_per_format() -> None:
+    big = torch.full((4, 4), 1e6)
+    assert torch.isnan(quant.quantize(big * 0 + big, "tensorwise", saturate=False).data.float()).sum() == 0  # scaled: fine
+    q = quant.DelayedScaler("e4m3").quantize(big, saturate=False)  # scale 1 at the first step: overflow
+    assert torch.isnan(q.data.float()).all()
+    q = quant.DelayedScaler("e5m2").quantize(big, saturate=False)
+    assert torch.isinf(q.data.float()).all()
+    q = quant.DelayedScaler("e4m3").quantize(big)
+    assert (q.data.float() == 448).all()
+
+
+# ---- delayed scaling ---------------------------------------------------------------------------------
+
+
+def te_kernel(history: list[float], scale: float, algo: str, margin: int, fp8_max: float) -> tuple[list[float], float]:
+    """Transformer Engine's amax_and_scale_update kernel (delayed_scaling.cu), transcribed loop by loop."""
+    length = len(history)
+    last = history[0]
+    amax = 0.0
+    updated = [0.0] * length
+    for i in range(length):
+        a = history[i + 1] if i < length - 1 else last
+        amax = max(amax, a)
+        updated[i] = a if i > 0 else 0.0
+    if algo == "most_recent":
+        amax = last
+    scaled_max = fp8_max * 2.0 ** (-margin)
+    new_scale = scaled_max / amax if (math.isfinite(amax) and amax > 0) else scale
+    return updated, new_scale
+
+
+@pytest.mark.parametrize("length, algo, margin", [(1, "max", 0), (3, "max", 0), (5, "most_recent", 1), (16, "max", 2)])
+def test_delayed_scaler_matches_transformer_engine_kernel(length: int, algo: str, margin: int) -> None:
+    rng = np.random.default_rng(length + margin)
+    amaxes = list(rng.lognormal(0, 2, 40).astype(np.float32))
+    amaxes[7] = 0.0
+    amaxes[20] = math.inf
+    scaler = quant.DelayedScaler("e4m3", amax_history_len=length, amax_compute_algo=algo, margin=margin)
+    history, scale = [0.0] * length, 1.0
+    for amax in amaxes:
+        assert scaler.scale.item() == pytest.approx(scale, rel=1e-6)
+        q = scaler.quantize(torch.full((3,), float(amax)) if math.isfinite(amax) else torch.tensor([math.inf, 1.0]))
+        assert q.scale.item() == pytest.approx(1 / scale, rel=1e-6)  # the scale chosen *before* this step
+        history[0] = max(history[0], float(amax))
+        history, scale = te_kernel(history, scale, algo, margin, 448.0)
+        np.testing.assert_allclose(scaler.amax_history.numpy(), history, rtol=1e-6)
+
+
+def test_delayed_scaling_defaults_are_transformer_engines() -> None:
+    recipe = quant.DelayedScaling()
+    assert (recipe.margin, recipe.amax_history_len, recipe.amax_compute_algo, recipe.fp8_format) == (0, 1024, "max", "hybrid")
+    assert recipe.forward_format.name == "float8_e4m3fn" and recipe.backward_format.name == "float8_e5m2"
+    assert recipe.scaler().scale.item() == 1.0 and recipe.scaler().amax_history.numel() == 1024
+    assert recipe.scaler(backward=True).fmt.name == "float8_e5m2"
+
+
+def test_delayed_scaling_is_delayed() -> None:
+    """A step is cast with the scale from earlier steps: a sudden larger tensor saturates at first."""
+    scaler = quant.DelayedScaler("e4m3", amax_history_len=4)
+    scaler.quantize(torch.ones(8))  # step 0: scale 1; history learns amax 1
+    q = scaler.quantize(torch.full((8,), 10.0))  # step 1: scale from amax 1 -> 10 x 448 overflows
+    assert q.scale.item() == pytest.approx(1 / 448) and (q.data.float() == 448).all()
+    q = scaler.quantize(torch.full((8,), 10.0))  # step 2: the history now holds 10
+    assert q.scale.item() == pytest.approx(10 / 448) and (q.data.float() == 448).all()
+    for _ in range(4):
+        scaler.quantize(torch.full((8,), 0.1))
+    assert scaler.scale_inv.item() == pytest.approx(0.1 / 448, rel=1e-6)  # 10 left the window after 4 steps
+
+
+def test_delayed_scaler_callable_algo_and_bad_arguments() -> None:
+    scaler = quant.DelayedScaler("e4m3", amax_history_len=4, amax_compute_algo=lambda h: h.mean())
+    scaler.record(8.0)
+    scaler.update()
+    assert scaler.scale.item() == pytest.approx(448 / 2.0)
+    with pytest.raises(ValueError, match="max, most_recent"):
+        quant.DelayedScaler("e4m3", amax_compute_algo="mean")
+    with pytest.raises(ValueError, match="positive integer"):
+        quant.DelayedScaling(amax_history_len=0)
+    with pytest.raises(ValueError, match="hybrid, e4m3"):
+        quant.DelayedScaling(fp8_format="e5m2")
+    with pytest.raises(ValueError, match="stores fp8"):
+        quant.DelayedScaler("e2m1")
+
+
+# ---- bookkeeping and errors --------------------------------------------------------------------------
+
+
+def test_bits_per_element_counts_the_scales() -> None:
+    x = torch.randn(128, 256)
+    bits = {name: quant.quantize(x, name).bits_per_element for name in
+            ("tensorwise", "rowwise", "blockwise", "block_128x128", "mxfp8", "mxfp4", "nvfp4")}
+    n = x.numel()
+    assert bits["tensorwise"] == 8 + 32 / n
+    assert bits["rowwise"] == 8 + 32 / 256
+    assert bits["blockwise"] == 8 + 32 / 128
+    assert bits["block_128x128"] == 8 + 32 / 128**2
+    assert bits["mxfp8"] == 8.25 and bits["mxfp4"] == 4.25
+    assert bits["nvfp4"] == 4.5 + 32 / n
+    assert quant.quantize(x, "mxfp8").nbytes == n + n // 32
+
+
+def test_zero_and_nonfinite_tensors() -> None:
+    q = quant.quantize(torch.zeros(4, 128), "tensorwise")
+    assert q.scale.item() == 1.0 and (q.dequantize() == 0).all()
+    x = torch.ones(4, 128)
+    x[0, 0] = math.inf  # TE keeps scale 1 for a non-finite amax; saturating, inf becomes 448
+    assert quant.quantize(x, "tensorwise").scale.item() == 1.0
+    stats = quant.error_stats(torch.ones(4, 128), quant.quantize(torch.ones(4, 128), "mxfp8"))
+    assert stats["snr_db"] == math.inf and stats["relative_error"] == 0.0
+
+
+def test_error_stats_counts_underflow() -> None:
+    x = torch.tensor([1000.0, 1e-5, 2e-5, 1.0])
+    q = quant.quantize(x, "tensorwise")  # scale 1000/448: 1e-5 / 2.23 is far below E4M3's 2^-9
+    stats = quant.error_stats(x, q)
+    assert stats["underflow"] == 0.5 and stats["saturated"] == 0.0
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(recipe="per_block"), "accepted: tensorwise, delayed, rowwise"),
+        (dict(recipe="blockwise", block_size=100), "does not divide"),
+        (dict(recipe="rowwise", block_size=32), "has no blocks"),
+        (dict(recipe="delayed"), "scaler=DelayedScaler"),
+        (dict(recipe="nvfp4", fmt="e4m3"), "float4_e2m1fn"),
+        (dict(recipe="mxfp4", fmt="e4m3"), "means float4_e2m1fn"),
+        (dict(recipe="block_1x128", block_size=64), "means blocks of 128"),
+        (dict(recipe="mx", fmt="e8m0"), "stores elements in"),
+        (dict(recipe="blockwise", block_size=0), "positive integer"),
+    ],
+)
+def test_bad_arguments_name_what_is_accepted(kwargs, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        quant.quantize(torch.randn(4, 256), **kwargs)
+
+
+def test_type_errors() -> None:
+    with pytest.raises(TypeError, match="floating-point"):
+        quant.quantize(torch.arange(8), "tensorwise")
+    with pytest.raises(ValueError, match="2-D"):
+        quant.quantize(torch.randn(2, 128, 128), "blockwise_2d")
+    with pytest.raises(ValueError, match="2-D tensor"):
+        quant.quantize(torch.randn(2, 128, 128), "blockwise", axis=0)
+
+
+def test_fake_quantize_keeps_dtype_and_every_recipe_is_described() -> None:
+    x = torch.randn(4, 64, dtype=torch.bfloat16)
+    assert quant.fake_quantize(x, "mxfp8").dtype == torch.bfloat16
+    for spec in quant.RECIPES.values():
+        assert spec.description and spec.sources
+    for alias, (target, fmt, block) in quant.ALIASES.items():
+        spec, f, b = quant.resolve(alias)
+        assert spec.name == target and (fmt is None or f.name == fmt) and (block is None or b == block)
