@@ -1,10 +1,11 @@
-"""The exercise-check machinery and the checks of getting_started."""
+"""The exercise-check machinery, every chapter's stubs reported as not done, and the checks of getting_started."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from mpcourse.authoring import chapters
 from mpcourse.exercises import ExerciseFailed, NotDoneYet, check, labels, register
 
 
@@ -28,14 +29,6 @@ def test_unknown_chapter() -> None:
         check("nochapter-x", lambda: None)
 
 
-def test_stub_reports_not_done_yet() -> None:
-    def stub(*args):
-        raise NotImplementedError()
-
-    with pytest.raises(NotDoneYet, match="not done yet"):
-        check("getting_started-tflops", stub)
-
-
 def test_a_non_function_answer_is_rejected_clearly() -> None:
     with pytest.raises(ExerciseFailed, match="expected a function"):
         check("getting_started-tflops", 42.0)
@@ -46,8 +39,38 @@ def test_errors_in_the_learners_code_are_reported_as_failures() -> None:
         check("getting_started-tflops", lambda m, n, k, s: 1 / 0)
 
 
-def test_registered_labels() -> None:
-    assert labels("getting_started") == ["getting_started-relative-error", "getting_started-tflops"]
+class _StubScaler:
+    """The student version of loss_scaling's scaler: the constructor works, every method is a stub."""
+
+    def __init__(self, init_scale: float = 2.0**16, **_: float) -> None:
+        self.s = init_scale
+
+    def scale(self, *args):
+        raise NotImplementedError()
+
+    unscale_ = step = update = scale
+
+    def get_scale(self) -> float:
+        return self.s
+
+
+def _stub(*args, **kwargs):
+    raise NotImplementedError()
+
+
+# The answer each exercise's check receives in a student notebook whose solution is still a stub.
+STUBS = {"loss_scaling-dynamic-scaler": _StubScaler}
+EVERY_LABEL = [label for md in chapters() for label in labels(md.stem)]
+
+
+def test_every_chapter_has_checks() -> None:
+    assert {label.partition("-")[0] for label in EVERY_LABEL} == {md.stem for md in chapters()}
+
+
+@pytest.mark.parametrize("label", EVERY_LABEL)
+def test_a_stub_is_not_done_yet(label: str) -> None:
+    with pytest.raises(NotDoneYet, match="not done yet"):
+        check(label, STUBS.get(label, _stub))
 
 
 # --- getting_started-tflops -------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The checks of chapter fp8: reference solutions pass, realistic mistakes fail, stubs are 'not done'."""
+"""The checks of chapter fp8: reference solutions pass, realistic mistakes fail."""
 
 from __future__ import annotations
 
@@ -8,23 +8,9 @@ import pytest
 import torch
 
 from mpcourse import quant
-from mpcourse.exercises import ExerciseFailed, NotDoneYet, check, labels
+from mpcourse.exercises import ExerciseFailed, check
 
-LABELS = ["fp8-choose-recipe", "fp8-delayed", "fp8-mx", "fp8-tensorwise"]
 FP8 = torch.float8_e4m3fn
-
-
-def test_registered_labels() -> None:
-    assert labels("fp8") == LABELS
-
-
-@pytest.mark.parametrize("label", LABELS)
-def test_a_stub_is_not_done_yet(label: str) -> None:
-    def stub(*args):
-        raise NotImplementedError()
-
-    with pytest.raises(NotDoneYet, match="not done yet"):
-        check(label, stub)
 
 
 # ---- fp8-tensorwise ------------------------------------------------------------------------------------

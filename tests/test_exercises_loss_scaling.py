@@ -1,4 +1,4 @@
-"""The checks of chapter loss_scaling: reference solutions pass, realistic mistakes fail, stubs are 'not done'."""
+"""The checks of chapter loss_scaling: reference solutions pass, realistic mistakes fail."""
 
 from __future__ import annotations
 
@@ -10,44 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from mpcourse import formats
-from mpcourse.exercises import ExerciseFailed, NotDoneYet, check, labels
+from mpcourse.exercises import ExerciseFailed, check
 from mpcourse.exercises.loss_scaling import _clipped_step_variant, _loop_variant
-
-LABELS = [
-    "loss_scaling-broken-loop",
-    "loss_scaling-clip",
-    "loss_scaling-dynamic-scaler",
-    "loss_scaling-static-scale",
-]
-
-
-def test_registered_labels() -> None:
-    assert labels("loss_scaling") == LABELS
-
-
-def test_stubs_are_not_done_yet() -> None:
-    def stub(*args, **kwargs):
-        raise NotImplementedError()
-
-    for label in ["loss_scaling-broken-loop", "loss_scaling-clip", "loss_scaling-static-scale"]:
-        with pytest.raises(NotDoneYet, match="not done yet"):
-            check(label, stub)
-
-    class StubScaler:
-        def __init__(self, **kwargs):
-            self.s = kwargs["init_scale"]
-
-        def scale(self, loss):
-            raise NotImplementedError()
-
-        unscale_ = step = update = scale
-
-        def get_scale(self):
-            return self.s
-
-    with pytest.raises(NotDoneYet, match="not done yet"):
-        check("loss_scaling-dynamic-scaler", StubScaler)
-
 
 # ---- dynamic scaler ------------------------------------------------------------------------------
 
