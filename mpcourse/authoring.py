@@ -58,6 +58,17 @@ def course_config(root: Path = ROOT) -> dict[str, str]:
     return {"repository": url, "branch": repo.get("branch", "main"), "ref": f"v{__version__}"}
 
 
+def ref_problem(root: Path = ROOT) -> str | None:
+    """Why Colab would open notebooks of another release than the one their setup cell installs, if so."""
+    cfg = course_config(root)
+    if cfg["branch"] != cfg["ref"]:
+        return (
+            f"_config.yml repository.branch is {cfg['branch']!r} but the package version pins {cfg['ref']!r}: "
+            "Colab would open notebooks of one release and install the package of another; make them equal"
+        )
+    return None
+
+
 def setup_source(root: Path = ROOT) -> str:
     """The setup cell every chapter must carry."""
     cfg = course_config(root)
@@ -68,7 +79,7 @@ def badge_source(slug: str, root: Path = ROOT) -> str:
     """The "Open in Colab" cell of chapter ``slug``."""
     cfg = course_config(root)
     path = cfg["repository"].removeprefix("https://github.com/")
-    colab = f"https://colab.research.google.com/github/{path}/blob/{cfg['branch']}/notebooks/{slug}.ipynb"
+    colab = f"https://colab.research.google.com/github/{path}/blob/{cfg['ref']}/notebooks/{slug}.ipynb"
     return BADGE_TEMPLATE.format(colab=colab)
 
 
@@ -132,16 +143,21 @@ def sync(root: Path = ROOT) -> list[Path]:
     return changed
 
 
+def _cells(nb: nbformat.NotebookNode) -> list[tuple[str, list[str], str]]:
+    """What a pair must agree on, cell by cell: type, tags and source."""
+    return [(c.cell_type, list(c.get("metadata", {}).get("tags", [])), c.source.strip()) for c in nb.cells]
+
+
 def problems(root: Path = ROOT) -> list[str]:
     """What is out of order in the chapter pairs (empty when all is well)."""
-    found = []
+    found = [p for p in [ref_problem(root)] if p]
     for md in chapters(root):
         ipynb = md.with_suffix(".ipynb")
         if not ipynb.exists():
             found.append(f"{md.name} has no paired {ipynb.name}: run `make sync`")
             continue
         source, paired = jupytext.read(md), nbformat.read(ipynb, as_version=4)
-        if [c.source.strip() for c in source.cells] != [c.source.strip() for c in paired.cells]:
+        if _cells(source) != _cells(paired):
             found.append(f"{md.name} and {ipynb.name} differ: run `make sync` and commit both")
         if any(c.get("outputs") for c in paired.cells if c.cell_type == "code"):
             found.append(f"{ipynb.name} carries outputs: run `make sync` (notebooks are committed output-free)")

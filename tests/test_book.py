@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from conftest import ROOT
+from mpcourse import authoring
 
 pytestmark = pytest.mark.book
 
@@ -44,7 +45,7 @@ def test_colab_button_opens_the_notebook(built_site, page) -> None:
     text = (built_site / f"{page}.html").read_text(encoding="utf-8")
     links = set(re.findall(r'href="(https://colab\.research\.google\.com/[^"]+)"', text))
     assert links, f"{page} has no Colab link"
-    assert all(link.endswith(f"/blob/main/{page}.ipynb") for link in links), links
+    assert all(link.endswith(f"/blob/{authoring.course_config(ROOT)['ref']}/{page}.ipynb") for link in links), links
 
 
 def test_solutions_are_in_dropdowns(built_site) -> None:

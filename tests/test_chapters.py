@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import re
+import shutil
 import sys
 import types
 
 import jupytext
+import nbformat
 import pytest
 import yaml
 from IPython.core.interactiveshell import InteractiveShell
@@ -26,6 +28,52 @@ def toc_files() -> list[str]:
 def test_pairs_are_in_sync_output_free_and_stamped() -> None:
     assert SOURCES, "no chapters found"
     assert authoring.problems(ROOT) == []
+
+
+def _planted(tmp_path, plant) -> list[str]:
+    """The problems reported for a copy of getting_started's pair after `plant(md, ipynb)` changed it."""
+    (tmp_path / "notebooks").mkdir()
+    shutil.copy(ROOT / "_config.yml", tmp_path / "_config.yml")
+    md, ipynb = (tmp_path / "notebooks" / f"getting_started{ext}" for ext in (".md", ".ipynb"))
+    shutil.copy(ROOT / "notebooks" / md.name, md)
+    shutil.copy(ROOT / "notebooks" / ipynb.name, ipynb)
+    assert authoring.problems(tmp_path) == []
+    plant(md, ipynb)
+    return authoring.problems(tmp_path)
+
+
+def _edit_notebook(ipynb, change) -> None:
+    nb = nbformat.read(ipynb, as_version=4)
+    change(nb)
+    nbformat.write(nb, ipynb)
+
+
+def _first_code(nb):
+    return next(c for c in nb.cells if c.cell_type == "code" and not c.metadata.get("tags"))
+
+
+def _as_raw(nb) -> None:
+    cell = _first_code(nb)
+    nb.cells[nb.cells.index(cell)] = nbformat.v4.new_raw_cell(cell.source)
+
+
+@pytest.mark.parametrize(
+    "plant, reported",
+    [
+        (lambda md, nb: _edit_notebook(nb, lambda n: _first_code(n).outputs.append(nbformat.v4.new_output("stream", text="hi"))), "carries outputs"),
+        (lambda md, nb: _edit_notebook(nb, lambda n: n.metadata.update(widgets={"state": {}})), "metadata.widgets"),
+        (lambda md, nb: _edit_notebook(nb, lambda n: _first_code(n).update(source="x = 1")), "differ"),
+        (lambda md, nb: _edit_notebook(nb, _as_raw), "differ"),
+        (lambda md, nb: _edit_notebook(nb, lambda n: next(c for c in n.cells if c.metadata.get("tags")).metadata.update(tags=[])), "differ"),
+        (lambda md, nb: md.write_text(md.read_text().replace("mpcourse.setup()", "mpcourse.setup()  # edited")), "setup cell"),
+        (lambda md, nb: nb.unlink(), "no paired"),
+        (lambda md, nb: md.unlink(), "no paired .md"),
+        (lambda md, nb: (md.parent.parent / "_config.yml").write_text((md.parent.parent / "_config.yml").read_text().replace("branch: v", "branch: main # v")), "another"),
+    ],
+    ids=["outputs", "widgets", "source", "cell-type", "tags", "setup-cell", "no-ipynb", "no-md", "release-ref"],
+)
+def test_pair_problems_are_reported(tmp_path, plant, reported: str) -> None:
+    assert any(reported in line for line in _planted(tmp_path, plant))
 
 
 def test_every_chapter_is_in_the_table_of_contents() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import types
+
 import pytest
 import torch
 
@@ -68,7 +70,7 @@ def test_preset_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_this_machine_is_detected_consistently() -> None:
     caps = device.capabilities()
     assert caps.preset is None
-    assert caps.kind == ("cuda" if torch.cuda.is_available() else caps.kind)
+    assert caps.kind == "cuda" if torch.cuda.is_available() else caps.kind in {"cpu", "mps"}
     support = device.precision_support(caps)
     assert list(support) == list(device.PRECISIONS)
     assert support["fp32"].status == "native"
@@ -86,3 +88,37 @@ def test_cpu_flags_are_read_from_cpuinfo(tmp_path) -> None:
 def test_describe_names_the_preset() -> None:
     text = device.capabilities(preset="t4").describe()
     assert "Tesla T4" in text and "sm_75" in text and "preset 't4'" in text
+
+
+def _fake_cuda(monkeypatch: pytest.MonkeyPatch, name: str, cc: tuple[int, int], emulated_bf16: bool) -> None:
+    """Make torch.cuda look like one GPU of compute capability `cc`, as torch reports it there."""
+    props = types.SimpleNamespace(name=name, major=cc[0], minor=cc[1], total_memory=16 * 2**30)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: props)
+    monkeypatch.setattr(torch.version, "hip", None)
+
+    def is_bf16_supported(including_emulation: bool = True) -> bool:
+        return cc >= (8, 0) or (including_emulation and emulated_bf16)
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
+
+
+def test_a_detected_t4_is_not_taken_for_a_bf16_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    # On a T4 torch.cuda.is_bf16_supported() is True because bf16 is emulated; detection must not trust it.
+    _fake_cuda(monkeypatch, "Tesla T4", (7, 5), emulated_bf16=True)
+    assert torch.cuda.is_bf16_supported()
+    caps = device.capabilities()
+    assert (caps.kind, caps.compute_capability) == ("cuda", (7, 5))
+    assert (caps.fp16_native, caps.bf16_native, caps.tf32, caps.fp8_native) == (True, False, False, False)
+    assert device.precision_support(caps)["bf16"].status == "emulated"
+
+
+@pytest.mark.parametrize(
+    "name, cc, natives",
+    [("NVIDIA A100", (8, 0), {"bf16", "tf32"}), ("NVIDIA L4", (8, 9), {"bf16", "tf32", "fp8"}), ("NVIDIA H100", (9, 0), {"bf16", "tf32", "fp8"})],
+)
+def test_detected_gpus_report_their_native_precisions(monkeypatch: pytest.MonkeyPatch, name, cc, natives) -> None:
+    _fake_cuda(monkeypatch, name, cc, emulated_bf16=False)
+    support = device.precision_support(device.capabilities())
+    assert {p for p, s in support.items() if s.status == "native"} == {"fp32", "fp16"} | natives

@@ -68,6 +68,22 @@ def test_no_line_of_a_solution_reaches_students(path) -> None:
     assert not leaked, f"solution lines in the student version of {path.name}: {leaked}"
     assert "{solution" not in student_text
     assert "### BEGIN SOLUTION" not in student_text
+    prose = [line.strip() for line in _gated_prose(nb) if len(line.strip()) > 20]
+    assert prose, f"{path.name} explains none of its solutions"
+    assert not [line for line in prose if line in student_lines], f"solution prose in the student version of {path.name}"
+
+
+def _gated_prose(nb: nbformat.NotebookNode) -> list[str]:
+    """The markdown lines between solution-start and solution-end directives (the solutions' explanations)."""
+    lines, inside = [], False
+    for cell in nb.cells:
+        if cell.cell_type == "markdown" and "{solution-start}" in cell.source:
+            inside = True
+        elif cell.cell_type == "markdown" and "{solution-end}" in cell.source:
+            inside = False
+        elif inside and cell.cell_type == "markdown":
+            lines.extend(cell.source.splitlines())
+    return lines
 
 
 @pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
