@@ -1,6 +1,7 @@
 # The README's commands. `make book` builds the website; `make test` runs every test.
 # Both create the virtual environment .venv on first use.
 
+SHELL  := /bin/bash
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -18,13 +19,14 @@ help:
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -e ".[book,test]" 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
+	set -o pipefail; $(BIN)/python -m pip install --quiet -e ".[book,test]" 2>&1 | sed '/is ignored: it is neither a file nor a directory/d'
 	$(BIN)/python -c "import mpcourse, jupyter_book, nbval, playwright"
 	touch $(STAMP)
 
 venv: $(STAMP)
 
 book: $(STAMP)
+	$(BIN)/python -m mpcourse.authoring cache
 	$(BIN)/jupyter-book build . --toc book/_toc.yml $(BOOK_FLAGS)
 
 # The smallest problem sizes, so each chapter runs in well under a minute on two CPU cores.

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import shutil
 import sys
 from pathlib import Path
 
@@ -174,10 +175,41 @@ def problems(root: Path = ROOT) -> list[str]:
     return found
 
 
+def refresh_execution_cache(root: Path = ROOT, profile: str | None = None) -> bool:
+    """Drop the website's execution cache when what the chapters' outputs depend on has changed.
+
+    Jupyter Book re-executes a chapter only when the chapter's own text changes, but its outputs also
+    depend on the ``mpcourse`` package it imports and on the problem-size profile. The cache is kept
+    under a key made of both; a different key empties it. Returns True if it was emptied.
+    """
+    from . import profile as profiles
+
+    digest = hashlib.sha256((profile or profiles.current()).encode())
+    for path in sorted((root / "mpcourse").rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    key, cache = digest.hexdigest(), root / "_build" / ".jupyter_cache"
+    stamp = root / "_build" / ".jupyter_cache.key"
+    if stamp.exists() and stamp.read_text() == key:
+        return False
+    emptied = cache.exists()
+    shutil.rmtree(cache, ignore_errors=True)
+    stamp.parent.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(key)
+    return emptied
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mpcourse.authoring", description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["sync", "check"], help="sync: stamp and pair; check: list problems")
+    parser.add_argument(
+        "command",
+        choices=["sync", "check", "cache"],
+        help="sync: stamp and pair; check: list problems; cache: drop the website's stale execution cache",
+    )
     args = parser.parse_args(argv)
+    if args.command == "cache":
+        if refresh_execution_cache():
+            print("the package or the profile changed since the last build: every chapter will be executed again")
+        return 0
     if args.command == "sync":
         for path in sync():
             print(f"updated {path.relative_to(ROOT)}")

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from mpcourse import authoring
+
 ROOT = Path(__file__).resolve().parent.parent
 SITE = ROOT / "_build" / "html"
 
@@ -17,6 +19,7 @@ SITE = ROOT / "_build" / "html"
 def built_site() -> Path:
     """Build the website exactly as `make book` does (with -W: any warning or cell error fails)."""
     env = dict(os.environ, MPCOURSE_PROFILE=os.environ.get("MPCOURSE_PROFILE", "ci"))
+    authoring.refresh_execution_cache(ROOT, env["MPCOURSE_PROFILE"])
     jupyter_book = Path(sys.executable).parent / "jupyter-book"
     result = subprocess.run(
         [str(jupyter_book), "build", ".", "--toc", "book/_toc.yml", "-W", "-n", "--keep-going"],

@@ -136,3 +136,22 @@ def test_setup_cell_outside_colab_installs_nothing(monkeypatch, capsys) -> None:
     assert run_setup_cell(colab=False, monkeypatch=monkeypatch) == []
     report = capsys.readouterr().out
     assert "mpcourse" in report and "fp8" in report and "profile" in report
+
+
+def test_execution_cache_is_dropped_when_the_package_or_profile_changes(tmp_path) -> None:
+    package = tmp_path / "mpcourse"
+    package.mkdir()
+    (package / "core.py").write_text("x = 1\n")
+    cache = tmp_path / "_build" / ".jupyter_cache"
+
+    def build() -> None:  # what a website build leaves behind
+        cache.mkdir(parents=True, exist_ok=True)
+        (cache / "entry").write_text("outputs")
+
+    assert not authoring.refresh_execution_cache(tmp_path, "ci")  # first build: nothing to drop
+    build()
+    assert not authoring.refresh_execution_cache(tmp_path, "ci") and cache.exists()  # nothing changed
+    (package / "core.py").write_text("x = 2\n")
+    assert authoring.refresh_execution_cache(tmp_path, "ci") and not cache.exists()
+    build()
+    assert authoring.refresh_execution_cache(tmp_path, "small") and not cache.exists()
