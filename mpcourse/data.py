@@ -14,7 +14,9 @@ no network). So each loader has two sources, chosen by the ``source`` argument:
   language model.
 
 ``source="auto"`` (the default) uses the hub only in the ``full`` profile (a GPU machine) and falls
-back to the local dataset, with a note, if the hub cannot be reached; every other profile uses the
+back to the local dataset, with a note saying why, if loading from the hub fails: the hub could not
+be reached, or a package the hub path needs is missing (``datasets`` itself, or Pillow, which
+``datasets`` needs to decode the hub's images; the note names it); every other profile uses the
 local dataset, so no test and no CI run touches the network. Each bundle says which source it
 came from in :attr:`DataBundle.note`, which the loaders print.
 
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Literal
@@ -219,6 +222,39 @@ def _hub(repo: str, config: str | None, split: str):  # pragma: no cover - needs
     return datasets.load_dataset(repo, config, split=split) if config else datasets.load_dataset(repo, split=split)
 
 
+#: Import names whose pip package is called something else.
+_PIP_NAMES = {"PIL": "Pillow", "sklearn": "scikit-learn"}
+
+
+def _missing_package(exc: ImportError) -> str:
+    """The pip name of the package an ImportError says is missing.
+
+    ``datasets`` says it in words ("To support decoding images, please install 'Pillow'."); a
+    plain failed import names the module (``exc.name``), whose pip name may differ (PIL: Pillow).
+    """
+    said = re.search(r"install '([^']+)'", str(exc))
+    if said:
+        return said.group(1)
+    module = (getattr(exc, "name", None) or "").split(".")[0]
+    return _PIP_NAMES.get(module, module) or "the package named in the error"
+
+
+def _hub_failure(exc: Exception, repo: str) -> str:
+    """Why loading ``repo`` from the hub failed, as the start of a data note.
+
+    Only network errors (``OSError``: refused or timed-out connections, HTTP errors, offline mode)
+    mean the hub could not be reached. A missing package is named, with the command that installs
+    it, since waiting for the network would not help; anything else is reported as it is.
+    """
+    detail = f"{type(exc).__name__}: {str(exc)[:120]}"
+    if isinstance(exc, ImportError):
+        package = _missing_package(exc)
+        return f"loading '{repo}' from the hub needs the package '{package}', which is not installed (pip install {package}; {detail}); "
+    if isinstance(exc, OSError):
+        return f"the hub could not be reached ({detail}); "
+    return f"loading '{repo}' from the hub failed ({detail}); "
+
+
 def _split(n: int, eval_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     order = np.random.default_rng(seed).permutation(n)
     n_eval = max(1, round(n * eval_fraction))
@@ -253,10 +289,10 @@ def load_images(
     bundle = None
     fallback_reason = ""
     if chosen == "hub" and IMAGE_DATASETS[name] is not None:
-        try:  # pragma: no cover - needs the network
+        try:
             bundle = _hub_images(name, n_train, n_eval, seed)
-        except Exception as exc:  # noqa: BLE001 - any failure to reach the hub means: fall back
-            fallback_reason = f"the hub could not be reached ({type(exc).__name__}: {str(exc)[:120]}); "
+        except Exception as exc:  # noqa: BLE001 - any failure to load from the hub means: fall back, saying why
+            fallback_reason = _hub_failure(exc, IMAGE_DATASETS[name][0])
     elif chosen == "hub":
         fallback_reason = f"'{name}' has no hub version; "
     if bundle is None:
@@ -327,7 +363,13 @@ def _local_digits(n_train: int | None, n_eval: int | None, seed: int, fallback_r
     return _to_image_bundle(images, labels, train_idx, eval_idx, name="digits", source="local", note=note)
 
 
-def _hub_images(name: str, n_train: int | None, n_eval: int | None, seed: int) -> ImageData:  # pragma: no cover
+def _hub_images(name: str, n_train: int | None, n_eval: int | None, seed: int) -> ImageData:
+    """A hub image dataset's train and test splits, shuffled with ``seed`` and cut to size.
+
+    Reading the image column decodes every image with Pillow (``datasets`` stores them as PNG
+    bytes); without Pillow that read raises ImportError, which :func:`load_images` reports as a
+    missing package.
+    """
     repo, image_col, label_col = IMAGE_DATASETS[name]  # type: ignore[misc]
     n_train = n_train or profile.pick(ci=2_000, small=10_000, full=50_000)
     n_eval = n_eval or profile.pick(ci=500, small=2_000, full=10_000)
@@ -378,12 +420,12 @@ def load_text(
     fallback_reason = ""
     if chosen == "hub" and TEXT_DATASETS[name] is not None:
         repo, config, column = TEXT_DATASETS[name]  # type: ignore[misc]
-        try:  # pragma: no cover - needs the network
+        try:
             text = "".join(_hub(repo, config, "train")[:][column])
             origin = f"'{repo}' ({config}) from the Hugging Face hub"
             src = "hub"
-        except Exception as exc:  # noqa: BLE001 - any failure to reach the hub means: fall back
-            fallback_reason = f"the hub could not be reached ({type(exc).__name__}: {str(exc)[:120]}); "
+        except Exception as exc:  # noqa: BLE001 - any failure to load from the hub means: fall back, saying why
+            fallback_reason = _hub_failure(exc, repo)
     elif chosen == "hub":
         fallback_reason = f"'{name}' has no hub version; "
     if text is None:

@@ -11,6 +11,8 @@ low-precision copy of each weight. Only pure low-precision training halves the s
 :class:`SavedTensorMeter` measure the same components exactly, from tensor storage sizes, on any
 device (PyTorch keeps no peak statistics for CPU memory; on CUDA, compare with
 ``torch.cuda.max_memory_allocated``, which also counts temporaries and allocator rounding).
+:func:`step_peak` turns the calculator's components into the peak a step adds on top of the
+weights and optimizer state, for that comparison.
 """
 
 from __future__ import annotations
@@ -284,3 +286,34 @@ def measure_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn, *i
     series = pd.Series(out, dtype="int64")
     series["total"] = series.sum()
     return series
+
+
+#: How far above :func:`step_peak`'s prediction a measured CUDA peak may lie: the caching allocator
+#: rounds every block up to a multiple of 512 bytes (a few kB for a few dozen tensors), and
+#: backward's transient tensors, which the calculator does not list (gradients of activations, a
+#: 16-bit weight gradient before its cast to fp32), stay below the optimizer's buffer when
+#: parameters dominate the step (a small batch). Measured on CPU through the profiler's allocation
+#: events (tests/test_memory.py), the excess there is 16 bytes.
+PEAK_TOLERANCE = 0.05
+
+
+def step_peak(estimated: pd.Series, optimizer: str = "adamw") -> dict[str, int]:
+    """The memory one training step adds above what it starts with (weights and optimizer state).
+
+    Two moments of the step hold the most, each made of the calculator's components:
+
+    - the optimizer step: all gradients, plus the optimizer's temporaries. With ``foreach=True``
+      (the default for CUDA tensors) AdamW computes ``sqrt(v)`` for every parameter into new
+      tensors before updating in place: one moment's worth, half of its state;
+    - the end of the forward pass: every saved activation and low-precision weight copy.
+
+    Returns ``{"optimizer step": ..., "end of forward": ..., "predicted": max of the two}`` in
+    bytes. The prediction holds for a step whose parameters dominate (a small batch): then the
+    backward pass, which frees activations and copies as it creates gradients, stays below the
+    optimizer step. ``estimated`` is a :func:`estimate` result.
+    """
+    states = _optimizer_states(optimizer)
+    temporaries = estimated["optimizer state"] // states if states and optimizer.startswith("adam") else 0
+    step = int(estimated["gradients"] + temporaries)
+    forward = int(estimated["activations"] + estimated["low-precision weight copies"])
+    return {"optimizer step": step, "end of forward": forward, "predicted": max(step, forward)}

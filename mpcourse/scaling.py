@@ -40,10 +40,12 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import numbers
 from collections.abc import Callable, Iterable, Iterator
 from enum import Enum
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
@@ -63,8 +65,17 @@ def _fresh_state() -> dict[str, Any]:
     return {"stage": OptState.READY, "found_inf_per_device": {}}
 
 
+def _is_real(value: Any) -> bool:
+    """Any real number type (int, float, numpy's int64 and float32, fractions...), but not a bool.
+
+    bool is an int to Python (and np.bool_ is not a number at all): a flag passed where a scale was
+    meant is a mistake worth stopping.
+    """
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
 def _positive_finite(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+    if not _is_real(value) or not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
     return float(value)
 
@@ -152,7 +163,7 @@ class _LossScaler:
     def update(self, new_scale: float | torch.Tensor | None = None) -> None:
         """End the iteration: adjust the scale (see the subclass) and forget this iteration's flags.
 
-        ``new_scale`` (a float, or a one-element float tensor) sets the scale directly instead.
+        ``new_scale`` (a real number, or a one-element float tensor) sets the scale directly instead.
         """
         if not self._enabled:
             return
@@ -235,10 +246,10 @@ class _LossScaler:
 
     def _set_scale(self, new_scale: float | torch.Tensor) -> None:
         assert self._scale is not None
-        if isinstance(new_scale, float):
-            self._scale.fill_(new_scale)
+        if _is_real(new_scale):  # GradScaler takes a Python float only; any real number type is as good
+            self._scale.fill_(float(new_scale))
             return
-        reason = "new_scale should be a float or a 1-element torch.FloatTensor with requires_grad=False."
+        reason = "new_scale should be a real number (not a bool) or a 1-element torch.FloatTensor with requires_grad=False."
         if not isinstance(new_scale, torch.Tensor) or new_scale.numel() != 1 or new_scale.requires_grad:
             raise ValueError(reason)
         self._scale.copy_(new_scale)
@@ -418,12 +429,11 @@ class DynamicLossScaler(_LossScaler):
 def _check_factors(growth_factor: Any, backoff_factor: Any, growth_interval: Any) -> tuple[float, float, int]:
     """Validate a dynamic scaler's settings, naming every problem and what is accepted."""
     problems = []
-    number = (int, float)
-    if isinstance(growth_factor, bool) or not isinstance(growth_factor, number) or not growth_factor > 1 or not math.isfinite(growth_factor):
+    if not _is_real(growth_factor) or not growth_factor > 1 or not math.isfinite(growth_factor):
         problems.append(f"growth_factor must be a finite number > 1 (the scale must grow), got {growth_factor!r}")
-    if isinstance(backoff_factor, bool) or not isinstance(backoff_factor, number) or not 0 < backoff_factor < 1:
+    if not _is_real(backoff_factor) or not 0 < backoff_factor < 1:
         problems.append(f"backoff_factor must be in (0, 1) (the scale must shrink and stay positive), got {backoff_factor!r}")
-    if isinstance(growth_interval, bool) or not isinstance(growth_interval, int) or growth_interval < 1:
+    if not (_is_real(growth_interval) and isinstance(growth_interval, numbers.Integral)) or growth_interval < 1:
         problems.append(f"growth_interval must be a whole number >= 1 (clean steps before growing), got {growth_interval!r}")
     if problems:
         raise ValueError("invalid loss scaler settings: " + "; ".join(problems))

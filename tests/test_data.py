@@ -142,3 +142,99 @@ def test_loss_and_correct_work_for_both_tasks(digits: data.ImageData, text: data
 def test_to_moves_every_tensor(digits: data.ImageData, text: data.TextData) -> None:
     assert digits.to("cpu").device.type == "cpu"
     assert text.to("cpu").device.type == "cpu"
+
+
+# ---- the hub path, without the network: a fake `datasets.Dataset` in place of the download ----------
+
+
+def _fake_hub(images_per_split: dict[str, np.ndarray], labels_per_split: dict[str, np.ndarray], image_col: str):
+    """A stand-in for data._hub: real `datasets.Dataset` objects built in memory, one per split."""
+    datasets = pytest.importorskip("datasets")
+    calls = []
+
+    def hub(repo, config, split):
+        calls.append((repo, config, split))
+        return datasets.Dataset.from_dict({image_col: list(images_per_split[split]), "label": labels_per_split[split].tolist()})
+
+    return hub, calls
+
+
+@pytest.mark.parametrize(
+    "name, shape, channels",
+    [("mnist", (28, 28), 1), ("cifar10", (32, 32, 3), 3)],
+)
+def test_hub_images_are_converted_without_the_network(monkeypatch: pytest.MonkeyPatch, capsys, name, shape, channels) -> None:
+    rng = np.random.default_rng(0)
+    images = {s: rng.integers(0, 256, (n, *shape), dtype=np.uint8) for s, n in (("train", 40), ("test", 12))}
+    labels = {s: rng.integers(0, 10, len(images[s])) for s in images}
+    repo, image_col, _ = data.IMAGE_DATASETS[name]
+    hub, calls = _fake_hub(images, labels, image_col)
+    monkeypatch.setattr(data, "_hub", hub)
+    bundle = data.load_images(name, source="hub", n_train=30, n_eval=10, seed=3)
+    assert [c[2] for c in calls] == ["train", "test"] and all(c[0] == repo for c in calls)
+    assert bundle.source == "hub" and bundle.name == name and f"'{repo}' from the Hugging Face hub" in capsys.readouterr().out
+    side = shape[0]
+    assert bundle.input_shape == (channels, side, side)  # (H, W) and (H, W, C) both become (C, H, W)
+    assert (len(bundle.x_train), len(bundle.x_eval)) == (30, 10)
+    # Shuffled with the seed, then cut: the labels are those of real training / test rows, in some order.
+    assert set(bundle.y_train.tolist()) <= set(labels["train"].tolist())
+    assert set(bundle.y_eval.tolist()) <= set(labels["test"].tolist())
+    # Standardised per channel with the training statistics.
+    assert bundle.x_train.mean(dim=(0, 2, 3)).abs().max().item() < 1e-5
+    assert torch.allclose(bundle.x_train.std(dim=(0, 2, 3)), torch.ones(channels), atol=1e-3)
+    # The same seed gives the same bundle.
+    again = data.load_images(name, source="hub", n_train=30, n_eval=10, seed=3, verbose=False)
+    assert torch.equal(again.x_train, bundle.x_train) and torch.equal(again.y_eval, bundle.y_eval)
+
+
+def test_hub_text_is_read_without_the_network(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    datasets = pytest.importorskip("datasets")
+    repo, config, column = data.TEXT_DATASETS["wikitext2"]
+    lines = [" = Valkyria Chronicles = \n", " The game began development in 2010 . \n"] * 40
+
+    def hub(r, c, split):
+        assert (r, c, split) == (repo, config, "train")
+        return datasets.Dataset.from_dict({column: lines})
+
+    monkeypatch.setattr(data, "_hub", hub)
+    corpus = data.load_text("wikitext2", source="hub", block_size=8)
+    assert corpus.source == "hub" and "from the Hugging Face hub" in capsys.readouterr().out
+    assert corpus.decode(torch.cat([corpus.train_tokens, corpus.eval_tokens])) == "".join(lines)
+
+
+def test_missing_pillow_is_named_not_blamed_on_the_network(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    # A real image column that datasets cannot decode without Pillow: PIL_AVAILABLE is forced off, so the
+    # test does not depend on whether Pillow happens to be installed.
+    datasets = pytest.importorskip("datasets")
+    pa = pytest.importorskip("pyarrow")
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")})
+    table = pa.table({"image": pa.array([{"bytes": b"not decoded", "path": None}] * 4, type=datasets.Image().pa_type),
+                      "label": pa.array([0, 1, 2, 3], type=pa.int64())})
+    monkeypatch.setattr(datasets.config, "PIL_AVAILABLE", False)
+    monkeypatch.setattr(data, "_hub", lambda repo, config, split: datasets.Dataset(table, info=datasets.DatasetInfo(features=features)))
+    images = data.load_images("mnist", source="hub")
+    out = capsys.readouterr().out
+    assert images.source == "local"
+    assert "needs the package 'Pillow'" in out and "pip install Pillow" in out and "ImportError" in out
+    assert "could not be reached" not in out
+
+
+@pytest.mark.parametrize(
+    "error, expected",
+    [
+        (ModuleNotFoundError("No module named 'datasets'", name="datasets"), "needs the package 'datasets'"),
+        (ModuleNotFoundError("No module named 'PIL'", name="PIL"), "needs the package 'Pillow'"),
+        (TimeoutError("timed out"), "could not be reached (TimeoutError"),
+        (ValueError("unexpected column"), "from the hub failed (ValueError"),
+    ],
+)
+def test_hub_failures_are_told_apart(monkeypatch: pytest.MonkeyPatch, capsys, error: Exception, expected: str) -> None:
+    def failing(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(data, "_hub", failing)
+    assert data.load_images("fashion_mnist", source="hub").source == "local"
+    out = capsys.readouterr().out
+    assert expected in out
+    if not isinstance(error, OSError):  # a failure that is not the network's names the dataset it was loading
+        assert "'zalando-datasets/fashion_mnist'" in out

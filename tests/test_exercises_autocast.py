@@ -180,3 +180,65 @@ def test_custom_fwd_accepts_the_reference() -> None:
 def test_custom_fwd_rejects_mistakes(wrong, message) -> None:
     with pytest.raises(ExerciseFailed, match=message):
         check(f"{SLUG}-custom-fwd", wrong)
+
+
+# --- predict the x-ray ------------------------------------------------------------------------------------
+
+XRAY_ROWS = [
+    "embed: embedding", "norm: layer_norm", "mlp: linear", "XRayProbe: relu", "XRayProbe: add", "XRayProbe: softmax",
+    "XRayProbe: matmul", "XRayProbe: softmax", "XRayProbe: mul", "XRayProbe: matmul", "XRayProbe: mean", "head: linear",
+    "(outside the model): cross_entropy",
+]
+XRAY_ANSWER = [F32, F32, BF16, BF16, F32, F32, BF16, BF16, F32, BF16, BF16, BF16, F32]
+
+
+def test_xray_probe_rows_and_answer_are_what_torch_records() -> None:
+    from mpcourse import xray
+    from mpcourse.exercises.autocast import xray_probe, xray_probe_rows
+
+    assert xray_probe_rows() == XRAY_ROWS
+    scan = xray_probe()
+    assert list(scan.table["_output"]) == XRAY_ANSWER
+    assert xray.check_against_docs(scan).empty  # the answer is also what PyTorch's documented CPU lists say
+
+
+def test_xray_predict_accepts_the_answer() -> None:
+    check(f"{SLUG}-xray-predict", lambda: list(XRAY_ANSWER))
+
+
+def _with(changes: dict[int, torch.dtype]) -> list[torch.dtype]:
+    answer = list(XRAY_ANSWER)
+    for i, dtype in changes.items():
+        answer[i] = dtype
+    return answer
+
+
+@pytest.mark.parametrize(
+    "prediction, message",
+    [
+        (_with({5: BF16}), r"op 6, XRayProbe: softmax.*no CPU autocast list.*float32"),  # softmax of the fp32 stream in bf16
+        (_with({7: F32}), r"op 8, XRayProbe: softmax.*CUDA softmax is on the fp32 list"),  # CUDA's rule applied on CPU
+        (_with({2: F32}), r"op 3, mlp: linear.*low-precision list"),  # linear left in fp32
+        (_with({11: F32}), r"op 12, head: linear.*low-precision list"),
+        (_with({4: BF16}), r"op 5, XRayProbe: add.*type promotion"),  # the residual add in bf16
+        (_with({6: F32, 9: F32}), r"2 of 13.*op 7, XRayProbe: matmul.*low-precision list"),  # matmuls of fp32 inputs kept fp32
+        (_with({0: BF16}), r"op 1, embed: embedding.*no CPU autocast list"),
+        (_with({12: BF16}), r"op 13, \(outside the model\): cross_entropy.*fp32 list"),
+        (_with({1: BF16}), r"op 2, norm: layer_norm.*no CPU autocast list"),  # the norm in bf16
+        (_with({7: F32, 10: F32}), r"2 of 13.*op 8, XRayProbe: softmax.*CUDA"),  # CUDA's habit: softmax and reductions in fp32
+        ([BF16] * 13, "for every op"),
+        ([F32] * 13, "for every op"),
+    ],
+)
+def test_xray_predict_rejects_realistic_mistakes(prediction, message) -> None:
+    with pytest.raises(ExerciseFailed, match=message):
+        check(f"{SLUG}-xray-predict", lambda: prediction)
+
+
+def test_xray_predict_rejects_malformed_answers() -> None:
+    with pytest.raises(ExerciseFailed, match="expected a list of 13 dtypes"):
+        check(f"{SLUG}-xray-predict", lambda: dict(enumerate(XRAY_ANSWER)))
+    with pytest.raises(ExerciseFailed, match="the x-ray records 13 ops"):
+        check(f"{SLUG}-xray-predict", lambda: XRAY_ANSWER[:-1])
+    with pytest.raises(ExerciseFailed, match="not a torch dtype"):
+        check(f"{SLUG}-xray-predict", lambda: ["float32"] + XRAY_ANSWER[1:])

@@ -287,3 +287,95 @@ def test_an_unrecognised_loop_fails_generically() -> None:
 
     with pytest.raises(ExerciseFailed, match="not in a way that one of the known bugs explains"):
         check("loss_scaling-broken-loop", wrong)
+
+
+# A loop that leaves out the scaler, or calls it in the wrong order, takes the same steps as the fixed loop
+# whenever nothing overflows; the check must still reject it.
+
+
+def _epoch_calling(order: str):
+    def epoch(model, optimizer, scaler, batches, max_norm=1.0):
+        loss_fn = nn.CrossEntropyLoss()
+        own = torch.amp.GradScaler("cpu", init_scale=2.0**4)
+        for x, y in batches:
+            optimizer.zero_grad()
+            with torch.autocast(x.device.type, dtype=torch.float16):
+                loss = loss_fn(model(x), y)
+            if order == "no-scaler":
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+                optimizer.step()
+            elif order == "own-scaler":
+                own.scale(loss).backward()
+                own.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+                own.step(optimizer)
+                own.update()
+            elif order == "optimizer-step":
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+                optimizer.step()
+                scaler.update()
+            elif order == "no-update":
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+                scaler.step(optimizer)
+            elif order == "step-then-unscale":  # GradScaler itself raises here
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+                scaler.update()
+            elif order == "clip-after-update":  # runs without an error; the clipping comes too late
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+            elif order == "pinned-scale":  # the right calls, but the scale is forced back every step
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+                scaler.step(optimizer)
+                scaler.update(2.0**4)
+            else:
+                raise ValueError(order)
+
+    return epoch
+
+
+@pytest.mark.parametrize(
+    "order, message",
+    [
+        ("no-scaler", "never called the scaler it was given"),
+        ("own-scaler", "never called the scaler it was given"),
+        ("optimizer-step", r"never calls scaler.step\(\)"),
+        ("no-update", r"before scaler.update\(\) ended"),
+        ("step-then-unscale", "in the order scale -> step -> unscale_"),
+        ("clip-after-update", "in the order unscale_ -> scale -> step -> update"),
+        ("pinned-scale", "first steps overflow"),
+    ],
+)
+def test_loops_that_misuse_the_scaler_are_rejected(order: str, message: str) -> None:
+    with pytest.raises(ExerciseFailed, match=message):
+        check("loss_scaling-broken-loop", _epoch_calling(order))
+
+
+def test_the_scalerless_loop_nearly_matches_the_fixed_one_without_overflow() -> None:
+    # Why the spy is needed: with a small scale the parameters of a loop without the scaler differ from the
+    # fixed loop's only by fp16 rounding (scaling by 16 moves a few roundings), far too little to rely on.
+    from mpcourse.exercises.loss_scaling import _run_epoch
+
+    a, b = _run_epoch(_epoch_calling("no-scaler"), "small"), _run_epoch(fixed_epoch, "small")
+    assert a["scale"] == b["scale"]
+    assert all(torch.allclose(p, q, rtol=1e-3, atol=1e-5) for p, q in zip(a["params"], b["params"]))
+
+
+def test_the_overflow_run_skips_some_steps_and_takes_others() -> None:
+    from mpcourse.exercises.loss_scaling import _EPOCH_BATCHES, _run_epoch
+
+    run = _run_epoch(fixed_epoch, "overflow")
+    assert 0 < run["skipped"] < _EPOCH_BATCHES
+    assert _run_epoch(fixed_epoch, "small")["skipped"] == 0

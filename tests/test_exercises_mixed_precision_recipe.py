@@ -26,8 +26,9 @@ def test_lost_update_accepts_the_reference() -> None:
 @pytest.mark.parametrize(
     "wrong, message",
     [
-        (lambda w, u, d: (w + u) != w, "kept in fp32"),
-        (lambda w, u, d: (w.to(d) + u) != w.to(d), "kept in fp32"),
+        (lambda w, u, d: (w + u) != w, "everything was computed in fp32"),
+        (lambda w, u, d: (w.to(d) + u) != w.to(d), "u stayed fp32, so adding it"),
+        (lambda w, u, d: (w.to(d) + u.to(d)) != w, "compared with the fp32 w"),  # the sum was rounded: not "kept in fp32"
         (lambda w, u, d: u.abs() > torch.finfo(d).eps * w.abs(), "eps"),
         (lambda w, u, d: u.abs() >= torch.finfo(d).eps / 2 * w.abs(), "eps"),
         (lambda w, u, d: (w.to(d) + u.to(d)) == w.to(d), "answers are wrong"),  # inverted

@@ -93,3 +93,67 @@ def test_estimate_adds_activations() -> None:
     est = memory.estimate("bf16", 1000, n_matmul_params=900, activation_elements=500)
     assert est["activations"] == 1000 and est["low-precision weight copies"] == 1800
     assert est["total"] == 4000 + 4000 + 8000 + 1800 + 1000
+
+
+# ---- the calculator against a measured peak ----------------------------------------------------------
+
+
+def _wide_step(device: str, batch: int = 8, width: int = 512):
+    """A step whose parameters dominate (small batch), warmed up once so that AdamW's state exists."""
+    torch.manual_seed(0)
+    model = models.MLP(64, 10, width=width, depth=2).to(device)
+    opt = torch.optim.AdamW(model.parameters(), foreach=True)  # the CUDA default, made explicit for the CPU too
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.randn(batch, 1, 8, 8, generator=gen).to(device), torch.randint(0, 10, (batch,), generator=gen).to(device)
+    memory.measure_step(model, opt, loss_fn, x, y, autocast_dtype=torch.bfloat16)
+    opt.zero_grad(set_to_none=True)
+    n = sum(p.numel() for p in model.parameters())
+    return model, opt, x, y, n
+
+
+def _cpu_allocation_peak(fn) -> int:
+    """Peak of CPU bytes allocated while ``fn`` runs, above what was allocated before, from the
+    profiler's allocation and free events (the CPU has no counterpart of max_memory_allocated)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"), key=lambda e: e.start_ns())
+    live = peak = 0
+    for e in events:
+        live += e.nbytes()
+        peak = max(peak, live)
+    return peak
+
+
+def test_step_peak_prediction_matches_the_profiled_cpu_peak() -> None:
+    # The same prediction the chapter checks on CUDA, checked here against real allocation events.
+    model, opt, x, y, n = _wide_step("cpu")
+    measured = {}
+    peak = _cpu_allocation_peak(lambda: measured.setdefault("step", memory.measure_step(model, opt, loss_fn, x, y, autocast_dtype=torch.bfloat16)))
+    step = measured["step"]
+    est = memory.estimate("bf16", n, n_matmul_params=memory.matmul_parameter_count(model), activation_elements=step["activations"] // 2)
+    predicted = memory.step_peak(est)
+    assert predicted["optimizer step"] == est["gradients"] + est["optimizer state"] // 2 > predicted["end of forward"]
+    assert predicted["predicted"] <= peak <= predicted["predicted"] * (1 + memory.PEAK_TOLERANCE)
+
+
+def test_step_peak_components() -> None:
+    est = memory.estimate("bf16", 1000, n_matmul_params=800, activation_elements=10_000)
+    assert memory.step_peak(est) == {"optimizer step": 4000 + 4000, "end of forward": 20_000 + 1600, "predicted": 21_600}
+    assert memory.step_peak(memory.estimate("fp32", 1000), "sgd")["optimizer step"] == 4000  # SGD updates in place
+    assert memory.step_peak(memory.estimate("fp32", 1000), "sgd_momentum")["optimizer step"] == 4000
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: torch.cuda.max_memory_allocated has no CPU counterpart")
+def test_step_peak_prediction_matches_max_memory_allocated() -> None:
+    model, opt, x, y, n = _wide_step("cuda", width=1024)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()  # weights, optimizer state, the batch, cuBLAS workspaces
+    step = memory.measure_step(model, opt, loss_fn, x, y, autocast_dtype=torch.bfloat16)
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - base
+    est = memory.estimate("bf16", n, n_matmul_params=memory.matmul_parameter_count(model), activation_elements=step["activations"] // 2)
+    predicted = memory.step_peak(est)["predicted"]
+    assert predicted <= peak <= predicted * (1 + memory.PEAK_TOLERANCE), (peak, predicted)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+from fractions import Fraction
+
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -219,8 +222,15 @@ def test_update_with_a_new_scale() -> None:
     s.step(opt)
     s.update(torch.tensor(64.0))
     assert s.get_scale() == 64.0
+    for value in (np.float32(32.0), np.int64(16), 8):
+        s.scale(model(torch.ones(1, 3)).sum()).backward()
+        s.step(opt)
+        s.update(value)
+        assert s.get_scale() == float(value)
     with pytest.raises(ValueError, match="new_scale"):
         s.update(torch.ones(2))
+    with pytest.raises(ValueError, match="new_scale should be a real number"):
+        s.update(True)
 
 
 def test_disabled_scaler_is_a_pass_through() -> None:
@@ -250,11 +260,43 @@ def test_disabled_scaler_is_a_pass_through() -> None:
         (dict(growth_interval=2.5), "growth_interval must be a whole number >= 1"),
         (dict(init_scale=0.0), "init_scale must be a finite number > 0"),
         (dict(init_scale=math.nan), "init_scale must be a finite number > 0"),
+        (dict(init_scale=True), "init_scale must be a finite number > 0"),
+        (dict(init_scale="65536"), "init_scale must be a finite number > 0"),
+        (dict(growth_factor=True), "growth_factor must be a finite number > 1"),
+        (dict(growth_factor="2"), "growth_factor must be a finite number > 1"),
+        (dict(backoff_factor=np.bool_(True)), "backoff_factor must be in \\(0, 1\\)"),
+        (dict(backoff_factor=None), "backoff_factor must be in \\(0, 1\\)"),
+        (dict(growth_interval=True), "growth_interval must be a whole number >= 1"),
+        (dict(growth_interval=np.float64(3.0)), "growth_interval must be a whole number >= 1"),
+        (dict(growth_interval="10"), "growth_interval must be a whole number >= 1"),
+        (dict(growth_interval=np.int64(0)), "growth_interval must be a whole number >= 1"),
     ],
 )
 def test_nonsense_settings_raise_clear_errors(kwargs, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         DynamicLossScaler(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(init_scale=np.float32(2.0**10), growth_factor=np.float64(2.0), backoff_factor=np.float32(0.5), growth_interval=np.int64(3)),
+        dict(init_scale=np.int64(1024), growth_factor=np.int32(2), backoff_factor=Fraction(1, 2), growth_interval=np.uint8(3)),
+        dict(init_scale=1024, growth_factor=2, backoff_factor=0.5, growth_interval=3),
+    ],
+    ids=["numpy floats", "numpy ints and a fraction", "python"],
+)
+def test_any_real_number_type_is_accepted_and_behaves_the_same(kwargs) -> None:
+    ours = DynamicLossScaler(**kwargs)
+    assert ours.get_scale() == 1024.0 and ours.get_growth_factor() == 2.0 and ours.get_backoff_factor() == 0.5
+    assert ours.get_growth_interval() == 3 and type(ours.get_growth_interval()) is int
+    static = StaticLossScaler(kwargs["init_scale"])
+    assert static.get_scale() == 1024.0
+    # Ours is built from these types; GradScaler (whose kernel takes Python floats only) from the same values.
+    as_python = dict(init_scale=1024.0, growth_factor=2.0, backoff_factor=0.5, growth_interval=3)
+    trace = compare_with_gradscaler(lambda **_: DynamicLossScaler(**kwargs), steps=12, seed=1,
+                                    events=["clean"] * 5 + ["inf"] + ["clean"] * 6, **as_python)
+    assert first_divergence(trace) is None and trace["scale"].nunique() > 1
 
 
 def test_every_problem_is_named_at_once_and_setters_validate() -> None:

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import xray
 from . import call, fail, register
 
 SLUG = "autocast"
@@ -209,3 +210,97 @@ def check_custom_fwd(make_sum_of_squares: Any) -> None:
             fail(label, f"for {case} the gradient is {None if x.grad is None else x.grad.dtype}, expected {dtype}.", hint)
         if not torch.allclose(x.grad.double(), 2 * x.detach().double(), rtol=1e-2):
             fail(label, f"for {case} the gradient is wrong.", "the derivative of sum(x_i^2) with respect to x_i is 2 x_i.")
+
+
+# ---- autocast-xray-predict -----------------------------------------------------------------------
+
+
+class XRayProbe(nn.Module):
+    """A tiny classifier over token ids in which each rule of CPU autocast shows at least once.
+
+    The residual stream is fp32 (embedding, then an fp32 + bf16 add), so the same op, softmax,
+    meets an fp32 input once and a bf16 input once; the matmuls take fp32 and mixed inputs.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(32, 16)
+        self.norm = nn.LayerNorm(16)
+        self.mlp = nn.Linear(16, 16)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        h = self.embed(ids)
+        x = torch.relu(self.mlp(self.norm(h)))
+        h = h + x
+        gate = torch.softmax(h, dim=-1)
+        scores = torch.softmax(h @ h.transpose(1, 2), dim=-1)
+        h = scores @ (h * gate)
+        return self.head(h.mean(dim=1))
+
+
+def xray_probe() -> xray.XRay:
+    """The x-ray of :class:`XRayProbe` and its cross-entropy loss under CPU bf16 autocast."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = XRayProbe()
+    gen = torch.Generator().manual_seed(0)
+    ids, targets = torch.randint(0, 32, (2, 5), generator=gen), torch.tensor([0, 3])
+    return xray.xray(model, ids, dtype=torch.bfloat16, device_type="cpu", loss_fn=lambda logits: F.cross_entropy(logits, targets))
+
+
+def xray_probe_rows() -> list[str]:
+    """The ops the x-ray records for :class:`XRayProbe`, in order, as ``"module: op"`` (no dtypes)."""
+    table = xray_probe().table
+    return [f"{module}: {op}" for module, op in zip(table["module"], table["op"])]
+
+
+def _xray_mistake(row: Any, predicted: torch.dtype) -> str:
+    """Why a prediction for one x-ray row is wrong, from what the x-ray measured for that row."""
+    op, effect, inputs = row["op"], row["effect"], row["inputs"]
+    if effect == "to low precision (autocast)":
+        return (f"{op} is on CPU autocast's low-precision list: whatever its floating inputs ({inputs}), autocast "
+                "casts them to bf16 and the result is bf16.")
+    if effect == "to fp32 (autocast)":
+        return f"{op} is on the fp32 list (losses are, on CPU and CUDA): autocast casts its inputs up to fp32."
+    extra = ""
+    if op == "softmax" and predicted == torch.float32:
+        extra = " (On CUDA softmax is on the fp32 list; on CPU it is on no list.)"
+    elif op == "softmax":
+        extra = " Not every op inside an autocast region runs in bf16: only the listed ones are cast."
+    return (f"{op} is on no CPU autocast list: it runs in the dtype its inputs arrive in ({inputs}), with PyTorch's "
+            f"ordinary type promotion when they are mixed.{extra}")
+
+
+@register(f"{SLUG}-xray-predict")
+def check_xray_predict(predict_xray: Any) -> None:
+    """``predict_xray()`` -> a list of torch dtypes, one per op of :func:`xray_probe_rows`, in order:
+    the output dtype the x-ray records for each op of :class:`XRayProbe` under CPU bf16 autocast."""
+    label = f"{SLUG}-xray-predict"
+    hint = (
+        "follow the dtypes through the model: ops on the low-precision list (linear, matmul) give bf16 whatever "
+        "their inputs; losses give fp32; every other op gives the dtype of its inputs, the wider one when they are "
+        "mixed. The embedding's table is fp32."
+    )
+    table = xray_probe().table
+    rows = [f"{module}: {op}" for module, op in zip(table["module"], table["op"])]
+    got = call(label, predict_xray)
+    if not isinstance(got, (list, tuple)):
+        fail(label, f"you returned {type(got).__name__}; expected a list of {len(rows)} dtypes, one per op, in order.", hint)
+    if len(got) != len(rows):
+        fail(label, f"you predicted {len(got)} dtypes; the x-ray records {len(rows)} ops.", "one dtype per row of xray_probe_rows(), in order.")
+    not_dtypes = [i for i, d in enumerate(got) if not isinstance(d, torch.dtype)]
+    if not_dtypes:
+        i = not_dtypes[0]
+        fail(label, f"prediction {i + 1} ({rows[i]}) is {got[i]!r}, not a torch dtype.", "use torch.float32 or torch.bfloat16.")
+    want = list(table["_output"])
+    wrong = [i for i, (g, w) in enumerate(zip(got, want)) if g != w]
+    if not wrong:
+        return
+    if all(d == torch.bfloat16 for d in got) or all(d == torch.float32 for d in got):
+        fail(label, f"you predicted {got[0]} for every op; the x-ray records {sum(w == torch.bfloat16 for w in want)} "
+                    f"bf16 and {sum(w == torch.float32 for w in want)} fp32 outputs.",
+             "autocast casts only the ops on its lists; the others follow their inputs. " + hint)
+    i = wrong[0]
+    fail(label, f"{len(wrong)} of {len(rows)} predictions are wrong. The first is op {i + 1}, {rows[i]}, for which you "
+                f"predicted {got[i]}: {_xray_mistake(table.iloc[i], got[i])}", hint)

@@ -295,34 +295,151 @@ def _loop_variant(bugs: frozenset[str]) -> Callable[..., None]:
     return epoch
 
 
-def _run_epoch(epoch_fn: Callable[..., Any], label: str | None = None) -> dict[str, Any]:
+class _SpyScaler(torch.amp.GradScaler):
+    """``torch.amp.GradScaler`` that also records which of its methods the loop called, in order.
+
+    Comparing parameters alone cannot tell a loop that uses the scaler from one that deletes it: at
+    a small scale that never overflows, ``loss.backward(); optimizer.step()`` takes the same steps.
+    The record shows whether every iteration went scale -> (unscale_) -> step -> update.
+    """
+
+    def __init__(self, init_scale: float, growth_interval: int) -> None:
+        super().__init__("cpu", init_scale=init_scale, growth_interval=growth_interval)
+        self.calls: list[str] = []
+        self.skipped = 0
+        self._in_step = False  # GradScaler.step calls unscale_ itself; that call is not the loop's
+
+    def scale(self, outputs: Any) -> Any:
+        self.calls.append("scale")
+        return super().scale(outputs)
+
+    def unscale_(self, optimizer: torch.optim.Optimizer) -> None:
+        if not self._in_step:
+            self.calls.append("unscale_")
+        super().unscale_(optimizer)
+
+    def step(self, optimizer: torch.optim.Optimizer, *args: Any, **kwargs: Any) -> Any:
+        self.calls.append("step")
+        self._in_step = True
+        try:
+            out = super().step(optimizer, *args, **kwargs)
+        finally:
+            self._in_step = False
+        state = self._per_optimizer_states[id(optimizer)]
+        self.skipped += int(sum(v.item() for v in state["found_inf_per_device"].values()) > 0)
+        return out
+
+    def update(self, new_scale: Any = None) -> None:
+        self.calls.append("update")
+        super().update(new_scale)
+
+
+#: The two runs of the check: a small scale that never overflows (so that each bug shows on its own)
+#: and a large one whose first steps overflow fp16 (so that a loop that does not skip them shows).
+_EPOCH_RUNS = {"small": dict(init_scale=2.0**4, growth_interval=2000), "overflow": dict(init_scale=2.0**20, growth_interval=2)}
+_EPOCH_BATCHES = 8
+
+
+def _run_epoch(epoch_fn: Callable[..., Any], run: str = "small", label: str | None = None) -> dict[str, Any]:
     model = _small_model(3)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**4)  # small, so no bug hides behind another
-    args = (model, opt, scaler, _batches(4, 6), 1.0)
+    scaler = _SpyScaler(**_EPOCH_RUNS[run])
+    args = (model, opt, scaler, _batches(4, _EPOCH_BATCHES), 1.0)
+    error = None
     with one_thread():
         if label:
-            call(label, epoch_fn, *args)
+            try:
+                call(label, epoch_fn, *args)
+            except ExerciseFailed as exc:
+                error = exc
         else:
             epoch_fn(*args)
-    return {"params": [p.detach().clone() for p in model.parameters()], "norms": [], "scale": scaler.get_scale()}
+    return {"params": [p.detach().clone() for p in model.parameters()], "norms": [], "scale": scaler.get_scale(),
+            "calls": scaler.calls, "skipped": scaler.skipped, "error": error}
+
+
+_ORDER = "scaler.scale(loss).backward(), scaler.unscale_(optimizer), clip, scaler.step(optimizer), scaler.update()"
+
+
+_ITERATIONS = (["scale", "step", "update"], ["scale", "unscale_", "step", "update"])
+
+
+def _protocol_problem(calls: list[str], batches: int, *, finished: bool = True) -> str | None:
+    """What is wrong with the order in which a loop called the scaler, or None if every iteration
+    went ``scale``, optionally ``unscale_``, ``step``, ``update``, once per batch.
+
+    For a loop that raised (``finished=False``) only the calls it made are judged: GradScaler raises
+    on some wrong orders (``unscale_`` after ``step``), and the order is the useful message then.
+    """
+    if finished and not calls:
+        return ("your loop never called the scaler it was given (if you made a scaler of your own, use the one "
+                "passed in). Without scaler.scale() small fp16 gradients underflow to zero, and without "
+                "scaler.step() a step whose gradients overflowed is taken anyway")
+    if finished:
+        for name, why in (("scale", "the loss is not scaled, so small fp16 gradients underflow to zero"),
+                          ("step", "optimizer.step() runs directly, so a step whose gradients hold inf or NaN is not skipped"),
+                          ("update", "the scale never backs off after an overflow nor grows after clean steps")):
+            if name not in calls:
+                return f"your loop never calls scaler.{name}(): {why}"
+    iterations: list[list[str]] = [[]]
+    for c in calls:
+        iterations[-1].append(c)
+        if c == "update":
+            iterations.append([])
+    last = iterations.pop()
+    if last and finished:
+        iterations.append(last)
+    elif last and not any(ok[: len(last)] == last for ok in _ITERATIONS):
+        iterations.append(last)
+    for i, it in enumerate(iterations, 1):
+        if it not in _ITERATIONS and it.count("scale") > 1:
+            return (f"in iteration {i} your loop called scaler.scale() again before scaler.update() ended the "
+                    f"iteration (the order was {' -> '.join(it)}); each iteration must call, in this order: {_ORDER}")
+        if it not in _ITERATIONS:
+            return (f"in iteration {i} your loop called the scaler in the order {' -> '.join(it)}; each iteration "
+                    f"must call, in this order: {_ORDER}")
+    if finished and len(iterations) != batches:
+        return f"your loop went through {len(iterations)} scaler iterations for {batches} batches: one per batch"
+    return None
 
 
 @register("loss_scaling-broken-loop")
 def check_broken_loop(fixed_epoch: Any) -> None:
-    """``fixed_epoch(model, optimizer, scaler, batches, max_norm)``: the broken loop with every bug fixed."""
+    """``fixed_epoch(model, optimizer, scaler, batches, max_norm)``: the broken loop with every bug fixed.
+
+    Two runs on identical models against the fixed loop: one at a small scale, where each of the
+    four bugs changes the parameters on its own, and one at a scale whose first steps overflow,
+    where only a loop that lets the scaler skip them and back off ends right. The scaler handed to
+    the loop records its calls, so a loop that leaves the scaler out, or calls it out of order, is
+    named as such.
+    """
     label = "loss_scaling-broken-loop"
-    want = _run_epoch(_loop_variant(frozenset()))
-    got = _run_epoch(fixed_epoch, label=label)
-    if _same_run(got, want):
-        return
-    for n in range(1, len(_LOOP_BUGS) + 1):
-        for bugs in itertools.combinations(_LOOP_BUGS, n):
-            if _same_run(got, _run_epoch(_loop_variant(frozenset(bugs)))):
-                left = "; ".join(_LOOP_BUGS[b] for b in bugs)
-                raise ExerciseFailed(
-                    f"{label}: your loop still behaves as if {len(bugs)} bug{'s' if n > 1 else ''} remained: {left}.\n"
-                    "Hint: fix that, and keep the rest of the loop as it is."
-                )
-    fail(label, "after one epoch your loop's parameters differ from the fixed loop's, and not in a way that one of the "
-                "known bugs explains.", "change only what is wrong: the loss, the gradient zeroing, the clipping, the steps.")
+    hint = f"keep the scaler and call it in this order in every iteration: {_ORDER}."
+    got = _run_epoch(fixed_epoch, "small", label=label)
+    problem = _protocol_problem(got["calls"], _EPOCH_BATCHES, finished=got["error"] is None)
+    if problem:
+        fail(label, problem + ".", hint)
+    if got["error"] is not None:
+        raise got["error"]
+    want = _run_epoch(_loop_variant(frozenset()), "small")
+    if not _same_run(got, want):
+        for n in range(1, len(_LOOP_BUGS) + 1):
+            for bugs in itertools.combinations(_LOOP_BUGS, n):
+                if _same_run(got, _run_epoch(_loop_variant(frozenset(bugs)), "small")):
+                    left = "; ".join(_LOOP_BUGS[b] for b in bugs)
+                    raise ExerciseFailed(
+                        f"{label}: your loop still behaves as if {len(bugs)} bug{'s' if n > 1 else ''} remained: {left}.\n"
+                        "Hint: fix that, and keep the rest of the loop as it is."
+                    )
+        fail(label, "after one epoch your loop's parameters differ from the fixed loop's, and not in a way that one of the "
+                    "known bugs explains.", "change only what is wrong: the loss, the gradient zeroing, the clipping, the steps.")
+    got = _run_epoch(fixed_epoch, "overflow", label=label)
+    if got["error"] is not None:
+        raise got["error"]
+    want = _run_epoch(_loop_variant(frozenset()), "overflow")
+    if not _same_run(got, want):
+        fail(label, f"with init_scale=2^{math.log2(_EPOCH_RUNS['overflow']['init_scale']):.0f}, whose first steps overflow fp16 "
+                    f"(the fixed loop skips {want['skipped']} of {_EPOCH_BATCHES} steps), your loop ends with other "
+                    f"parameters or scale (it skipped {got['skipped']}).",
+             "an overflowed step must be skipped and nothing else: let scaler.step() decide, and do not step, "
+             "zero or rescale anything yourself.")

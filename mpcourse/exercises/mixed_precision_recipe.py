@@ -40,23 +40,49 @@ def check_lost_update(update_survives: Any) -> None:
     w = torch.randn(4000, generator=gen) * torch.logspace(-3, 1, 4000)
     u = w * torch.logspace(-6, -1, 4000)[torch.randperm(4000, generator=gen)] * torch.sign(torch.randn(4000, generator=gen))
     exact_half_ulp = torch.tensor([1.0, 1.0, 1.0, 256.0]), torch.tensor([2.0**-9, 2.0**-8, 3 * 2.0**-9, 1.0])
+    # w just below 2 rounds up to 2 in bf16, where fp32's spacing doubles: an update of 2^-23 survives next to
+    # the fp32 w but is a tie (rounded away) next to 2. This case tells apart the answers that stay partly fp32.
+    below_two = torch.tensor([2.0 - 2.0**-20, 1.5]), torch.tensor([2.0**-23, 2.0**-23])
     cases = {
         "random weights and updates, bf16": (w, u, torch.bfloat16),
         "random weights and updates, fp16": (w, u, torch.float16),
         "random weights and updates, fp32": (w, u, torch.float32),
         "updates of exactly half an ulp and more (bf16, ties round to even)": (*exact_half_ulp, torch.bfloat16),
+        "weights just below a power of two, updates near fp32's resolution (bf16)": (*below_two, torch.bfloat16),
     }
+    answers = {
+        case: _as_bool_tensor(label, call(label, update_survives, wc.clone(), uc.clone(), dtype), wc.shape, case, hint)
+        for case, (wc, uc, dtype) in cases.items()
+    }
+
+    def partly_fp32(wc: torch.Tensor, uc: torch.Tensor, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        """What answers in which part of the computation stayed fp32 would return."""
+        return {
+            "everything was computed in fp32, nothing stored in `dtype`": (wc + uc) != wc,
+            "u stayed fp32, so adding it to w in `dtype` promoted the sum to fp32": (wc.to(dtype) + uc) != wc.to(dtype),
+            "the sum was rounded to `dtype` but compared with the fp32 w, which `dtype` cannot hold either": (
+                (wc.to(dtype) + uc.to(dtype)) != wc
+            ),
+        }
+
+    # A mistake is named only if it explains the answer on every case: on random data these three often
+    # coincide (every update "survives"), and the other cases tell them apart.
+    consistent = [
+        why for why in partly_fp32(w, u, torch.float32)
+        if all(torch.equal(answers[c], partly_fp32(*cases[c])[why]) for c in cases)
+    ]
     for case, (wc, uc, dtype) in cases.items():
-        got = _as_bool_tensor(label, call(label, update_survives, wc.clone(), uc.clone(), dtype), wc.shape, case, hint)
+        got = answers[case]
         want = (wc.to(dtype) + uc.to(dtype)) != wc.to(dtype)
         if torch.equal(got, want):
             continue
-        in_fp32 = (wc + uc) != wc
+        if consistent:
+            fail(label, f"for {case} your answer says {int(got.sum())} of {got.numel()} updates survive, as if part of the "
+                        f"computation stayed in fp32: {'; or '.join(consistent)}.",
+                 "keep all three in `dtype`: w converted, u converted, their sum (which stays in `dtype`), and compare "
+                 "it with w converted.")
         eps_rule = uc.abs() > torch.finfo(dtype).eps * wc.abs()
         half_eps_rule = uc.abs() >= torch.finfo(dtype).eps / 2 * wc.abs()
-        if torch.equal(got, in_fp32) or torch.equal(got, (wc.to(dtype) + uc) != wc.to(dtype)):
-            fail(label, f"for {case} your answer says almost every update survives: the sum was kept in fp32.",
-                 "adding an fp32 tensor to a low-precision one promotes the sum to fp32; keep both in `dtype`.")
         if torch.equal(got, eps_rule) or torch.equal(got, half_eps_rule):
             fail(label, f"for {case} you compared |u| with a multiple of eps*|w|; that rule is only approximate.",
                  "the spacing of floats is a power of two that depends on w's exponent, and ties round to "

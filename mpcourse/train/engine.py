@@ -49,8 +49,9 @@ OPTIMIZERS: dict[str, OptimizerFactory] = {
 _SCALER_METHODS = ("scale", "unscale_", "step", "update", "get_scale")
 
 #: Below this much work per step (parameters x predictions per batch), ``threads=None`` trains on one
-#: CPU thread: at this size coordinating threads costs more than it saves, and on a busy machine a
-#: multi-threaded tiny model runs up to ten times slower (measured on the course's 2-core CI machine).
+#: CPU thread: at this size coordinating threads costs more than it saves. How much more depends on
+#: how busy the machine's other cores are (the threads wait for each other), so no figure is given
+#: here: compare ``train(..., threads=1)`` with ``threads=2`` on your machine.
 SINGLE_THREAD_WORK = 2**25
 
 
