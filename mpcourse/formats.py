@@ -1042,8 +1042,9 @@ def torch_e4m3fn_saturates() -> bool:
     """Whether this PyTorch's CPU cast to ``float8_e4m3fn`` saturates an overflow to ±448.
 
     The OCP specification allows either behaviour. PyTorch's cast gave NaN (like ml_dtypes) until a
-    fix merged in April 2026 (pytorch/pytorch PR 178817, first in 2.12) made it saturate; Colab's
-    torch 2.11 still gives NaN. Ask the installed version instead of assuming.
+    fix merged in April 2026 (pytorch/pytorch PR 178817, first in 2.12) made it saturate; an older
+    torch (hosted notebook services often preinstall one) still gives NaN. Ask the installed
+    version instead of assuming.
     """
     import torch
 
