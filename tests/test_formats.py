@@ -572,6 +572,41 @@ def test_unknown_formats_are_rejected_with_the_accepted_names(bad) -> None:
         formats.get(bad)
 
 
+def test_get_none_is_an_error_not_float64() -> None:
+    """np.dtype(None) is float64: without its own check, get(None) would silently return FP64."""
+    with pytest.raises(TypeError, match=r"formats\.get\(None\): no format given.*'bf16'.*float8_e4m3fn.*FloatFormat"):
+        formats.get(None)
+    with pytest.raises(TypeError, match="no format given"):
+        formats.round_tensor(torch.ones(2), None)
+
+
+@pytest.mark.parametrize(
+    "args, error, message",
+    [
+        ((0, 3), ValueError, r"exponent_bits = 0 is out of range.*from 1 to 11"),
+        ((12, 3), ValueError, r"exponent_bits = 12 is out of range"),
+        ((4, -1), ValueError, r"mantissa_bits = -1 is out of range.*from 0 to 52"),
+        ((4, 53), ValueError, r"mantissa_bits = 53 is out of range"),
+        ((4, 0), ValueError, r"no room for IEEE infinity and NaN.*has_inf=False"),
+        ((4.5, 3), TypeError, r"exponent_bits must be an integer; got 4\.5 \(float\).*takes integers"),
+        ((4.0, 3), TypeError, r"exponent_bits must be an integer; got 4\.0"),
+        ((4, "3"), TypeError, r"mantissa_bits must be an integer; got '3' \(str\)"),
+        ((True, 3), TypeError, r"exponent_bits must be an integer; got True \(bool\)"),
+        ((4, None), TypeError, r"mantissa_bits must be an integer; got None"),
+    ],
+)
+def test_custom_validates_its_widths_up_front(args, error, message: str) -> None:
+    with pytest.raises(error, match=message):
+        formats.custom(*args)
+
+
+def test_custom_accepts_numpy_integers_and_checks_the_bias_type() -> None:
+    assert formats.custom(np.int64(3), np.uint8(4)) == formats.custom(3, 4)
+    assert formats.custom(4, 0, has_inf=False, nan="all_ones").eps == 1.0  # mantissa 0 is fine without IEEE NaNs
+    with pytest.raises(TypeError, match=r"bias must be an integer; got 7\.5"):
+        formats.custom(4, 3, bias=7.5)
+
+
 def test_ml_dtypes_lookalikes_are_not_mistaken_for_ocp_formats() -> None:
     with pytest.raises(ValueError, match=r"IEEE-style E4M3.*not OCP's float8_e4m3fn.*custom\(4, 3\)"):
         formats.get(ml_dtypes.float8_e4m3)
