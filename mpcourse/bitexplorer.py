@@ -40,19 +40,41 @@ def _field_of(fmt: formats.FloatFormat, position: int) -> str:
 
 
 def explain_value(fmt: formats.FloatFormat, value: float) -> str:
-    """HTML: what ``value`` becomes in ``fmt`` (pattern, rounding error) and its two neighbours."""
+    """HTML: what ``value`` becomes in ``fmt`` (pattern, rounding error) and its two neighbours.
+
+    Outside the format's range there is no neighbour on the far side, so instead of listing a NaN or
+    infinity as a "neighbour" it says what happens: overflow (and what saturation would store), or,
+    for an unsigned format, that a negative value has no pattern.
+    """
     try:
         pattern = int(fmt.encode(value))
     except ValueError as err:  # NaN into a format without NaN
         return f"<b>{value!r}</b>: {err}"
     stored = float(fmt.decode(pattern))
-    below, above = (float(v) for v in fmt.neighbours(value))
     lines = [f"<b>{value!r}</b> is stored as <code>{fmt.bit_string(pattern)}</code> = {stored!r}"]
     if math.isfinite(value) and math.isfinite(stored) and value != 0:
         lines.append(
             f"relative rounding error {abs(stored - value) / abs(value):.3g} (eps/2 = {fmt.eps / 2:.3g})"
         )
-    if math.isfinite(value):
+    if not math.isfinite(value):
+        return "<br>".join(lines)
+    if value < 0 and not fmt.signed:
+        lines.append(f"{fmt.name} has no sign bit: a negative value has no pattern")
+    elif abs(value) > fmt.max and not math.isfinite(stored):
+        saturated = float(fmt.round(value, saturate=True))
+        lines.append(
+            f"beyond the largest finite value {fmt.max!r}: overflow to {stored!r} "
+            f"(saturating would store {saturated!r})"
+        )
+    elif abs(value) > fmt.max:
+        why = (
+            "the format has neither infinity nor NaN, so it saturates"
+            if fmt.nan == "none"
+            else "it is at most half a step beyond it (a tie goes to the even pattern)"
+        )
+        lines.append(f"above the largest finite value {fmt.max!r}, so it rounds to it: {why}")
+    else:
+        below, above = (float(v) for v in fmt.neighbours(value))
         lines.append(f"neighbours: {below!r} below, {above!r} above")
     return "<br>".join(lines)
 

@@ -894,9 +894,16 @@ def get(name_or_dtype: Any) -> FloatFormat:
 
     Raises:
         ValueError: for an unknown name or dtype, listing the accepted names.
+        TypeError: for ``None``, which numpy would silently read as float64 (``np.dtype(None)``):
+            a missing format is a bug in the caller, not a request for float64.
     """
     if isinstance(name_or_dtype, FloatFormat):
         return name_or_dtype
+    if name_or_dtype is None:
+        raise TypeError(
+            "formats.get(None): no format given. Pass a name (e.g. 'fp16', 'bf16', 'e4m3', 'float8_e5m2'; "
+            f"all of them: {', '.join(ALL)}), a torch or numpy/ml_dtypes dtype, or a FloatFormat."
+        )
     if isinstance(name_or_dtype, str):
         key = name_or_dtype.strip().lower().removeprefix("torch.").removeprefix("ml_dtypes.")
     else:
@@ -937,8 +944,33 @@ def custom(
     """A format of your own: IEEE-like by default (bias ``2^(e-1) - 1``, infinities, NaNs, subnormals).
 
     ``custom(3, 4)`` is an E3M4 format, ``custom(4, 3, has_inf=False, nan="all_ones")`` is OCP's E4M3.
+
+    Raises:
+        TypeError: if ``exponent_bits``, ``mantissa_bits`` or ``bias`` is not an integer (a float such
+            as 4.5 or 4.0 is refused rather than truncated: a bit count has no fractions).
+        ValueError: if a width is out of range (``exponent_bits`` 1..11, ``mantissa_bits`` 0..52, at
+            least 1 with IEEE NaNs), checked here so the message names the argument, not a shift.
     """
-    bias = (1 << (exponent_bits - 1)) - 1 if bias is None else bias
+    accepted = (
+        "custom(exponent_bits, mantissa_bits) takes integers: exponent_bits from 1 to 11 and mantissa_bits "
+        "from 0 to 52 (at least 1 with the default IEEE infinity and NaNs), e.g. custom(3, 4) for E3M4"
+    )
+    for arg, value in (("exponent_bits", exponent_bits), ("mantissa_bits", mantissa_bits), ("bias", bias)):
+        if arg == "bias" and value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f"{arg} must be an integer; got {value!r} ({type(value).__name__}). {accepted}.")
+    exponent_bits, mantissa_bits = int(exponent_bits), int(mantissa_bits)
+    if not 1 <= exponent_bits <= 11:
+        raise ValueError(f"exponent_bits = {exponent_bits} is out of range. {accepted}.")
+    if not 0 <= mantissa_bits <= 52:
+        raise ValueError(f"mantissa_bits = {mantissa_bits} is out of range. {accepted}.")
+    if mantissa_bits == 0 and (has_inf or nan == "ieee"):
+        raise ValueError(
+            "mantissa_bits = 0 leaves no room for IEEE infinity and NaN (a NaN needs a non-zero mantissa); "
+            f"pass has_inf=False with nan='all_ones', 'negative_zero' or 'none'. {accepted}."
+        )
+    bias = (1 << (exponent_bits - 1)) - 1 if bias is None else int(bias)
     suffix = "" if (has_inf, nan) == (True, "ieee") else "fn" if nan == "all_ones" else "custom"
     return FloatFormat(
         name or f"e{exponent_bits}m{mantissa_bits}{suffix}",
@@ -1042,8 +1074,9 @@ def torch_e4m3fn_saturates() -> bool:
     """Whether this PyTorch's CPU cast to ``float8_e4m3fn`` saturates an overflow to ±448.
 
     The OCP specification allows either behaviour. PyTorch's cast gave NaN (like ml_dtypes) until a
-    fix merged in April 2026 (pytorch/pytorch PR 178817, first in 2.12) made it saturate; Colab's
-    torch 2.11 still gives NaN. Ask the installed version instead of assuming.
+    fix merged in April 2026 (pytorch/pytorch PR 178817, first in 2.12) made it saturate; an older
+    torch (hosted notebook services often preinstall one) still gives NaN. Ask the installed
+    version instead of assuming.
     """
     import torch
 

@@ -44,6 +44,12 @@ def sr_wrong(variant: str):
             away = torch.where(x < 0, ~up, up)  # the bug: "up" taken as toward +inf for negatives too
             out = torch.where(away, low + torch.sign(x) * gap, low)
             return torch.where((x == low) | torch.isinf(x), x, out).to(torch.bfloat16)
+        if variant in ("global-generator", "seeded-inside"):  # right bit trick, wrong source of randomness
+            if variant == "seeded-inside":
+                generator = torch.Generator().manual_seed(0)
+            noise = torch.randint(0, 1 << 16, x.shape, dtype=torch.int32,
+                                  generator=None if variant == "global-generator" else generator)
+            return ((bits + noise) & -65536).view(torch.float32).to(torch.bfloat16)
         if variant == "noise-on-value":  # adds up to a whole gap and then rounds to nearest: biased upward
             gap = torch.from_numpy(BF16.spacing(x.double().numpy())).float()
             return (x + torch.rand(x.shape, generator=generator) * gap * torch.sign(x)).to(torch.bfloat16)
@@ -71,6 +77,8 @@ def test_stochastic_round_accepts_the_package_implementation() -> None:
         ("15-bit-noise", "should be"),
         ("toward-plus-infinity", "negative values"),
         ("noise-on-value", "already a bf16 value"),
+        ("global-generator", "seeded alike rounded the same inputs differently"),
+        ("seeded-inside", "ignores `generator`"),
     ],
 )
 def test_stochastic_round_rejects_realistic_mistakes(variant: str, message: str) -> None:
@@ -229,7 +237,17 @@ def step_loss_outside_autocast(model, optimizer, loss_fn, inputs, targets) -> fl
     return loss.item()
 
 
-def step_with_harmless_scaler(model, optimizer, loss_fn, inputs, targets) -> float:
+def step_zero_grad_first(model, optimizer, loss_fn, inputs, targets) -> float:
+    optimizer.zero_grad()
+    with torch.autocast(device_type=inputs.device.type, dtype=torch.bfloat16):
+        loss = loss_fn(model(inputs), targets)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def step_with_scaler(model, optimizer, loss_fn, inputs, targets) -> float:
+    """Gives the right parameters (a scale of 2^16 is undone exactly), but bf16 needs no scaler."""
     scaler = torch.amp.GradScaler(inputs.device.type)
     optimizer.zero_grad()
     with torch.autocast(inputs.device.type, dtype=torch.bfloat16):
@@ -237,6 +255,41 @@ def step_with_harmless_scaler(model, optimizer, loss_fn, inputs, targets) -> flo
     scaler.scale(loss).backward()
     scaler.step(optimizer)
     scaler.update()
+    return loss.item()
+
+
+_SHARED_SCALER: list = []  # filled by the test before the check runs: the scaler exists before the step
+
+
+def step_with_scaler_built_outside(model, optimizer, loss_fn, inputs, targets) -> float:
+    """The scaler is made once, before the loop (as in the seed), and only used inside the step."""
+    scaler = _SHARED_SCALER[0]
+    with torch.autocast(inputs.device.type, dtype=torch.bfloat16):
+        loss = loss_fn(model(inputs), targets)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad()
+    return loss.item()
+
+
+def step_backward_inside_autocast(model, optimizer, loss_fn, inputs, targets) -> float:
+    """The same parameters as a correct step; PyTorch recommends against backward under autocast."""
+    with torch.autocast(inputs.device.type, dtype=torch.bfloat16):
+        loss = loss_fn(model(inputs), targets)
+        loss.backward()
+    optimizer.step()
+    optimizer.zero_grad()
+    return loss.item()
+
+
+def step_inputs_cast_to_bf16(model, optimizer, loss_fn, inputs, targets) -> float:
+    """Casting the inputs by hand: within rounding of a correct step, but autocast's job."""
+    with torch.autocast(inputs.device.type, dtype=torch.bfloat16):
+        loss = loss_fn(model(inputs.bfloat16()), targets)
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad()
     return loss.item()
 
 
@@ -273,9 +326,38 @@ def step_wrong(variant: str):
     return fn
 
 
-@pytest.mark.parametrize("fn", [step_reference, step_loss_outside_autocast, step_with_harmless_scaler])
+@pytest.mark.parametrize("fn", [step_reference, step_loss_outside_autocast, step_zero_grad_first])
 def test_fix_b2_accepts_correct_loops(fn) -> None:
     check("bf16-fix-b2", fn)
+
+
+@pytest.mark.parametrize(
+    "fn, message",
+    [
+        (step_with_scaler, r"uses a GradScaler \(GradScaler.init was called\)"),
+        (step_with_scaler_built_outside, r"uses a GradScaler \(GradScaler.scale was called\)"),
+        (step_backward_inside_autocast, "backward\\(\\) ran with autocast still on"),
+        (step_inputs_cast_to_bf16, "received inputs of dtype bfloat16: you cast them yourself"),
+    ],
+)
+def test_fix_b2_rejects_what_the_parameters_cannot_show(fn, message: str) -> None:
+    """Each of these leaves the parameters as a correct step does (or within rounding of it); the
+    check must see the step itself."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the deprecated torch.cuda.amp spelling of the seed
+        _SHARED_SCALER[:] = [torch.cuda.amp.GradScaler(enabled=False)]
+    with pytest.raises(ExerciseFailed, match=message):
+        check("bf16-fix-b2", fn)
+
+
+def test_fix_b2_check_leaves_no_spies_behind() -> None:
+    from torch.amp.grad_scaler import GradScaler
+
+    before = {name: getattr(GradScaler, name) for name in ("__init__", "scale", "step", "unscale_")}
+    with pytest.raises(ExerciseFailed):
+        check("bf16-fix-b2", step_with_scaler)
+    assert {name: getattr(GradScaler, name) for name in before} == before
+    check("bf16-fix-b2", step_reference)  # and a correct answer still passes afterwards
 
 
 @pytest.mark.parametrize(

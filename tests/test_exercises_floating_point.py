@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 
+import ml_dtypes
 import numpy as np
 import pytest
+import torch
 
 from mpcourse import formats
 from mpcourse.exercises import ExerciseFailed, check
@@ -138,9 +140,50 @@ def bf16_reference(x: np.ndarray) -> np.ndarray:
     return np.where(np.isnan(x), quiet_nan, rounded).astype(np.uint16)
 
 
-def test_bf16_accepts_the_reference_and_formats() -> None:
+def test_bf16_accepts_the_reference() -> None:
     check("floating_point-bf16-rne", bf16_reference)
-    check("floating_point-bf16-rne", lambda x: formats.BF16.encode(x))
+
+
+def bf16_with_torch_integers(x: np.ndarray) -> np.ndarray:
+    """The same integer rounding done with torch's integer tensors, and a bf16 *view* of the result at
+    the end (a reinterpretation of bits, not a conversion): also the learner's own rounding."""
+    u = torch.from_numpy(np.asarray(x, np.float32).view(np.int32).astype(np.int64))
+    rounded = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16) & 0xFFFF
+    bits = torch.where(torch.from_numpy(np.isnan(x)), ((u >> 16) | 0x40) & 0xFFFF, rounded)
+    as_bf16 = bits.to(torch.int32).to(torch.int16).view(torch.bfloat16)  # reinterpretation only
+    return as_bf16.view(torch.int16).numpy().view(np.uint16)
+
+
+def test_bf16_accepts_integer_rounding_in_torch() -> None:
+    check("floating_point-bf16-rne", bf16_with_torch_integers)
+
+
+def bf16_by_ml_dtypes(x: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore"):  # signalling NaNs among the inputs
+        return x.astype(ml_dtypes.bfloat16).view(np.uint16)
+
+
+def bf16_by_ml_dtypes_asarray(x: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore"):  # np.asarray's cast is not seen at run time: caught by name
+        return np.asarray(np.asarray(x), dtype=ml_dtypes.bfloat16).view(np.uint16)
+
+
+@pytest.mark.parametrize(
+    "library_cast, message",
+    [
+        (lambda x: torch.from_numpy(x).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16), "torch"),
+        (lambda x: torch.from_numpy(np.asarray(x)).bfloat16().view(torch.uint16).numpy(), "torch"),
+        (lambda x: torch.tensor(np.asarray(x), dtype=torch.bfloat16).view(torch.uint16).numpy(), "torch"),
+        (lambda x: formats.BF16.encode(x), "mpcourse.formats"),
+        (lambda x: formats.BF16.encode(formats.round_tensor(torch.from_numpy(np.asarray(x)), "bf16")), "formats"),
+        (bf16_by_ml_dtypes, r"astype\(bfloat16\) \(ml_dtypes\)"),
+        (bf16_by_ml_dtypes_asarray, "ml_dtypes"),
+    ],
+)
+def test_bf16_rejects_a_library_cast(library_cast, message: str) -> None:
+    """A library's cast gives exactly the right bits; the exercise is to round with integer operations."""
+    with pytest.raises(ExerciseFailed, match=f"lets a library round to bf16: .*{message}"):
+        check("floating_point-bf16-rne", library_cast)
 
 
 def _u(x):

@@ -9,6 +9,7 @@ float32 neighbours, each format's subnormal range and its overflow boundary.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import ml_dtypes
@@ -442,6 +443,75 @@ def test_stochastic_rounding_is_unbiased_and_picks_a_neighbour() -> None:
     assert np.array_equal(rounded, bf16.round(x, rounding="stochastic", rng=0))  # reproducible by seed
 
 
+def _stochastic_inputs(fmt: FloatFormat) -> np.ndarray:
+    """Values strictly inside the range of ``fmt``, at known fractions of their gap: normal values of
+    several binades, subnormals (below tiny, where the gap is the smallest subnormal), values between
+    zero and the smallest subnormal, exact values (which must come back unchanged), and their negatives."""
+    fractions = np.array([0.0, 0.1, 0.25, 0.5, 0.9])
+    lows = [fmt.tiny, 1.0, fmt.max / 2]  # lower neighbours in three binades (all values of the format)
+    if fmt.subnormals:
+        lows += [0.0, fmt.smallest_subnormal, fmt.tiny - 2 * fmt.smallest_subnormal]  # subnormal range
+    lows = np.array([v for v in lows if v < fmt.max])
+    gaps = np.where(lows < fmt.tiny, fmt.smallest_subnormal, fmt.spacing(lows))
+    if not fmt.subnormals:  # E8M0: the gap above 2^k is 2^k (no mantissa bits)
+        gaps = lows.copy()
+    x = (lows[:, None] + fractions[None, :] * gaps[:, None]).ravel()
+    assert np.array_equal(fmt.round(lows), lows)  # the grid is made of the format's own values
+    return np.concatenate([x, -x]) if fmt.signed else x
+
+
+#: Formats for the statistics of stochastic rounding: IEEE-like, OCP fp8, fnuz, fp4, E8M0, TF32, custom.
+STOCHASTIC_FORMATS = ["bfloat16", "float16", "tf32", "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz",
+                      "float8_e5m2fnuz", "float4_e2m1fn", "float8_e8m0fnu", "e3m4"]
+
+
+def _format(name: str) -> FloatFormat:
+    return formats.custom(3, 4) if name == "e3m4" else formats.get(name)
+
+
+@pytest.mark.parametrize("name", STOCHASTIC_FORMATS)
+def test_stochastic_rounding_picks_a_neighbour_and_is_unbiased(name: str) -> None:
+    """Every result is one of the two neighbours; the mean of many results is the input.
+
+    For an input a fraction p of the gap g above its lower neighbour, one result is that neighbour
+    plus g with probability p: its standard deviation is g * sqrt(p (1 - p)), so the mean of N draws has
+    standard error g * sqrt(p (1 - p) / N). The test allows 5 standard errors per input (a chance of
+    about 6e-7 each to fail for a correct implementation; the seed is fixed, so the test is repeatable).
+    Exact inputs (p = 0) have no spread at all and must come back exactly.
+    """
+    fmt, draws = _format(name), 4000
+    x = _stochastic_inputs(fmt)
+    below, above = fmt.neighbours(x)
+    rounded = fmt.round(np.broadcast_to(x, (draws, x.size)), rounding="stochastic", rng=1)
+    assert ((rounded == below) | (rounded == above)).all()
+    gap = above - below
+    p = np.divide(np.abs(x - below), gap, out=np.zeros_like(x), where=gap > 0)
+    standard_error = gap * np.sqrt(p * (1 - p) / draws)
+    bias = np.abs(rounded.mean(axis=0) - x)
+    too_far = bias > 5 * standard_error + 1e-12 * np.abs(x)  # (the 1e-12: float64 rounding of the mean)
+    assert not too_far.any(), x[too_far]
+    exact = gap == 0
+    assert exact.any() and (rounded[:, exact] == x[exact]).all()
+    inexact = (p > 0.05) & (p < 0.95)
+    assert (rounded[:, inexact] != rounded[0, inexact]).any(axis=0).all()  # random, not a fixed rounding
+
+
+@pytest.mark.parametrize("name", ["bfloat16", "float8_e4m3fn", "float8_e5m2fnuz", "float4_e2m1fn"])
+def test_round_tensor_stochastic_picks_a_neighbour_and_is_unbiased(name: str) -> None:
+    """The same statistics through round_tensor with a torch generator (the path a GPU takes)."""
+    fmt, draws = _format(name), 4000
+    x = _stochastic_inputs(fmt)
+    below, above = fmt.neighbours(x)
+    t = torch.from_numpy(np.broadcast_to(x, (draws, x.size)).copy())
+    gen = torch.Generator().manual_seed(3)
+    rounded = formats.round_tensor(t, fmt, rounding="stochastic", generator=gen).numpy()
+    assert ((rounded == below) | (rounded == above)).all()
+    gap = above - below
+    p = np.divide(np.abs(x - below), gap, out=np.zeros_like(x), where=gap > 0)
+    standard_error = gap * np.sqrt(p * (1 - p) / draws)
+    assert (np.abs(rounded.mean(axis=0) - x) <= 5 * standard_error + 1e-12 * np.abs(x)).all()
+
+
 # ---- round_tensor: the same algorithm with torch operations --------------------------------------
 
 
@@ -456,6 +526,46 @@ def test_the_torch_algorithm_matches_numpys(name: str, sample: np.ndarray) -> No
     for saturate, rounding in modes:
         got = _round_with_torch(t, fmt, saturate=saturate, rounding=rounding, generator=None).numpy()
         assert same_values(got, fmt.round(values, saturate=saturate, rounding=rounding)).all(), (saturate, rounding)
+    # Stochastic rounding: the two backends draw from different generators, so give both the same
+    # uniform numbers; the rest of the algorithm must then agree bit for bit, patterns included.
+    uniform = np.random.default_rng(4).random(values.shape)
+    numpy_ops = formats._numpy_ops(fmt)._replace(uniform=lambda x, rng: uniform)
+    torch_ops = formats._torch_ops()._replace(uniform=lambda x, rng: torch.from_numpy(uniform))
+    for saturate in (False, True):
+        options = {"saturate": saturate, "rounding": "stochastic", "rng": None, "want_codes": True}
+        want_value, want_code = formats._round(values.astype(np.float64), fmt, numpy_ops, **options)
+        got_value, got_code = formats._round(t.clone(), fmt, torch_ops, **options)
+        assert same_values(got_value.numpy(), want_value).all(), saturate
+        assert np.array_equal(got_code.numpy(), want_code), saturate
+
+
+def test_the_formats_benchmark_prints_and_saves_every_case(tmp_path, capsys) -> None:
+    """``mpcourse bench formats --quick``, run through the command line: its table has one row per case.
+
+    No timing thresholds (they would depend on the machine): only that every case ran, was printed
+    and was saved with a positive, finite median.
+    """
+    from mpcourse import cli
+
+    out = tmp_path / "formats.json"
+    assert cli.main(["bench", "formats", "--quick", "--save", str(out)]) == 0
+    n = "100,000"  # --quick encodes 10^5 values instead of 10^6
+    expected = [
+        "decode all 65,536 float16 patterns",
+        "decode all 65,536 bfloat16 patterns",
+        *(f"encode {n} float32 values to {name}" for name in
+          ("float16", "bfloat16", "float8_e4m3fn", "float8_e5m2", "float4_e2m1fn")),
+        f"round {n} float32 values to float8_e4m3fn",
+        f"round_tensor {n} float32 values (CPU tensor) to float8_e4m3fn",
+    ]
+    printed = [line.strip() for line in capsys.readouterr().out.splitlines()]
+    timed = [line for line in printed if line.endswith(" ms")]
+    assert [line.rsplit(None, 2)[0] for line in timed] == expected
+    record = json.loads(out.read_text())
+    assert record["benchmark"] == "formats" and {"numpy", "torch", "date", "machine"} <= set(record)
+    assert [row["case"] for row in record["results"]] == expected
+    for row in record["results"]:
+        assert row["repeats"] == 5 and 0 < row["min_s"] <= row["median_s"] < math.inf
 
 
 def test_round_tensor_keeps_dtype_and_agrees_with_torch_casts() -> None:
@@ -570,6 +680,41 @@ def test_unknown_formats_are_rejected_with_the_accepted_names(bad) -> None:
         ValueError, match=r"unknown floating-point format.*float8_e4m3fn \(e4m3.*formats\.custom"
     ):
         formats.get(bad)
+
+
+def test_get_none_is_an_error_not_float64() -> None:
+    """np.dtype(None) is float64: without its own check, get(None) would silently return FP64."""
+    with pytest.raises(TypeError, match=r"get\(None\): no format given.*'bf16'.*float8_e4m3fn.*FloatFormat"):
+        formats.get(None)
+    with pytest.raises(TypeError, match="no format given"):
+        formats.round_tensor(torch.ones(2), None)
+
+
+@pytest.mark.parametrize(
+    "args, error, message",
+    [
+        ((0, 3), ValueError, r"exponent_bits = 0 is out of range.*from 1 to 11"),
+        ((12, 3), ValueError, r"exponent_bits = 12 is out of range"),
+        ((4, -1), ValueError, r"mantissa_bits = -1 is out of range.*from 0 to 52"),
+        ((4, 53), ValueError, r"mantissa_bits = 53 is out of range"),
+        ((4, 0), ValueError, r"no room for IEEE infinity and NaN.*has_inf=False"),
+        ((4.5, 3), TypeError, r"exponent_bits must be an integer; got 4\.5 \(float\).*takes integers"),
+        ((4.0, 3), TypeError, r"exponent_bits must be an integer; got 4\.0"),
+        ((4, "3"), TypeError, r"mantissa_bits must be an integer; got '3' \(str\)"),
+        ((True, 3), TypeError, r"exponent_bits must be an integer; got True \(bool\)"),
+        ((4, None), TypeError, r"mantissa_bits must be an integer; got None"),
+    ],
+)
+def test_custom_validates_its_widths_up_front(args, error, message: str) -> None:
+    with pytest.raises(error, match=message):
+        formats.custom(*args)
+
+
+def test_custom_accepts_numpy_integers_and_checks_the_bias_type() -> None:
+    assert formats.custom(np.int64(3), np.uint8(4)) == formats.custom(3, 4)
+    assert formats.custom(4, 0, has_inf=False, nan="all_ones").eps == 1.0  # no IEEE NaNs: mantissa 0 is fine
+    with pytest.raises(TypeError, match=r"bias must be an integer; got 7\.5"):
+        formats.custom(4, 3, bias=7.5)
 
 
 def test_ml_dtypes_lookalikes_are_not_mistaken_for_ocp_formats() -> None:

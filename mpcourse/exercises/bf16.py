@@ -7,7 +7,9 @@ training step under ``torch.autocast`` for the corrected seed loop.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -112,6 +114,22 @@ def check_stochastic_round(stochastic_round_bf16: Any) -> None:
     mean_error = ((out.float().double().mean(dim=0) - x.double()) / gaps[:, None].double()).abs().max().item()
     if mean_error > 0.05:
         fail(label, f"the average of many roundings misses the input by {mean_error:.2f} of a gap.", hint)
+    # The randomness must come from `generator`: reproducible with it, different across seeds. (A
+    # global generator, or one seeded inside the function, passes every statistical test above.)
+    inexact = values[low != high].clone()
+    first, again, other = (
+        call(label, stochastic_round_bf16, inexact.clone(), torch.Generator().manual_seed(seed))
+        for seed in (11, 11, 12)
+    )
+    generator_hint = ("draw the random integers from the generator you are given: torch.randint(..., "
+                      "generator=generator); do not seed or use torch's global generator inside the "
+                      "function.")
+    if not torch.equal(first, again):
+        fail(label, "two calls with generators seeded alike rounded the same inputs differently: the "
+             "random bits do not come (only) from `generator`.", generator_hint)
+    if torch.equal(first, other):
+        fail(label, f"generators with different seeds gave exactly the same roundings of {inexact.numel()} "
+             "inexact values: your function ignores `generator` (a fixed seed inside it?).", generator_hint)
 
 
 # ---- bf16-update-survives -------------------------------------------------------------------------
@@ -310,6 +328,63 @@ def _distance(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
     return max((x.double() - y.double()).abs().max().item() for x, y in zip(a, b))
 
 
+def _autocast_on() -> bool:
+    """Whether autocast is enabled for the CPU or CUDA on this thread (torch >= 2.4's spelling)."""
+    return any(torch.is_autocast_enabled(device_type) for device_type in ("cpu", "cuda"))
+
+
+class _StepWatch:
+    """What a training step does that its result cannot show: the dtypes the model's inputs arrive in
+    (a forward pre-hook), and whether autocast is still on while gradients are computed (a hook on each
+    parameter's gradient runs inside backward, on the thread that called it for CPU tensors).
+
+    A GradScaler and a backward under autocast leave the parameters exactly as a correct bf16 step does,
+    and casting the inputs changes them by less than any tolerance could separate, so only watching
+    the step tells them apart.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.input_dtypes: set[torch.dtype] = set()
+        self.backward_under_autocast = False
+        self.handles = [model.register_forward_pre_hook(self._forward)]
+        self.handles += [p.register_hook(self._gradient) for p in model.parameters()]
+
+    def _forward(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        self.input_dtypes.update(a.dtype for a in args if isinstance(a, torch.Tensor))
+
+    def _gradient(self, grad: torch.Tensor) -> None:
+        self.backward_under_autocast |= _autocast_on()
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+@contextlib.contextmanager
+def _grad_scaler_uses() -> Iterator[list[str]]:
+    """Record every GradScaler built or used meanwhile (torch.amp's class, which the deprecated
+    torch.cuda.amp and torch.cpu.amp ones subclass), however the learner imported it."""
+    from torch.amp.grad_scaler import GradScaler
+
+    used: list[str] = []
+    originals = {name: getattr(GradScaler, name) for name in ("__init__", "scale", "step", "unscale_")}
+
+    def spy(name: str):  # noqa: ANN202
+        def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+            used.append(name)
+            return originals[name](self, *args, **kwargs)
+
+        return wrapper
+
+    for name in originals:
+        setattr(GradScaler, name, spy(name))
+    try:
+        yield used
+    finally:
+        for name, original in originals.items():
+            setattr(GradScaler, name, original)
+
+
 @register("bf16-fix-b2")
 def check_fix_b2(bf16_train_step: Any) -> None:
     """``bf16_train_step(model, optimizer, loss_fn, inputs, targets) -> float``: one correct bf16 AMP step."""
@@ -324,20 +399,42 @@ def check_fix_b2(bf16_train_step: Any) -> None:
     loss_fn = nn.CrossEntropyLoss()
     start = [p.detach().clone() for p in model.parameters()]
     losses = []
-    for x, y in _b2_batches():
-        got = call(label, bf16_train_step, model, opt, loss_fn, x.clone(), y.clone())
+    watch = _StepWatch(model)
+    try:
+        with _grad_scaler_uses() as scaler_uses:
+            for x, y in _b2_batches():
+                losses.append(call(label, bf16_train_step, model, opt, loss_fn, x.clone(), y.clone()))
+    finally:
+        watch.remove()
+    for got in losses:
         if isinstance(got, torch.Tensor) and got.numel() == 1:
             fail(label, "you returned the loss as a tensor.", "return loss.item(), a Python float (a tensor would keep "
                  "the autograd graph alive).")
         if not isinstance(got, (int, float)):
             fail(label, f"you returned {type(got).__name__}, not a number.", "return loss.item().")
-        losses.append(float(got))
+    losses = [float(v) for v in losses]
     params = list(model.parameters())
     dtypes = {str(p.dtype).removeprefix("torch.") for p in params}
     if dtypes != {"float32"}:
         fail(label, f"after your steps the parameters are {'/'.join(sorted(dtypes))}.",
              "the parameters must stay fp32: they are the master weights. Autocast casts to bf16 on the fly, "
              "inside each op; .half() (the seed's bug) makes them fp16, not bf16, and drops the fp32 copy.")
+    if scaler_uses:
+        fail(label, f"your step uses a GradScaler (GradScaler.{scaler_uses[0].strip('_')} was called).",
+             "bf16 has fp32's exponent range, so gradients do not underflow and need no loss scaling: "
+             "drop the scaler, call loss.backward() and optimizer.step() directly. (The seed's scaler "
+             "belongs to fp16.)")
+    cast_inputs = sorted(str(d).removeprefix("torch.") for d in watch.input_dtypes - {torch.float32})
+    if cast_inputs:
+        fail(label, f"the model received inputs of dtype {', '.join(cast_inputs)}: you cast them yourself.",
+             "pass the fp32 inputs as they are. Autocast casts to bf16 inside each op that gains from it "
+             "and keeps fp32 where precision matters; casting by hand (the seed's inputs.half(), or "
+             ".bfloat16()) takes that choice away, and .half() is fp16 anyway.")
+    if watch.backward_under_autocast:
+        fail(label, "backward() ran with autocast still on.",
+             "close the autocast block after the loss and call loss.backward() outside it: PyTorch "
+             "recommends against backward passes under autocast; backward already runs each op in the "
+             "dtype its forward used.")
     got_params = [p.detach().clone() for p in params]
     if _distance(got_params, start) == 0:
         fail(label, "the parameters did not change.", "call optimizer.step() after backward().")

@@ -6,8 +6,11 @@ casts and fp8 dtypes, and :mod:`mpcourse.formats` (itself tested against ml_dtyp
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
-from collections.abc import Callable
+import tokenize
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -234,12 +237,107 @@ def _bf16_cases() -> np.ndarray:
     return np.concatenate([special, ties, near, random]).astype(np.uint32).view(np.float32)
 
 
+class _WatchedArray(np.ndarray):
+    """The float32 input, as an ndarray subclass that notices a float -> bfloat16 ``astype``.
+
+    numpy calls ``__array_finalize__`` for every array derived from this one (``astype`` and ``view``
+    included; a view's ``base`` is its parent, a converted copy's is not), so ``x.astype(bfloat16)``
+    with ml_dtypes's type is seen however the type was imported.
+    """
+
+    casts: list[str]
+
+    def __array_finalize__(self, obj: Any) -> None:
+        if not isinstance(obj, np.ndarray):
+            return
+        self.casts = getattr(obj, "casts", [])
+        if self.dtype.name == "bfloat16" and obj.dtype.kind == "f" and self.base is not obj:
+            self.casts.append(f"x.astype({self.dtype.name}) (ml_dtypes)")
+
+
+def _names_used(fn: Any) -> set[str]:
+    """The identifiers in ``fn``'s source (comments and strings excluded); empty if there is no source."""
+    import inspect
+
+    try:
+        source = inspect.getsource(fn)
+    except (OSError, TypeError):
+        return set()
+    try:
+        tokens = tokenize.generate_tokens(io.StringIO(source).readline)
+        return {t.string for t in tokens if t.type == tokenize.NAME}
+    except (tokenize.TokenError, IndentationError, SyntaxError):
+        return set()
+
+
+@contextlib.contextmanager
+def _library_bf16_casts() -> Iterator[list[str]]:
+    """Record conversions to bf16 that a library does: any torch call given ``torch.bfloat16`` (``.to``,
+    ``.bfloat16()``, ``torch.tensor(..., dtype=...)``, ...; a ``.view`` reinterprets bits and is allowed)
+    and mpcourse.formats's rounding. The exercise is to round with integer operations, which none of
+    these is; their results are bit-identical to the right answer, so only watching can tell.
+    """
+    from torch.overrides import TorchFunctionMode
+
+    found: list[str] = []
+
+    class Spy(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+            kwargs = kwargs or {}
+            name = getattr(func, "__name__", str(func))
+            to_bf16 = name == "bfloat16" or any(a is torch.bfloat16 for a in (*args, *kwargs.values()))
+            if to_bf16 and name != "view":  # a view reinterprets bits: no rounding happens
+                found.append(f"torch ({name} to torch.bfloat16)")
+            return func(*args, **kwargs)
+
+    originals = {
+        "_round_numpy": formats.FloatFormat._round_numpy,
+        "_round_with_torch": formats._round_with_torch,
+    }
+
+    def round_numpy(self: formats.FloatFormat, *args: Any, **kwargs: Any) -> Any:
+        found.append(f"mpcourse.formats ({self.name})")
+        return originals["_round_numpy"](self, *args, **kwargs)
+
+    def round_with_torch(t: Any, fmt: formats.FloatFormat, **kwargs: Any) -> Any:
+        found.append(f"mpcourse.formats.round_tensor ({fmt.name})")
+        return originals["_round_with_torch"](t, fmt, **kwargs)
+
+    formats.FloatFormat._round_numpy = round_numpy  # type: ignore[method-assign]
+    formats._round_with_torch = round_with_torch
+    try:
+        with Spy():
+            yield found
+    finally:
+        formats.FloatFormat._round_numpy = originals["_round_numpy"]  # type: ignore[method-assign]
+        formats._round_with_torch = originals["_round_with_torch"]
+
+
 @register("floating_point-bf16-rne")
 def check_bf16_rne(fp32_to_bf16_bits: Any) -> None:
-    """``fp32_to_bf16_bits(x)``: uint16 bf16 patterns of a float32 array, round to nearest even."""
+    """``fp32_to_bf16_bits(x)``: uint16 bf16 patterns of a float32 array, round to nearest even.
+
+    Besides the values, the check makes sure the rounding is the learner's own: a library cast to bf16
+    (torch, ml_dtypes, mpcourse.formats) gives the same bits but skips the exercise, so it is refused.
+    """
     label = "floating_point-bf16-rne"
     x = _bf16_cases()
-    got = call(label, fp32_to_bf16_bits, x.copy())
+    watched = x.copy().view(_WatchedArray)
+    watched.casts = []
+    with _library_bf16_casts() as casts:
+        got = call(label, fp32_to_bf16_bits, watched)
+    casts += watched.casts
+    if "ml_dtypes" in _names_used(fp32_to_bf16_bits):
+        casts.append("ml_dtypes (named in your function)")
+    if casts:
+        fail(
+            label,
+            f"your function lets a library round to bf16: {casts[0]}. That gives the right bits, but the "
+            "exercise is to do the rounding yourself.",
+            "work on the integers of x.view(np.uint32): add 0x7FFF plus the last bit you keep (bit 16), "
+            "shift right by 16, and treat NaNs separately. No .to(torch.bfloat16), ml_dtypes or "
+            "mpcourse.formats.",
+        )
     got = np.asarray(got)
     if got.shape != x.shape or not np.issubdtype(got.dtype, np.integer):
         fail(
