@@ -163,11 +163,16 @@ def gpu_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in records if r["environment"].get("kind") == "cuda"]
 
 
-def missing_gpu_note(topic: str, folder: str = "mpcourse/bench/reference") -> str:
-    """What to say, and how to fix it, when no stored record of ``topic`` comes from a GPU."""
+def missing_gpu_note(topic: str, folder: str = "mpcourse/bench/reference", file: str | None = None,
+                     device: str = "a GPU") -> str:
+    """What to say, and how to fix it, when no stored record of ``topic`` comes from a GPU.
+
+    Every chapter says it in these words; ``file`` (default ``<gpu>-TOPIC.json``) and ``device``
+    (which GPUs can run the benchmark) adapt it to a topic.
+    """
     return (
         f"No GPU reference results are stored yet for `mpcourse bench {topic}`; run "
-        f"`mpcourse bench {topic} --save {folder}/<gpu>-{topic}.json` on a GPU to add yours."
+        f"`mpcourse bench {topic} --save {folder}/{file or f'<gpu>-{topic}.json'}` on {device} to add yours."
     )
 
 
