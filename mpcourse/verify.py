@@ -43,12 +43,29 @@ def environment() -> dict[str, object]:
     }
 
 
-def _commit() -> str | None:
+#: The folder holding the ``mpcourse`` package: the repository root in a source checkout.
+PACKAGE_PARENT = Path(__file__).resolve().parent.parent
+
+
+def _commit(where: Path | None = None) -> str | None:
+    """The commit of the course code that ran, or None when it is not a git checkout.
+
+    Git runs in the folder holding the package (``where``, default :data:`PACKAGE_PARENT`), not
+    in the current directory: ``mpcourse bench`` or ``verify`` started from another repository
+    must not record that repository's commit. The folder must be the top of its repository,
+    so an installed package (in ``site-packages``, perhaps inside a virtual environment that
+    itself lies in some repository) records None rather than a commit it did not come from.
+    """
+    folder = Path(where or PACKAGE_PARENT).resolve()
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10)
+        out = subprocess.run(["git", "rev-parse", "--show-toplevel", "--short", "HEAD"], cwd=folder,
+                             capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None
+    lines = out.stdout.split()
+    if out.returncode != 0 or len(lines) != 2 or Path(lines[0]).resolve() != folder:
+        return None
+    return lines[1]
 
 
 def run_chapter(path: Path, profile_name: str, timeout: int = 1800, executed_dir: Path | None = None) -> dict[str, object]:

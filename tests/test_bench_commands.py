@@ -54,4 +54,9 @@ def test_quick_train_prints_recipes_and_saves_results(tmp_path, capsys) -> None:
         assert word in out
     record = results.load(path)
     assert record["topic"] == "train" and set(record["tables"]) == {"recipes", "kernels", "config"}
-    assert {"fp32", "bf16"} <= {r["recipe"] for r in record["tables"]["recipes"]}
+    rows = {r["recipe"]: r for r in record["tables"]["recipes"]}
+    assert {"fp32", "bf16", "fp8_tensorwise", "fp8_delayed", "fp8_rowwise", "fp8_blockwise", "mxfp8"} <= set(rows)
+    assert rows["fp8_rowwise"]["samples_per_s"] > 0
+    if not device.capabilities().fp8_native:  # torchao needs fp8 tensor cores: listed, not run, with the reason
+        assert rows["torchao_tensorwise"]["status"] == "skipped" and rows["torchao_tensorwise"]["note"]
+        assert "not measured:" in out and "torchao_tensorwise (skipped)" in out

@@ -64,3 +64,20 @@ def test_shipped_reference_results_load_and_are_packaged() -> None:
             assert {"precision", "m", "n", "k", "tflops", "pct_of_peak", "rel_error"} <= set(frame)
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert '"mpcourse.bench" = ["reference/*.json"]' in pyproject.split("[tool.setuptools.package-data]")[1]
+
+
+def test_records_from_several_devices_stay_apart() -> None:
+    epyc = results.make_record("matmul", {"m": [{"x": 1}]}, command="c",
+                               environment={"kind": "cpu", "device_name": "AMD EPYC", "device": "cpu: AMD EPYC (flags: avx2)"})
+    xeon = results.make_record("matmul", {"m": [{"x": 1}]}, command="c", environment={
+        "kind": "cpu", "device_name": "Intel(R) Xeon(R) Processor", "device": "cpu: Intel(R) Xeon(R) Processor (flags: amx_bf16)"})
+    gpu = results.make_record("matmul", {"m": [{"x": 1}]}, command="c",
+                              environment={"kind": "cuda", "device_name": "NVIDIA H100 80GB HBM3", "device": "cuda: H100"})
+    assert "(flags: avx2)" in results.label(epyc) and "amx_bf16" in results.label(xeon)
+    assert results.label(gpu).startswith("NVIDIA H100 80GB HBM3 (torch")
+    named = results.by_label([epyc, xeon, epyc])  # the same run twice keeps two entries
+    assert len(named) == 3 and list(named)[2] == results.label(epyc) + " #2"
+    assert results.devices([epyc, xeon, epyc]) == ["cpu: AMD EPYC (flags: avx2)", "cpu: Intel(R) Xeon(R) Processor (flags: amx_bf16)"]
+    assert results.gpu_records([epyc, gpu, xeon]) == [gpu] and results.gpu_records([epyc]) == []
+    assert "--save mpcourse/bench/reference/" in results.missing_gpu_note("train") and "bench train" in results.missing_gpu_note("train")
+    assert results.table(epyc, "m", source="mine")["source"].tolist() == ["mine"]

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from mpcourse import device
 from mpcourse.bench import sweeps, timing
 
 
@@ -127,3 +128,81 @@ def test_compare_alternates_and_times_every_function() -> None:
     assert "a" in tail and "b" in tail
     with pytest.raises(ValueError, match="at least one function"):
         timing.compare({})
+
+
+# ---- the same acceptance test with the wall clock and every thread -----------------------------------
+
+WALL_N = 512  # one product takes about a millisecond on two CPU cores: clock costs are negligible
+WALL_ATTEMPTS = 4
+SLOW_EMULATION_S = 0.02  # an emulated product slower than this per call is skipped (40 blocks per side would not fit)
+
+
+def _wall_clock_agreement(precision: str, attempts: int = WALL_ATTEMPTS) -> tuple[list[float], list[float]]:
+    """Run the sweep on the wall clock with every thread, up to ``attempts`` times; stop at the first
+    attempt where the benchmark and the independent clock agree within 10%.
+
+    Returns the paired ratios and the ratios of medians of each attempt. The comparison is the median
+    of block-by-block ratios (:func:`timing.paired_ratio`): the two clocks alternate block by block,
+    and comparing neighbouring blocks cancels the load of other processes, which on a shared 2-core
+    machine stalls a multi-threaded product by whole scheduler time slices (ratios of the two overall
+    medians ranged from 0.7 to 1.9 in back-to-back runs there, while paired ratios stayed within 10%).
+    A timer that is wrong moves every pair and fails every attempt.
+    """
+    paired, medians = [], []
+    for _ in range(attempts):
+        frame = sweeps.matmul_sweep([WALL_N], [precision], min_run_time=0.25, max_blocks=40, progress=False)
+        row = frame.iloc[0]
+        assert row["status"] != "skipped", row["note"]
+        paired.append(float(row["check_paired_ratio"]))
+        medians.append(float(row["check_ratio"]))
+        if abs(paired[-1] - 1) < 0.10:
+            break
+    return paired, medians
+
+
+def _skip_slow_emulation(precision: str) -> None:
+    caps = device.capabilities()
+    status, reason = sweeps.availability(precision, caps)
+    if status == "skipped":
+        pytest.skip(f"{precision} products do not run here: {reason}")
+    if status == "emulated":
+        gen = torch.Generator().manual_seed(0)
+        a, b = torch.randn(WALL_N, WALL_N, generator=gen), torch.randn(WALL_N, WALL_N, generator=gen)
+        fn = sweeps.matmul_fn(precision, a, b)
+        fn()  # warm-up
+        start = time.perf_counter()
+        fn()
+        seconds = time.perf_counter() - start
+        if seconds > SLOW_EMULATION_S:
+            pytest.skip(f"{precision} is emulated here ({reason}); one {WALL_N}^3 product takes {seconds * 1e3:.0f} ms, "
+                        f"too slow for a wall-clock test of 40 alternating blocks per clock")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_sweep_timings_agree_with_an_independent_wall_clock_on_every_thread(precision: str) -> None:
+    _skip_slow_emulation(precision)
+    paired, medians = _wall_clock_agreement(precision)
+    assert abs(paired[-1] - 1) < 0.10, (
+        f"{precision} {WALL_N}^3, benchmark / independent per attempt: paired {paired}, medians {medians}"
+    )
+
+
+def test_the_wall_clock_agreement_fails_with_a_wrong_timer(monkeypatch) -> None:
+    """The test above can fail: an independent clock that runs 25% fast is caught on every attempt."""
+    right = timing._perf_counter_block
+
+    def fast_clock(fn, number, device, clock=None):
+        return 1.25 * right(fn, number, device, clock)
+
+    monkeypatch.setattr(timing, "_perf_counter_block", fast_clock)
+    paired, _ = _wall_clock_agreement("fp32", attempts=2)
+    assert len(paired) == 2 and all(abs(r - 0.8) < 0.1 for r in paired), paired
+
+
+def test_paired_ratio_compares_neighbouring_blocks() -> None:
+    ours = timing.Timing((1.0, 10.0, 1.1, 9.0, 1.0), "a")  # a load that comes and goes, hitting both alike
+    theirs = timing.Timing((1.0, 9.5, 1.0, 9.9, 1.05), "b")
+    assert timing.paired_ratio(ours, theirs) == pytest.approx(1.0)
+    assert ours.median / theirs.median == pytest.approx(1.1 / 1.05)
+    with pytest.raises(ValueError, match="one sample per block"):
+        timing.paired_ratio(ours, timing.Timing((1.0,), "c"))

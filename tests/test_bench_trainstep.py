@@ -70,3 +70,30 @@ def test_bad_input_is_named(text) -> None:
         trainstep.recipe_table(text, ["fp4"], width=32, depth=1, steps=1, batch_size=2, caps=CPU)
     with pytest.raises(ValueError, match="another machine"):
         trainstep.recipe_table(text, ["fp32"], width=32, depth=1, steps=1, batch_size=2, caps=device.capabilities(preset="t4"))
+
+
+def test_default_recipes_include_fp8_without_importing_quant_first() -> None:
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    code = "from mpcourse.bench import trainstep; print(' '.join(trainstep.default_recipes()))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout.split()
+    assert {"fp8_tensorwise", "fp8_delayed", "fp8_rowwise", "fp8_blockwise", "mxfp8"} <= set(out)
+    assert {"torchao_tensorwise", "torchao_rowwise"} <= set(out)
+
+
+def test_fp8_rows_say_how_much_of_the_model_is_fp8_and_torchao_is_skipped_with_the_reason(text) -> None:
+    frame, kernels = trainstep.recipe_table(text, ["fp8_tensorwise", "fp8_blockwise", "torchao_tensorwise"], width=32,
+                                            depth=1, steps=2, batch_size=4, caps=CPU, progress=False)
+    row = frame.set_index("recipe")
+    assert row.loc["fp8_tensorwise", "status"] == "emulated" and row.loc["fp8_tensorwise", "samples_per_s"] > 0
+    assert row.loc["fp8_tensorwise", "fp8_layers"] == "3/5" and "first and last kept" in row.loc["fp8_tensorwise", "note"]
+    # Width 32: no inner layer is a multiple of 128, so the blockwise recipe has no fp8 layer, and says so.
+    assert row.loc["fp8_blockwise", "fp8_layers"] == "0/5" and "runs as bf16" in row.loc["fp8_blockwise", "note"]
+    assert row.loc["torchao_tensorwise", "status"] == "skipped"
+    assert "fp8 tensor cores" in row.loc["torchao_tensorwise", "note"]
+    assert math.isnan(row.loc["torchao_tensorwise", "samples_per_s"])
+    assert set(kernels["recipe"]) == {"fp8_tensorwise", "fp8_blockwise"}
+    assert "e4m3" in " ".join(kernels.loc[kernels["recipe"] == "fp8_tensorwise", "dtypes"])

@@ -92,3 +92,41 @@ def test_verify_needs_a_positive_number_of_jobs(tmp_path) -> None:
 
     with pytest.raises(ValueError, match="positive number"):
         verify([tmp_path / "x.ipynb"], "ci", jobs=0)
+
+
+def _git(*args: str, cwd) -> str:
+    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.org", *args], cwd=cwd,
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
+@pytest.fixture
+def other_repository(tmp_path):
+    """A git repository that is not the course's, with one commit of its own."""
+    _git("init", "-q", cwd=tmp_path)
+    (tmp_path / "f.txt").write_text("x")
+    _git("add", "f.txt", cwd=tmp_path)
+    _git("commit", "-q", "-m", "other", cwd=tmp_path)
+    return tmp_path
+
+
+def test_the_commit_is_the_packages_not_the_current_directorys(other_repository, monkeypatch) -> None:
+    from mpcourse import verify
+
+    if not (ROOT / ".git").exists():
+        pytest.skip("the course is not a git checkout here")
+    monkeypatch.chdir(other_repository)
+    other = _git("rev-parse", "--short", "HEAD", cwd=other_repository)
+    ours = _git("rev-parse", "--short", "HEAD", cwd=ROOT)
+    assert verify.PACKAGE_PARENT == ROOT.resolve()
+    assert verify._commit() == ours != other
+    assert verify.environment()["commit"] == ours
+
+
+def test_a_package_folder_inside_someone_elses_repository_has_no_commit(other_repository, tmp_path_factory) -> None:
+    from mpcourse import verify
+
+    site_packages = other_repository / "venv" / "lib" / "site-packages"
+    site_packages.mkdir(parents=True)
+    assert verify._commit(site_packages) is None  # not the top of a repository: the other repo's commit is not ours
+    assert verify._commit(other_repository) == _git("rev-parse", "--short", "HEAD", cwd=other_repository)
+    assert verify._commit(tmp_path_factory.mktemp("plain")) is None  # no repository at all

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 
 import pytest
 import torch
@@ -166,24 +165,44 @@ def test_benchmark_needs_fp8_hardware(capsys) -> None:
     assert "Nothing measured" in capsys.readouterr().out
 
 
-def test_gemm_measurement_runs_anywhere_scaled_mm_does(capsys) -> None:
+@pytest.fixture(scope="module")
+def gemm_rows():
     try:
-        records = bench.measure_gemms(((32, 64, 32),), min_run_time=0.001, device="cpu", progress=True)
+        return bench.measure_gemms(((32, 64, 32),), min_run_time=0.001, device="cpu", progress=False)
     except (RuntimeError, NotImplementedError) as err:
         pytest.skip(f"torch._scaled_mm does not run on this CPU: {err}")
-    (record,) = records
+
+
+def test_gemm_measurement_runs_anywhere_scaled_mm_does(gemm_rows) -> None:
+    (record,) = gemm_rows
     assert record["flops"] == 2 * 32 * 64 * 32 and record["bf16_s"] > 0
-    assert "fp8_tensorwise_speedup" in record and "M,K,N" in capsys.readouterr().out
-    table = bench.speedup_table({"gemms": records})
+    assert "fp8_tensorwise_speedup" in record and "M,K,N" in bench._gemm_line(record)
+    table = bench.speedup_table(gemm_rows)
     assert list(table["M, K, N"]) == ["32, 64, 32"]
 
 
+def test_results_use_the_course_result_format(gemm_rows, tmp_path) -> None:
+    """A saved fp8 result is an ordinary mpcourse.bench.results record (topic fp8), read back by load_results."""
+    from mpcourse.bench import results
+
+    record = bench.make_record(gemm_rows, [], note="training steps not measured (--quick)", seconds=1.0,
+                               command="mpcourse bench fp8 --quick")
+    path = results.save(record, tmp_path / "fp8-cpu.json")
+    results.save(results.make_record("matmul", {"matmul": [{"x": 1}]}, command="c"), tmp_path / "other.json")
+    (back,) = bench.load_results(tmp_path)  # topic fp8 only
+    assert back == results.load(path) and back["topic"] == "fp8"
+    assert "torchao" in back["environment"] and back["environment"]["device_name"]
+    assert back["tables"]["run"][0]["torchao_note"].startswith("training steps")
+    assert bench.speedup_table(back)["speed-up tensorwise"].tolist() == bench.speedup_table(gemm_rows)["speed-up tensorwise"].tolist()
+    with pytest.raises(ValueError, match="stored fp8 record"):
+        bench.speedup_table({"gemms": gemm_rows})
+
+
 def test_stored_results_are_complete_records() -> None:
-    for record in bench.load_results():
-        for key in ("device", "torch", "date", "command", "gemms"):
-            assert record.get(key), (record["file"], key)
-        assert record["gemms"] and all("bf16_s" in r for r in record["gemms"])
-        json.dumps(record)
+    assert bench.REFERENCE_DIR.is_dir()  # the folder the chapter reads, shipped with the package
+    for record in bench.load_results():  # each validated by mpcourse.bench.results.load
+        assert record["environment"]["kind"] == "cuda" and record["command"].startswith("mpcourse bench fp8")
+        assert record["tables"]["gemms"] and all("bf16_s" in r for r in record["tables"]["gemms"])
 
 
 @pytest.mark.skipif(not hasattr(torch, "_scaled_mm"), reason="no torch._scaled_mm")

@@ -325,3 +325,25 @@ def test_fake_quantize_keeps_dtype_and_every_recipe_is_described() -> None:
     for alias, (target, fmt, block) in quant.ALIASES.items():
         spec, f, b = quant.resolve(alias)
         assert spec.name == target and (fmt is None or f.name == fmt) and (block is None or b == block)
+
+
+@pytest.mark.parametrize(
+    "recipe, block_size, shape, message",
+    [
+        # MX and NVFP4 fix their block size: the remedy is padding K, never another block size.
+        ("mxfp8", None, (4, 100), r"blocks of 32 elements \(fixed by the OCP MX specification\).*K.*\(100\): pad K with zeros to 128"),
+        ("mxfp4", None, (4, 48), r"fixed by the OCP MX specification.*pad K with zeros to 64, the next multiple of 32"),
+        ("nvfp4", None, (4, 40), r"blocks of 16 elements \(fixed by NVFP4\).*pad K with zeros to 48"),
+        ("mx", 16, (4, 40), r"blocks of 16 elements \(the OCP MX specification fixes 32\).*pad K with zeros to 48"),
+        # fp32-scaled blocks: another block size is a remedy too, named only when one divides.
+        ("blockwise", 128, (4, 96), r"does not divide K, the length along the scaled axis \(96\); choose a block size "
+                                    r"that divides 96, such as 16 or 32, or pad K with zeros to 128"),
+        ("blockwise", 128, (4, 100), r"pad K with zeros to 128.*\(no power of two from 16 to 256 divides 100\)"),
+        ("blockwise_2d", 128, (100, 128), r"does not divide the number of rows \(100\).*pad the rows with zeros to 128"),
+    ],
+)
+def test_a_block_size_that_does_not_divide_names_the_remedy(recipe, block_size, shape, message) -> None:
+    with pytest.raises(ValueError, match=message) as info:
+        quant.quantize(torch.randn(*shape), recipe, block_size=block_size)
+    if recipe in ("mxfp8", "mxfp4", "nvfp4", "mx"):
+        assert "choose a block size" not in str(info.value) and "e.g." not in str(info.value)

@@ -12,5 +12,7 @@
 - :mod:`~mpcourse.bench.profiling`: one step under ``torch.profiler`` as a table of kernels and dtypes;
 - :mod:`~mpcourse.bench.figures`: plotly figures of sweeps and rooflines that work without a kernel;
 - :mod:`~mpcourse.bench.results`: results stored as data, and the reference results shipped with the course;
+- :mod:`~mpcourse.bench.checks`: what every stored result must show (datasheets, emulation, the roofline),
+  checked record by record, GPU records included as soon as one is stored;
 - :mod:`~mpcourse.bench.commands`: ``mpcourse bench matmul`` and ``mpcourse bench train``.
 """

@@ -131,7 +131,11 @@ def train_config(caps: devices.Capabilities, quick: bool = False) -> dict[str, i
 
 
 def train(save: Path | None, quick: bool) -> int:
-    """Throughput, memory and MFU of one transformer under every precision recipe, and its kernels."""
+    """Throughput, memory and MFU of one transformer under every precision recipe, and its kernels.
+
+    Every recipe of :func:`mpcourse.bench.trainstep.default_recipes` is measured, the emulated fp8
+    ones included; torchao's are listed as skipped, with the reason, where torchao cannot run.
+    """
     from .. import data
     from . import trainstep
 
@@ -148,9 +152,14 @@ def train(save: Path | None, quick: bool) -> int:
         caps=caps, progress=False,
     )
     shown = frame.reindex(columns=["recipe", "status", "samples_per_s", "tokens_per_s", "step_ms", "peak_memory_mb",
-                                   "model_tflops", "mfu", "final_loss"])
-    with pd.option_context("display.width", 160):
+                                   "model_tflops", "mfu", "final_loss", "fp8_layers"])
+    with pd.option_context("display.width", 180):
         print("\n" + shown.to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep="-"))
+    not_run = frame[frame["status"].isin(["skipped", "failed"])]
+    if len(not_run):
+        print("\nnot measured:")
+        for r in not_run.itertuples():
+            print(f"  {r.recipe} ({r.status}): {r.note}")
     if "flops_per_step" in frame and frame["flops_per_step"].notna().any():
         f = frame.dropna(subset=["flops_per_step"]).iloc[0]
         print(f"\nFLOPs per step: {f['flops_per_step']:.4g} counted by FlopCounterMode, {f['six_nt_per_step']:.4g} by 6NT")

@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 from ..device import PRECISIONS
 from .roofline import Roofs, attainable_tflops
 
-__all__ = ["COLORS", "roofline_figure", "sweep_figure"]
+__all__ = ["COLORS", "devices_figure", "roofline_figure", "sweep_figure"]
 
 #: One colour per precision, the same in every figure of the course's benchmarks.
 COLORS: dict[str, str] = dict(zip(PRECISIONS, plotly.colors.qualitative.D3))
@@ -65,6 +65,48 @@ def sweep_figure(sweeps: Mapping[str, pd.DataFrame], title: str = "Matrix produc
             {"buttons": metric, "type": "buttons", "direction": "right", "x": 1.0, "y": 1.18, "xanchor": "right"},
         ],
         margin={"t": 110},
+    )
+    return fig
+
+
+def devices_figure(sweeps: Mapping[str, pd.DataFrame], title: str = "Matrix products on each device") -> go.Figure:
+    """Achieved TFLOP/s vs size, one line per source (device), for one precision at a time.
+
+    :func:`sweep_figure` shows one source with all its precisions; this shows the sources side by
+    side, each its own labelled series (two CPUs, or a CPU and a GPU, compared directly), and a
+    dropdown picks the precision. A source with no measured row in a precision has no line there.
+    """
+    if not sweeps:
+        raise ValueError("devices_figure needs at least one sweep")
+    fig = go.Figure()
+    owners: list[str] = []
+    for p in PRECISIONS:
+        for source, frame in sweeps.items():
+            part = frame[(frame["precision"] == p) & frame["tflops"].notna()].sort_values("m")
+            if part.empty:
+                continue
+            status = ", ".join(sorted(set(part["status"])))
+            fig.add_scatter(
+                x=part["m"], y=part["tflops"], mode="lines+markers", name=f"{source} ({status})",
+                visible=not owners or owners[0] == p,
+                hovertemplate=f"{source}, {p}, n=%{{x}}: %{{y:.3g}} TFLOP/s<extra></extra>",
+            )
+            owners.append(p)
+    if not owners:
+        raise ValueError("no sweep has a measured row")
+    shown = list(dict.fromkeys(owners))
+    buttons = [
+        {"label": p, "method": "update", "args": [{"visible": [o == p for o in owners]}, {"title.text": f"{title}: {p}"}]}
+        for p in shown
+    ]
+    fig.update_layout(
+        title=f"{title}: {shown[0]}",
+        height=460,
+        xaxis={"type": "log", "title": "n (an n x n x n product)"},
+        yaxis={"type": "log", "title": "TFLOP/s"},
+        legend={"title_text": "source", "orientation": "h", "y": -0.2},
+        updatemenus=[{"buttons": buttons, "x": 0.0, "y": 1.15, "xanchor": "left", "showactive": True}],
+        margin={"t": 100},
     )
     return fig
 

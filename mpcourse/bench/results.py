@@ -23,7 +23,10 @@ import pandas as pd
 
 from .. import profile
 
-__all__ = ["KEYS", "REFERENCE_DIR", "SCHEMA", "label", "load", "make_record", "reference_records", "save", "table"]
+__all__ = [
+    "KEYS", "REFERENCE_DIR", "SCHEMA", "by_label", "devices", "gpu_records", "label", "load", "make_record",
+    "missing_gpu_note", "reference_records", "save", "table",
+]
 
 SCHEMA = 1
 KEYS = ("schema", "topic", "date", "command", "profile", "environment", "tables")
@@ -43,9 +46,19 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def make_record(topic: str, tables: dict[str, pd.DataFrame | list[dict[str, Any]]], *, command: str) -> dict[str, Any]:
-    """A result record for ``tables`` measured on this machine now, by ``command``."""
-    from ..verify import environment
+def make_record(
+    topic: str,
+    tables: dict[str, pd.DataFrame | list[dict[str, Any]]],
+    *,
+    command: str,
+    environment: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A result record for ``tables`` measured on this machine now, by ``command``.
+
+    ``environment`` adds entries to the detected device and versions (e.g. the version of an
+    optional library the measurement used), so that every topic shares one format and one loader.
+    """
+    from ..verify import environment as detected
 
     if not tables:
         raise ValueError("a result record needs at least one table")
@@ -56,7 +69,7 @@ def make_record(topic: str, tables: dict[str, pd.DataFrame | list[dict[str, Any]
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": command,
         "profile": profile.current(),
-        "environment": environment(),
+        "environment": detected() | (environment or {}),
         "conditions": _conditions(),
         "tables": rows,
     }
@@ -111,17 +124,63 @@ def reference_records(topic: str, folder: str | Path = REFERENCE_DIR) -> list[di
 
 
 def label(record: dict[str, Any]) -> str:
-    """A short name for a record in legends: device, torch version and date."""
+    """A short name for a record in legends: device, torch version and date.
+
+    A CPU is named with the instruction-set flags that decide its low-precision speed (AVX2 only,
+    or AVX512-BF16/AMX), since two CPUs of one vendor can differ in exactly that, and with the
+    number of threads the measurement used.
+    """
     env = record["environment"]
     threads = record.get("conditions", {}).get("torch_threads")
-    where = env.get("device_name", "?") + (f", {threads} thread{'s' * (threads > 1)}" if threads and env.get("kind") == "cpu" else "")
+    if env.get("kind") == "cpu":
+        described = str(env.get("device") or env.get("device_name", "?"))
+        where = described.removeprefix("cpu: ") + (f", {threads} thread{'s' * (threads > 1)}" if threads else "")
+    else:
+        where = str(env.get("device_name", "?"))
     return f"{where} (torch {env.get('torch', '?')}, {record['date'][:10]})"
 
 
-def table(record: dict[str, Any], name: str) -> pd.DataFrame:
-    """Table ``name`` of a record as a DataFrame, with the record's label in a ``source`` column."""
+def by_label(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The records keyed by :func:`label`, made unique (``#2``, ``#3``...) where two would share one,
+    so that no stored run disappears from a table or a figure keyed by its label."""
+    out: dict[str, dict[str, Any]] = {}
+    for record in records:
+        name, n = label(record), 1
+        while name in out:
+            n += 1
+            name = f"{label(record)} #{n}"
+        out[name] = record
+    return out
+
+
+def devices(records: list[dict[str, Any]]) -> list[str]:
+    """The distinct devices of ``records`` (as :func:`mpcourse.verify.environment` describes them), in order."""
+    return list(dict.fromkeys(str(r["environment"].get("device") or r["environment"].get("device_name", "?")) for r in records))
+
+
+def gpu_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records measured on a CUDA GPU."""
+    return [r for r in records if r["environment"].get("kind") == "cuda"]
+
+
+def missing_gpu_note(topic: str, folder: str = "mpcourse/bench/reference", file: str | None = None,
+                     device: str = "a GPU") -> str:
+    """What to say, and how to fix it, when no stored record of ``topic`` comes from a GPU.
+
+    Every chapter says it in these words; ``file`` (default ``<gpu>-TOPIC.json``) and ``device``
+    (which GPUs can run the benchmark) adapt it to a topic.
+    """
+    return (
+        f"No GPU reference results are stored yet for `mpcourse bench {topic}`; run "
+        f"`mpcourse bench {topic} --save {folder}/{file or f'<gpu>-{topic}.json'}` on {device} to add yours."
+    )
+
+
+def table(record: dict[str, Any], name: str, source: str | None = None) -> pd.DataFrame:
+    """Table ``name`` of a record as a DataFrame, with ``source`` (default: the record's label) in a
+    ``source`` column."""
     if name not in record["tables"]:
         raise KeyError(f"the record has no table {name!r}; it has: {', '.join(record['tables'])}")
     frame = pd.DataFrame(record["tables"][name])
-    frame["source"] = label(record)
+    frame["source"] = source if source is not None else label(record)
     return frame

@@ -145,6 +145,7 @@ def matmul_sweep(
     check: bool = True,
     num_threads: int | None = None,
     clock: Callable[[], float] | None = None,
+    max_blocks: int = 50,
     seed: int = 0,
     progress: bool = True,
 ) -> pd.DataFrame:
@@ -157,10 +158,15 @@ def matmul_sweep(
         min_run_time: seconds ``torch.utils.benchmark`` spends on each measurement.
         max_call_seconds: skip a product predicted to take longer than this per call.
         check: also time each product independently (CUDA events / perf_counter, alternating
-            block by block with ``torch.utils.benchmark``), as ``check_s``.
+            block by block with ``torch.utils.benchmark``), as ``check_s``; ``check_ratio`` is
+            ``seconds / check_s`` (the two medians), ``check_paired_ratio`` the median of the
+            block-by-block ratios, which a busy machine disturbs far less
+            (:func:`mpcourse.bench.timing.paired_ratio`).
         num_threads: CPU threads (default: all PyTorch would use).
         clock: with ``check``, on a CPU only: the clock both measurements read (default: the wall
             clock); see :func:`mpcourse.bench.timing.paired`.
+        max_blocks: at most this many timed blocks per measurement (more blocks of fewer calls:
+            more samples for the medians and the paired ratio).
     """
     for p in precisions:
         _check_precision(p)
@@ -205,10 +211,12 @@ def matmul_sweep(
                 got = out[:ERROR_ROWS].to(exact.device, torch.float64)
                 row["rel_error"] = (torch.linalg.norm(got - exact) / torch.linalg.norm(exact)).item()
                 if check:
-                    t, other = timing.paired(fn, device=dev, min_run_time=min_run_time, num_threads=num_threads, clock=clock)
-                    row.update(check_s=other.median, check_best_s=min(other.samples), check_spread=other.spread)
+                    t, other = timing.paired(fn, device=dev, min_run_time=min_run_time, num_threads=num_threads, clock=clock,
+                                             max_blocks=max_blocks)
+                    row.update(check_s=other.median, check_best_s=min(other.samples), check_spread=other.spread,
+                               check_paired_ratio=timing.paired_ratio(t, other))
                 else:
-                    t = timing.benchmark(fn, min_run_time=min_run_time, num_threads=num_threads)
+                    t = timing.benchmark(fn, min_run_time=min_run_time, num_threads=num_threads, max_blocks=max_blocks)
         except (RuntimeError, NotImplementedError, ValueError) as exc:
             row["status"], row["note"] = "skipped", f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
             rows.append(row)
@@ -218,7 +226,8 @@ def matmul_sweep(
         rows.append(row)
     bar.close()
     frame = pd.DataFrame(rows)
-    for column in ("seconds", "best_s", "spread", "samples", "check_s", "check_best_s", "check_spread", "tflops", "rel_error"):
+    for column in ("seconds", "best_s", "spread", "samples", "check_s", "check_best_s", "check_spread", "check_paired_ratio",
+                   "tflops", "rel_error"):
         if column not in frame:
             frame[column] = float("nan")
     best = frame["tflops"].max() if frame["tflops"].notna().any() else None
@@ -228,7 +237,8 @@ def matmul_sweep(
     frame["pct_of_peak"] = 100 * frame["tflops"] / frame["peak_tflops"].astype(float)
     frame["check_ratio"] = frame["seconds"] / frame["check_s"]
     columns = ["precision", "m", "n", "k", "status", "seconds", "best_s", "spread", "samples", "check_s", "check_best_s",
-               "check_spread", "check_ratio", "tflops", "peak_tflops", "pct_of_peak", "rel_error", "flops", "peak_source", "note"]
+               "check_spread", "check_ratio", "check_paired_ratio", "tflops", "peak_tflops", "pct_of_peak", "rel_error", "flops",
+               "peak_source", "note"]
     return frame[columns]
 
 

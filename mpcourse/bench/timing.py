@@ -37,6 +37,7 @@ __all__ = [
     "independent",
     "naive",
     "paired",
+    "paired_ratio",
     "peak_memory",
     "perf_counter",
     "synchronize",
@@ -118,12 +119,19 @@ def _timer(
 
 def _plan(timer: torch_benchmark.Timer, min_run_time: float, min_blocks: int, max_blocks: int) -> tuple[int, int]:
     """Calls per block and number of blocks: at most ``max_blocks`` blocks, at least ``min_blocks``,
-    about ``min_run_time`` seconds in all. The first ``timeit`` also warms up (two discarded calls)."""
+    about ``min_run_time`` seconds in all. The first ``timeit`` also warms up (two discarded calls).
+
+    A cheap call is timed three times and the median planned with, so that one call that happened
+    to be descheduled (on a busy machine, a whole scheduler time slice) does not shrink the plan to
+    a handful of blocks.
+    """
     if min_run_time <= 0 or not 1 <= min_blocks <= max_blocks:
         raise ValueError(
             f"need min_run_time > 0 and 1 <= min_blocks <= max_blocks; got {min_run_time}, {min_blocks}, {max_blocks}"
         )
     per_call = timer.timeit(1).median
+    if per_call < 0.02 * min_run_time:
+        per_call = statistics.median([per_call, timer.timeit(1).median, timer.timeit(1).median])
     number = max(1, math.ceil(min_run_time / (max_blocks * per_call)))
     blocks = max(min_blocks, min(max_blocks, math.ceil(min_run_time / (number * per_call))))
     return number, blocks
@@ -199,6 +207,22 @@ def paired(
                 theirs.append(independent_block())
     method = "CUDA events" if cuda else ("time.perf_counter, synchronised" if clock is None else f"{clock.__name__} loop")
     return Timing(tuple(ours), f"torch.utils.benchmark, {threads} thread{'s' * (threads > 1)}"), Timing(tuple(theirs), method)
+
+
+def paired_ratio(ours: Timing, theirs: Timing) -> float:
+    """Median over block pairs of ``ours`` block / ``theirs`` block, for the two Timings of :func:`paired`.
+
+    The two measurements of :func:`paired` take turns block by block, so block ``i`` of each ran
+    within moments of the other, under the same load. Their ratio cancels a disturbance that lasts
+    longer than a pair of blocks (another process taking a core for a while, a frequency change),
+    which the ratio of the two overall medians does not: on a busy 2-core machine with every thread
+    in use, single blocks jump by whole scheduler time slices, and two medians of the same work
+    can differ by tens of percent while the pairwise ratios stay close to 1. A measurement that is
+    wrong (a clock off by some factor, calls miscounted) moves every pairwise ratio, and so this one.
+    """
+    if len(ours.samples) != len(theirs.samples):
+        raise ValueError(f"paired Timings have one sample per block each; got {len(ours.samples)} and {len(theirs.samples)}")
+    return statistics.median(a / b for a, b in zip(ours.samples, theirs.samples))
 
 
 def compare(

@@ -1,20 +1,28 @@
 """Training-step throughput, memory and MFU per precision recipe, on top of :mod:`mpcourse.train`.
 
 Nothing here trains by itself: every step runs in :func:`mpcourse.train.train`, the course's one
-training loop, under its recipes (``fp32``, ``tf32``, ``fp16``, ``bf16``, ``pure_bf16``, and any
-recipe a later chapter registers). This module adds what a benchmark needs on top:
+training loop, under its recipes (``fp32``, ``tf32``, ``fp16``, ``bf16``, ``pure_bf16``, the fp8
+recipes of :mod:`mpcourse.quant`, which :func:`default_recipes` imports so that they are registered,
+and any recipe a later chapter registers). This module adds what a benchmark needs on top:
 
 - the model FLOPs of one step, counted by ``FlopCounterMode`` on the same model and batch shape,
   and checked against the ``6 N T`` rule (:mod:`mpcourse.bench.flops`);
 - MFU: those FLOPs at the measured step rate, over the datasheet's dense peak of the precision the
   recipe's matrix products run in (fp32, TF32, fp16 or bf16);
-- a ``torch.profiler`` table of one step's kernels and their dtypes (:mod:`mpcourse.bench.profiling`).
+- a ``torch.profiler`` table of one step's kernels and their dtypes (:mod:`mpcourse.bench.profiling`);
+- for an fp8 recipe, how many linear layers actually compute in fp8 at the benchmarked size (a
+  block size that does not divide a layer's features keeps it in bf16, and the first and last
+  layers stay in higher precision by design), so that a row is not read as more fp8 than it is;
+- recipes that cannot run on this device at all (torchao's, off sm_89+ GPUs or without torchao)
+  are listed as ``skipped`` with the reason in ``note``, not run.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pandas as pd
@@ -26,15 +34,56 @@ from .. import train as engine
 from ..data import TextData
 from . import datasheets, flops, profiling
 
-__all__ = ["EXCLUDED", "default_recipes", "model_flops", "recipe_table"]
+__all__ = ["EXCLUDED", "default_recipes", "fp8_layers", "model_flops", "recipe_table", "unavailable"]
 
 #: Recipes benchmarked by default: every registered recipe except the one kept to show a failure.
 EXCLUDED = ("pure_fp16",)
 
 
 def default_recipes() -> list[str]:
-    """The registered recipes worth benchmarking (``pure_fp16`` diverges by design)."""
+    """The registered recipes worth benchmarking (``pure_fp16`` diverges by design), fp8 ones included.
+
+    Importing :mod:`mpcourse.quant` registers its fp8 training recipes (emulated anywhere, and
+    torchao's for sm_89+ GPUs); without the import a benchmark would silently leave fp8 out.
+    """
+    from .. import quant  # noqa: F401 - registers the fp8 recipes with mpcourse.train
+
     return [name for name in engine.RECIPES if name not in EXCLUDED]
+
+
+def unavailable(name: str, caps: devices.Capabilities) -> str | None:
+    """Why recipe ``name`` cannot run on this device at all (so it is listed, not run), or None.
+
+    Today that is torchao's fp8 training (``torchao_*``), which needs fp8 tensor cores and torchao
+    installed; every other recipe runs, emulated where the hardware lacks the precision.
+    """
+    if name.startswith("torchao_"):
+        from ..quant import torchao_status
+
+        ok, why = torchao_status(caps)
+        return None if ok else why
+    return None
+
+
+def fp8_layers(name: str, factory: Callable[[], torch.nn.Module]) -> tuple[str, str] | None:
+    """For an fp8 recipe of :mod:`mpcourse.quant`: ("converted/linear layers", why others are not); else None."""
+    from .. import quant
+
+    if name not in quant.CONFIGS:
+        return None
+    table = quant.plan(factory(), name)
+    converted = int(table["fp8"].sum())
+    kept = table.loc[~table["fp8"], "reason"]
+    indivisible = int(kept.str.contains("not divisible").sum())
+    why = f"fp8 GEMMs in {converted} of {len(table)} linear layers"
+    if len(kept):
+        parts = ["first and last kept in higher precision"] if kept.str.contains("first|last").any() else []
+        if indivisible:
+            parts.append(f"{indivisible} with features not divisible by the block size {quant.get_config(name).block_size}")
+        why += f" ({'; '.join(parts) or 'others filtered'})"
+    if converted == 0:
+        why += ": at this model size the recipe runs as bf16"
+    return f"{converted}/{len(table)}", why
 
 
 
@@ -78,6 +127,8 @@ def recipe_table(
         raise ValueError(f"preset {caps.preset!r} describes another machine; a benchmark measures this one")
     dev = caps.kind if caps.kind in ("cpu", "cuda") else "cpu"
     names = list(recipes) if recipes is not None else default_recipes()
+    from .. import quant  # noqa: F401 - so that fp8 recipe names resolve when passed explicitly
+
     for name in names:
         engine.get_recipe(name)  # unknown names fail here, listing the registered ones
     sheet = datasheets.for_device(caps)
@@ -95,11 +146,20 @@ def recipe_table(
     for name in names:
         recipe = engine.get_recipe(name)
         row: dict[str, Any] = {"recipe": name, "precision": recipe.precision}
+        why_not = unavailable(name, caps)
+        if why_not is not None:
+            rows.append(row | {"status": "skipped", "note": why_not})
+            continue
+        with torch.random.fork_rng(devices=[]):  # building a model to inspect must not shift the runs' seeds
+            layers = fp8_layers(name, factory)
+        if layers is not None:
+            row["fp8_layers"] = layers[0]
         try:
-            run = engine.train(
-                factory, data, name, steps=steps, batch_size=batch_size, device=dev, eval_every=steps,
-                eval_items=8, progress=progress, verbose=False, label=name,
-            )
+            with _quiet():
+                run = engine.train(
+                    factory, data, name, steps=steps, batch_size=batch_size, device=dev, eval_every=steps,
+                    eval_items=8, progress=progress, verbose=False, label=name,
+                )
         except Exception as exc:  # noqa: BLE001 - a benchmark reports a recipe that cannot run here, and goes on
             rows.append(row | {"status": "failed", "note": _describe(exc)})
             continue
@@ -120,15 +180,22 @@ def recipe_table(
             "peak_tflops": peak if peak is not None else math.nan,
             "mfu": flops.mfu(count["counted"], step_s, peak) if peak is not None else math.nan,
             "memory_note": run.memory_note,
-            "note": "; ".join(n for n in run.notes[1:]),
+            "note": "; ".join([*([layers[1]] if layers else []), *run.notes[1:]]),
         }
         try:
-            kernels.append(_kernels(run.model, data, name, batch_size, dev, profile_top).assign(recipe=name))
+            with _quiet():
+                kernels.append(_kernels(run.model, data, name, batch_size, dev, profile_top).assign(recipe=name))
         except Exception as exc:  # noqa: BLE001 - e.g. a profiler without GPU tracing (CUPTI) support
             row["note"] = "; ".join(filter(None, [row["note"], f"no kernel table: {_describe(exc)}"]))
         rows.append(row)
     frame = pd.DataFrame(rows)
     return frame, (pd.concat(kernels, ignore_index=True) if kernels else pd.DataFrame())
+
+
+def _quiet() -> contextlib.AbstractContextManager[Any]:
+    """Silence what a recipe's preparation prints (e.g. which layers it converted, once per call):
+    the table's ``fp8_layers`` and ``note`` columns say it once per recipe."""
+    return contextlib.redirect_stdout(io.StringIO())
 
 
 def _describe(exc: BaseException) -> str:

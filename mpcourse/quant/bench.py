@@ -14,26 +14,24 @@ Two measurements, both against bf16 on the same GPU:
    is missing, and cut short if the time budget runs out (the record says what was skipped).
 
 Timings are medians of ``torch.utils.benchmark.Timer.blocked_autorange`` (warm-up and CUDA
-synchronisation included). Results are stored as JSON with the device, versions, date and the
-command that produced them (``--save``); :func:`load_results` reads the stored ones back.
+synchronisation included). ``--save`` stores the results in the course's one result format
+(:mod:`mpcourse.bench.results`, topic ``fp8``: device, versions, torchao's version, date and the
+command), so the same loader and validator read them as every other benchmark's;
+:func:`load_results` reads the stored ones back from ``mpcourse/quant/reference/``.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 import math
-import platform
-import sys
 import time
-from collections.abc import Callable
-from importlib import resources
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .. import device as device_mod
+from ..bench import results
 
 #: (M, K, N) of the GEMM sweep: from launch-bound to compute-bound; torchao's README quotes the
 #: third (0.80x on an H100) and the last (1.39x) as its small and large examples.
@@ -45,8 +43,10 @@ QUICK_GEMM_SHAPES: tuple[tuple[int, int, int], ...] = ((256, 256, 256), (1024, 2
 #: (M, K, N) of the torchao training-step measurement: large first (if the budget runs out, the
 #: small shape, whose answer is known to be "slower", is the one skipped).
 STEP_SHAPES: tuple[tuple[int, int, int], ...] = ((4096, 8192, 8192), (1024, 2048, 1024))
-RESULTS_PACKAGE = "mpcourse.quant"
-RESULTS_DIR = "reference"
+#: Where the stored results of ``mpcourse bench fp8`` live (shipped with the package).
+REFERENCE_DIR = Path(__file__).with_name("reference")
+#: The topic of their records in :mod:`mpcourse.bench.results`.
+TOPIC = "fp8"
 
 
 def _timer(fn: Callable[[], Any], min_run_time: float) -> float:
@@ -173,18 +173,24 @@ def measure_training_steps(shapes: tuple[tuple[int, int, int], ...] = STEP_SHAPE
     return records
 
 
-def environment() -> dict[str, Any]:
-    """Device and software of a measurement."""
-    from ..verify import environment as base
-
-    env = base()
+def torchao_version() -> str | None:
+    """The installed torchao's version (None without torchao): part of an fp8 result's environment."""
     try:
         import torchao
-
-        env["torchao"] = getattr(torchao, "__version__", "unknown")
     except ImportError:
-        env["torchao"] = None
-    return env
+        return None
+    return str(getattr(torchao, "__version__", "unknown"))
+
+
+def make_record(gemms: list[dict[str, Any]], steps: list[dict[str, Any]], *, note: str, seconds: float,
+                command: str) -> dict[str, Any]:
+    """An :mod:`mpcourse.bench.results` record (topic ``fp8``) of one run of the benchmark.
+
+    Tables: ``gemms`` (one row per shape), ``training_steps`` (one row per shape, empty when not
+    measured) and ``run`` (why torchao's steps were or were not measured, and the run's duration).
+    """
+    tables = {"gemms": gemms, "training_steps": steps, "run": [{"torchao_note": note, "seconds": round(seconds, 1)}]}
+    return results.make_record(TOPIC, tables, command=command, environment={"torchao": torchao_version()})
 
 
 def benchmark(save: Path | None = None, quick: bool = False) -> int:
@@ -210,44 +216,31 @@ def benchmark(save: Path | None = None, quick: bool = False) -> int:
     elif ok:
         steps = measure_training_steps()
     print(note)
-    record = {
-        "benchmark": "fp8",
-        "command": "mpcourse bench fp8" + (" --quick" if quick else "") + (f" --save {save}" if save else ""),
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "python": platform.python_version(),
-        "argv": sys.argv,
-        **environment(),
-        "torchao_note": note,
-        "seconds": round(time.perf_counter() - started, 1),
-        "gemms": gemms,
-        "training_steps": steps,
-    }
+    command = "mpcourse bench fp8" + (" --quick" if quick else "") + (f" --save {save}" if save else "")
+    record = make_record(gemms, steps, note=note, seconds=time.perf_counter() - started, command=command)
     if save is not None:
-        save.parent.mkdir(parents=True, exist_ok=True)
-        save.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-        print(f"saved to {save}")
+        print(f"saved to {results.save(record, save)}")
     return 0
 
 
-def load_results() -> list[dict[str, Any]]:
-    """The stored results of ``mpcourse bench fp8`` (``mpcourse/quant/reference/fp8*.json``), newest first."""
-    folder = resources.files(RESULTS_PACKAGE) / RESULTS_DIR
-    records = []
-    if folder.is_dir():
-        for entry in folder.iterdir():
-            if entry.name.startswith("fp8") and entry.name.endswith(".json"):
-                record = json.loads(entry.read_text(encoding="utf-8"))
-                record["file"] = entry.name
-                records.append(record)
-    return sorted(records, key=lambda r: r.get("date", ""), reverse=True)
+def load_results(folder: str | Path = REFERENCE_DIR) -> list[dict[str, Any]]:
+    """The stored results of ``mpcourse bench fp8`` (every ``*.json`` of topic ``fp8`` in ``folder``,
+    by default ``mpcourse/quant/reference/``), oldest first, each checked by :func:`mpcourse.bench.results.load`."""
+    return results.reference_records(TOPIC, folder)
 
 
-def speedup_table(record: dict[str, Any]) -> Any:
-    """The GEMM sweep of one stored record as a DataFrame (one row per shape)."""
+def speedup_table(gemms: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> Any:
+    """A GEMM sweep as a DataFrame (one row per shape): the rows :func:`measure_gemms` returns, or a
+    stored record (its ``gemms`` table)."""
     import pandas as pd
 
+    if isinstance(gemms, Mapping):
+        if "tables" not in gemms:
+            raise ValueError("speedup_table takes the rows of measure_gemms or a stored fp8 record; got a mapping "
+                             f"with keys {sorted(gemms)}")
+        gemms = gemms["tables"]["gemms"]
     rows = []
-    for r in record["gemms"]:
+    for r in gemms:
         rows.append({
             "M, K, N": f"{r['m']}, {r['k']}, {r['n']}",
             "GFLOP": r["flops"] / 1e9,

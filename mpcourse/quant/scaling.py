@@ -256,8 +256,9 @@ def cast(values: torch.Tensor, fmt: Any, *, saturate: bool = True) -> torch.Tens
 
     Returns torch's own dtype for the format where there is one (the real fp8 storage), else float32.
     With ``saturate=True`` the result never depends on torch's version (torch's eager cast to
-    ``float8_e4m3fn`` saturated only from 2.13 on, see toolchain notes): values are clamped to ±max
-    first, and in-range casts are exact in every version. ``saturate=False`` is computed by
+    ``float8_e4m3fn`` saturates only from 2.12 on, pytorch/pytorch PR 178817, and gave NaN before;
+    :func:`mpcourse.formats.torch_e4m3fn_saturates` asks the installed one): values are clamped to
+    ±max first, and in-range casts are exact in every version. ``saturate=False`` is computed by
     :func:`mpcourse.formats.round_tensor`: overflow becomes NaN (E4M3, fnuz) or ±inf (E5M2).
     """
     fmt = formats.get(fmt)
@@ -294,13 +295,34 @@ def _restore(t: torch.Tensor, x_shape: torch.Size, axis: int, last_dim_blocks: i
     return t.t()
 
 
-def _check_divides(length: int, block: int, what: str, recipe: str) -> None:
-    if length % block:
-        accepted = [b for b in (16, 32, 64, 128, 256) if length % b == 0] or ["none of 16, 32, 64, 128, 256"]
-        raise ValueError(
-            f"recipe {recipe!r}: block size {block} does not divide the {what} ({length}). Accepted block sizes "
-            f"for this tensor: divisors of {length} (e.g. {', '.join(map(str, accepted))}); or pad the tensor"
-        )
+#: Block sizes a format's specification fixes (so the remedy for a dimension they do not divide is
+#: padding, never another block size): OCP MX, 32 elements per E8M0 scale; NVFP4, 16 per E4M3 scale.
+SPEC_BLOCKS: dict[str, tuple[int, str]] = {"mx": (32, "the OCP MX specification"), "nvfp4": (16, "NVFP4")}
+
+
+def _check_divides(length: int, block: int, what: str, recipe: str, padded_name: str = "K") -> None:
+    """Raise, naming the remedy, when blocks of ``block`` elements do not tile ``length``.
+
+    Zero padding is always exact: zeros raise no block's amax and add nothing to a GEMM. For MX and
+    NVFP4 it is the only remedy (their specifications fix the block); for the fp32-scaled blockwise
+    recipes a block size that divides the dimension is another, and the message lists the usual ones.
+    """
+    if length % block == 0:
+        return
+    padded = -(-length // block) * block
+    pad = (f"pad {padded_name} with zeros to {padded}, the next multiple of {block} (zeros change no block's scale "
+           "and add nothing to a GEMM)")
+    if recipe in SPEC_BLOCKS:
+        fixed, spec = SPEC_BLOCKS[recipe]
+        size = f"fixed by {spec}" if block == fixed else f"{spec} fixes {fixed}"
+        raise ValueError(f"recipe {recipe!r} uses blocks of {block} elements ({size}), which do not divide {what} "
+                         f"({length}): {pad}")
+    divisors = [b for b in (16, 32, 64, 128, 256) if length % b == 0]
+    if divisors:
+        other = f"choose a block size that divides {length}, such as {' or '.join(map(str, divisors))}, or {pad}"
+    else:
+        other = f"{pad} (no power of two from 16 to 256 divides {length})"
+    raise ValueError(f"recipe {recipe!r}: block size {block} does not divide {what} ({length}); {other}")
 
 
 def pow2(exponent: torch.Tensor) -> torch.Tensor:
@@ -419,15 +441,15 @@ def quantize(
     if spec.granularity == "block2d":
         if x.dim() != 2:
             raise ValueError(f"recipe 'blockwise_2d' needs a 2-D tensor, got shape {tuple(x.shape)}")
-        _check_divides(rows, block, "number of rows", spec.name)
-        _check_divides(length, block, "length along the scaled axis", spec.name)
+        _check_divides(rows, block, "the number of rows", spec.name, "the rows")
+        _check_divides(length, block, "K, the length along the scaled axis", spec.name)
         tiles = x2.reshape(rows // block, block, length // block, block)
         scale2 = _amax_scale(tiles.abs().amax(dim=(1, 3)), fmt, pow2_scales)
         data2 = cast(x2 / expand_blocks(scale2, x2.shape), fmt, saturate=saturate)
         return Quantized(_restore(data2, x.shape, ax, length), scale2 if ax == 1 else scale2.t(),
                          spec.name, fmt, block, ax)
 
-    _check_divides(length, block, "length along the scaled axis", spec.name)
+    _check_divides(length, block, "K, the length along the scaled axis", spec.name)
     blocks = x2.reshape(rows, length // block, block)
     amax = blocks.abs().amax(dim=2)
     tensor_scale = None
