@@ -180,19 +180,23 @@ def refresh_execution_cache(root: Path = ROOT, profile: str | None = None) -> bo
 
     Jupyter Book re-executes a chapter only when the chapter's own text changes, but its outputs also
     depend on the ``mpcourse`` package it imports and on the problem-size profile. The cache is kept
-    under a key made of both; a different key empties it. Returns True if it was emptied.
+    under a key made of both; a different key empties it, with Sphinx's saved environment, so the
+    next build reads and executes every chapter. Returns True if anything was emptied.
     """
     from . import profile as profiles
 
     digest = hashlib.sha256((profile or profiles.current()).encode())
     for path in sorted((root / "mpcourse").rglob("*.py")):
         digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
-    key, cache = digest.hexdigest(), root / "_build" / ".jupyter_cache"
-    stamp = root / "_build" / ".jupyter_cache.key"
+    build = root / "_build"
+    key, stamp = digest.hexdigest(), build / ".jupyter_cache.key"
     if stamp.exists() and stamp.read_text() == key:
         return False
-    emptied = cache.exists()
-    shutil.rmtree(cache, ignore_errors=True)
+    # Sphinx's own environment must go too: it would otherwise see no changed source and read none.
+    stale = [build / ".jupyter_cache", build / ".doctrees", build / "jupyter_execute"]
+    emptied = any(path.exists() for path in stale)
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
     stamp.parent.mkdir(parents=True, exist_ok=True)
     stamp.write_text(key)
     return emptied

@@ -3,8 +3,9 @@
 "Runs everywhere" is a claim to check, not to assert: ``mpcourse verify`` executes each chapter
 notebook in a fresh kernel with a chosen profile and writes one record per chapter (status,
 seconds, the first error if any, the device, library versions, date, profile, commit) to a JSON
-file. The records of real runs on real GPUs are committed under ``mpcourse/reference/`` and shown
-on the website; they are never typed in by hand.
+file. Records of runs on real machines are committed under ``mpcourse/reference/verified/``
+(:data:`REFERENCE_DIR`) and tabulated on the website's "Where the course was run" page; they are
+never typed in by hand.
 """
 
 from __future__ import annotations
@@ -17,12 +18,16 @@ import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import nbformat
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
 from . import __version__, device, profile
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def environment() -> dict[str, object]:
@@ -42,6 +47,9 @@ def environment() -> dict[str, object]:
         "commit": _commit(),
     }
 
+
+#: Where the records of runs on real machines are committed (one JSON file per machine and profile).
+REFERENCE_DIR = Path(__file__).resolve().parent / "reference" / "verified"
 
 #: The folder holding the ``mpcourse`` package: the repository root in a source checkout.
 PACKAGE_PARENT = Path(__file__).resolve().parent.parent
@@ -123,9 +131,24 @@ def verify(
     return records
 
 
-def load_records(folder: Path) -> list[dict[str, object]]:
-    """Every record stored in ``folder/*.json``."""
+def load_records(folder: Path = REFERENCE_DIR) -> list[dict[str, object]]:
+    """Every record stored in ``folder/*.json`` (default: the committed ones)."""
     records: list[dict[str, object]] = []
     for file in sorted(Path(folder).glob("*.json")):
         records.extend(json.loads(file.read_text()))
     return records
+
+
+def summary(records: list[dict[str, object]]) -> pd.DataFrame:
+    """One row per chapter, one column per run (machine, profile, commit): "passed, 12.3 s" or the failure."""
+    import pandas as pd
+
+    if not records:
+        return pd.DataFrame()
+    frame = pd.DataFrame(records)
+    frame["run"] = [f"{r.device} | profile {r.profile} | commit {r.commit or '-'}" for r in frame.itertuples()]
+    frame["result"] = [
+        f"{r.status}, {r.seconds:.1f} s" if r.status == "passed" else f"{r.status}: {r.error}" for r in frame.itertuples()
+    ]
+    table = frame.pivot_table(index="chapter", columns="run", values="result", aggfunc="last")
+    return table.fillna("not in this run")

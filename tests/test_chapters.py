@@ -144,14 +144,17 @@ def test_execution_cache_is_dropped_when_the_package_or_profile_changes(tmp_path
     (package / "core.py").write_text("x = 1\n")
     cache = tmp_path / "_build" / ".jupyter_cache"
 
-    def build() -> None:  # what a website build leaves behind
-        cache.mkdir(parents=True, exist_ok=True)
-        (cache / "entry").write_text("outputs")
+    doctrees = tmp_path / "_build" / ".doctrees"
+
+    def build() -> None:  # what a website build leaves behind: executed outputs and Sphinx's environment
+        for folder in (cache, doctrees):
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "entry").write_text("saved")
 
     assert not authoring.refresh_execution_cache(tmp_path, "ci")  # first build: nothing to drop
     build()
     assert not authoring.refresh_execution_cache(tmp_path, "ci") and cache.exists()  # nothing changed
     (package / "core.py").write_text("x = 2\n")
-    assert authoring.refresh_execution_cache(tmp_path, "ci") and not cache.exists()
+    assert authoring.refresh_execution_cache(tmp_path, "ci") and not cache.exists() and not doctrees.exists()
     build()
-    assert authoring.refresh_execution_cache(tmp_path, "small") and not cache.exists()
+    assert authoring.refresh_execution_cache(tmp_path, "small") and not cache.exists() and not doctrees.exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -130,3 +131,18 @@ def test_a_package_folder_inside_someone_elses_repository_has_no_commit(other_re
     assert verify._commit(site_packages) is None  # not the top of a repository: the other repo's commit is not ours
     assert verify._commit(other_repository) == _git("rev-parse", "--short", "HEAD", cwd=other_repository)
     assert verify._commit(tmp_path_factory.mktemp("plain")) is None  # no repository at all
+
+
+def test_stored_verification_records_cover_every_chapter() -> None:
+    from mpcourse import authoring, verify
+
+    records = verify.load_records()
+    assert records, f"no records in {verify.REFERENCE_DIR}"
+    chapters = {md.stem for md in authoring.chapters()}
+    for file in sorted(verify.REFERENCE_DIR.glob("*.json")):
+        stored = json.loads(file.read_text())
+        assert {r["chapter"] for r in stored} <= chapters, f"{file.name} names chapters that do not exist"
+        for r in stored:
+            assert r["status"] in {"passed", "failed"} and r["seconds"] > 0 and r["device"] and r["date"]
+    table = verify.summary(records)
+    assert set(table.index) <= chapters and table.notna().all().all()
