@@ -146,9 +146,9 @@ def summary(records: list[dict[str, object]]) -> pd.DataFrame:
     if not records:
         return pd.DataFrame()
     frame = pd.DataFrame(records)
-    frame["run"] = [f"{r.device} | profile {r.profile} | commit {r.commit or '-'}" for r in frame.itertuples()]
+    frame["commit"] = frame["commit"].fillna("-")
     frame["result"] = [
         f"{r.status}, {r.seconds:.1f} s" if r.status == "passed" else f"{r.status}: {r.error}" for r in frame.itertuples()
     ]
-    table = frame.pivot_table(index="chapter", columns="run", values="result", aggfunc="last")
+    table = frame.pivot_table(index="chapter", columns=["device", "profile", "commit"], values="result", aggfunc="last")
     return table.fillna("not in this run")
