@@ -52,3 +52,16 @@ def test_bad_input_is_named() -> None:
         kernel_table(lambda: None, device="mps")
     with pytest.raises(RuntimeError, match="no kernels"):
         kernel_table(lambda: None)
+
+
+def test_dtypes_come_from_the_event_or_else_from_the_raw_results() -> None:
+    from types import SimpleNamespace
+
+    from mpcourse.bench.profiling import _dtypes
+
+    raw = {7: ["c10::BFloat16", "c10::BFloat16", "Scalar", ""]}
+    # torch releases before input_dtypes existed on FunctionEvent (2.11): the raw Kineto events say
+    assert _dtypes(SimpleNamespace(id=7), raw) == "bf16"
+    # newer releases: the event's own record wins
+    assert _dtypes(SimpleNamespace(id=7, input_dtypes=["float", "c10::Half"]), raw) == "fp32, fp16"
+    assert _dtypes(SimpleNamespace(id=8), raw) == "-"

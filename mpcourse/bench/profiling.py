@@ -50,8 +50,22 @@ def _shorten(name: str, width: int = 90) -> str:
     return name if len(name) <= width else name[: width - 3] + "..."
 
 
-def _dtypes(event: object) -> str:
-    names = [short_dtype(d) for d in getattr(event, "input_dtypes", []) or [] if d and d not in _NOT_DTYPES]
+def _raw_dtypes(prof: profile) -> dict[int, list[str]]:
+    """Input dtypes of every recorded operator, by event id, from the profiler's raw results.
+
+    Newer torch releases put them on each ``FunctionEvent`` (``input_dtypes``); older ones
+    (e.g. 2.11, Colab's in late 2026) only on the raw Kineto events, whose correlation id is the
+    ``FunctionEvent``'s id.
+    """
+    results = getattr(getattr(prof, "profiler", None), "kineto_results", None)
+    if results is None:
+        return {}
+    return {event.correlation_id(): list(event.dtypes()) for event in results.events()}
+
+
+def _dtypes(event: object, raw: dict[int, list[str]]) -> str:
+    recorded = getattr(event, "input_dtypes", None) or raw.get(getattr(event, "id", None), [])
+    names = [short_dtype(d) for d in recorded if d and d not in _NOT_DTYPES]
     return ", ".join(dict.fromkeys(names)) or "-"
 
 
@@ -78,14 +92,15 @@ def kernel_table(
         if kind == "cuda":
             torch.cuda.synchronize()
     totals: dict[tuple[str, str, str], list[float]] = defaultdict(lambda: [0, 0.0])
+    raw = _raw_dtypes(prof)
     for event in prof.events():
         if kind == "cuda":
             for kernel in getattr(event, "kernels", []):  # GPU kernels this operator launched
-                entry = totals[(kernel.name, event.name, _dtypes(event))]
+                entry = totals[(kernel.name, event.name, _dtypes(event, raw))]
                 entry[0] += 1
                 entry[1] += kernel.duration  # microseconds
         elif event.self_cpu_time_total > 0 and event.name.startswith("aten::"):
-            entry = totals[(event.name, event.name, _dtypes(event))]
+            entry = totals[(event.name, event.name, _dtypes(event, raw))]
             entry[0] += 1
             entry[1] += event.self_cpu_time_total
     if not totals:
