@@ -35,6 +35,8 @@ needs_cpu_scaled_mm = pytest.mark.skipif(not _cpu_scaled_mm_runs(), reason="this
 @pytest.mark.parametrize("recipe, fmt_a, fmt_b", [("tensorwise", "e4m3", "e4m3"), ("tensorwise", "e5m2", "e4m3"),
                                                   ("tensorwise", "e4m3", "e5m2"), ("rowwise", "e4m3", "e4m3")])
 def test_emulated_gemm_agrees_with_torch_scaled_mm(recipe: str, fmt_a: str, fmt_b: str) -> None:
+    if recipe == "rowwise" and not quant.gemm.cpu_rowwise_scaled_mm():
+        pytest.skip("this PyTorch's CPU torch._scaled_mm takes only per-tensor scales")
     a, b = operands()
     qa, qb = quant.quantize(a, recipe, fmt_a), quant.quantize(b, recipe, fmt_b)
     ours = quant.fp8_mm(qa, qb)
@@ -117,3 +119,13 @@ def test_cpu_rules_only_when_not_portable() -> None:
     out = quant.scaled_mm(quant.quantize(a, "tensorwise"), quant.quantize(b, "tensorwise"), out_dtype=torch.float32,
                           portable=False)
     assert out.shape == (8, 24)
+
+
+def test_rowwise_on_a_cpu_scaled_mm_without_it_is_refused_clearly(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(quant.gemm, "cpu_rowwise_scaled_mm", lambda: False)
+    a, b = operands()
+    qa, qb = quant.quantize(a, "rowwise"), quant.quantize(b, "rowwise")
+    with pytest.raises(ValueError, match="only per-tensor"):
+        quant.scaled_mm(qa, qb)
+    assert any("only per-tensor" in p for p in quant.scaled_mm_problems(qa, qb, "cpu"))
+    assert not any("only per-tensor" in p for p in quant.scaled_mm_problems(qa, qb, "cuda"))

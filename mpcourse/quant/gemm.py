@@ -16,6 +16,7 @@ column-major, K and N divisible by 16, and never E5M2 × E5M2; on the CPU recent
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -107,6 +108,27 @@ def _dtype_name(t: torch.Tensor) -> str:
     return str(t.dtype).removeprefix("torch.")
 
 
+@functools.cache
+def cpu_rowwise_scaled_mm() -> bool:
+    """Whether this PyTorch's CPU ``torch._scaled_mm`` accepts rowwise scales.
+
+    Its CPU emulation took only per-tensor scales in older releases (2.11 among them, Colab's in late
+    2026); asking once is more reliable than a version table.
+    """
+    if not hasattr(torch, "_scaled_mm"):
+        return False
+    one = torch.ones(16, 16).to(torch.float8_e4m3fn)
+    try:
+        torch._scaled_mm(one, one.t(), scale_a=torch.ones(16, 1), scale_b=torch.ones(1, 16), out_dtype=torch.bfloat16)
+    except (RuntimeError, NotImplementedError):
+        return False
+    return True
+
+
+_CPU_ROWWISE = ("this PyTorch's CPU torch._scaled_mm takes only per-tensor (tensorwise) scales; rowwise needs a "
+                "newer PyTorch on the CPU, or a GPU; fp8_mm emulates it anywhere")
+
+
 def scaled_mm_problems(a: Quantized, b: Quantized, device_kind: str = "cuda",
                        out_dtype: torch.dtype = torch.bfloat16) -> list[str]:
     """Why ``torch._scaled_mm`` would refuse ``a @ b.T`` on a ``device_kind`` device (empty: it accepts).
@@ -133,6 +155,8 @@ def scaled_mm_problems(a: Quantized, b: Quantized, device_kind: str = "cuda",
         problems.append("E5M2 x E5M2 is not supported (cuBLASLt); accepted pairs: E4M3 x E4M3, E4M3 x E5M2, "
                         "E5M2 x E4M3 (gradients in E5M2 meet E4M3 weights or activations)")
     rowwise = {a.recipe == "rowwise", b.recipe == "rowwise"}
+    if device_kind == "cpu" and True in rowwise and not cpu_rowwise_scaled_mm():
+        problems.append(_CPU_ROWWISE)
     if rowwise == {True, False}:
         problems.append("one operand is rowwise and the other tensorwise; _scaled_mm takes both tensorwise "
                         "(scalar scales) or both rowwise ((M, 1) and (1, N) scales)")
@@ -189,6 +213,8 @@ def scaled_mm(
                 f"H100, H200), or an AMD MI300+; this is {caps.describe()}. Use fp8_mm (emulated) here"
             )
     problems = scaled_mm_problems(a, b, "cuda" if (dev.type == "cuda" or portable) else dev.type, out_dtype)
+    if dev.type == "cpu" and portable and "rowwise" in (a.recipe, b.recipe) and not cpu_rowwise_scaled_mm():
+        problems.append(_CPU_ROWWISE)
     if problems:
         raise ValueError("torch._scaled_mm cannot multiply these operands:\n- " + "\n- ".join(problems))
     if a.recipe == "rowwise":
