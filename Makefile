@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 BOOK_FLAGS  := -W -n --keep-going
 
-.PHONY: venv book test sync student lab browser clean help
+.PHONY: venv book test sync student lab browser colab-check clean help
 
 help:
 	@echo "make book     build the website into _build/html (executes every chapter)"
@@ -16,6 +16,7 @@ help:
 	@echo "make sync     pair each notebooks/*.md with its .ipynb and stamp the setup cells"
 	@echo "make student  write student notebooks (solutions removed) into student/"
 	@echo "make lab      open the chapters in JupyterLab"
+	@echo "make colab-check  run the chapters and unit tests with Colab's preinstalled versions (large download)"
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -42,6 +43,18 @@ student: $(STAMP)
 lab: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e ".[book,test,lab]"
 	$(BIN)/jupyter lab notebooks/
+
+# The versions Colab preinstalls (its published package list, Aug 2026), where the course is installed
+# with --no-deps: the chapters and the unit tests must pass with them too. Not part of `make test`:
+# PyPI's torch 2.11 for Linux is the CUDA build, several GB (it runs on the CPU here).
+COLAB_PINS := torch==2.11.0 numpy==2.1.3 plotly==5.24.1 ipywidgets==7.7.1
+COLAB_VENV := .venv-colab
+colab-check:
+	test -d $(COLAB_VENV) || $(PYTHON) -m venv $(COLAB_VENV)
+	set -o pipefail; $(COLAB_VENV)/bin/python -m pip install --quiet -e ".[test]" $(COLAB_PINS) 2>&1 \
+	  | sed '/is ignored: it is neither a file nor a directory/d'
+	MPCOURSE_PROFILE=ci $(COLAB_VENV)/bin/python -m pytest notebooks tests --nbval-lax --nbval-current-env \
+	  -p no:cacheprovider -m "not book and not browser"
 
 # Headless Chromium for the browser test of the website: Debian's package, never a downloaded browser.
 browser:

@@ -20,7 +20,7 @@ Rounding is round-to-nearest, ties to even (the IEEE 754 default) unless another
 for; overflow gives infinity, NaN, or the largest finite value, as the format defines (or
 saturates when asked). Conversions of float32 values agree bit for bit with ml_dtypes, except in
 the corners documented in :meth:`FloatFormat.encode` (NaN payloads, NaN into a format that has no
-NaN, E8M0 just above 2^-127); float64 inputs are rounded once, where ml_dtypes and torch go through
+NaN, E8M0 just above 2^-127 before ml_dtypes 0.7); float64 inputs are rounded once, where ml_dtypes and torch go through
 float32. numpy is the core; :func:`round_tensor` runs the same algorithm with torch operations, so
 it works on any device.
 """
@@ -436,9 +436,10 @@ class FloatFormat:
           ``+0``.
         - E8M0 has no zero and no sign: zero and negative inputs give NaN (torch instead gives
           ``2^-127`` for zero and ignores the sign); positives below ``2^-127`` give ``2^-127``.
-          Inputs strictly between ``2^-127`` and ``2^-126`` go to the nearer of the two; ml_dtypes and
-          torch send them all to ``2^-126``: they round float32's bit fields, and float32 numbers there
-          are subnormal, a case their rounding does not treat by value.
+          Inputs strictly between ``2^-127`` and ``2^-126`` go to the nearer of the two, as ml_dtypes
+          0.7 does; ml_dtypes up to 0.6 and torch send them all to ``2^-126``: they round float32's
+          bit fields, and float32 numbers there are subnormal, a case their rounding did not treat by
+          value.
 
         Returns:
             unsigned integers of :attr:`storage_dtype`, shaped like ``values`` (a numpy scalar for a

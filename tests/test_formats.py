@@ -149,10 +149,11 @@ def test_encoding_matches_ml_dtypes_bit_for_bit(name: str, sample: np.ndarray) -
     if name == "float8_e8m0fnu":
         quirk = e8m0_quirk(values)
         assert quirk.sum() > 100, "the sample must reach the interval where the libraries differ"
-        assert (want[quirk] == 1).all()  # ml_dtypes: everything in (2^-127, 2^-126) becomes 2^-126
         nearest = np.where(values[quirk] < 1.5 * 2.0**-127, 2.0**-127, 2.0**-126)
         assert (fmt.decode(got[quirk]) == nearest).all()
-        differ &= ~quirk
+        if not (got[quirk] == want[quirk]).all():  # ml_dtypes up to 0.6 (0.7 rounds to nearest, as we do):
+            assert (want[quirk] == 1).all()  # everything in (2^-127, 2^-126) becomes 2^-126
+            differ &= ~quirk
     assert not (differ & ~payload).any(), values[differ & ~payload][:10]
 
 
