@@ -18,6 +18,16 @@ __all__ = ["COLORS", "devices_figure", "roofline_figure", "sweep_figure"]
 COLORS: dict[str, str] = dict(zip(PRECISIONS, plotly.colors.qualitative.D3))
 
 
+def _show_one_buttons(owners: list[str], title: str) -> list[dict]:
+    """Menu buttons that show the traces of one owner at a time (``owners[i]`` owns trace ``i``).
+
+    Each button also puts the owner's name in the title, so that a static page still says what it shows.
+    """
+    return [
+        {"label": o, "method": "update", "args": [{"visible": [x == o for x in owners]}, {"title.text": f"{title}: {o}"}]}
+        for o in dict.fromkeys(owners)
+    ]
+
 def sweep_figure(sweeps: Mapping[str, pd.DataFrame], title: str = "Matrix products by precision") -> go.Figure:
     """Achieved rate vs size, one line per precision, for each source (this machine, stored results).
 
@@ -43,11 +53,7 @@ def sweep_figure(sweeps: Mapping[str, pd.DataFrame], title: str = "Matrix produc
             owners.append(source)
     if not owners:
         raise ValueError("no sweep has a measured row")
-    sources = list(dict.fromkeys(owners))
-    pick_source = [
-        {"label": s, "method": "update", "args": [{"visible": [o == s for o in owners]}, {"title.text": f"{title}: {s}"}]}
-        for s in sources
-    ]
+    pick_source = _show_one_buttons(owners, title)
     metric = [
         {"label": "TFLOP/s", "method": "restyle",
          "args": [{"y": [_column(sweeps[o], t.name, "tflops") for o, t in zip(owners, fig.data)]}, list(range(len(owners)))]},
@@ -55,7 +61,7 @@ def sweep_figure(sweeps: Mapping[str, pd.DataFrame], title: str = "Matrix produc
          "args": [{"y": [_column(sweeps[o], t.name, "pct_of_peak") for o, t in zip(owners, fig.data)]}, list(range(len(owners)))]},
     ]
     fig.update_layout(
-        title=f"{title}: {sources[0]}",
+        title=f"{title}: {owners[0]}",
         height=460,
         xaxis={"type": "log", "title": "n (an n x n x n product)"},
         yaxis={"title": "TFLOP/s or % of peak", "rangemode": "tozero"},
@@ -94,13 +100,9 @@ def devices_figure(sweeps: Mapping[str, pd.DataFrame], title: str = "Matrix prod
             owners.append(p)
     if not owners:
         raise ValueError("no sweep has a measured row")
-    shown = list(dict.fromkeys(owners))
-    buttons = [
-        {"label": p, "method": "update", "args": [{"visible": [o == p for o in owners]}, {"title.text": f"{title}: {p}"}]}
-        for p in shown
-    ]
+    buttons = _show_one_buttons(owners, title)
     fig.update_layout(
-        title=f"{title}: {shown[0]}",
+        title=f"{title}: {owners[0]}",
         height=460,
         xaxis={"type": "log", "title": "n (an n x n x n product)"},
         yaxis={"type": "log", "title": "TFLOP/s"},
