@@ -81,3 +81,28 @@ def test_records_from_several_devices_stay_apart() -> None:
     assert results.gpu_records([epyc, gpu, xeon]) == [gpu] and results.gpu_records([epyc]) == []
     assert "--save mpcourse/bench/reference/" in results.missing_gpu_note("train") and "bench train" in results.missing_gpu_note("train")
     assert results.table(epyc, "m", source="mine")["source"].tolist() == ["mine"]
+
+
+def test_bf16_vs_fp32_pairs_the_precisions_of_each_record() -> None:
+    env = {"kind": "cpu", "device": "cpu: Test CPU (flags: avx2)"}
+    matmul = {"environment": env, "date": "2026-01-01", "tables": {"matmul": [
+        {"precision": p, "m": n, "n": n, "k": n, "status": s, "seconds": t}
+        for p, s, n, t in [("fp32", "native", 256, 0.001), ("bf16", "emulated", 256, 0.03), ("fp32", "native", 512, 0.008),
+                           ("bf16", "emulated", 512, None), ("tf32", "skipped", 256, None)]
+    ] + [{"precision": "bf16", "m": 256, "n": 256, "k": 64, "status": "emulated", "seconds": 0.01}]}}
+    train = {"environment": env, "date": "2026-01-01", "tables": {"recipes": [
+        {"recipe": "fp32", "status": "native", "step_ms": 100.0}, {"recipe": "bf16", "status": "emulated", "step_ms": 2500.0},
+        {"recipe": "fp16", "status": "emulated", "step_ms": 3000.0},
+    ]}}
+    table = results.bf16_vs_fp32([matmul], [train])
+    # one square size with both precisions; the non-square and unmeasured rows are left out; no pure_bf16 step
+    assert list(table["what"]) == ["matmul n = 256", "training step, bf16 autocast"]
+    assert list(table["bf16 / fp32 time"]) == pytest.approx([30.0, 25.0])
+    assert set(table["bf16"]) == {"emulated"} and set(table["kind"]) == {"cpu"}
+    assert results.bf16_vs_fp32([], []).empty
+
+
+def test_bf16_vs_fp32_reads_the_stored_references() -> None:
+    table = results.bf16_vs_fp32()
+    assert len(table) and (table["bf16 / fp32 time"] > 0).all()
+    assert set(table["device"]) == {results.label(r) for r in results.reference_records("matmul")}

@@ -24,8 +24,8 @@ import pandas as pd
 from .. import profile
 
 __all__ = [
-    "KEYS", "REFERENCE_DIR", "SCHEMA", "by_label", "devices", "gpu_records", "label", "load", "make_record",
-    "missing_gpu_note", "reference_records", "save", "table",
+    "KEYS", "REFERENCE_DIR", "SCHEMA", "bf16_vs_fp32", "by_label", "devices", "gpu_records", "label", "load",
+    "make_record", "missing_gpu_note", "reference_records", "save", "table",
 ]
 
 SCHEMA = 1
@@ -184,3 +184,36 @@ def table(record: dict[str, Any], name: str, source: str | None = None) -> pd.Da
     frame = pd.DataFrame(record["tables"][name])
     frame["source"] = source if source is not None else label(record)
     return frame
+
+
+def bf16_vs_fp32(matmul: list[dict[str, Any]] | None = None, train: list[dict[str, Any]] | None = None) -> pd.DataFrame:
+    """bf16 against fp32 in stored records, one row per comparison: the question the bf16 and recipe
+    chapters ask of every machine the course was measured on.
+
+    ``matmul`` and ``train`` are records of those topics (default: the stored references). A matmul
+    record gives a row for each square size where both precisions ran; a train record gives one for
+    the bf16 autocast step and one for the pure-bf16 step. Columns: ``device`` (:func:`label`),
+    ``kind`` (cpu, cuda), ``bf16`` (native or emulated there), ``what``, ``fp32 ms``, ``bf16 ms`` and
+    ``bf16 / fp32 time`` (above 1: bf16 was slower).
+    """
+    matmul = reference_records("matmul") if matmul is None else matmul
+    train = reference_records("train") if train is None else train
+    rows = []
+
+    def add(record: dict[str, Any], status: str, what: str, fp32_ms: float, bf16_ms: float) -> None:
+        rows.append({"device": label(record), "kind": record["environment"].get("kind"), "bf16": status,
+                     "what": what, "fp32 ms": fp32_ms, "bf16 ms": bf16_ms, "bf16 / fp32 time": bf16_ms / fp32_ms})
+
+    for record in matmul:
+        square = {(r["precision"], r["n"]): r for r in record["tables"].get("matmul", [])
+                  if r.get("seconds") and r["m"] == r["n"] == r["k"]}
+        for n in sorted(n for p, n in square if p == "bf16" and ("fp32", n) in square):
+            bf16, fp32 = square[("bf16", n)], square[("fp32", n)]
+            add(record, bf16["status"], f"matmul n = {n}", 1e3 * fp32["seconds"], 1e3 * bf16["seconds"])
+    for record in train:
+        steps = {r["recipe"]: r for r in record["tables"].get("recipes", []) if r.get("step_ms")}
+        for recipe, what in (("bf16", "training step, bf16 autocast"), ("pure_bf16", "training step, pure bf16")):
+            if "fp32" in steps and recipe in steps:
+                add(record, steps[recipe]["status"], what, steps["fp32"]["step_ms"], steps[recipe]["step_ms"])
+    columns = ["device", "kind", "bf16", "what", "fp32 ms", "bf16 ms", "bf16 / fp32 time"]
+    return pd.DataFrame(rows, columns=columns)
