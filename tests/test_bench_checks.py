@@ -105,3 +105,8 @@ def test_large_products_are_compute_bound_on_every_datasheet_gpu() -> None:
             continue
         assert 3 * sheet.balance_point["bf16"] < checks.LARGE_N, sheet.name  # 2n / (3 * 2 bytes) >= balance
         assert sheet.dense_tflops["bf16"] >= 3 * sheet.dense_tflops["fp32"], sheet.name
+
+
+def test_report_names_the_record_of_each_statement() -> None:
+    lines = checks.report(lambda record: [f"{record['x']} ok"] * record["x"], {"a": {"x": 1}, "b": {"x": 2}, "c": {"x": 0}})
+    assert lines == ["checked on a: 1 ok", "checked on b: 2 ok", "checked on b: 2 ok"]

@@ -25,13 +25,14 @@ Where each expectation comes from:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pandas as pd
 
 from . import datasheets, results
 
-__all__ = ["LARGE_N", "elementwise", "matmul", "pitfalls", "speedups", "train"]
+__all__ = ["LARGE_N", "elementwise", "matmul", "pitfalls", "report", "speedups", "train"]
 
 #: Products at least this large (n x n x n) count as large on a GPU: compute-bound in bf16 on every
 #: datasheet GPU (a square bf16 product reaches the balance point at n = 3 x peak / bandwidth, at
@@ -45,6 +46,12 @@ def _where(record: dict[str, Any]) -> str:
 
 def _cuda(record: dict[str, Any]) -> bool:
     return record["environment"].get("kind") == "cuda"
+
+
+def report(check: Callable[[dict[str, Any]], list[str]], records: dict[str, dict[str, Any]]) -> list[str]:
+    """Run ``check`` on every record of ``records`` (label -> record, as :func:`results.by_label` gives)
+    and return what it verified, one line per statement: ``"checked on LABEL: STATEMENT"``."""
+    return [f"checked on {name}: {statement}" for name, record in records.items() for statement in check(record)]
 
 
 def speedups(frame: pd.DataFrame) -> pd.DataFrame:
