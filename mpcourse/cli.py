@@ -1,4 +1,4 @@
-"""The ``mpcourse`` command: student notebooks, the environment report, verification, benchmarks."""
+"""The ``mpcourse`` command: student notebooks, the environment report, verification, benchmarks, recording."""
 
 from __future__ import annotations
 
@@ -62,6 +62,21 @@ def _bench(args: argparse.Namespace) -> int:
     return run(save=Path(args.save) if args.save else None, quick=args.quick)
 
 
+def _record(args: argparse.Namespace) -> int:
+    from .record import STEPS, record
+
+    results = record(
+        args.steps or STEPS,
+        profile_name=args.profile,
+        out=Path(args.out) if args.out else None,
+        notebooks=[Path(p) for p in args.notebooks],
+        quick=args.quick,
+        jobs=args.jobs,
+        force=args.force,
+    )
+    return 0 if all(r.status != "failed" for r in results) else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mpcourse", description="Mixed-precision course helper.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -88,6 +103,19 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--save", metavar="PATH", help="also store the results, with device, versions and date")
     bench.add_argument("--quick", action="store_true", help="fewer sizes and repeats (a smoke run)")
     bench.set_defaults(run=_bench)
+    rec = sub.add_parser(
+        "record",
+        help="run the benchmarks and verify every chapter; store the results under this machine's name",
+    )
+    rec.add_argument("--steps", nargs="+", choices=["matmul", "train", "fp8", "verify"],
+                     help="what to run (default: all, in that order)")
+    rec.add_argument("--profile", choices=["ci", "small", "full"], help="problem sizes (default: the active profile)")
+    rec.add_argument("--out", metavar="DIR", help="write into DIR, laid out as the package (default: the package's own folders)")
+    rec.add_argument("--notebooks", nargs="+", default=[], metavar="NB", help="chapters to verify (default: notebooks/*.ipynb)")
+    rec.add_argument("--quick", action="store_true", help="the benchmarks' smoke sizes (to try the command)")
+    rec.add_argument("--jobs", type=int, default=1, help="chapters to verify at once (default 1)")
+    rec.add_argument("--force", action="store_true", help="replace results that are already stored")
+    rec.set_defaults(run=_record)
     args = parser.parse_args(argv)
     return args.run(args)
 
