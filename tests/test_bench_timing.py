@@ -11,6 +11,9 @@ import torch
 from mpcourse import device
 from mpcourse.bench import sweeps, timing
 
+#: The CPU acceptance tests below measure the CPU even on a machine with a GPU (the sweep would pick the GPU).
+CPU = device.capabilities(kind="cpu")
+
 
 def test_timing_statistics_match_numpy() -> None:
     samples = (0.5, 0.1, 0.3, 0.2, 0.9, 0.4)
@@ -104,7 +107,7 @@ def test_sweep_timings_agree_with_an_independent_clock() -> None:
     ratios = []
     for _ in range(3):
         frame = sweeps.matmul_sweep(
-            [256, 384, 512], ["fp32"], min_run_time=0.3, num_threads=1, clock=time.process_time, progress=False
+            [256, 384, 512], ["fp32"], caps=CPU, min_run_time=0.3, num_threads=1, clock=time.process_time, progress=False
         )
         ratios.append(frame["seconds"].to_numpy() / frame["check_s"].to_numpy())
         if np.all(np.abs(ratios[-1] - 1) < 0.10):
@@ -150,7 +153,7 @@ def _wall_clock_agreement(precision: str, attempts: int = WALL_ATTEMPTS) -> tupl
     """
     paired, medians = [], []
     for _ in range(attempts):
-        frame = sweeps.matmul_sweep([WALL_N], [precision], min_run_time=0.25, max_blocks=40, progress=False)
+        frame = sweeps.matmul_sweep([WALL_N], [precision], caps=CPU, min_run_time=0.25, max_blocks=40, progress=False)
         row = frame.iloc[0]
         assert row["status"] != "skipped", row["note"]
         paired.append(float(row["check_paired_ratio"]))
@@ -161,8 +164,7 @@ def _wall_clock_agreement(precision: str, attempts: int = WALL_ATTEMPTS) -> tupl
 
 
 def _skip_slow_emulation(precision: str) -> None:
-    caps = device.capabilities()
-    status, reason = sweeps.availability(precision, caps)
+    status, reason = sweeps.availability(precision, CPU)
     if status == "skipped":
         pytest.skip(f"{precision} products do not run here: {reason}")
     if status == "emulated":
@@ -198,6 +200,17 @@ def test_the_wall_clock_agreement_fails_with_a_wrong_timer(monkeypatch) -> None:
     paired, _ = _wall_clock_agreement("fp32", attempts=2)
     assert len(paired) == 2 and all(abs(r - 0.8) < 0.1 for r in paired), paired
 
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_gpu_sweep_timings_agree_with_cuda_events(precision: str) -> None:  # pragma: no cover - GPU only
+    """On a GPU the independent clock is CUDA events; 4096^3 takes milliseconds, so launch costs are negligible."""
+    frame = sweeps.matmul_sweep([4096], [precision], caps=device.capabilities(kind="cuda"), min_run_time=0.25,
+                                max_blocks=40, progress=False)
+    row = frame.iloc[0]
+    assert row["status"] != "skipped", row["note"]
+    assert abs(row["check_paired_ratio"] - 1) < 0.10, row.to_dict()
 
 def test_paired_ratio_compares_neighbouring_blocks() -> None:
     ours = timing.Timing((1.0, 10.0, 1.1, 9.0, 1.0), "a")  # a load that comes and goes, hitting both alike

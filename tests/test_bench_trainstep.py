@@ -97,3 +97,20 @@ def test_fp8_rows_say_how_much_of_the_model_is_fp8_and_torchao_is_skipped_with_t
     assert math.isnan(row.loc["torchao_tensorwise", "samples_per_s"])
     assert set(kernels["recipe"]) == {"fp8_tensorwise", "fp8_blockwise"}
     assert "e4m3" in " ".join(kernels.loc[kernels["recipe"] == "fp8_tensorwise", "dtypes"])
+
+
+def test_torchao_rows_count_their_fp8_layers_as_torchao_converts_them() -> None:
+    """torchao's recipes report fp8_layers too (the benchmarking chapter asserts every fp8 row does)."""
+    from torch import nn
+
+    from mpcourse import quant
+
+    def model() -> nn.Module:
+        return nn.Sequential(nn.Linear(32, 64), nn.Linear(64, 24), nn.Linear(24, 64), nn.Linear(64, 64), nn.Linear(64, 10))
+
+    table = quant.torchao_plan(model())
+    assert list(table["fp8"]) == [False, False, False, True, False]
+    assert "not divisible by 16" in table.loc[1, "reason"] and "first" in table.loc[0, "reason"]
+    layers, why = trainstep.fp8_layers("torchao_tensorwise", model)
+    assert layers == "1/5" and "2 with features not divisible by 16" in why
+    assert trainstep.fp8_layers("bf16", model) is None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+import types
 
 import pytest
 import torch
@@ -144,6 +146,20 @@ def test_training_recipes_are_registered_and_train() -> None:
         assert sum(isinstance(m, FP8Linear) for m in run.model.modules()) == 2
 
 
+
+def test_an_fp8_run_whose_gemms_were_emulated_is_not_called_native() -> None:
+    """An H100 has fp8 tensor cores, but a run is native only if its GEMMs reached them."""
+    digits = data.load_images("digits", verbose=False)
+    h100 = device.capabilities(preset="h100")
+
+    def run(recipe: str) -> train.History:
+        return train.train(lambda: models.MLP(64, 10, width=64, depth=3), digits, recipe, steps=2, batch_size=64,
+                           caps=h100, device="cpu", progress=False, verbose=False)
+
+    emulated = run("fp8_tensorwise")  # on the CPU, no layer can use the GPU's _scaled_mm
+    assert emulated.status == "emulated" and any("ran emulated in fp32" in n for n in emulated.notes)
+    assert run("bf16").status == "native"  # no fp8 layer: the hardware's verdict stands
+
 def test_torchao_path_is_refused_clearly_without_fp8_hardware() -> None:
     caps = device.capabilities(preset="a100")
     ok, why = quant.torchao_status(caps)
@@ -154,6 +170,24 @@ def test_torchao_path_is_refused_clearly_without_fp8_hardware() -> None:
     with pytest.raises(ValueError, match="accepted: tensorwise, rowwise"):
         quant.torchao_convert(nn.Sequential(nn.Linear(16, 16)), "mxfp8")
 
+
+
+class _BrokenTorchao(types.ModuleType):
+    """A torchao whose import fails as one built for another torch does (not with ImportError)."""
+
+    def __getattr__(self, name: str) -> object:
+        raise RuntimeError(f"operator torchao::{name} does not exist (extension built for another torch)")
+
+
+def test_torchao_that_fails_to_load_is_reported_not_raised(monkeypatch: pytest.MonkeyPatch) -> None:
+    h100 = device.capabilities(preset="h100")
+    monkeypatch.setitem(sys.modules, "torchao", None)  # None in sys.modules: "import torchao" raises ImportError
+    ok, why = quant.torchao_status(h100)
+    assert not ok and "pip install torchao" in why
+    monkeypatch.setitem(sys.modules, "torchao", _BrokenTorchao("torchao"))
+    monkeypatch.setitem(sys.modules, "torchao.float8", _BrokenTorchao("torchao.float8"))
+    ok, why = quant.torchao_status(h100)
+    assert not ok and "does not load with torch" in why and "RuntimeError" in why
 
 # ---- benchmark ------------------------------------------------------------------------------------
 

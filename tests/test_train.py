@@ -393,6 +393,20 @@ def test_recipes_run_on_cuda(digits, recipe) -> None:  # pragma: no cover - GPU 
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_peak_leaves_out_what_other_code_holds(digits) -> None:  # pragma: no cover - GPU only
+    """An earlier cell's 256 MB on the GPU must not show up in this run's peak."""
+    def peak() -> int:
+        run = train(mlp(digits), digits, "fp32", steps=3, device="cuda", progress=False, verbose=False)
+        return int(run.frame["peak_memory_bytes"].max())
+
+    alone = peak()
+    ballast = torch.empty(2**28, dtype=torch.uint8, device="cuda")
+    crowded = peak()
+    del ballast
+    assert 0 < alone < 2**28 and abs(crowded - alone) < 2**20
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_matmul_precision_sets_and_restores_tf32_on_cuda() -> None:  # pragma: no cover - GPU only
     before = torch.backends.cuda.matmul.fp32_precision
     with matmul_precision(True, "cuda"):

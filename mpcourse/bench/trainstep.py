@@ -66,12 +66,16 @@ def unavailable(name: str, caps: devices.Capabilities) -> str | None:
 
 
 def fp8_layers(name: str, factory: Callable[[], torch.nn.Module]) -> tuple[str, str] | None:
-    """For an fp8 recipe of :mod:`mpcourse.quant`: ("converted/linear layers", why others are not); else None."""
+    """For an fp8 recipe (of :mod:`mpcourse.quant`, or torchao's): ("converted/linear layers", why others
+    are not); None for any other recipe."""
     from .. import quant
 
-    if name not in quant.CONFIGS:
+    if name in quant.CONFIGS:
+        table, divisor = quant.plan(factory(), name), f"the block size {quant.get_config(name).block_size}"
+    elif name.startswith("torchao_"):
+        table, divisor = quant.torchao_plan(factory()), "16"
+    else:
         return None
-    table = quant.plan(factory(), name)
     converted = int(table["fp8"].sum())
     kept = table.loc[~table["fp8"], "reason"]
     indivisible = int(kept.str.contains("not divisible").sum())
@@ -79,7 +83,7 @@ def fp8_layers(name: str, factory: Callable[[], torch.nn.Module]) -> tuple[str, 
     if len(kept):
         parts = ["first and last kept in higher precision"] if kept.str.contains("first|last").any() else []
         if indivisible:
-            parts.append(f"{indivisible} with features not divisible by the block size {quant.get_config(name).block_size}")
+            parts.append(f"{indivisible} with features not divisible by {divisor}")
         why += f" ({'; '.join(parts) or 'others filtered'})"
     if converted == 0:
         why += ": at this model size the recipe runs as bf16"
@@ -119,7 +123,8 @@ def recipe_table(
     The rows hold the status (native / emulated / unavailable on this device), samples and tokens
     per second (median after warm-up, from the run's history), step time, peak memory (see the
     history's ``memory_note``), final loss, FLOPs per step (counted and 6NT), achieved model
-    TFLOP/s, and MFU against the datasheet's dense peak (NaN where the device has no datasheet).
+    TFLOP/s, and MFU against the datasheet's dense peak (NaN where the device has no datasheet, and
+    for a recipe that ran emulated: no peak describes those units).
     The kernel tables are one ``torch.profiler`` step per recipe, stacked with a ``recipe`` column.
     """
     caps = caps or devices.capabilities()
@@ -166,7 +171,8 @@ def recipe_table(
         summary = run.summary()
         samples_per_s = float(summary["samples_per_s"])
         step_s = batch_size / samples_per_s
-        peak = sheet.peak_tflops(recipe.precision) if sheet else None
+        # MFU against the peak of the units the recipe used: none is defined for an emulated run.
+        peak = sheet.peak_tflops(recipe.precision) if sheet and run.status == "native" else None
         row |= {
             "status": run.status,
             "samples_per_s": samples_per_s,

@@ -38,6 +38,7 @@ from .linear import (
     plan,
     register_training_recipes,
     torchao_convert,
+    torchao_plan,
     torchao_status,
 )
 from .scaling import (
@@ -63,5 +64,6 @@ __all__ = [
     "DelayedScaler", "DelayedScaling", "FP8Config", "FP8Linear", "Quantized", "ScalingRecipe",
     "UnsupportedFP8Error", "cast", "convert_to_fp8", "dequantize", "error_stats", "expand_blocks",
     "fake_quantize", "flops", "fp8_mm", "get_config", "plan", "pow2", "quantize", "register_training_recipes",
-    "relative_error", "resolve", "scaled_mm", "scaled_mm_problems", "torchao_convert", "torchao_status",
+    "relative_error", "resolve", "scaled_mm", "scaled_mm_problems", "torchao_convert", "torchao_plan",
+    "torchao_status",
 ]

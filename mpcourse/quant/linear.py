@@ -366,7 +366,22 @@ def torchao_status(caps: device_mod.Capabilities | None = None) -> tuple[bool, s
         from torchao.float8 import Float8LinearConfig, convert_to_float8_training  # noqa: F401
     except ImportError as err:
         return False, f"torchao is not installed or too old ({err}); `pip install torchao` to use it"
+    except Exception as err:  # noqa: BLE001 - a torchao built for another torch fails in many ways at import
+        return False, (f"torchao is installed but does not load with torch {torch.__version__} "
+                       f"({type(err).__name__}: {err}); install the torchao release made for this torch")
     return True, f"torchao {getattr(torchao, '__version__', '?')} on {caps.describe()}"
+
+
+def torchao_plan(model: nn.Module, *, skip_first_last: bool = True) -> pd.DataFrame:
+    """Which linear layers :func:`torchao_convert` converts, in the format of :func:`plan`: the first
+    and last stay in higher precision, and so does a layer with in/out features not divisible by 16
+    (``torch._scaled_mm`` needs that)."""
+    table = plan(model, "fp8_tensorwise", skip_first_last=skip_first_last)
+    odd = table["fp8"] & ((table["in_features"] % 16 != 0) | (table["out_features"] % 16 != 0))
+    table.loc[odd, "fp8"] = False
+    table.loc[odd, "reason"] = [f"in/out features ({i}, {o}) not divisible by 16 (torch._scaled_mm)"
+                                for i, o in zip(table.loc[odd, "in_features"], table.loc[odd, "out_features"])]
+    return table
 
 
 def torchao_convert(model: nn.Module, recipe: str = "tensorwise", *, skip_first_last: bool = True) -> nn.Module:
@@ -384,13 +399,11 @@ def torchao_convert(model: nn.Module, recipe: str = "tensorwise", *, skip_first_
         raise UnsupportedFP8Error(why)
     from torchao.float8 import Float8LinearConfig, convert_to_float8_training
 
-    table = plan(model, "fp8_tensorwise", skip_first_last=skip_first_last)
+    table = torchao_plan(model, skip_first_last=skip_first_last)
     chosen = set(table.loc[table["fp8"], "layer"])
 
     def keep(module: nn.Module, fqn: str) -> bool:
-        if not isinstance(module, nn.Linear):
-            return True
-        return fqn in chosen and module.in_features % 16 == 0 and module.out_features % 16 == 0
+        return not isinstance(module, nn.Linear) or fqn in chosen
 
     return convert_to_float8_training(model, config=Float8LinearConfig.from_recipe_name(recipe), module_filter_fn=keep)
 
@@ -432,5 +445,5 @@ register_training_recipes()
 
 __all__ = [
     "CONFIGS", "FP8Config", "FP8Linear", "GEMMS", "TORCHAO_RECIPES", "convert_to_fp8", "get_config", "plan",
-    "register_training_recipes", "torchao_convert", "torchao_status",
+    "register_training_recipes", "torchao_convert", "torchao_plan", "torchao_status",
 ]

@@ -132,6 +132,25 @@ def matmul_precision(tf32: bool, device_type: str) -> Iterator[None]:
             matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved_old
 
 
+def _status_after(net: nn.Module, status: str, notes: list[str], label: str | None) -> str:
+    """Correct a "native" verdict that the hardware alone cannot give.
+
+    A GPU with fp8 tensor cores runs an fp8 recipe natively only if its GEMMs reach them: layers
+    that may fall back to an emulated GEMM (``mpcourse.quant.FP8Linear``, e.g. with block scales that
+    ``torch._scaled_mm`` does not take) say whether they did through ``used_scaled_mm``.
+    """
+    layers = [m for m in net.modules() if hasattr(m, "used_scaled_mm")]
+    if status != "native" or not layers or any(m.used_scaled_mm for m in layers):
+        return status
+    notes.append(
+        "None of this run's fp8 GEMMs could use torch._scaled_mm here (mpcourse.quant.scaled_mm_problems says why), "
+        "so they ran emulated in fp32: status 'emulated', and its speed is not that of the fp8 tensor cores."
+    )
+    if label is not None:
+        print(f"[{label}] {notes[-1]}")
+    return "emulated"
+
+
 def _build_model(model: nn.Module | Callable[[], nn.Module], seed: int) -> tuple[nn.Module, bool]:
     if isinstance(model, nn.Module):
         return model, False
@@ -346,9 +365,16 @@ def train(
             "loss scaling needs fp32 master weights. Use recipe 'fp16' (fp32 parameters, fp16 autocast), "
             "or pass scaler=False"
         )
-    resident = torch.cuda.memory_allocated(dev) if dev.type == "cuda" else 0
-    data = data.to(dev)
-    data_bytes = (torch.cuda.memory_allocated(dev) - resident) if dev.type == "cuda" else 0
+    # On a GPU the peak is read from the allocator, which also counts what other code holds there
+    # (an earlier cell's tensors, a previous run's model): measure that, and the dataset, to leave out.
+    if dev.type == "cuda":
+        data = data.to(dev)
+        here = torch.device("cuda", dev.index if dev.index is not None else torch.cuda.current_device())
+        held = memory.storage_bytes(t for t in (*net.parameters(), *net.buffers()) if t.device == here)
+        outside_bytes = torch.cuda.memory_allocated(dev) - held
+    else:
+        data = data.to(dev)
+        outside_bytes = 0
     eval_every = eval_every or max(1, steps // 5)
     if eval_items is None and data.items_per_sample > 1:
         eval_items = profile.pick(ci=64, small=256, full=1024)
@@ -372,7 +398,8 @@ def train(
         torch.cuda.reset_peak_memory_stats(dev)
         memory_note = (
             "peak_memory_bytes: torch.cuda.max_memory_allocated (everything the caching allocator handed out, "
-            "temporaries included), less the dataset held on the GPU"
+            "temporaries included), less what was on the GPU before the run other than the model: the dataset, "
+            "and tensors that other code holds there"
         )
     else:
         memory_note = (
@@ -430,7 +457,7 @@ def train(
             hits, count = data.correct(logits, y)
             elapsed = time.perf_counter() - start
             if on_cuda:
-                peak = torch.cuda.max_memory_allocated(dev) - data_bytes
+                peak = torch.cuda.max_memory_allocated(dev) - outside_bytes
             row = {
                 "step": step,
                 "loss": loss_value,
@@ -458,6 +485,7 @@ def train(
                     print(f"[{label}] {notes[-1]}")
                 break
     bar.close()
+    status = _status_after(net, status, notes, label if verbose else None)
     frame = pd.DataFrame(rows, columns=list(COLUMNS))
     config = dict(steps=steps, batch_size=batch_size, lr=lr, seed=seed, optimizer=type(opt).__name__,
                   scaler=type(active_scaler).__name__ if active_scaler is not None else None, data=data.name,
