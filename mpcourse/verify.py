@@ -151,4 +151,7 @@ def summary(records: list[dict[str, object]]) -> pd.DataFrame:
         f"{r.status}, {r.seconds:.1f} s" if r.status == "passed" else f"{r.status}: {r.error}" for r in frame.itertuples()
     ]
     table = frame.pivot_table(index="chapter", columns=["device", "profile", "commit"], values="result", aggfunc="last")
-    return table.fillna("not in this run")
+    # Within a machine, the profiles from smallest to largest (pivot_table sorts them alphabetically).
+    rank = {name: i for i, name in enumerate(profile.PROFILES)}
+    columns = sorted(table.columns, key=lambda c: (c[0], rank.get(c[1], len(rank)), c[2]))
+    return table[columns].fillna("not in this run")

@@ -146,3 +146,15 @@ def test_stored_verification_records_cover_every_chapter() -> None:
             assert r["status"] in {"passed", "failed"} and r["seconds"] > 0 and r["device"] and r["date"]
     table = verify.summary(records)
     assert set(table.index) <= chapters and table.notna().all().all()
+
+
+def test_verification_summary_orders_profiles_by_size() -> None:
+    from mpcourse import verify
+
+    def run(profile: str, chapter: str = "fp8") -> dict:
+        return {"chapter": chapter, "device": "cpu: x", "profile": profile, "commit": "abc", "status": "passed",
+                "seconds": 1.0, "error": None}
+
+    table = verify.summary([run("full"), run("ci"), run("small"), run("ci", "bf16")])
+    assert [c[1] for c in table.columns] == ["ci", "small", "full"]
+    assert table.loc["bf16", ("cpu: x", "full", "abc")] == "not in this run"
