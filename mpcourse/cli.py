@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 #: Benchmarks runnable as ``mpcourse bench TOPIC``: topic -> "module:function". Each function takes
@@ -56,10 +57,14 @@ def _verify(args: argparse.Namespace) -> int:
     return 0 if all(r["status"] == "passed" for r in records) else 1
 
 
+def bench_function(topic: str) -> Callable[..., int]:
+    """The function behind ``mpcourse bench TOPIC`` (see :data:`BENCHES`), imported on demand."""
+    module, _, function = BENCHES[topic].partition(":")
+    return getattr(importlib.import_module(module), function)
+
+
 def _bench(args: argparse.Namespace) -> int:
-    module, _, function = BENCHES[args.topic].partition(":")
-    run = getattr(importlib.import_module(module), function)
-    return run(save=Path(args.save) if args.save else None, quick=args.quick)
+    return bench_function(args.topic)(save=Path(args.save) if args.save else None, quick=args.quick)
 
 
 def _record(args: argparse.Namespace) -> int:

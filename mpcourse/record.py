@@ -15,7 +15,6 @@ Files go into the package's reference folders, so the chapters pick them up at o
 from __future__ import annotations
 
 import contextlib
-import importlib
 import os
 import platform
 import re
@@ -101,10 +100,9 @@ def _profile(name: str) -> Iterator[None]:
 
 def _bench(topic: str, quick: bool) -> Callable[[Path], int]:
     def run(path: Path) -> int:
-        from .cli import BENCHES
+        from .cli import bench_function
 
-        module, _, function = BENCHES[topic].partition(":")
-        return getattr(importlib.import_module(module), function)(save=path, quick=quick)
+        return bench_function(topic)(save=path, quick=quick)
 
     return run
 
