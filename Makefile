@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 book: $(STAMP)
-	$(BIN)/python -m mpcourse.authoring cache
+	$(BIN)/python -m mpcourse.course.authoring cache
 	$(BIN)/jupyter-book build . --toc book/_toc.yml $(BOOK_FLAGS)
 
 # The smallest problem sizes, so each chapter runs in well under a minute on two CPU cores.
@@ -35,7 +35,7 @@ test: $(STAMP) browser
 	MPCOURSE_PROFILE=ci $(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider
 
 sync: $(STAMP)
-	$(BIN)/python -m mpcourse.authoring sync
+	$(BIN)/python -m mpcourse.course.authoring sync
 
 student: $(STAMP)
 	$(BIN)/mpcourse student student/

@@ -23,13 +23,13 @@ def report(caps: Capabilities | None = None) -> str:
 
     import torch
 
-    from . import device, profile
+    from . import device, sizes
 
     caps = caps or device.capabilities()
     support = device.precision_support(caps)
     lines = [
         f"mpcourse {__version__} | torch {torch.__version__} | Python {platform.python_version()}",
-        profile.explain(),
+        sizes.explain(),
         f"device {caps.describe()}",
     ]
     width = max(len(p) for p in support)

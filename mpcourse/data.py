@@ -38,7 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import profile
+from . import sizes
 
 Source = Literal["auto", "hub", "local"]
 SOURCES: tuple[str, ...] = ("auto", "hub", "local")
@@ -199,7 +199,7 @@ def _check_source(source: str) -> str:
     if source not in SOURCES:
         raise ValueError(f"unknown data source {source!r}; accepted: {', '.join(SOURCES)}")
     if source == "auto":
-        return "hub" if profile.current() == "full" else "local"
+        return "hub" if sizes.current() == "full" else "local"
     return source
 
 
@@ -371,8 +371,8 @@ def _hub_images(name: str, n_train: int | None, n_eval: int | None, seed: int) -
     missing package.
     """
     repo, image_col, label_col = IMAGE_DATASETS[name]  # type: ignore[misc]
-    n_train = n_train or profile.pick(ci=2_000, small=10_000, full=50_000)
-    n_eval = n_eval or profile.pick(ci=500, small=2_000, full=10_000)
+    n_train = n_train or sizes.pick(ci=2_000, small=10_000, full=50_000)
+    n_eval = n_eval or sizes.pick(ci=500, small=2_000, full=10_000)
     parts = []
     for split, n in (("train", n_train), ("test", n_eval)):
         ds = _hub(repo, None, split).shuffle(seed=seed)
@@ -415,7 +415,7 @@ def load_text(
     """
     _check_name(name, TEXT_DATASETS)
     chosen = _check_source(source)
-    block_size = block_size or profile.pick(ci=32, small=64, full=128)
+    block_size = block_size or sizes.pick(ci=32, small=64, full=128)
     text = None
     fallback_reason = ""
     if chosen == "hub" and TEXT_DATASETS[name] is not None:

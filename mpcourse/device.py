@@ -15,6 +15,9 @@ capability.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import os
 import platform
 from dataclasses import dataclass, field
@@ -288,3 +291,21 @@ def _cpu_support(caps: Capabilities) -> dict[str, Support]:
         ),
         "fp8": Support("emulated", "no CPU computes in fp8: the course quantises in fp8 and computes in fp32"),
     }
+
+
+@contextlib.contextmanager
+def cpu_threads(n: int | None) -> Iterator[None]:
+    """Run the block with ``torch.set_num_threads(n)`` (None: unchanged), then restore the setting.
+
+    On tensors as small as the course's toy models, coordinating CPU threads costs more than it
+    saves (on a busy machine, much more); results do not depend on the thread count.
+    """
+    if n is None:
+        yield
+        return
+    saved = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)

@@ -31,7 +31,6 @@ import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import numpy as np
@@ -58,7 +57,6 @@ __all__ = [
     "TF32",
     "Fields",
     "FloatFormat",
-    "benchmark",
     "custom",
     "get",
     "round_tensor",
@@ -1085,59 +1083,3 @@ def torch_e4m3fn_saturates() -> bool:
 
 
 # ---- benchmark: `mpcourse bench formats` -------------------------------------------------------
-
-
-def benchmark(save: Path | None = None, quick: bool = False) -> int:
-    """Time decoding every fp16 pattern and encoding 10^6 values; print medians; optionally save them.
-
-    Each figure is the median of several repeats (``timeit``), after one warm-up call that also
-    builds the decode tables. Run it with ``mpcourse bench formats``.
-    """
-    import datetime
-    import json
-    import platform
-    import timeit
-
-    import torch
-
-    repeats, n_values = (5, 100_000) if quick else (25, 1_000_000)
-    rng = np.random.default_rng(0)
-    values = (rng.standard_normal(n_values) * np.exp(rng.uniform(-12, 12, n_values))).astype(np.float32)
-    patterns = np.arange(1 << 16, dtype=np.uint16)
-    tensor = torch.from_numpy(values)
-    cases = {
-        "decode all 65,536 float16 patterns": lambda: FP16.decode(patterns),
-        "decode all 65,536 bfloat16 patterns": lambda: BF16.decode(patterns),
-        **{
-            f"encode {n_values:,} float32 values to {f.name}": (lambda f=f: f.encode(values))
-            for f in (FP16, BF16, E4M3, E5M2, E2M1)
-        },
-        f"round {n_values:,} float32 values to float8_e4m3fn": lambda: E4M3.round(values),
-        f"round_tensor {n_values:,} float32 values (CPU tensor) to float8_e4m3fn": lambda: round_tensor(
-            tensor, E4M3
-        ),
-    }
-    results = []
-    print(
-        f"mpcourse.formats: median of {repeats} runs (numpy {np.__version__}, {platform.processor() or platform.machine()})"
-    )
-    for name, fn in cases.items():
-        fn()  # warm-up (builds the lookup tables)
-        times = timeit.repeat(fn, number=1, repeat=repeats)
-        median = float(np.median(times))
-        results.append({"case": name, "median_s": median, "min_s": float(min(times)), "repeats": repeats})
-        print(f"  {name:<68} {median * 1e3:9.2f} ms")
-    if save is not None:
-        record = {
-            "benchmark": "formats",
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "machine": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "python": platform.python_version(),
-            "numpy": np.__version__,
-            "torch": torch.__version__,
-            "results": results,
-        }
-        save.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-        print(f"saved to {save}")
-    return 0

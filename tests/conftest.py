@@ -9,9 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from mpcourse import authoring
+from mpcourse.course import authoring
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Under the tests every claim a chapter makes is checked strictly: a claim that fails raises, here and in
+# every kernel nbval or the website build starts (they inherit this environment). A learner's run only notes it.
+os.environ["MPCOURSE_CLAIMS"] = "strict"
 SITE = ROOT / "_build" / "html"
 
 

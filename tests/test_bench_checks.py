@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 
+from mpcourse import reference
 from mpcourse.bench import checks, datasheets, results
 
 H100 = {"kind": "cuda", "device_name": "NVIDIA H100 80GB HBM3", "device": "cuda: NVIDIA H100 80GB HBM3 (sm_90)"}
@@ -93,9 +94,9 @@ def test_training_steps() -> None:
 
 
 def test_stored_records_pass_their_checks() -> None:
-    for r in results.reference_records("matmul"):
+    for r in reference.records("matmul"):
         checks.matmul(r), checks.pitfalls(r), checks.elementwise(r)
-    for r in results.reference_records("train"):
+    for r in reference.records("train"):
         checks.train(r)
 
 

@@ -6,7 +6,7 @@ import pandas as pd
 
 from mpcourse import device
 from mpcourse.bench import commands, results
-from mpcourse.cli import BENCHES, main
+from mpcourse.course.cli import BENCHES, main
 
 
 def test_topics_are_registered() -> None:

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from conftest import ROOT
 
+from mpcourse import reference
 from mpcourse.bench import results
 
 
@@ -37,7 +38,7 @@ def test_reference_records_filter_by_topic(tmp_path) -> None:
     record = _record()
     results.save(record, tmp_path / "a.json")
     results.save({**record, "topic": "train"}, tmp_path / "b.json")
-    assert [r["topic"] for r in results.reference_records("matmul", tmp_path)] == ["matmul"]
+    assert [r["topic"] for r in reference.records("matmul", tmp_path)] == ["matmul"]
 
 
 def test_bad_files_are_named(tmp_path) -> None:
@@ -54,7 +55,7 @@ def test_bad_files_are_named(tmp_path) -> None:
 
 
 def test_shipped_reference_results_load_and_are_packaged() -> None:
-    stored = sorted(results.REFERENCE_DIR.glob("*.json"))
+    stored = sorted(p for topic in reference.BENCH_TOPICS for p in reference.folder(topic).glob("*.json"))
     assert stored, "the course ships at least one reference result"
     for path in stored:
         record = results.load(path)
@@ -63,7 +64,7 @@ def test_shipped_reference_results_load_and_are_packaged() -> None:
             frame = results.table(record, "matmul")
             assert {"precision", "m", "n", "k", "tflops", "pct_of_peak", "rel_error"} <= set(frame)
     pyproject = (ROOT / "pyproject.toml").read_text()
-    assert '"mpcourse.bench" = ["reference/*.json"]' in pyproject.split("[tool.setuptools.package-data]")[1]
+    assert '"mpcourse.reference" = ["*/*.json"' in pyproject.split("[tool.setuptools.package-data]")[1]
 
 
 def test_records_from_several_devices_stay_apart() -> None:
@@ -79,7 +80,7 @@ def test_records_from_several_devices_stay_apart() -> None:
     assert len(named) == 3 and list(named)[2] == results.label(epyc) + " #2"
     assert results.devices([epyc, xeon, epyc]) == ["cpu: AMD EPYC (flags: avx2)", "cpu: Intel(R) Xeon(R) Processor (flags: amx_bf16)"]
     assert results.gpu_records([epyc, gpu, xeon]) == [gpu] and results.gpu_records([epyc]) == []
-    assert "--save mpcourse/bench/reference/" in results.missing_gpu_note("train") and "bench train" in results.missing_gpu_note("train")
+    assert "--save mpcourse/reference/" in results.missing_gpu_note("train") and "bench train" in results.missing_gpu_note("train")
     assert results.table(epyc, "m", source="mine")["source"].tolist() == ["mine"]
 
 
@@ -105,4 +106,4 @@ def test_bf16_vs_fp32_pairs_the_precisions_of_each_record() -> None:
 def test_bf16_vs_fp32_reads_the_stored_references() -> None:
     table = results.bf16_vs_fp32()
     assert len(table) and (table["bf16 / fp32 time"] > 0).all()
-    assert set(table["device"]) == {results.label(r) for r in results.reference_records("matmul")}
+    assert set(table["device"]) == {results.label(r) for r in reference.records("matmul")}

@@ -103,12 +103,12 @@ def test_torchao_rows_count_their_fp8_layers_as_torchao_converts_them() -> None:
     """torchao's recipes report fp8_layers too (the benchmarking chapter asserts every fp8 row does)."""
     from torch import nn
 
-    from mpcourse import quant
+    from mpcourse import fp8
 
     def model() -> nn.Module:
         return nn.Sequential(nn.Linear(32, 64), nn.Linear(64, 24), nn.Linear(24, 64), nn.Linear(64, 64), nn.Linear(64, 10))
 
-    table = quant.torchao_plan(model())
+    table = fp8.torchao_plan(model())
     assert list(table["fp8"]) == [False, False, False, True, False]
     assert "not divisible by 16" in table.loc[1, "reason"] and "first" in table.loc[0, "reason"]
     layers, why = trainstep.fp8_layers("torchao_tensorwise", model)

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from mpcourse import authoring
+from mpcourse.course import authoring
 
 pytestmark = pytest.mark.book
 

@@ -14,7 +14,7 @@ import yaml
 from IPython.core.interactiveshell import InteractiveShell
 
 from conftest import ROOT
-from mpcourse import authoring
+from mpcourse.course import authoring
 from mpcourse.exercises import labels
 
 SOURCES = authoring.chapters(ROOT)

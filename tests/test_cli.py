@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from conftest import ROOT
-from mpcourse.cli import main
+from mpcourse.course.cli import main
 
 
 def test_doctor_reports_device_and_packages(capsys: pytest.CaptureFixture[str]) -> None:
@@ -36,14 +36,14 @@ def test_student_refuses_to_overwrite_the_chapters() -> None:
 
 
 def test_help_lists_the_commands() -> None:
-    out = subprocess.run([sys.executable, "-m", "mpcourse.cli", "--help"], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "mpcourse.course.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "student" in out.stdout and "doctor" in out.stdout
 
 
 def test_every_benchmark_topic_resolves() -> None:
     import importlib
 
-    from mpcourse.cli import BENCHES
+    from mpcourse.course.cli import BENCHES
 
     for topic, target in BENCHES.items():
         module, _, function = target.partition(":")
@@ -62,7 +62,7 @@ def test_verify_records_a_chapter_run(tmp_path, capsys) -> None:
     import nbformat
 
     chapter = nbformat.v4.new_notebook()
-    chapter.cells = [nbformat.v4.new_code_cell("from mpcourse import profile\nprint('running', profile.current())")]
+    chapter.cells = [nbformat.v4.new_code_cell("from mpcourse import sizes\nprint('running', sizes.current())")]
     nb = tmp_path / "tiny.ipynb"
     nbformat.write(chapter, nb)
     out = tmp_path / "records.json"
@@ -89,7 +89,7 @@ def test_verify_reports_a_failing_chapter(tmp_path) -> None:
 
 
 def test_verify_needs_a_positive_number_of_jobs(tmp_path) -> None:
-    from mpcourse.verify import verify
+    from mpcourse.course.verify import verify
 
     with pytest.raises(ValueError, match="positive number"):
         verify([tmp_path / "x.ipynb"], "ci", jobs=0)
@@ -111,35 +111,36 @@ def other_repository(tmp_path):
 
 
 def test_the_commit_is_the_packages_not_the_current_directorys(other_repository, monkeypatch) -> None:
-    from mpcourse import verify
+    from mpcourse import provenance
 
     if not (ROOT / ".git").exists():
         pytest.skip("the course is not a git checkout here")
     monkeypatch.chdir(other_repository)
     other = _git("rev-parse", "--short", "HEAD", cwd=other_repository)
     ours = _git("rev-parse", "--short", "HEAD", cwd=ROOT)
-    assert verify.PACKAGE_PARENT == ROOT.resolve()
-    assert verify._commit() == ours != other
-    assert verify.environment()["commit"] == ours
+    assert provenance.PACKAGE_PARENT == ROOT.resolve()
+    assert provenance.commit() == ours != other
+    assert provenance.environment()["commit"] == ours
 
 
 def test_a_package_folder_inside_someone_elses_repository_has_no_commit(other_repository, tmp_path_factory) -> None:
-    from mpcourse import verify
+    from mpcourse import provenance
 
     site_packages = other_repository / "venv" / "lib" / "site-packages"
     site_packages.mkdir(parents=True)
-    assert verify._commit(site_packages) is None  # not the top of a repository: the other repo's commit is not ours
-    assert verify._commit(other_repository) == _git("rev-parse", "--short", "HEAD", cwd=other_repository)
-    assert verify._commit(tmp_path_factory.mktemp("plain")) is None  # no repository at all
+    assert provenance.commit(site_packages) is None  # not the top of a repository: the other repo's commit is not ours
+    assert provenance.commit(other_repository) == _git("rev-parse", "--short", "HEAD", cwd=other_repository)
+    assert provenance.commit(tmp_path_factory.mktemp("plain")) is None  # no repository at all
 
 
 def test_stored_verification_records_cover_every_chapter() -> None:
-    from mpcourse import authoring, verify
+    from mpcourse import reference
+    from mpcourse.course import authoring, verify
 
-    records = verify.load_records()
-    assert records, f"no records in {verify.REFERENCE_DIR}"
+    records = reference.records("verified")
+    assert records, f"no records in {reference.folder('verified')}"
     chapters = {md.stem for md in authoring.chapters()}
-    for file in sorted(verify.REFERENCE_DIR.glob("*.json")):
+    for file in sorted(reference.folder("verified").glob("*.json")):
         stored = json.loads(file.read_text())
         assert {r["chapter"] for r in stored} <= chapters, f"{file.name} names chapters that do not exist"
         for r in stored:
@@ -149,7 +150,7 @@ def test_stored_verification_records_cover_every_chapter() -> None:
 
 
 def test_verification_summary_orders_profiles_by_size() -> None:
-    from mpcourse import verify
+    from mpcourse.course import verify
 
     def run(profile: str, chapter: str = "fp8") -> dict:
         return {"chapter": chapter, "device": "cpu: x", "profile": profile, "commit": "abc", "status": "passed",

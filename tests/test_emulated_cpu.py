@@ -16,7 +16,8 @@ import nbformat
 import pytest
 
 from conftest import ROOT
-from mpcourse import authoring, device, verify
+from mpcourse import device
+from mpcourse.course import authoring, verify
 
 SIMULATION = ROOT / "tests" / "avx2_cpu"
 # floating_point does not depend on the hardware; every other chapter reads precision_support.

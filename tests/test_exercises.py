@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mpcourse.authoring import chapters
+from mpcourse.course.authoring import chapters
 from mpcourse.exercises import ExerciseFailed, NotDoneYet, check, labels, register
 
 

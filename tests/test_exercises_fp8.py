@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from mpcourse import formats, quant
+from mpcourse import formats, fp8
 from mpcourse.exercises import ExerciseFailed, check
 
 FP8 = torch.float8_e4m3fn
@@ -237,10 +237,10 @@ def test_mx_rejects_unsaturated_elements() -> None:
 def choose_reference(x, candidates, max_bits):
     best, best_snr = None, -math.inf
     for name in candidates:
-        q = quant.quantize(x, name)
+        q = fp8.quantize(x, name)
         if q.bits_per_element > max_bits:
             continue
-        snr = quant.error_stats(x, q)["snr_db"]
+        snr = fp8.error_stats(x, q)["snr_db"]
         if snr > best_snr:
             best, best_snr = name, snr
     if best is None:
@@ -256,11 +256,11 @@ def _choose_wrong(variant):
     def fn(x, candidates, max_bits):
         scored = []
         for name in candidates:
-            q = quant.quantize(x, name)
+            q = fp8.quantize(x, name)
             bits = q.fmt.bits if variant == "ignore-scales" else q.bits_per_element
             if variant != "ignore-budget" and (bits >= max_bits if variant == "strict" else bits > max_bits):
                 continue
-            scored.append((quant.error_stats(x, q)["snr_db"], name))
+            scored.append((fp8.error_stats(x, q)["snr_db"], name))
         if not scored:
             if variant == "no-error":
                 return candidates[0]

@@ -1,4 +1,4 @@
-"""mpcourse.quant.linear: the fp8 linear layer's three GEMMs, model conversion, recipes, torchao, benchmark."""
+"""mpcourse.fp8.linear: the fp8 linear layer's three GEMMs, model conversion, recipes, torchao, benchmark."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from mpcourse import data, device, models, quant, train
-from mpcourse.quant import bench
-from mpcourse.quant.linear import FP8Linear
+from mpcourse import data, device, models, fp8, train
+from mpcourse import reference
+from mpcourse.bench import fp8 as bench
+from mpcourse.fp8.linear import FP8Linear
 
 
 def _manual(layer: FP8Linear, x: torch.Tensor, dy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -20,7 +21,7 @@ def _manual(layer: FP8Linear, x: torch.Tensor, dy: torch.Tensor) -> tuple[torch.
     w = layer.weight.detach()
 
     def q(t: torch.Tensor, recipe: str, fmt: str) -> torch.Tensor:
-        return quant.quantize(t, recipe, fmt, block_size=cfg.block_of(recipe), pow2_scales=cfg.pow2_scales).dequantize().double()
+        return fp8.quantize(t, recipe, fmt, block_size=cfg.block_of(recipe), pow2_scales=cfg.pow2_scales).dequantize().double()
 
     f, g = cfg.forward_format, cfg.backward_format
     y = q(x, cfg.input_recipe, f) @ q(w, cfg.weight_recipe, f).T + layer.bias.detach().double()
@@ -38,14 +39,14 @@ def test_three_gemms_use_quantised_operands_and_a_straight_through_backward(conf
     y = layer(x)
     y.backward(dy)
     want_y, want_dx, want_dw = _manual(layer, x.detach(), dy)
-    assert quant.relative_error(y, want_y) < 1e-6
-    assert quant.relative_error(x.grad, want_dx) < 1e-6
-    assert quant.relative_error(layer.weight.grad, want_dw) < 1e-6
+    assert fp8.relative_error(y, want_y) < 1e-6
+    assert fp8.relative_error(x.grad, want_dx) < 1e-6
+    assert fp8.relative_error(layer.weight.grad, want_dw) < 1e-6
     assert torch.allclose(layer.bias.grad, dy.sum(0))
     assert layer.weight.dtype == torch.float32  # the master weight stays fp32
     # and it is close to the fp32 layer: straight-through means the gradient of the unquantised function
     ref = nn.functional.linear(x.detach(), layer.weight.detach(), layer.bias.detach())
-    assert quant.relative_error(y, ref) < 0.1
+    assert fp8.relative_error(y, ref) < 0.1
 
 
 def test_delayed_layer_reuses_the_forward_cast_and_learns_scales() -> None:
@@ -68,7 +69,7 @@ def test_wgrad_blocks_along_a_batch_that_is_not_a_multiple_of_the_block() -> Non
     layer(x).backward(dy)
     padded_x, padded_dy = nn.functional.pad(x.detach(), (0, 0, 0, 28)), nn.functional.pad(dy, (0, 0, 0, 28))
     _, _, want_dw = _manual(layer, padded_x, padded_dy)
-    assert quant.relative_error(layer.weight.grad, want_dw) < 1e-6
+    assert fp8.relative_error(layer.weight.grad, want_dw) < 1e-6
 
 
 def test_autocast_output_dtype_and_3d_inputs() -> None:
@@ -92,7 +93,7 @@ def test_scaled_mm_gemm_agrees_with_the_emulation() -> None:
     except (RuntimeError, NotImplementedError) as err:
         pytest.skip(f"torch._scaled_mm does not run on this CPU: {err}")
     assert real.used_scaled_mm
-    assert quant.relative_error(out, emulated(x)) < 1e-6
+    assert fp8.relative_error(out, emulated(x)) < 1e-6
 
 
 def test_auto_gemm_falls_back_to_the_emulation_without_fp8_units() -> None:
@@ -107,24 +108,24 @@ def test_convert_keeps_first_last_and_indivisible_layers() -> None:
     model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.Linear(128, 96), nn.Linear(96, 128),
                           nn.Linear(128, 10))
     weight = model[2].weight
-    table = quant.plan(model, "fp8_blockwise")
+    table = fp8.plan(model, "fp8_blockwise")
     assert table["fp8"].tolist() == [False, True, False, False, False]
     assert "first" in table.loc[0, "reason"] and "last" in table.loc[4, "reason"]
     assert "not divisible" in table.loc[2, "reason"]
-    quant.convert_to_fp8(model, "fp8_blockwise")
+    fp8.convert_to_fp8(model, "fp8_blockwise")
     assert isinstance(model[2], FP8Linear) and model[2].weight is weight
     assert not isinstance(model[0], FP8Linear) and not isinstance(model[3], FP8Linear)
-    everything = quant.plan(nn.Sequential(nn.Linear(32, 32), nn.Linear(32, 32)), "mxfp8", skip_first_last=False)
+    everything = fp8.plan(nn.Sequential(nn.Linear(32, 32), nn.Linear(32, 32)), "mxfp8", skip_first_last=False)
     assert everything["fp8"].all()
-    filtered = quant.plan(model, "mxfp8", module_filter=lambda name, m: name != "3")
+    filtered = fp8.plan(model, "mxfp8", module_filter=lambda name, m: name != "3")
     assert "module_filter" in filtered.set_index("layer").loc["3", "reason"]
 
 
 def test_bad_configurations_are_rejected() -> None:
     with pytest.raises(ValueError, match="every tensor"):
-        quant.FP8Config("x", "mixed", input_recipe="delayed")
+        fp8.FP8Config("x", "mixed", input_recipe="delayed")
     with pytest.raises(ValueError, match="stores elements in"):
-        quant.FP8Config("x", "fp4 delayed", "delayed", "delayed", "delayed", forward_format="e2m1")
+        fp8.FP8Config("x", "fp4 delayed", "delayed", "delayed", "delayed", forward_format="e2m1")
     with pytest.raises(ValueError, match="accepted: fp8_tensorwise"):
         FP8Linear(8, 8, config="fp8_fastest")
     with pytest.raises(ValueError, match="accepted: auto, emulated, scaled_mm"):
@@ -132,10 +133,10 @@ def test_bad_configurations_are_rejected() -> None:
 
 
 def test_training_recipes_are_registered_and_train() -> None:
-    for name in (*quant.CONFIGS, "torchao_tensorwise", "torchao_rowwise"):
+    for name in (*fp8.CONFIGS, "torchao_tensorwise", "torchao_rowwise"):
         recipe = train.get_recipe(name)
         assert recipe.precision == "fp8" and recipe.autocast_dtype == torch.bfloat16 and not recipe.pure
-    quant.register_training_recipes()  # idempotent
+    fp8.register_training_recipes()  # idempotent
     digits = data.load_images("digits", verbose=False)
     for name in ("fp8_delayed", "mxfp8"):
         run = train.train(lambda: models.MLP(64, 10, width=64, depth=3), digits, name, steps=30, batch_size=64,
@@ -162,13 +163,13 @@ def test_an_fp8_run_whose_gemms_were_emulated_is_not_called_native() -> None:
 
 def test_torchao_path_is_refused_clearly_without_fp8_hardware() -> None:
     caps = device.capabilities(preset="a100")
-    ok, why = quant.torchao_status(caps)
+    ok, why = fp8.torchao_status(caps)
     assert not ok and "sm_89" in why
     if not torch.cuda.is_available():
-        with pytest.raises(quant.UnsupportedFP8Error, match="sm_89"):
-            quant.torchao_convert(nn.Sequential(nn.Linear(16, 16)))
+        with pytest.raises(fp8.UnsupportedFP8Error, match="sm_89"):
+            fp8.torchao_convert(nn.Sequential(nn.Linear(16, 16)))
     with pytest.raises(ValueError, match="accepted: tensorwise, rowwise"):
-        quant.torchao_convert(nn.Sequential(nn.Linear(16, 16)), "mxfp8")
+        fp8.torchao_convert(nn.Sequential(nn.Linear(16, 16)), "mxfp8")
 
 
 
@@ -182,11 +183,11 @@ class _BrokenTorchao(types.ModuleType):
 def test_torchao_that_fails_to_load_is_reported_not_raised(monkeypatch: pytest.MonkeyPatch) -> None:
     h100 = device.capabilities(preset="h100")
     monkeypatch.setitem(sys.modules, "torchao", None)  # None in sys.modules: "import torchao" raises ImportError
-    ok, why = quant.torchao_status(h100)
+    ok, why = fp8.torchao_status(h100)
     assert not ok and "pip install torchao" in why
     monkeypatch.setitem(sys.modules, "torchao", _BrokenTorchao("torchao"))
     monkeypatch.setitem(sys.modules, "torchao.float8", _BrokenTorchao("torchao.float8"))
-    ok, why = quant.torchao_status(h100)
+    ok, why = fp8.torchao_status(h100)
     assert not ok and "does not load with torch" in why and "RuntimeError" in why
 
 # ---- benchmark ------------------------------------------------------------------------------------
@@ -216,14 +217,14 @@ def test_gemm_measurement_runs_anywhere_scaled_mm_does(gemm_rows) -> None:
 
 
 def test_results_use_the_course_result_format(gemm_rows, tmp_path) -> None:
-    """A saved fp8 result is an ordinary mpcourse.bench.results record (topic fp8), read back by load_results."""
+    """A saved fp8 result is an ordinary mpcourse.bench.results record (topic fp8), read back by mpcourse.reference.records."""
     from mpcourse.bench import results
 
     record = bench.make_record(gemm_rows, [], note="training steps not measured (--quick)", seconds=1.0,
                                command="mpcourse bench fp8 --quick")
     path = results.save(record, tmp_path / "fp8-cpu.json")
     results.save(results.make_record("matmul", {"matmul": [{"x": 1}]}, command="c"), tmp_path / "other.json")
-    (back,) = bench.load_results(tmp_path)  # topic fp8 only
+    (back,) = reference.records("fp8", tmp_path)  # topic fp8 only
     assert back == results.load(path) and back["topic"] == "fp8"
     assert "torchao" in back["environment"] and back["environment"]["device_name"]
     assert back["tables"]["run"][0]["torchao_note"].startswith("training steps")
@@ -233,8 +234,8 @@ def test_results_use_the_course_result_format(gemm_rows, tmp_path) -> None:
 
 
 def test_stored_results_are_complete_records() -> None:
-    assert bench.REFERENCE_DIR.is_dir()  # the folder the chapter reads, shipped with the package
-    for record in bench.load_results():  # each validated by mpcourse.bench.results.load
+    assert reference.folder("fp8").is_dir()  # the folder the chapter reads, shipped with the package
+    for record in reference.records("fp8"):  # each validated by mpcourse.bench.results.load
         assert record["environment"]["kind"] == "cuda" and record["command"].startswith("mpcourse bench fp8")
         assert record["tables"]["gemms"] and all("bf16_s" in r for r in record["tables"]["gemms"])
 
@@ -244,7 +245,7 @@ def test_stored_results_are_complete_records() -> None:
 def test_the_native_path_of_auto_gemm(config: str, tolerance: float) -> None:
     """The branch a GPU with fp8 units takes (torch._scaled_mm for every GEMM it accepts), run here on
     PyTorch's CPU emulation of _scaled_mm by pretending the device is native; rowwise outputs bf16."""
-    if config == "fp8_rowwise" and not quant.gemm.cpu_rowwise_scaled_mm():
+    if config == "fp8_rowwise" and not fp8.gemm.cpu_rowwise_scaled_mm():
         pytest.skip("this PyTorch's CPU torch._scaled_mm takes only per-tensor scales")
     torch.manual_seed(0)
     native = FP8Linear(64, 32, config=config, gemm="auto")
@@ -263,4 +264,4 @@ def test_the_native_path_of_auto_gemm(config: str, tolerance: float) -> None:
     y2.backward(dy)
     assert native.used_scaled_mm and not emulated.used_scaled_mm
     for a, b in ((y1, y2), (x1.grad, x2.grad), (native.weight.grad, emulated.weight.grad)):
-        assert quant.relative_error(a, b) < tolerance
+        assert fp8.relative_error(a, b) < tolerance

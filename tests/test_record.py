@@ -1,4 +1,4 @@
-"""mpcourse.record: machine names, where files go, and a recording that survives a failed step."""
+"""mpcourse.course.record: machine names, where files go, and a recording that survives a failed step."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from mpcourse import cli, device, record, verify
+from mpcourse import device
+
+from mpcourse.course import cli, record
 from mpcourse.bench import results
-from mpcourse.quant import bench as quant_bench
+from mpcourse import reference
 
 
 @pytest.mark.parametrize(
@@ -43,10 +45,10 @@ def test_the_stored_references_follow_the_naming() -> None:
 
 
 def test_files_go_where_the_chapters_read_them() -> None:
-    assert record.destination("matmul", "h200", "full").parent == results.REFERENCE_DIR
-    assert record.destination("train", "h200", "full").parent == results.REFERENCE_DIR
-    assert record.destination("fp8", "h200", "full").parent == quant_bench.REFERENCE_DIR
-    assert record.destination("verify", "h200", "full") == verify.REFERENCE_DIR / "h200-full.json"
+    assert record.destination("matmul", "h200", "full").parent == reference.folder("matmul")
+    assert record.destination("train", "h200", "full").parent == reference.folder("train")
+    assert record.destination("fp8", "h200", "full").parent == reference.folder("fp8")
+    assert record.destination("verify", "h200", "full") == reference.folder("verified") / "h200-full.json"
     with pytest.raises(ValueError, match="accepted: matmul, train, fp8, verify"):
         record.destination("roofline", "h200", "full")
 
@@ -95,7 +97,7 @@ def test_a_failed_step_does_not_cost_the_others(fake_benches: list[str], tmp_pat
     assert [r.step for r in done] == ["matmul", "train", "fp8"]  # always in the documented order
     matmul, train, fp8 = done
     assert matmul.status == "failed" and "illegal memory access" in matmul.note and matmul.path is None
-    assert train.status == "written" and train.path == tmp_path / f"bench/reference/{record.machine_slug()}-train.json"
+    assert train.status == "written" and train.path == tmp_path / f"reference/train/{record.machine_slug()}.json"
     assert results.load(train.path)["profile"] == "ci"  # the step ran under the requested profile
     assert fp8.status == "skipped" and "fp8 tensor cores" in fp8.note and "Tesla T4" in fp8.note
     assert fake_benches == ["matmul", "train quick=True"]

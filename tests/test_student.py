@@ -9,7 +9,7 @@ import pytest
 from nbclient import NotebookClient
 
 from conftest import ROOT
-from mpcourse.student import SolutionMarkupError, solution_lines, strip_solutions, student_notebook
+from mpcourse.course.student import SolutionMarkupError, solution_lines, strip_solutions, student_notebook
 
 CHAPTERS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 

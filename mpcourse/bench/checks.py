@@ -2,7 +2,7 @@
 
 The benchmarking chapter explains how a GPU behaves from datasheets and papers; once somebody
 stores a GPU run, that run must agree with the explanation. The functions here check one stored
-record each (as read by :func:`mpcourse.bench.results.reference_records`). Each returns the
+record each (as read by :func:`mpcourse.reference.records`). Each returns the
 statements it verified, so a chapter can print what was checked, and an empty list when none
 applies (a GPU expectation and a CPU record); a measurement that contradicts a statement raises
 ``AssertionError`` naming the record. Keeping the checks in the package rather than in notebook

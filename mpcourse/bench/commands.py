@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import pandas as pd
 
 from .. import device as devices
-from .. import profile, report
+from .. import sizes, report
 from . import datasheets, results, sweeps
 
 __all__ = ["headline", "matmul", "matmul_sizes", "train", "train_config"]
@@ -29,8 +29,8 @@ def matmul_sizes(kind: str, quick: bool = False) -> list[int]:
     if quick:
         return [64, 128]
     if kind == "cuda":
-        return profile.pick(ci=[64, 128], small=[256, 1024, 4096], full=[256, 512, 1024, 2048, 4096, 8192])
-    return profile.pick(ci=[64, 128], small=[128, 256, 512, 1024], full=[128, 256, 512, 1024, 2048])
+        return sizes.pick(ci=[64, 128], small=[256, 1024, 4096], full=[256, 512, 1024, 2048, 4096, 8192])
+    return sizes.pick(ci=[64, 128], small=[128, 256, 512, 1024], full=[128, 256, 512, 1024, 2048])
 
 
 def _command() -> str:
@@ -127,7 +127,7 @@ def train_config(caps: devices.Capabilities, quick: bool = False) -> dict[str, i
             full |= {"width": 512, "depth": 4}
     else:
         full = {"block_size": 64, "width": 256, "depth": 2, "steps": 30, "batch_size": 32}
-    return profile.pick(ci=tiny, small={"block_size": 64, "width": 128, "depth": 2, "steps": 20, "batch_size": 16}, full=full)
+    return sizes.pick(ci=tiny, small={"block_size": 64, "width": 128, "depth": 2, "steps": 20, "batch_size": 16}, full=full)
 
 
 def train(save: Path | None, quick: bool) -> int:

@@ -3,10 +3,10 @@
 A result file is JSON with a fixed set of keys (:data:`KEYS`): ``schema``, ``topic`` (``matmul``,
 ``train``, ...), ``date`` (UTC, ISO 8601), ``command`` (what produced it, to reproduce it),
 ``profile``, ``environment`` (device, compute capability, torch / CUDA / Python / mpcourse versions,
-commit; from :func:`mpcourse.verify.environment`), ``conditions`` (the load average when it was
+commit; from :func:`mpcourse.provenance.environment`), ``conditions`` (the load average when it was
 saved, and the CPU threads PyTorch used) and ``tables`` (name -> list of row records).
 Missing measurements are ``null``. Reference results measured on real machines ship with the
-package in ``mpcourse/bench/reference/`` and chapters plot them next to the reader's own; no
+package in ``mpcourse/reference/`` and chapters plot them next to the reader's own; no
 result number is ever typed in by hand.
 """
 
@@ -21,16 +21,15 @@ from typing import Any
 
 import pandas as pd
 
-from .. import profile
+from .. import provenance, reference, sizes
 
 __all__ = [
-    "KEYS", "REFERENCE_DIR", "SCHEMA", "bf16_vs_fp32", "by_label", "devices", "gpu_records", "label", "load",
-    "make_record", "missing_gpu_note", "reference_records", "save", "table",
+    "KEYS", "SCHEMA", "bf16_vs_fp32", "by_label", "devices", "gpu_records", "label", "load",
+    "make_record", "missing_gpu_note", "save", "table",
 ]
 
 SCHEMA = 1
 KEYS = ("schema", "topic", "date", "command", "profile", "environment", "tables")
-REFERENCE_DIR = Path(__file__).with_name("reference")
 
 
 def _clean(value: Any) -> Any:
@@ -58,8 +57,6 @@ def make_record(
     ``environment`` adds entries to the detected device and versions (e.g. the version of an
     optional library the measurement used), so that every topic shares one format and one loader.
     """
-    from ..verify import environment as detected
-
     if not tables:
         raise ValueError("a result record needs at least one table")
     rows = {name: t.to_dict("records") if isinstance(t, pd.DataFrame) else list(t) for name, t in tables.items()}
@@ -68,8 +65,8 @@ def make_record(
         "topic": topic,
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": command,
-        "profile": profile.current(),
-        "environment": detected() | (environment or {}),
+        "profile": sizes.current(),
+        "environment": provenance.environment() | (environment or {}),
         "conditions": _conditions(),
         "tables": rows,
     }
@@ -117,12 +114,6 @@ def _validate(record: Any, where: str) -> None:
         raise ValueError(f"{where}: 'tables' must map table names to lists of rows")  # noqa: TRY004
 
 
-def reference_records(topic: str, folder: str | Path = REFERENCE_DIR) -> list[dict[str, Any]]:
-    """Every stored result of ``topic`` (e.g. ``"matmul"``) in ``folder``, oldest first."""
-    records = [load(p) for p in sorted(Path(folder).glob("*.json"))]
-    return sorted((r for r in records if r["topic"] == topic), key=lambda r: r["date"])
-
-
 def label(record: dict[str, Any]) -> str:
     """A short name for a record in legends: device, torch version and date.
 
@@ -154,7 +145,7 @@ def by_label(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def devices(records: list[dict[str, Any]]) -> list[str]:
-    """The distinct devices of ``records`` (as :func:`mpcourse.verify.environment` describes them), in order."""
+    """The distinct devices of ``records`` (as :func:`mpcourse.provenance.environment` describes them), in order."""
     return list(dict.fromkeys(str(r["environment"].get("device") or r["environment"].get("device_name", "?")) for r in records))
 
 
@@ -163,16 +154,16 @@ def gpu_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in records if r["environment"].get("kind") == "cuda"]
 
 
-def missing_gpu_note(topic: str, folder: str = "mpcourse/bench/reference", file: str | None = None,
-                     device: str = "a GPU") -> str:
+def missing_gpu_note(topic: str, device: str = "a GPU") -> str:
     """What to say, and how to fix it, when no stored record of ``topic`` comes from a GPU.
 
-    Every chapter says it in these words; ``file`` (default ``<gpu>-TOPIC.json``) and ``device``
-    (which GPUs can run the benchmark) adapt it to a topic.
+    Every chapter says it in these words; ``device`` (which GPUs can run the benchmark) adapts it
+    to a topic. The file named is where ``mpcourse record`` would put it.
     """
     return (
         f"No GPU reference results are stored yet for `mpcourse bench {topic}`; run "
-        f"`mpcourse bench {topic} --save {folder}/{file or f'<gpu>-{topic}.json'}` on {device} to add yours."
+        f"`mpcourse bench {topic} --save mpcourse/reference/{topic}/<gpu>.json` on {device} to add yours "
+        "(or `mpcourse record`, which names the file after the GPU)."
     )
 
 
@@ -196,8 +187,8 @@ def bf16_vs_fp32(matmul: list[dict[str, Any]] | None = None, train: list[dict[st
     ``kind`` (cpu, cuda), ``bf16`` (native or emulated there), ``what``, ``fp32 ms``, ``bf16 ms`` and
     ``bf16 / fp32 time`` (above 1: bf16 was slower).
     """
-    matmul = reference_records("matmul") if matmul is None else matmul
-    train = reference_records("train") if train is None else train
+    matmul = reference.records("matmul") if matmul is None else matmul
+    train = reference.records("train") if train is None else train
     rows = []
 
     def add(record: dict[str, Any], status: str, what: str, fp32_ms: float, bf16_ms: float) -> None:

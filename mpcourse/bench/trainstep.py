@@ -2,7 +2,7 @@
 
 Nothing here trains by itself: every step runs in :func:`mpcourse.train.train`, the course's one
 training loop, under its recipes (``fp32``, ``tf32``, ``fp16``, ``bf16``, ``pure_bf16``, the fp8
-recipes of :mod:`mpcourse.quant`, which :func:`default_recipes` imports so that they are registered,
+recipes of :mod:`mpcourse.fp8`, which :func:`default_recipes` imports so that they are registered,
 and any recipe a later chapter registers). This module adds what a benchmark needs on top:
 
 - the model FLOPs of one step, counted by ``FlopCounterMode`` on the same model and batch shape,
@@ -43,10 +43,10 @@ EXCLUDED = ("pure_fp16",)
 def default_recipes() -> list[str]:
     """The registered recipes worth benchmarking (``pure_fp16`` diverges by design), fp8 ones included.
 
-    Importing :mod:`mpcourse.quant` registers its fp8 training recipes (emulated anywhere, and
+    Importing :mod:`mpcourse.fp8` registers its fp8 training recipes (emulated anywhere, and
     torchao's for sm_89+ GPUs); without the import a benchmark would silently leave fp8 out.
     """
-    from .. import quant  # noqa: F401 - registers the fp8 recipes with mpcourse.train
+    from .. import fp8  # noqa: F401 - registers the fp8 recipes with mpcourse.train
 
     return [name for name in engine.RECIPES if name not in EXCLUDED]
 
@@ -58,7 +58,7 @@ def unavailable(name: str, caps: devices.Capabilities) -> str | None:
     installed; every other recipe runs, emulated where the hardware lacks the precision.
     """
     if name.startswith("torchao_"):
-        from ..quant import torchao_status
+        from ..fp8 import torchao_status
 
         ok, why = torchao_status(caps)
         return None if ok else why
@@ -66,14 +66,14 @@ def unavailable(name: str, caps: devices.Capabilities) -> str | None:
 
 
 def fp8_layers(name: str, factory: Callable[[], torch.nn.Module]) -> tuple[str, str] | None:
-    """For an fp8 recipe (of :mod:`mpcourse.quant`, or torchao's): ("converted/linear layers", why others
+    """For an fp8 recipe (of :mod:`mpcourse.fp8`, or torchao's): ("converted/linear layers", why others
     are not); None for any other recipe."""
-    from .. import quant
+    from .. import fp8
 
-    if name in quant.CONFIGS:
-        table, divisor = quant.plan(factory(), name), f"the block size {quant.get_config(name).block_size}"
+    if name in fp8.CONFIGS:
+        table, divisor = fp8.plan(factory(), name), f"the block size {fp8.get_config(name).block_size}"
     elif name.startswith("torchao_"):
-        table, divisor = quant.torchao_plan(factory()), "16"
+        table, divisor = fp8.torchao_plan(factory()), "16"
     else:
         return None
     converted = int(table["fp8"].sum())
@@ -132,7 +132,7 @@ def recipe_table(
         raise ValueError(f"preset {caps.preset!r} describes another machine; a benchmark measures this one")
     dev = caps.kind if caps.kind in ("cpu", "cuda") else "cpu"
     names = list(recipes) if recipes is not None else default_recipes()
-    from .. import quant  # noqa: F401 - so that fp8 recipe names resolve when passed explicitly
+    from .. import fp8  # noqa: F401 - so that fp8 recipe names resolve when passed explicitly
 
     for name in names:
         engine.get_recipe(name)  # unknown names fail here, listing the registered ones

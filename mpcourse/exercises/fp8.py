@@ -1,6 +1,6 @@
 """Checks for the exercises of chapter ``fp8``.
 
-References are independent of the learner's code: torch's own fp8 casts, :mod:`mpcourse.quant`
+References are independent of the learner's code: torch's own fp8 casts, :mod:`mpcourse.fp8`
 (tested against ``torch._scaled_mm``, Transformer Engine's update rule and the OCP MX rules), and,
 for the MX exercise, the spec's rules checked directly (scales are powers of two, the exponent is
 ``floor(log2 amax) - emax``, elements within range).
@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .. import quant
+from .. import fp8
 from . import call, expect_close, fail, register
 
 E4M3_MAX = 448.0
@@ -93,8 +93,8 @@ def check_tensorwise(tensorwise_fp8: Any) -> None:
 
 
 def _delayed_reference(amaxes: list[float], history_len: int, margin: int) -> list[float]:
-    """Decode scales used at each step, from mpcourse.quant.DelayedScaler (Transformer Engine's kernel)."""
-    scaler = quant.DelayedScaler("e4m3", amax_history_len=history_len, margin=margin)
+    """Decode scales used at each step, from mpcourse.fp8.DelayedScaler (Transformer Engine's kernel)."""
+    scaler = fp8.DelayedScaler("e4m3", amax_history_len=history_len, margin=margin)
     used = []
     for amax in amaxes:
         used.append(float(scaler.scale_inv))
@@ -215,7 +215,7 @@ def check_mx(mx_quantize: Any) -> None:
         if not ((mantissa == 0.5) & (s > 0)).all():
             fail(label, f"for {case} some scales are not powers of two. MX scales are E8M0: a pure exponent, no "
                  "mantissa; amax / 448 is not one.", hint)
-        ref = quant.quantize(x, "mxfp8")
+        ref = fp8.quantize(x, "mxfp8")
         want_s = ref.scale_values().double()
         amax = x.double().reshape(rows, cols // 32, 32).abs().amax(-1)
         if not torch.equal(s, want_s):
@@ -223,7 +223,7 @@ def check_mx(mx_quantize: Any) -> None:
             if (ratio == 2.0 ** 8).all():
                 fail(label, f"for {case} your scales are 2^floor(log2 amax), without subtracting E4M3's emax (8): every "
                      "element lands in [1, 2) and E4M3's range goes unused.", hint)
-            rceil = quant.quantize(x, "mxfp8", mx_scale_rounding="rceil").scale_values().double()
+            rceil = fp8.quantize(x, "mxfp8", mx_scale_rounding="rceil").scale_values().double()
             if torch.equal(s, rceil):
                 fail(label, f"for {case} your scales are the smallest powers of two >= amax / 448: that is NVIDIA's "
                      "'RCEIL' rule (cuBLAS), which never saturates; the OCP spec's rule is floor(log2 amax) - 8.", hint)
@@ -252,8 +252,8 @@ def _outlier_tensor(rows: int = 128, cols: int = 256, seed: int = 4) -> torch.Te
 def _choose_reference(x: torch.Tensor, candidates: list[str], max_bits: float) -> tuple[str | None, dict[str, tuple[float, float]]]:
     numbers = {}
     for name in candidates:
-        q = quant.quantize(x, name)
-        numbers[name] = (q.bits_per_element, quant.error_stats(x, q)["snr_db"])
+        q = fp8.quantize(x, name)
+        numbers[name] = (q.bits_per_element, fp8.error_stats(x, q)["snr_db"])
     fitting = {n: v for n, v in numbers.items() if v[0] <= max_bits}
     best = max(fitting, key=lambda n: fitting[n][1]) if fitting else None
     return best, numbers
@@ -264,8 +264,8 @@ def check_choose_recipe(best_recipe: Any) -> None:
     """``best_recipe(x, candidates, max_bits)``: the highest-SNR recipe within a storage budget."""
     label = "fp8-choose-recipe"
     hint = (
-        "for each candidate: q = quant.quantize(x, name); skip it if q.bits_per_element > max_bits (scales count); "
-        "keep the one with the largest quant.error_stats(x, q)['snr_db']; raise ValueError if none fits."
+        "for each candidate: q = fp8.quantize(x, name); skip it if q.bits_per_element > max_bits (scales count); "
+        "keep the one with the largest fp8.error_stats(x, q)['snr_db']; raise ValueError if none fits."
     )
     gen = torch.Generator().manual_seed(5)
     plain = torch.randn(128, 256, generator=gen)

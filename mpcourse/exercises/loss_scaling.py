@@ -20,7 +20,8 @@ from torch import nn
 
 from .. import formats
 from ..gradstats import Log2Histogram
-from ..scaling import compare_with_gradscaler, event_schedule, first_divergence, one_thread
+from .. import device
+from .conformance import compare_with_gradscaler, event_schedule, first_divergence
 from . import ExerciseFailed, call, fail, register
 
 # ---- loss_scaling-dynamic-scaler ------------------------------------------------------------------
@@ -215,7 +216,7 @@ def _run_steps(step_fn: Callable[..., Any], init_scale: float, seed: int, label:
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     scaler = torch.amp.GradScaler("cpu", init_scale=init_scale, growth_interval=2)
     norms = []
-    with one_thread():
+    with device.cpu_threads(1):
         for x, y in _batches(seed + 1, 5):
             args = (model, opt, scaler, x, y, 0.5)
             norms.append(call(label, step_fn, *args) if label else step_fn(*args))
@@ -346,7 +347,7 @@ def _run_epoch(epoch_fn: Callable[..., Any], run: str = "small", label: str | No
     scaler = _SpyScaler(**_EPOCH_RUNS[run])
     args = (model, opt, scaler, _batches(4, _EPOCH_BATCHES), 1.0)
     error = None
-    with one_thread():
+    with device.cpu_threads(1):
         if label:
             try:
                 call(label, epoch_fn, *args)

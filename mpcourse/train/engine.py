@@ -30,7 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import device as device_mod
-from .. import memory, profile
+from .. import memory, sizes
 from ..data import DataBundle
 from .history import COLUMNS, History
 from .recipes import OptimizerFactory, Recipe, alternative, get_recipe
@@ -89,20 +89,6 @@ def _resolve_device(device: str | torch.device | None, caps: device_mod.Capabili
 
 
 @contextlib.contextmanager
-def cpu_threads(n: int | None) -> Iterator[None]:
-    """Run the block with ``torch.set_num_threads(n)`` (None: unchanged), then restore the setting."""
-    if n is None:
-        yield
-        return
-    saved = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(saved)
-
-
-@contextlib.contextmanager
 def matmul_precision(tf32: bool, device_type: str) -> Iterator[None]:
     """Allow (``tf32=True``) or forbid TF32 for fp32 matmuls and convolutions on CUDA, then restore.
 
@@ -136,14 +122,14 @@ def _status_after(net: nn.Module, status: str, notes: list[str], label: str | No
     """Correct a "native" verdict that the hardware alone cannot give.
 
     A GPU with fp8 tensor cores runs an fp8 recipe natively only if its GEMMs reach them: layers
-    that may fall back to an emulated GEMM (``mpcourse.quant.FP8Linear``, e.g. with block scales that
+    that may fall back to an emulated GEMM (``mpcourse.fp8.FP8Linear``, e.g. with block scales that
     ``torch._scaled_mm`` does not take) say whether they did through ``used_scaled_mm``.
     """
     layers = [m for m in net.modules() if hasattr(m, "used_scaled_mm")]
     if status != "native" or not layers or any(m.used_scaled_mm for m in layers):
         return status
     notes.append(
-        "None of this run's fp8 GEMMs could use torch._scaled_mm here (mpcourse.quant.scaled_mm_problems says why), "
+        "None of this run's fp8 GEMMs could use torch._scaled_mm here (mpcourse.fp8.scaled_mm_problems says why), "
         "so they ran emulated in fp32: status 'emulated', and its speed is not that of the fp8 tensor cores."
     )
     if label is not None:
@@ -337,8 +323,8 @@ def train(
         raise ValueError(f"on_unsupported={on_unsupported!r}; accepted: {', '.join(ON_UNSUPPORTED)}")
     if not isinstance(data, DataBundle):
         raise TypeError(f"data must be a bundle from mpcourse.data (load_images, load_text), got {type(data).__name__}")
-    steps = steps if steps is not None else profile.pick(ci=100, small=500, full=2000)
-    batch_size = batch_size if batch_size is not None else profile.pick(ci=64, small=128, full=256)
+    steps = steps if steps is not None else sizes.pick(ci=100, small=500, full=2000)
+    batch_size = batch_size if batch_size is not None else sizes.pick(ci=64, small=128, full=256)
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be positive, got steps={steps}, batch_size={batch_size}")
     dev = _resolve_device(device, caps)
@@ -377,7 +363,7 @@ def train(
         outside_bytes = 0
     eval_every = eval_every or max(1, steps // 5)
     if eval_items is None and data.items_per_sample > 1:
-        eval_items = profile.pick(ci=64, small=256, full=1024)
+        eval_items = sizes.pick(ci=64, small=256, full=1024)
     label = label or recipe.name
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be a positive number of CPU threads (or None), got {threads}")
@@ -411,7 +397,7 @@ def train(
     dtypes: dict[str, str] = {}
     skipped, peak = 0, 0
     bar = tqdm(range(1, steps + 1), desc=label, disable=not progress, leave=True)
-    with matmul_precision(recipe.tf32, dev.type), cpu_threads(threads):
+    with matmul_precision(recipe.tf32, dev.type), device_mod.cpu_threads(threads):
         for step in bar:
             start = time.perf_counter()
             x, y = data.sample(batch_size, generator)

@@ -1,22 +1,22 @@
 """FP8 (and FP4) quantisation, scaled GEMMs and fp8 training, emulated anywhere and real on sm_89+.
 
-- :mod:`~mpcourse.quant.scaling`: the scaling recipes (tensorwise current and delayed, rowwise,
+- :mod:`~mpcourse.fp8.recipes`: the scaling recipes (tensorwise current and delayed, rowwise,
   1x128 and 128x128 blocks, MX with E8M0 scales, NVFP4), :func:`quantize` -> :class:`Quantized`
   (elements + scales), :class:`DelayedScaler` (Transformer Engine's amax history), :func:`error_stats`.
-- :mod:`~mpcourse.quant.gemm`: :func:`fp8_mm` (a scaled fp8 GEMM, emulated exactly) and
+- :mod:`~mpcourse.fp8.gemm`: :func:`fp8_mm` (a scaled fp8 GEMM, emulated exactly) and
   :func:`scaled_mm` (``torch._scaled_mm`` with its rules checked and explained).
-- :mod:`~mpcourse.quant.linear`: :class:`FP8Linear`, :func:`convert_to_fp8`, the fp8 training
+- :mod:`~mpcourse.fp8.linear`: :class:`FP8Linear`, :func:`convert_to_fp8`, the fp8 training
   recipes (registered with :mod:`mpcourse.train` on import: ``fp8_tensorwise``, ``fp8_delayed``,
   ``fp8_rowwise``, ``fp8_blockwise``, ``mxfp8``, and ``torchao_*`` for sm_89+), and torchao's path.
-- :mod:`~mpcourse.quant.bench`: ``mpcourse bench fp8`` (fp8 vs bf16 speed on a GPU) and the stored results.
+- :mod:`~mpcourse.bench.fp8`: ``mpcourse bench fp8`` (fp8 vs bf16 speed on a GPU) and the stored results.
 
 Example::
 
-    from mpcourse import quant
+    from mpcourse import fp8
 
-    q = quant.quantize(x, "mxfp8")             # E4M3 elements, one E8M0 scale per 32
+    q = fp8.quantize(x, "mxfp8")             # E4M3 elements, one E8M0 scale per 32
     q.dequantize(), q.bits_per_element          # the values it stands for; 8.25
-    quant.error_stats(x, q)["snr_db"]
+    fp8.error_stats(x, q)["snr_db"]
 """
 
 from .gemm import (
@@ -41,7 +41,7 @@ from .linear import (
     torchao_plan,
     torchao_status,
 )
-from .scaling import (
+from .recipes import (
     ALIASES,
     ELEMENT_FORMATS,
     RECIPES,

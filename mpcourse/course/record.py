@@ -1,8 +1,8 @@
 """``mpcourse record``: measure this machine once and store every result where the chapters read it.
 
 The chapters plot stored reference results next to what the reader's machine measures: matmul
-sweeps and training steps (:mod:`mpcourse.bench.results`), fp8 GEMMs (:mod:`mpcourse.quant.bench`),
-and the outcome of every chapter (:mod:`mpcourse.verify`). Adding a machine to them used to take
+sweeps and training steps (:mod:`mpcourse.bench.results`), fp8 GEMMs (:mod:`mpcourse.bench.fp8`),
+and the outcome of every chapter (:mod:`mpcourse.course.verify`). Adding a machine to them used to take
 four commands, each with a file name to invent. :func:`record` runs them in order, names every file
 after the machine (:func:`machine_slug`), and goes on when one step fails, because time on a large
 GPU is often short and the other steps are still worth keeping. A step that cannot run on this
@@ -24,20 +24,20 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import device as devices
-from . import profile
+from .. import device as devices
+from .. import sizes
 
 #: The steps of a recording, in the order they run.
 STEPS: tuple[str, ...] = ("matmul", "train", "fp8", "verify")
 
 #: The package folder; every stored result lives below it.
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
 #: Where each step's file goes, relative to the package (``{slug}`` and ``{profile}`` filled in).
 DESTINATIONS: dict[str, str] = {
-    "matmul": "bench/reference/{slug}-matmul.json",
-    "train": "bench/reference/{slug}-train.json",
-    "fp8": "quant/reference/fp8-{slug}.json",
+    "matmul": "reference/matmul/{slug}.json",
+    "train": "reference/train/{slug}.json",
+    "fp8": "reference/fp8/{slug}.json",
     "verify": "reference/verified/{slug}-{profile}.json",
 }
 
@@ -87,15 +87,15 @@ def destination(step: str, slug: str, profile_name: str, root: Path = PACKAGE_DI
 @contextlib.contextmanager
 def _profile(name: str) -> Iterator[None]:
     """Run the enclosed steps with ``MPCOURSE_PROFILE`` set to ``name`` (restored afterwards)."""
-    saved = os.environ.get(profile.ENV_VAR)
-    os.environ[profile.ENV_VAR] = name
+    saved = os.environ.get(sizes.ENV_VAR)
+    os.environ[sizes.ENV_VAR] = name
     try:
         yield
     finally:
         if saved is None:
-            os.environ.pop(profile.ENV_VAR, None)
+            os.environ.pop(sizes.ENV_VAR, None)
         else:
-            os.environ[profile.ENV_VAR] = saved
+            os.environ[sizes.ENV_VAR] = saved
 
 
 def _bench(topic: str, quick: bool) -> Callable[[Path], int]:
@@ -152,9 +152,9 @@ def record(
     unknown = [s for s in steps if s not in STEPS]
     if unknown or not steps:
         raise ValueError(f"unknown or no steps {unknown or list(steps)}; accepted: {', '.join(STEPS)}")
-    name = profile_name or profile.current()
-    if name not in profile.PROFILES:
-        raise ValueError(f"unknown profile {name!r}; accepted: {', '.join(profile.PROFILES)}")
+    name = profile_name or sizes.current()
+    if name not in sizes.PROFILES:
+        raise ValueError(f"unknown profile {name!r}; accepted: {', '.join(sizes.PROFILES)}")
     if jobs < 1:
         raise ValueError(f"jobs must be a positive number of chapters to run at once, got {jobs}")
     notebooks = list(notebooks) or sorted(Path("notebooks").glob("*.ipynb"))

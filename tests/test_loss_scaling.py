@@ -1,4 +1,4 @@
-"""mpcourse.scaling: the scalers against torch.amp.GradScaler, bit for bit, and their error handling."""
+"""mpcourse.loss_scaling: the scalers against torch.amp.GradScaler, bit for bit, and their error handling."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from mpcourse import data, models, train
-from mpcourse.scaling import DynamicLossScaler, StaticLossScaler, compare_with_gradscaler, event_schedule, first_divergence
+from mpcourse.exercises.conformance import compare_with_gradscaler, event_schedule, first_divergence
+from mpcourse.loss_scaling import DynamicLossScaler, StaticLossScaler
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"))]
 

@@ -4,7 +4,7 @@
 notebook in a fresh kernel with a chosen profile and writes one record per chapter (status,
 seconds, the first error if any, the device, library versions, date, profile, commit) to a JSON
 file. Records of runs on real machines are committed under ``mpcourse/reference/verified/``
-(:data:`REFERENCE_DIR`) and tabulated on the website's "Where the course was run" page; they are
+(``mpcourse/reference/verified/``, read by :func:`mpcourse.reference.records`) and tabulated on the website's "Where the course was run" page; they are
 never typed in by hand.
 """
 
@@ -13,8 +13,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import platform
-import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,68 +22,23 @@ import nbformat
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
-from . import __version__, device, profile
+from .. import sizes
+from ..provenance import environment
 
 if TYPE_CHECKING:
     import pandas as pd
 
 
-def environment() -> dict[str, object]:
-    """The device and software a run happened on."""
-    import torch
-
-    caps = device.capabilities()
-    return {
-        "device": caps.describe(),
-        "device_name": caps.name,
-        "kind": caps.kind,
-        "compute_capability": caps.sm,
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "python": platform.python_version(),
-        "mpcourse": __version__,
-        "commit": _commit(),
-    }
-
-
-#: Where the records of runs on real machines are committed (one JSON file per machine and profile).
-REFERENCE_DIR = Path(__file__).resolve().parent / "reference" / "verified"
-
-#: The folder holding the ``mpcourse`` package: the repository root in a source checkout.
-PACKAGE_PARENT = Path(__file__).resolve().parent.parent
-
-
-def _commit(where: Path | None = None) -> str | None:
-    """The commit of the course code that ran, or None when it is not a git checkout.
-
-    Git runs in the folder holding the package (``where``, default :data:`PACKAGE_PARENT`), not
-    in the current directory: ``mpcourse bench`` or ``verify`` started from another repository
-    must not record that repository's commit. The folder must be the top of its repository,
-    so an installed package (in ``site-packages``, perhaps inside a virtual environment that
-    itself lies in some repository) records None rather than a commit it did not come from.
-    """
-    folder = Path(where or PACKAGE_PARENT).resolve()
-    try:
-        out = subprocess.run(["git", "rev-parse", "--show-toplevel", "--short", "HEAD"], cwd=folder,
-                             capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    lines = out.stdout.split()
-    if out.returncode != 0 or len(lines) != 2 or Path(lines[0]).resolve() != folder:
-        return None
-    return lines[1]
-
-
 def run_chapter(path: Path, profile_name: str, timeout: int = 1800, executed_dir: Path | None = None) -> dict[str, object]:
     """Execute one chapter notebook in a fresh kernel; return its record."""
-    if profile_name not in profile.PROFILES:
-        raise ValueError(f"unknown profile {profile_name!r}; accepted: {', '.join(profile.PROFILES)}")
+    if profile_name not in sizes.PROFILES:
+        raise ValueError(f"unknown profile {profile_name!r}; accepted: {', '.join(sizes.PROFILES)}")
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(nb, timeout=timeout, resources={"metadata": {"path": str(path.parent)}})
     record: dict[str, object] = {"chapter": path.stem, "profile": profile_name, "status": "passed", "error": None}
     start = time.perf_counter()
     try:
-        client.execute(env={**os.environ, profile.ENV_VAR: profile_name})
+        client.execute(env={**os.environ, sizes.ENV_VAR: profile_name})
     except CellExecutionError as exc:
         record["status"] = "failed"
         record["error"] = f"{exc.ename}: {exc.evalue}"[:2000]
@@ -131,14 +84,6 @@ def verify(
     return records
 
 
-def load_records(folder: Path = REFERENCE_DIR) -> list[dict[str, object]]:
-    """Every record stored in ``folder/*.json`` (default: the committed ones)."""
-    records: list[dict[str, object]] = []
-    for file in sorted(Path(folder).glob("*.json")):
-        records.extend(json.loads(file.read_text()))
-    return records
-
-
 def summary(records: list[dict[str, object]]) -> pd.DataFrame:
     """One row per chapter, one column per run (machine, profile, commit): "passed, 12.3 s" or the failure."""
     import pandas as pd
@@ -152,6 +97,6 @@ def summary(records: list[dict[str, object]]) -> pd.DataFrame:
     ]
     table = frame.pivot_table(index="chapter", columns=["device", "profile", "commit"], values="result", aggfunc="last")
     # Within a machine, the profiles from smallest to largest (pivot_table sorts them alphabetically).
-    rank = {name: i for i, name in enumerate(profile.PROFILES)}
+    rank = {name: i for i, name in enumerate(sizes.PROFILES)}
     columns = sorted(table.columns, key=lambda c: (c[0], rank.get(c[1], len(rank)), c[2]))
     return table[columns].fillna("not in this run")

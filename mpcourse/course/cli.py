@@ -12,8 +12,8 @@ from pathlib import Path
 #: ``(save: Path | None, quick: bool)``, prints a table anyone can reproduce, writes its results as
 #: data to ``save`` when given, and returns an exit status.
 BENCHES: dict[str, str] = {
-    "formats": "mpcourse.formats:benchmark",
-    "fp8": "mpcourse.quant.bench:benchmark",
+    "formats": "mpcourse.bench.formats:benchmark",
+    "fp8": "mpcourse.bench.fp8:benchmark",
     "matmul": "mpcourse.bench.commands:matmul",
     "train": "mpcourse.bench.commands:train",
 }
@@ -30,7 +30,7 @@ def _student(args: argparse.Namespace) -> int:
 def _doctor(args: argparse.Namespace) -> int:
     import importlib.metadata as md
 
-    from . import report
+    from .. import report
 
     print(report())
     print("packages:")

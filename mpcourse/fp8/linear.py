@@ -11,10 +11,10 @@ input grad   ``dx = dy @ w``              dy and w, along out_features    E5M2 x
 weight grad  ``dw = dy.T @ x``            dy and x, along the batch       E5M2 x E4M3
 ============ ============================ =============================== ==========================
 
-:class:`FP8Linear` does this with any scaling recipe of :mod:`mpcourse.quant.scaling`: the
+:class:`FP8Linear` does this with any scaling recipe of :mod:`mpcourse.fp8.recipes`: the
 weight stays an fp32 parameter (the master copy the optimizer updates) and is quantised afresh
 each step; the backward pass treats quantisation as the identity (the straight-through
-estimator); products run in :func:`~mpcourse.quant.gemm.fp8_mm` (exact emulation, any device) or
+estimator); products run in :func:`~mpcourse.fp8.gemm.fp8_mm` (exact emulation, any device) or
 in ``torch._scaled_mm`` (real fp8 tensor cores on sm_89+) where the recipe and shapes allow.
 
 :data:`CONFIGS` holds the recipes as data (TE's delayed and current scaling, torchao's rowwise,
@@ -41,7 +41,7 @@ from .. import formats
 from ..train import RECIPES as TRAIN_RECIPES
 from ..train import Recipe, register_recipe
 from .gemm import UnsupportedFP8Error, fp8_mm, scaled_mm, scaled_mm_problems
-from .scaling import DelayedScaling, Quantized, quantize, resolve
+from .recipes import DelayedScaling, Quantized, quantize, resolve
 
 Gemm = Literal["auto", "emulated", "scaled_mm"]
 GEMMS: tuple[str, ...] = ("auto", "emulated", "scaled_mm")
@@ -53,7 +53,7 @@ class FP8Config:
 
     ``input_recipe`` applies to activations, ``weight_recipe`` to weights, ``grad_recipe`` to the
     output gradient; ``forward_format`` to activations and weights, ``backward_format`` to gradients.
-    ``delayed`` (a :class:`~mpcourse.quant.scaling.DelayedScaling`) is used by the ``"delayed"`` recipe.
+    ``delayed`` (a :class:`~mpcourse.fp8.recipes.DelayedScaling`) is used by the ``"delayed"`` recipe.
     """
 
     name: str

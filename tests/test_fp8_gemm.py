@@ -1,11 +1,11 @@
-"""mpcourse.quant.gemm: the emulated scaled GEMM against torch._scaled_mm, and the wrapper's rules."""
+"""mpcourse.fp8.gemm: the emulated scaled GEMM against torch._scaled_mm, and the wrapper's rules."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from mpcourse import quant
+from mpcourse import fp8
 
 HAS_SCALED_MM = hasattr(torch, "_scaled_mm")
 
@@ -35,17 +35,17 @@ needs_cpu_scaled_mm = pytest.mark.skipif(not _cpu_scaled_mm_runs(), reason="this
 @pytest.mark.parametrize("recipe, fmt_a, fmt_b", [("tensorwise", "e4m3", "e4m3"), ("tensorwise", "e5m2", "e4m3"),
                                                   ("tensorwise", "e4m3", "e5m2"), ("rowwise", "e4m3", "e4m3")])
 def test_emulated_gemm_agrees_with_torch_scaled_mm(recipe: str, fmt_a: str, fmt_b: str) -> None:
-    if recipe == "rowwise" and not quant.gemm.cpu_rowwise_scaled_mm():
+    if recipe == "rowwise" and not fp8.gemm.cpu_rowwise_scaled_mm():
         pytest.skip("this PyTorch's CPU torch._scaled_mm takes only per-tensor scales")
     a, b = operands()
-    qa, qb = quant.quantize(a, recipe, fmt_a), quant.quantize(b, recipe, fmt_b)
-    ours = quant.fp8_mm(qa, qb)
+    qa, qb = fp8.quantize(a, recipe, fmt_a), fp8.quantize(b, recipe, fmt_b)
+    ours = fp8.fp8_mm(qa, qb)
     scale_a = qa.scale if recipe == "tensorwise" else qa.scale.reshape(-1, 1)
     scale_b = qb.scale if recipe == "tensorwise" else qb.scale.reshape(1, -1)
     torch_out = torch._scaled_mm(qa.data, qb.data.t(), scale_a=scale_a, scale_b=scale_b, out_dtype=torch.float32)
-    assert quant.relative_error(ours, torch_out) < 1e-6  # fp32 accumulation order only
-    wrapped = quant.scaled_mm(qa, qb, out_dtype=torch.bfloat16 if recipe == "rowwise" else torch.float32)
-    assert quant.relative_error(wrapped.float(), torch_out) < (4e-3 if recipe == "rowwise" else 1e-6)
+    assert fp8.relative_error(ours, torch_out) < 1e-6  # fp32 accumulation order only
+    wrapped = fp8.scaled_mm(qa, qb, out_dtype=torch.bfloat16 if recipe == "rowwise" else torch.float32)
+    assert fp8.relative_error(wrapped.float(), torch_out) < (4e-3 if recipe == "rowwise" else 1e-6)
 
 
 @pytest.mark.parametrize("recipe_a, recipe_b", [("blockwise", "blockwise"), ("blockwise", "block_128x128"),
@@ -54,78 +54,78 @@ def test_emulated_gemm_agrees_with_torch_scaled_mm(recipe: str, fmt_a: str, fmt_
 def test_emulated_gemm_equals_dequantize_then_multiply(recipe_a: str, recipe_b: str) -> None:
     """Scaling each block's partial sum equals multiplying the dequantised operands (up to fp32 rounding)."""
     a, b = operands(64, 256, 128)
-    qa, qb = quant.quantize(a, recipe_a), quant.quantize(b, recipe_b)
+    qa, qb = fp8.quantize(a, recipe_a), fp8.quantize(b, recipe_b)
     exact = qa.dequantize().double() @ qb.dequantize().double().T
-    assert quant.relative_error(quant.fp8_mm(qa, qb), exact) < 1e-6
-    assert quant.relative_error(quant.fp8_mm(qa, qb), a.double() @ b.double().T) < 0.2
+    assert fp8.relative_error(fp8.fp8_mm(qa, qb), exact) < 1e-6
+    assert fp8.relative_error(fp8.fp8_mm(qa, qb), a.double() @ b.double().T) < 0.2
 
 
 def test_block_partial_sums_are_chunked_correctly() -> None:
     a, b = operands(40, 4096, 48)
-    qa, qb = quant.quantize(a, "mxfp8"), quant.quantize(b, "mxfp8")
+    qa, qb = fp8.quantize(a, "mxfp8"), fp8.quantize(b, "mxfp8")
     exact = qa.dequantize().double() @ qb.dequantize().double().T
-    assert quant.relative_error(quant.fp8_mm(qa, qb), exact) < 1e-6
+    assert fp8.relative_error(fp8.fp8_mm(qa, qb), exact) < 1e-6
 
 
 def test_fp8_mm_rejects_mismatched_operands() -> None:
     a, b = operands()
     with pytest.raises(ValueError, match="inner dimensions differ"):
-        quant.fp8_mm(quant.quantize(a, "tensorwise"), quant.quantize(b[:, :128], "tensorwise"))
+        fp8.fp8_mm(fp8.quantize(a, "tensorwise"), fp8.quantize(b[:, :128], "tensorwise"))
     with pytest.raises(ValueError, match="along K"):
-        quant.fp8_mm(quant.quantize(a, "rowwise", axis=0), quant.quantize(b, "rowwise"))
+        fp8.fp8_mm(fp8.quantize(a, "rowwise", axis=0), fp8.quantize(b, "rowwise"))
     with pytest.raises(ValueError, match="do not nest"):
-        quant.fp8_mm(quant.quantize(a[:, :96], "blockwise", block_size=32), quant.quantize(b[:, :96], "blockwise", block_size=48))
+        fp8.fp8_mm(fp8.quantize(a[:, :96], "blockwise", block_size=32), fp8.quantize(b[:, :96], "blockwise", block_size=48))
     with pytest.raises(TypeError, match="Quantized"):
-        quant.fp8_mm(a, quant.quantize(b, "tensorwise"))
+        fp8.fp8_mm(a, fp8.quantize(b, "tensorwise"))
 
 
 @pytest.mark.parametrize(
     "make, message",
     [
-        (lambda a, b: (quant.quantize(a, "tensorwise", "e5m2"), quant.quantize(b, "tensorwise", "e5m2")), "E5M2 x E5M2"),
-        (lambda a, b: (quant.quantize(a[:, :250], "tensorwise"), quant.quantize(b[:, :250], "tensorwise")), "divisible by 16"),
-        (lambda a, b: (quant.quantize(a, "tensorwise"), quant.quantize(b[:90], "tensorwise")), "divisible by 16"),
-        (lambda a, b: (quant.quantize(a, "mxfp8"), quant.quantize(b, "mxfp8")), "use fp8_mm"),
-        (lambda a, b: (quant.quantize(a, "mxfp4"), quant.quantize(b, "mxfp4")), "fp8 tensors"),
-        (lambda a, b: (quant.quantize(a, "rowwise"), quant.quantize(b, "tensorwise")), "both tensorwise"),
+        (lambda a, b: (fp8.quantize(a, "tensorwise", "e5m2"), fp8.quantize(b, "tensorwise", "e5m2")), "E5M2 x E5M2"),
+        (lambda a, b: (fp8.quantize(a[:, :250], "tensorwise"), fp8.quantize(b[:, :250], "tensorwise")), "divisible by 16"),
+        (lambda a, b: (fp8.quantize(a, "tensorwise"), fp8.quantize(b[:90], "tensorwise")), "divisible by 16"),
+        (lambda a, b: (fp8.quantize(a, "mxfp8"), fp8.quantize(b, "mxfp8")), "use fp8_mm"),
+        (lambda a, b: (fp8.quantize(a, "mxfp4"), fp8.quantize(b, "mxfp4")), "fp8 tensors"),
+        (lambda a, b: (fp8.quantize(a, "rowwise"), fp8.quantize(b, "tensorwise")), "both tensorwise"),
     ],
 )
 def test_scaled_mm_explains_what_it_refuses(make, message) -> None:
     a, b = operands()
     qa, qb = make(a, b)
     with pytest.raises(ValueError, match=message):
-        quant.scaled_mm(qa, qb)
+        fp8.scaled_mm(qa, qb)
 
 
 def test_rowwise_output_must_be_16_bit_under_cuda_rules() -> None:
     a, b = operands()
-    problems = quant.scaled_mm_problems(quant.quantize(a, "rowwise"), quant.quantize(b, "rowwise"), "cuda", torch.float32)
+    problems = fp8.scaled_mm_problems(fp8.quantize(a, "rowwise"), fp8.quantize(b, "rowwise"), "cuda", torch.float32)
     assert any("bf16 or fp16" in p for p in problems)
-    assert quant.scaled_mm_problems(quant.quantize(a, "rowwise"), quant.quantize(b, "rowwise"), "cuda", torch.bfloat16) == []
+    assert fp8.scaled_mm_problems(fp8.quantize(a, "rowwise"), fp8.quantize(b, "rowwise"), "cuda", torch.bfloat16) == []
 
 
 def test_native_fp8_on_a_device_without_it_is_an_error() -> None:
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     a, b = operands()
-    with pytest.raises(quant.UnsupportedFP8Error, match="compute capability 8.9"):
-        quant.scaled_mm(quant.quantize(a, "tensorwise"), quant.quantize(b, "tensorwise"), native=True)
+    with pytest.raises(fp8.UnsupportedFP8Error, match="compute capability 8.9"):
+        fp8.scaled_mm(fp8.quantize(a, "tensorwise"), fp8.quantize(b, "tensorwise"), native=True)
 
 
 @needs_cpu_scaled_mm
 def test_cpu_rules_only_when_not_portable() -> None:
     """The CPU emulation accepts shapes cuBLAS refuses; portable=False applies only this device's rules."""
     a, b = operands(8, 40, 24)
-    out = quant.scaled_mm(quant.quantize(a, "tensorwise"), quant.quantize(b, "tensorwise"), out_dtype=torch.float32,
+    out = fp8.scaled_mm(fp8.quantize(a, "tensorwise"), fp8.quantize(b, "tensorwise"), out_dtype=torch.float32,
                           portable=False)
     assert out.shape == (8, 24)
 
 
 def test_rowwise_on_a_cpu_scaled_mm_without_it_is_refused_clearly(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(quant.gemm, "cpu_rowwise_scaled_mm", lambda: False)
+    monkeypatch.setattr(fp8.gemm, "cpu_rowwise_scaled_mm", lambda: False)
     a, b = operands()
-    qa, qb = quant.quantize(a, "rowwise"), quant.quantize(b, "rowwise")
+    qa, qb = fp8.quantize(a, "rowwise"), fp8.quantize(b, "rowwise")
     with pytest.raises(ValueError, match="only per-tensor"):
-        quant.scaled_mm(qa, qb)
-    assert any("only per-tensor" in p for p in quant.scaled_mm_problems(qa, qb, "cpu"))
-    assert not any("only per-tensor" in p for p in quant.scaled_mm_problems(qa, qb, "cuda"))
+        fp8.scaled_mm(qa, qb)
+    assert any("only per-tensor" in p for p in fp8.scaled_mm_problems(qa, qb, "cpu"))
+    assert not any("only per-tensor" in p for p in fp8.scaled_mm_problems(qa, qb, "cuda"))

@@ -1,4 +1,4 @@
-"""mpcourse.quant.scaling: every recipe against independent references (ml_dtypes, the specs' rules, TE's kernel)."""
+"""mpcourse.fp8.recipes: every recipe against independent references (ml_dtypes, the specs' rules, TE's kernel)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from mpcourse import formats, quant
-from mpcourse.quant.scaling import pow2
+from mpcourse import formats, fp8
+from mpcourse.fp8.recipes import pow2
 
 RECIPES_AND_FORMATS = [
     ("tensorwise", "e4m3"), ("tensorwise", "e5m2"), ("tensorwise", "e2m1"), ("rowwise", "e4m3"),
@@ -29,7 +29,7 @@ def test_round_trip_is_within_the_format_error_bound(recipe: str, fmt: str) -> N
     """Each element is within half an ulp of the format (relative 2^-(m+1), or half the subnormal spacing,
     times its scale) of the original; elements whose scaled value exceeded max are exactly ±max x scale."""
     x = wide_tensor()
-    q = quant.quantize(x, recipe, fmt)
+    q = fp8.quantize(x, recipe, fmt)
     f = q.fmt
     scale = q.expanded_scale().double()
     x64, back = x.double(), q.dequantize().double()
@@ -45,8 +45,8 @@ def test_round_trip_is_within_the_format_error_bound(recipe: str, fmt: str) -> N
 
 def test_error_shrinks_with_mantissa_bits_and_finer_scales() -> None:
     x = torch.randn(256, 512, generator=torch.Generator().manual_seed(2))
-    snr = {name: quant.error_stats(x, quant.quantize(x, name))["snr_db"] for name in ("tensorwise", "blockwise", "mxfp8", "mxfp4", "nvfp4")}
-    e5m2 = quant.error_stats(x, quant.quantize(x, "tensorwise", "e5m2"))["snr_db"]
+    snr = {name: fp8.error_stats(x, fp8.quantize(x, name))["snr_db"] for name in ("tensorwise", "blockwise", "mxfp8", "mxfp4", "nvfp4")}
+    e5m2 = fp8.error_stats(x, fp8.quantize(x, "tensorwise", "e5m2"))["snr_db"]
     assert snr["blockwise"] > snr["tensorwise"] > e5m2  # E4M3 has one more mantissa bit than E5M2
     assert min(snr["mxfp8"], snr["blockwise"]) > max(snr["mxfp4"], snr["nvfp4"]) + 6  # 8 bits beat 4 bits
     assert snr["nvfp4"] > snr["mxfp4"]  # finer blocks (16) with finer (E4M3) scales
@@ -56,7 +56,7 @@ def test_error_shrinks_with_mantissa_bits_and_finer_scales() -> None:
 def test_mx_scales_are_powers_of_two_from_the_spec_rule(fmt: str, emax: int) -> None:
     """OCP MX v1.0 §6.3: X = 2^(floor(log2 max|V|) - emax_elem), stored as E8M0; elements are V / X."""
     x = wide_tensor(64, 256)
-    q = quant.quantize(x, "mx", fmt)
+    q = fp8.quantize(x, "mx", fmt)
     assert q.scale.dtype == torch.float8_e8m0fnu and q.scale.shape == (64, 8)
     s = q.scale.double().numpy()
     mantissa, _ = np.frexp(s)
@@ -80,7 +80,7 @@ def test_mx_special_blocks() -> None:
     x[1, 3] = math.nan  # NaN anywhere: the block's scale is NaN (0xFF)
     x[2] *= 2.0**200 / 2.0**80  # huge: exponent clamped to 127
     x[3] *= 1e-38  # tiny: exponent clamped to -127
-    q = quant.quantize(x, "mxfp8")
+    q = fp8.quantize(x, "mxfp8")
     s = q.scale.float()
     assert s[0, 0] == 2.0**-127 and torch.isnan(s[1, 0]) and s[2, 0] == 2.0**112
     assert s[3, 0] == 2.0**-127 and q.scale.view(torch.uint8)[1, 0] == 0xFF
@@ -89,18 +89,18 @@ def test_mx_special_blocks() -> None:
 
 def test_mx_rceil_never_saturates_and_floor_may() -> None:
     x = torch.full((1, 32), 500.0)  # floor: X = 2^(8 - 8) = 1, 500 > 448 saturates; rceil: X = 2
-    floor_q, rceil_q = quant.quantize(x, "mxfp8"), quant.quantize(x, "mxfp8", mx_scale_rounding="rceil")
+    floor_q, rceil_q = fp8.quantize(x, "mxfp8"), fp8.quantize(x, "mxfp8", mx_scale_rounding="rceil")
     assert floor_q.scale.float().item() == 1.0 and rceil_q.scale.float().item() == 2.0
-    assert quant.error_stats(x, floor_q)["saturated"] == 1.0 and quant.error_stats(x, rceil_q)["saturated"] == 0.0
+    assert fp8.error_stats(x, floor_q)["saturated"] == 1.0 and fp8.error_stats(x, rceil_q)["saturated"] == 0.0
     with pytest.raises(ValueError, match="floor, rceil"):
-        quant.quantize(x, "mxfp8", mx_scale_rounding="round")
+        fp8.quantize(x, "mxfp8", mx_scale_rounding="round")
 
 
 def test_nvfp4_follows_the_documented_two_level_formula() -> None:
     """TE's NVFP4: s_global = amax / (448 x 6); s_block = (block_amax / 6) / s_global stored in E4M3;
     elements = E2M1(x / (s_block x s_global)), saturating. Reimplemented here with ml_dtypes."""
     x = wide_tensor(32, 64, seed=3).double().numpy()
-    q = quant.quantize(torch.from_numpy(x).float(), "nvfp4")
+    q = fp8.quantize(torch.from_numpy(x).float(), "nvfp4")
     x = x.astype(np.float32).astype(np.float64)
     s_global = np.float32(np.abs(x).max() / (448.0 * 6.0))
     block_amax = np.abs(x.reshape(32, 4, 16)).max(-1)
@@ -114,32 +114,32 @@ def test_nvfp4_follows_the_documented_two_level_formula() -> None:
 
 def test_blockwise_2d_tiles_and_axis() -> None:
     x = wide_tensor(256, 384)
-    q = quant.quantize(x, "block_128x128")
+    q = fp8.quantize(x, "block_128x128")
     assert q.scale.shape == (2, 3)
     tile_amax = x.reshape(2, 128, 3, 128).abs().amax(dim=(1, 3))
     assert torch.allclose(q.scale, tile_amax / 448.0)
     # quantising along axis 0 is quantising the transpose along its last axis
-    q0, qt = quant.quantize(x, "blockwise", axis=0), quant.quantize(x.t(), "blockwise")
+    q0, qt = fp8.quantize(x, "blockwise", axis=0), fp8.quantize(x.t(), "blockwise")
     assert torch.equal(q0.dequantize(), qt.dequantize().t()) and q0.scale.shape == (2, 384)
-    r0, rt = quant.quantize(x, "rowwise", axis=0), quant.quantize(x.t(), "rowwise")
+    r0, rt = fp8.quantize(x, "rowwise", axis=0), fp8.quantize(x.t(), "rowwise")
     assert torch.equal(r0.dequantize(), rt.dequantize().t()) and r0.scale.shape == (1, 384)
 
 
 def test_pow2_scales_are_powers_of_two_and_never_overflow() -> None:
     x = wide_tensor()
-    q = quant.quantize(x, "rowwise", pow2_scales=True)
+    q = fp8.quantize(x, "rowwise", pow2_scales=True)
     mantissa, _ = torch.frexp(q.scale.double())
     assert (mantissa == 0.5).all()
     assert (q.scale * 448 >= x.abs().amax(1, keepdim=True)).all()
-    assert quant.error_stats(x, q)["saturated"] == 0.0
+    assert fp8.error_stats(x, q)["saturated"] == 0.0
 
 
 def test_e8m0_bits_decode_as_torch_does() -> None:
     patterns = torch.arange(256, dtype=torch.int32).to(torch.uint8).view(torch.float8_e8m0fnu)
-    ours, theirs = quant.scaling.e8m0_to_float(patterns), patterns.float()
+    ours, theirs = fp8.recipes.e8m0_to_float(patterns), patterns.float()
     assert torch.equal(ours[:255], theirs[:255]) and torch.isnan(ours[255]) and torch.isnan(theirs[255])
     powers = torch.cat([pow2(torch.arange(-127, 128)), torch.tensor([math.nan])])
-    assert torch.equal(quant.scaling._e8m0_storage(powers).view(torch.uint8), torch.arange(256).to(torch.uint8))
+    assert torch.equal(fp8.recipes._e8m0_storage(powers).view(torch.uint8), torch.arange(256).to(torch.uint8))
 
 
 def test_pow2_is_exact() -> None:
@@ -154,8 +154,8 @@ def test_cast_matches_ml_dtypes(fmt: str) -> None:
     gen = torch.Generator().manual_seed(1)
     v = torch.cat([torch.randn(20000, generator=gen) * f.max / 4, torch.randn(2000, generator=gen) * f.tiny,
                    torch.tensor([f.max * 1.01, -f.max * 3, math.inf, -math.inf, math.nan, 0.0, -0.0])])
-    sat = quant.cast(v, f, saturate=True).double().numpy()
-    nonsat = quant.cast(v, f, saturate=False).double().numpy()
+    sat = fp8.cast(v, f, saturate=True).double().numpy()
+    nonsat = fp8.cast(v, f, saturate=False).double().numpy()
     vn = v.numpy()
     want_nonsat = vn.astype(f.ml_dtype).astype(np.float64)
     want_sat = np.where(np.isnan(vn), np.nan, np.clip(vn, -f.max, f.max)).astype(f.ml_dtype).astype(np.float64)
@@ -173,12 +173,12 @@ def test_cast_matches_ml_dtypes(fmt: str) -> None:
 
 def test_saturate_false_gives_nan_or_inf_per_format() -> None:
     big = torch.full((4, 4), 1e6)
-    assert torch.isnan(quant.quantize(big * 0 + big, "tensorwise", saturate=False).data.float()).sum() == 0  # scaled: fine
-    q = quant.DelayedScaler("e4m3").quantize(big, saturate=False)  # scale 1 at the first step: overflow
+    assert torch.isnan(fp8.quantize(big * 0 + big, "tensorwise", saturate=False).data.float()).sum() == 0  # scaled: fine
+    q = fp8.DelayedScaler("e4m3").quantize(big, saturate=False)  # scale 1 at the first step: overflow
     assert torch.isnan(q.data.float()).all()
-    q = quant.DelayedScaler("e5m2").quantize(big, saturate=False)
+    q = fp8.DelayedScaler("e5m2").quantize(big, saturate=False)
     assert torch.isinf(q.data.float()).all()
-    q = quant.DelayedScaler("e4m3").quantize(big)
+    q = fp8.DelayedScaler("e4m3").quantize(big)
     assert (q.data.float() == 448).all()
 
 
@@ -208,7 +208,7 @@ def test_delayed_scaler_matches_transformer_engine_kernel(length: int, algo: str
     amaxes = list(rng.lognormal(0, 2, 40).astype(np.float32))
     amaxes[7] = 0.0
     amaxes[20] = math.inf
-    scaler = quant.DelayedScaler("e4m3", amax_history_len=length, amax_compute_algo=algo, margin=margin)
+    scaler = fp8.DelayedScaler("e4m3", amax_history_len=length, amax_compute_algo=algo, margin=margin)
     history, scale = [0.0] * length, 1.0
     for amax in amaxes:
         assert scaler.scale.item() == pytest.approx(scale, rel=1e-6)
@@ -220,7 +220,7 @@ def test_delayed_scaler_matches_transformer_engine_kernel(length: int, algo: str
 
 
 def test_delayed_scaling_defaults_are_transformer_engines() -> None:
-    recipe = quant.DelayedScaling()
+    recipe = fp8.DelayedScaling()
     assert (recipe.margin, recipe.amax_history_len, recipe.amax_compute_algo, recipe.fp8_format) == (0, 1024, "max", "hybrid")
     assert recipe.forward_format.name == "float8_e4m3fn" and recipe.backward_format.name == "float8_e5m2"
     assert recipe.scaler().scale.item() == 1.0 and recipe.scaler().amax_history.numel() == 1024
@@ -229,7 +229,7 @@ def test_delayed_scaling_defaults_are_transformer_engines() -> None:
 
 def test_delayed_scaling_is_delayed() -> None:
     """A step is cast with the scale from earlier steps: a sudden larger tensor saturates at first."""
-    scaler = quant.DelayedScaler("e4m3", amax_history_len=4)
+    scaler = fp8.DelayedScaler("e4m3", amax_history_len=4)
     scaler.quantize(torch.ones(8))  # step 0: scale 1; history learns amax 1
     q = scaler.quantize(torch.full((8,), 10.0))  # step 1: scale from amax 1 -> 10 x 448 overflows
     assert q.scale.item() == pytest.approx(1 / 448) and (q.data.float() == 448).all()
@@ -241,18 +241,18 @@ def test_delayed_scaling_is_delayed() -> None:
 
 
 def test_delayed_scaler_callable_algo_and_bad_arguments() -> None:
-    scaler = quant.DelayedScaler("e4m3", amax_history_len=4, amax_compute_algo=lambda h: h.mean())
+    scaler = fp8.DelayedScaler("e4m3", amax_history_len=4, amax_compute_algo=lambda h: h.mean())
     scaler.record(8.0)
     scaler.update()
     assert scaler.scale.item() == pytest.approx(448 / 2.0)
     with pytest.raises(ValueError, match="max, most_recent"):
-        quant.DelayedScaler("e4m3", amax_compute_algo="mean")
+        fp8.DelayedScaler("e4m3", amax_compute_algo="mean")
     with pytest.raises(ValueError, match="positive integer"):
-        quant.DelayedScaling(amax_history_len=0)
+        fp8.DelayedScaling(amax_history_len=0)
     with pytest.raises(ValueError, match="hybrid, e4m3"):
-        quant.DelayedScaling(fp8_format="e5m2")
+        fp8.DelayedScaling(fp8_format="e5m2")
     with pytest.raises(ValueError, match="stores fp8"):
-        quant.DelayedScaler("e2m1")
+        fp8.DelayedScaler("e2m1")
 
 
 # ---- bookkeeping and errors --------------------------------------------------------------------------
@@ -260,7 +260,7 @@ def test_delayed_scaler_callable_algo_and_bad_arguments() -> None:
 
 def test_bits_per_element_counts_the_scales() -> None:
     x = torch.randn(128, 256)
-    bits = {name: quant.quantize(x, name).bits_per_element for name in
+    bits = {name: fp8.quantize(x, name).bits_per_element for name in
             ("tensorwise", "rowwise", "blockwise", "block_128x128", "mxfp8", "mxfp4", "nvfp4")}
     n = x.numel()
     assert bits["tensorwise"] == 8 + 32 / n
@@ -269,23 +269,23 @@ def test_bits_per_element_counts_the_scales() -> None:
     assert bits["block_128x128"] == 8 + 32 / 128**2
     assert bits["mxfp8"] == 8.25 and bits["mxfp4"] == 4.25
     assert bits["nvfp4"] == 4.5 + 32 / n
-    assert quant.quantize(x, "mxfp8").nbytes == n + n // 32
+    assert fp8.quantize(x, "mxfp8").nbytes == n + n // 32
 
 
 def test_zero_and_nonfinite_tensors() -> None:
-    q = quant.quantize(torch.zeros(4, 128), "tensorwise")
+    q = fp8.quantize(torch.zeros(4, 128), "tensorwise")
     assert q.scale.item() == 1.0 and (q.dequantize() == 0).all()
     x = torch.ones(4, 128)
     x[0, 0] = math.inf  # TE keeps scale 1 for a non-finite amax; saturating, inf becomes 448
-    assert quant.quantize(x, "tensorwise").scale.item() == 1.0
-    stats = quant.error_stats(torch.ones(4, 128), quant.quantize(torch.ones(4, 128), "mxfp8"))
+    assert fp8.quantize(x, "tensorwise").scale.item() == 1.0
+    stats = fp8.error_stats(torch.ones(4, 128), fp8.quantize(torch.ones(4, 128), "mxfp8"))
     assert stats["snr_db"] == math.inf and stats["relative_error"] == 0.0
 
 
 def test_error_stats_counts_underflow() -> None:
     x = torch.tensor([1000.0, 1e-5, 2e-5, 1.0])
-    q = quant.quantize(x, "tensorwise")  # scale 1000/448: 1e-5 / 2.23 is far below E4M3's 2^-9
-    stats = quant.error_stats(x, q)
+    q = fp8.quantize(x, "tensorwise")  # scale 1000/448: 1e-5 / 2.23 is far below E4M3's 2^-9
+    stats = fp8.error_stats(x, q)
     assert stats["underflow"] == 0.5 and stats["saturated"] == 0.0
 
 
@@ -305,25 +305,25 @@ def test_error_stats_counts_underflow() -> None:
 )
 def test_bad_arguments_name_what_is_accepted(kwargs, message) -> None:
     with pytest.raises(ValueError, match=message):
-        quant.quantize(torch.randn(4, 256), **kwargs)
+        fp8.quantize(torch.randn(4, 256), **kwargs)
 
 
 def test_type_errors() -> None:
     with pytest.raises(TypeError, match="floating-point"):
-        quant.quantize(torch.arange(8), "tensorwise")
+        fp8.quantize(torch.arange(8), "tensorwise")
     with pytest.raises(ValueError, match="2-D"):
-        quant.quantize(torch.randn(2, 128, 128), "blockwise_2d")
+        fp8.quantize(torch.randn(2, 128, 128), "blockwise_2d")
     with pytest.raises(ValueError, match="2-D tensor"):
-        quant.quantize(torch.randn(2, 128, 128), "blockwise", axis=0)
+        fp8.quantize(torch.randn(2, 128, 128), "blockwise", axis=0)
 
 
 def test_fake_quantize_keeps_dtype_and_every_recipe_is_described() -> None:
     x = torch.randn(4, 64, dtype=torch.bfloat16)
-    assert quant.fake_quantize(x, "mxfp8").dtype == torch.bfloat16
-    for spec in quant.RECIPES.values():
+    assert fp8.fake_quantize(x, "mxfp8").dtype == torch.bfloat16
+    for spec in fp8.RECIPES.values():
         assert spec.description and spec.sources
-    for alias, (target, fmt, block) in quant.ALIASES.items():
-        spec, f, b = quant.resolve(alias)
+    for alias, (target, fmt, block) in fp8.ALIASES.items():
+        spec, f, b = fp8.resolve(alias)
         assert spec.name == target and (fmt is None or f.name == fmt) and (block is None or b == block)
 
 
@@ -344,6 +344,6 @@ def test_fake_quantize_keeps_dtype_and_every_recipe_is_described() -> None:
 )
 def test_a_block_size_that_does_not_divide_names_the_remedy(recipe, block_size, shape, message) -> None:
     with pytest.raises(ValueError, match=message) as info:
-        quant.quantize(torch.randn(*shape), recipe, block_size=block_size)
+        fp8.quantize(torch.randn(*shape), recipe, block_size=block_size)
     if recipe in ("mxfp8", "mxfp4", "nvfp4", "mx"):
         assert "choose a block size" not in str(info.value) and "e.g." not in str(info.value)

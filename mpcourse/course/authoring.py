@@ -7,7 +7,7 @@ chapter opens with the same two cells: an "Open in Colab" link (markdown cell ta
 from the repository address in ``_config.yml`` (the one place it is written) and the package
 version (the pinned ref Colab installs from), so they never drift apart.
 
-Run ``python -m mpcourse.authoring sync`` (``make sync``) after editing; ``check`` lists problems.
+Run ``python -m mpcourse.course.authoring sync`` (``make sync``) after editing; ``check`` lists problems.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from pathlib import Path
 import jupytext
 import nbformat
 
-from . import __version__
+from .. import __version__
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BADGE_TAG = "mpcourse-badge"
 SETUP_TAG = "mpcourse-setup"
 
@@ -183,7 +183,7 @@ def refresh_execution_cache(root: Path = ROOT, profile: str | None = None) -> bo
     under a key made of both; a different key empties it, with Sphinx's saved environment, so the
     next build reads and executes every chapter. Returns True if anything was emptied.
     """
-    from . import profile as profiles
+    from .. import sizes as profiles
 
     digest = hashlib.sha256((profile or profiles.current()).encode())
     for path in sorted((root / "mpcourse").rglob("*.py")):
@@ -203,7 +203,7 @@ def refresh_execution_cache(root: Path = ROOT, profile: str | None = None) -> bo
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mpcourse.authoring", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m mpcourse.course.authoring", description=__doc__.splitlines()[0])
     parser.add_argument(
         "command",
         choices=["sync", "check", "cache"],

@@ -17,7 +17,7 @@ Timings are medians of ``torch.utils.benchmark.Timer.blocked_autorange`` (warm-u
 synchronisation included). ``--save`` stores the results in the course's one result format
 (:mod:`mpcourse.bench.results`, topic ``fp8``: device, versions, torchao's version, date and the
 command), so the same loader and validator read them as every other benchmark's;
-:func:`load_results` reads the stored ones back from ``mpcourse/quant/reference/``.
+:func:`mpcourse.reference.records` (``"fp8"``) reads the stored ones back from ``mpcourse/reference/fp8/``.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from .. import device as device_mod
-from ..bench import results
+from . import results
 
 #: (M, K, N) of the GEMM sweep: from launch-bound to compute-bound; torchao's README quotes the
 #: third (0.80x on an H100) and the last (1.39x) as its small and large examples.
@@ -43,8 +43,6 @@ QUICK_GEMM_SHAPES: tuple[tuple[int, int, int], ...] = ((256, 256, 256), (1024, 2
 #: (M, K, N) of the torchao training-step measurement: large first (if the budget runs out, the
 #: small shape, whose answer is known to be "slower", is the one skipped).
 STEP_SHAPES: tuple[tuple[int, int, int], ...] = ((4096, 8192, 8192), (1024, 2048, 1024))
-#: Where the stored results of ``mpcourse bench fp8`` live (shipped with the package).
-REFERENCE_DIR = Path(__file__).with_name("reference")
 #: The topic of their records in :mod:`mpcourse.bench.results`.
 TOPIC = "fp8"
 
@@ -206,7 +204,7 @@ def benchmark(save: Path | None = None, quick: bool = False) -> int:
     started = time.perf_counter()
     print(f"fp8 vs bf16 on {caps.describe()} (torch {torch.__version__})")
     gemms = measure_gemms(QUICK_GEMM_SHAPES if quick else GEMM_SHAPES, min_run_time=0.05 if quick else 0.2)
-    from .linear import torchao_status
+    from ..fp8.linear import torchao_status
 
     ok, why = torchao_status(caps)
     steps: list[dict[str, Any]] = []
@@ -221,12 +219,6 @@ def benchmark(save: Path | None = None, quick: bool = False) -> int:
     if save is not None:
         print(f"saved to {results.save(record, save)}")
     return 0
-
-
-def load_results(folder: str | Path = REFERENCE_DIR) -> list[dict[str, Any]]:
-    """The stored results of ``mpcourse bench fp8`` (every ``*.json`` of topic ``fp8`` in ``folder``,
-    by default ``mpcourse/quant/reference/``), oldest first, each checked by :func:`mpcourse.bench.results.load`."""
-    return results.reference_records(TOPIC, folder)
 
 
 def speedup_table(gemms: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> Any:

@@ -4,7 +4,7 @@ A scaled fp8 GEMM computes ``C = (A_fp8 · B_fp8^T) × scales``. The products of
 exact in fp32 (4 × 4 significand bits fit easily), the tensor core adds them up in (about) fp32,
 and the scales, which only exist per row, per block or per tensor, are applied to the partial sums
 afterwards. :func:`fp8_mm` does exactly that in fp32 on any device, for every scaling recipe of
-:mod:`mpcourse.quant.scaling`: with scales that vary along K (blocks), each block's partial sum is
+:mod:`mpcourse.fp8.recipes`: with scales that vary along K (blocks), each block's partial sum is
 scaled and then added, which is also how DeepSeek-V3 promotes partial sums to fp32 every 128
 elements.
 
@@ -22,7 +22,7 @@ import math
 import torch
 
 from .. import device as device_mod
-from .scaling import Quantized
+from .recipes import Quantized
 
 #: torch dtypes ``torch._scaled_mm`` multiplies (OCP fp8 on NVIDIA; the fnuz pair on AMD MI300).
 SCALED_MM_DTYPES: tuple[str, ...] = ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz")
@@ -70,7 +70,7 @@ def fp8_mm(a: Quantized, b: Quantized, *, out_dtype: torch.dtype = torch.float32
     """
     for name, q in (("a", a), ("b", b)):
         if not isinstance(q, Quantized):
-            raise TypeError(f"{name} must be a Quantized (from mpcourse.quant.quantize), got {type(q).__name__}")
+            raise TypeError(f"{name} must be a Quantized (from mpcourse.fp8.quantize), got {type(q).__name__}")
         if q.data.dim() != 2:
             raise ValueError(f"{name} must be 2-D, got shape {tuple(q.data.shape)}")
         if q.recipe not in ("tensorwise", "delayed") and q.axis != 1:

@@ -3,7 +3,7 @@
 The same chapter runs in CI (2 CPU cores, a minute per chapter), on a laptop, and on a Colab or
 datacenter GPU. Chapters never hard-code a size; they ask for one per profile::
 
-    n = profile.pick(ci=256, small=1024, full=8192)
+    n = sizes.pick(ci=256, small=1024, full=8192)
 
 The profile comes from the environment variable ``MPCOURSE_PROFILE``; without it, ``full`` on a
 machine with a GPU and ``small`` otherwise. CI sets ``ci``.
