@@ -8,15 +8,19 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 BOOK_FLAGS  := -W -n --keep-going
 
-.PHONY: venv book test sync student lab browser colab-check clean help
+.PHONY: venv book test test-fast lint sync student lab browser colab-check versions-check versions-check-oldest \
+        versions-check-newest clean help
 
 help:
 	@echo "make book     build the website into _build/html (executes every chapter)"
-	@echo "make test     run every test: package, chapters (nbval), pairs, website build, browser"
+	@echo "make test     run every test: lint, package, chapters (nbval), pairs, website build, browser"
+	@echo "make test-fast  the package's unit tests only (no chapters, no website, no browser): for quick iteration"
+	@echo "make lint     ruff: the lint rules of pyproject.toml, and formatting (checked, never rewritten)"
 	@echo "make sync     pair each notebooks/*.md with its .ipynb and stamp the setup cells"
 	@echo "make student  write student notebooks (solutions removed) into student/"
 	@echo "make lab      open the chapters in JupyterLab"
 	@echo "make colab-check  run the chapters and unit tests with Colab's preinstalled versions (large download)"
+	@echo "make versions-check  the same with the oldest supported torch and with the newest (large downloads)"
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -31,8 +35,17 @@ book: $(STAMP)
 	$(BIN)/jupyter-book build . --toc book/_toc.yml $(BOOK_FLAGS)
 
 # The smallest problem sizes, so each chapter runs in well under a minute on two CPU cores.
-test: $(STAMP) browser
-	MPCOURSE_PROFILE=ci $(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider
+test: $(STAMP) lint browser
+	MPCOURSE_PROFILE=ci MPCOURSE_CLAIMS=strict $(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider
+
+# The unit tests of tests/ without the ones that execute chapters, build the website or drive a browser.
+test-fast: $(STAMP)
+	MPCOURSE_PROFILE=ci MPCOURSE_CLAIMS=strict $(BIN)/python -m pytest tests -p no:cacheprovider -m "not notebooks and not book and not browser"
+
+# Checks only: `ruff format mpcourse tests` rewrites what `--check` reports.
+lint: $(STAMP)
+	$(BIN)/ruff check mpcourse tests
+	$(BIN)/ruff format --check mpcourse tests
 
 sync: $(STAMP)
 	$(BIN)/python -m mpcourse.course.authoring sync
@@ -53,7 +66,23 @@ colab-check:
 	test -d $(COLAB_VENV) || $(PYTHON) -m venv $(COLAB_VENV)
 	set -o pipefail; $(COLAB_VENV)/bin/python -m pip install --quiet -e ".[test]" $(COLAB_PINS) 2>&1 \
 	  | sed '/is ignored: it is neither a file nor a directory/d'
-	MPCOURSE_PROFILE=ci $(COLAB_VENV)/bin/python -m pytest notebooks tests --nbval-lax --nbval-current-env \
+	MPCOURSE_PROFILE=ci MPCOURSE_CLAIMS=strict $(COLAB_VENV)/bin/python -m pytest notebooks tests --nbval-lax --nbval-current-env \
+	  -p no:cacheprovider -m "not book and not browser"
+
+# The torch versions the course is tested with: the oldest supported (the floor in pyproject.toml and
+# mpcourse.OLDEST_TESTED_TORCH, Colab's version) and the newest the package index serves. Each gets a
+# virtual environment of its own in .venv-versions/, the newest packages otherwise, and runs the chapters
+# and the unit tests. Not part of `make test`: PyPI's Linux torch is the CUDA build, several GB each.
+TORCH_OLDEST := 2.11.0
+VERSIONS_VENV := .venv-versions
+versions-check: versions-check-oldest versions-check-newest
+
+versions-check-oldest versions-check-newest: versions-check-%:
+	test -d $(VERSIONS_VENV)/$* || $(PYTHON) -m venv $(VERSIONS_VENV)/$*
+	set -o pipefail; $(VERSIONS_VENV)/$*/bin/python -m pip install --quiet --upgrade -e ".[test]" \
+	  $(if $(filter oldest,$*),torch==$(TORCH_OLDEST),torch) 2>&1 | sed '/is ignored: it is neither a file nor a directory/d'
+	$(VERSIONS_VENV)/$*/bin/python -c "import torch; print('$@: torch', torch.__version__)"
+	MPCOURSE_PROFILE=ci MPCOURSE_CLAIMS=strict $(VERSIONS_VENV)/$*/bin/python -m pytest notebooks tests --nbval-lax --nbval-current-env \
 	  -p no:cacheprovider -m "not book and not browser"
 
 # Headless Chromium for the browser test of the website: Debian's package, never a downloaded browser.

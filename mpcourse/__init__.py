@@ -2,19 +2,26 @@
 
 Chapters start with ``caps = mpcourse.setup()``, which reports what this machine can run and
 prepares figures to render everywhere. The machinery the chapters share lives in submodules
-(``device``, ``profile``, ``plots``, ``exercises``, ...), each documented on its own.
+(``device``, ``sizes``, ``plots``, ``exercises``, ...), each documented on its own.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .claims import claim
+from .source import show_source
+
 if TYPE_CHECKING:
     from .device import Capabilities
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "report", "setup"]
+#: The oldest torch the chapters and tests are run with (``make versions-check``): the floor declared
+#: in pyproject.toml. An older one may work, but nothing has shown it, so setup() says so.
+OLDEST_TESTED_TORCH = "2.11"
+
+__all__ = ["OLDEST_TESTED_TORCH", "__version__", "claim", "report", "setup", "show_source", "torch_version_warning"]
 
 
 def report(caps: Capabilities | None = None) -> str:
@@ -38,12 +45,36 @@ def report(caps: Capabilities | None = None) -> str:
     return "\n".join(lines)
 
 
+def torch_version_warning(version: str | None = None) -> str | None:
+    """One line of warning if torch ``version`` (default: the installed one) is older than
+    :data:`OLDEST_TESTED_TORCH`, else None.
+
+    Only the release numbers count: a pre-release or local build of a tested release
+    (``2.11.0a0+git...``, as NVIDIA's containers name theirs) is that release.
+    """
+    import re
+
+    import torch
+
+    version = str(torch.__version__ if version is None else version)
+    found = re.match(r"(\d+)\.(\d+)", version)
+    oldest = tuple(int(part) for part in OLDEST_TESTED_TORCH.split("."))
+    if found is None or tuple(int(part) for part in found.groups()) >= oldest:
+        return None
+    return (f"Warning: torch {version} is older than {OLDEST_TESTED_TORCH}, the oldest this course is tested with; "
+            f"if a cell fails, upgrade torch (pip install 'torch>={OLDEST_TESTED_TORCH}').")
+
+
 def setup() -> Capabilities:
-    """Prepare a chapter: print the environment report and make plotly figures render everywhere."""
+    """Prepare a chapter: print the environment report (and a warning for a torch older than
+    tested) and make plotly figures render everywhere."""
     from . import device, plots
 
     caps = device.capabilities()
     plots.use_site_renderer()
     print(report(caps))
+    warning = torch_version_warning()
+    if warning:
+        print(warning)
     return caps
 

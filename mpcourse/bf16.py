@@ -17,8 +17,8 @@ of how the new weight is written back to a bf16 parameter (``update="nearest"``,
 or ``"kahan"``) and of the precision of Adam's moments (``state_dtype``, ``state_rounding``). It is
 for teaching and for measuring: the production tool is torchao's ``_AdamW(bf16_stochastic_round=True)``
 (also in its 8-bit and 4-bit optimizers), which likewise computes in fp32 and keeps its moments in
-the parameter's dtype. Importing this module registers the recipes of :data:`RECIPE_NAMES` with
-:func:`mpcourse.train.register_recipe`.
+the parameter's dtype. The recipes of :data:`RECIPE_NAMES` (:func:`training_recipes`) are in
+:data:`mpcourse.train.RECIPES`, which loads them on first use.
 
 Two stochastic roundings exist in the course, on purpose. :func:`mpcourse.formats.round_tensor`
 (``rounding="stochastic"``) is the reference: exact, for any format, computed in float64; use it to
@@ -39,7 +39,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from .train.recipes import RECIPES, Recipe, register_recipe
+from .train.recipes import Recipe
 
 Update = Literal["nearest", "stochastic", "kahan"]
 StateRounding = Literal["nearest", "stochastic"]
@@ -407,7 +407,8 @@ _RECIPE_TABLE: dict[str, tuple[str, torch.dtype, torch.dtype | None, Update, tor
 }
 
 
-def _recipes() -> tuple[Recipe, ...]:
+def training_recipes() -> tuple[Recipe, ...]:
+    """The pure-bf16 recipes of :data:`_RECIPE_TABLE`, for :data:`mpcourse.train.RECIPES` (which loads them)."""
     return tuple(
         Recipe(name, description, autocast_dtype=autocast, param_dtype=param, precision="bf16",
                make_optimizer=_factory(update, state))
@@ -415,9 +416,5 @@ def _recipes() -> tuple[Recipe, ...]:
     )
 
 
-#: The recipes this module registers with :func:`mpcourse.train.register_recipe`.
-RECIPE_NAMES: tuple[str, ...] = tuple(r.name for r in _recipes())
-
-for _recipe in _recipes():
-    if _recipe.name not in RECIPES:  # importing twice (or reloading) must not fail
-        register_recipe(_recipe)
+#: The recipes this module provides to :data:`mpcourse.train.RECIPES`.
+RECIPE_NAMES: tuple[str, ...] = tuple(r.name for r in training_recipes())

@@ -6,12 +6,13 @@ no network). So each loader has two sources, chosen by the ``source`` argument:
 
 - ``"hub"``: the Hugging Face hub through :func:`datasets.load_dataset` (MNIST, Fashion-MNIST,
   CIFAR-10; WikiText-2 for text). Needs the network; used on Colab and GPU machines.
-- ``"local"``: a real dataset that ships inside a package the course already depends on, read
-  from disk without the network (and without importing ``datasets``, which takes seconds). Images:
-  scikit-learn's handwritten digits (1,797 8x8 scans, UCI ML repository). Text: the English
-  reference text of Python's own documentation that the standard library ships in
-  ``pydoc_data.topics`` (the text behind ``help("assert")`` and friends), for a character-level
-  language model.
+- ``"local"``: a real dataset read from disk without the network (and without importing
+  ``datasets``, which takes seconds). Images: the 1,797 8x8 handwritten digits of the UCI
+  repository (Alpaydin and Kaynak, 1998; CC BY 4.0), which this package ships in
+  ``mpcourse/datasets/digits.npz`` (a copy of scikit-learn's ``load_digits()``; the README there
+  gives source and licence). Text: the English reference text of Python's own documentation that
+  the standard library ships in ``pydoc_data.topics`` (the text behind ``help("assert")`` and
+  friends), for a character-level language model.
 
 ``source="auto"`` (the default) uses the hub only in the ``full`` profile (a GPU machine) and falls
 back to the local dataset, with a note saying why, if loading from the hub fails: the hub could not
@@ -223,7 +224,7 @@ def _hub(repo: str, config: str | None, split: str):  # pragma: no cover - needs
 
 
 #: Import names whose pip package is called something else.
-_PIP_NAMES = {"PIL": "Pillow", "sklearn": "scikit-learn"}
+_PIP_NAMES = {"PIL": "Pillow"}
 
 
 def _missing_package(exc: ImportError) -> str:
@@ -328,25 +329,15 @@ def _to_image_bundle(
 
 @functools.lru_cache(maxsize=1)
 def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's digits as (images (1797, 8, 8), labels), read once per process.
+    """The UCI digits as (images (1797, 8, 8) float64, labels (1797,) int64), read once per process.
 
-    The digits ship with scikit-learn as ``sklearn/datasets/data/digits.csv.gz`` (64 pixel values
-    and the label per row). Reading that file directly gives exactly what ``load_digits()`` returns
-    without importing scikit-learn, which takes seconds; if the file has moved, ``load_digits()``.
+    They ship with this package (``mpcourse/datasets/digits.npz``, stored as uint8) and are returned
+    in the dtypes scikit-learn's ``load_digits()`` gives, with the same values in the same order.
     """
-    import importlib.util
-    from pathlib import Path
+    from .datasets import DIGITS
 
-    spec = importlib.util.find_spec("sklearn")  # locates the package without importing it
-    if spec is not None and spec.submodule_search_locations:
-        path = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / "digits.csv.gz"
-        if path.is_file():
-            table = np.loadtxt(path, delimiter=",")
-            return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(np.int64)
-    from sklearn.datasets import load_digits  # pragma: no cover - a scikit-learn with another layout
-
-    raw = load_digits()  # pragma: no cover
-    return raw.images, raw.target  # pragma: no cover
+    with np.load(DIGITS) as stored:
+        return stored["images"].astype(np.float64), stored["labels"].astype(np.int64)
 
 
 def _local_digits(n_train: int | None, n_eval: int | None, seed: int, fallback_reason: str, requested: str) -> ImageData:
@@ -354,7 +345,10 @@ def _local_digits(n_train: int | None, n_eval: int | None, seed: int, fallback_r
     train_idx, eval_idx = _split(len(labels), 0.2, seed)
     train_idx = train_idx[:n_train] if n_train else train_idx
     eval_idx = eval_idx[:n_eval] if n_eval else eval_idx
-    what = "scikit-learn's handwritten digits (1,797 8x8 images, 10 classes), shipped with scikit-learn"
+    what = (
+        "the UCI handwritten digits (1,797 8x8 images, 10 classes; Alpaydin and Kaynak 1998, CC BY 4.0), "
+        "shipped with mpcourse"
+    )
     if requested != "digits" or fallback_reason:
         note = f"Data: {fallback_reason}using the local dataset instead of '{requested}': {what}."
     else:

@@ -16,20 +16,24 @@ capability.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
-
 import os
 import platform
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 
+from . import gpus
+from .gpus import PRECISIONS
+
+__all__ = [
+    "CPU_FLAGS_OF_INTEREST", "PRECISIONS", "PRESETS", "Capabilities", "Kind", "Status", "Support", "capabilities",
+    "cpu_threads", "precision_support",
+]
+
 Kind = Literal["cpu", "cuda", "mps"]
 Status = Literal["native", "emulated", "unavailable"]
-
-#: Precisions the course reports on, in the order they are shown.
-PRECISIONS: tuple[str, ...] = ("fp32", "tf32", "fp16", "bf16", "fp8")
 
 #: CPU instruction-set flags (as Linux spells them in /proc/cpuinfo) that matter for low precision.
 CPU_FLAGS_OF_INTEREST: tuple[str, ...] = (
@@ -99,22 +103,23 @@ def _format_bytes(n: int | None) -> str | None:
     return None if n is None else f"{n / 1e9:.1f} GB"
 
 
-def _gpu(name: str, cc: tuple[int, int], memory_gb: float, preset: str) -> Capabilities:
+def _gpu_preset(gpu: gpus.GPU) -> Capabilities:
+    """The capabilities of one row of :data:`mpcourse.gpus.GPUS`, named as CUDA names that GPU."""
     return Capabilities(
         kind="cuda",
-        name=name,
-        compute_capability=cc,
-        memory_bytes=int(memory_gb * 1e9),
-        fp16_native=cc >= (7, 0),
-        bf16_native=cc >= (8, 0),
-        tf32=cc >= (8, 0),
-        fp8_native=cc >= (8, 9),
-        preset=preset,
+        name=gpu.cuda_name,
+        compute_capability=gpu.compute_capability,
+        memory_bytes=int(gpu.memory_gb * 1e9),
+        fp16_native="fp16" in gpu.native,
+        bf16_native="bf16" in gpu.native,
+        tf32="tf32" in gpu.native,
+        fp8_native="fp8" in gpu.native,
+        preset=gpu.preset,
     )
 
 
-#: Devices a chapter can pretend to be. Compute capabilities from NVIDIA's CUDA GPU list;
-#: memory from the datasheets cited in the course's references.
+#: Devices a chapter can pretend to be: two CPUs, and every GPU of :data:`mpcourse.gpus.GPUS`
+#: (compute capabilities from NVIDIA's CUDA GPU list, memory from the datasheets).
 PRESETS: dict[str, Capabilities] = {
     "cpu": Capabilities(kind="cpu", name="x86-64 CPU with AVX2", cpu_flags=frozenset({"avx2"}), preset="cpu"),
     "cpu_amx": Capabilities(
@@ -125,11 +130,7 @@ PRESETS: dict[str, Capabilities] = {
         fp16_native=True,
         preset="cpu_amx",
     ),
-    "t4": _gpu("Tesla T4", (7, 5), 16, "t4"),
-    "a100": _gpu("NVIDIA A100-SXM4-80GB", (8, 0), 80, "a100"),
-    "l4": _gpu("NVIDIA L4", (8, 9), 24, "l4"),
-    "h100": _gpu("NVIDIA H100 80GB HBM3", (9, 0), 80, "h100"),
-    "h200": _gpu("NVIDIA H200", (9, 0), 141, "h200"),
+    **{gpu.preset: _gpu_preset(gpu) for gpu in gpus.GPUS},
 }
 
 
@@ -167,16 +168,18 @@ def _detect(kind: str | None) -> Capabilities:
         cc = (props.major, props.minor)
         rocm = torch.version.hip is not None
         arch = getattr(props, "gcnArchName", "") if rocm else ""
+        units = gpus.native_precisions(cc)
         return Capabilities(
             kind="cuda",
             name=props.name,
             compute_capability=None if rocm else cc,
             memory_bytes=int(props.total_memory),
-            fp16_native=True if rocm else cc >= (7, 0),
+            fp16_native=True if rocm else "fp16" in units,
+            # torch's answer without emulation; on NVIDIA it is the compute-capability rule (sm_80+).
             bf16_native=torch.cuda.is_bf16_supported(including_emulation=False) if not rocm else True,
-            tf32=False if rocm else cc >= (8, 0),
+            tf32=False if rocm else "tf32" in units,
             # MI300 (gfx942) and MI350 (gfx950) have fp8 matrix units; NVIDIA from Ada (sm_89) on.
-            fp8_native=arch.startswith(("gfx942", "gfx950")) if rocm else cc >= (8, 9),
+            fp8_native=arch.startswith(("gfx942", "gfx950")) if rocm else "fp8" in units,
             is_rocm=rocm,
         )
     if want == "mps":
@@ -204,9 +207,9 @@ def capabilities(preset: str | None = None, *, kind: str | None = None) -> Capab
     """Describe this machine's best device, or pretend to be a known one.
 
     Args:
-        preset: one of :data:`PRESETS` (``"cpu"``, ``"cpu_amx"``, ``"t4"``, ``"a100"``, ``"l4"``,
-            ``"h100"``, ``"h200"``) to describe that device instead of this machine. The
-            environment variable ``MPCOURSE_DEVICE_PRESET`` sets a default.
+        preset: one of :data:`PRESETS` (``"cpu"``, ``"cpu_amx"``, ``"v100"``, ``"t4"``, ``"l4"``, ``"a100"``,
+            ``"a100_40gb"``, ``"h100"``, ``"h200"``, ``"b200"``) to describe that device instead of this
+            machine. The environment variable ``MPCOURSE_DEVICE_PRESET`` sets a default.
         kind: detect a specific device kind on this machine (``"cpu"``, ``"cuda"``, ``"mps"``)
             instead of the best available one.
 

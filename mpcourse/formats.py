@@ -54,10 +54,12 @@ __all__ = [
     "FP16",
     "FP32",
     "FP64",
+    "SHORT_NAMES",
     "TF32",
     "Fields",
     "FloatFormat",
     "custom",
+    "dtype_name",
     "get",
     "round_tensor",
     "table",
@@ -618,8 +620,10 @@ def _round(
         ops.fill(exponent, below, fmt.emin)
 
     overflow = regular & (value > fmt.max)
+    held = None  # where a rounding toward zero stopped at max: its pattern is max's too
     if toward_zero is not None:  # IEEE 754: a rounding toward zero stops at max
-        ops.fill(value, overflow & toward_zero, fmt.max)
+        held = overflow & toward_zero
+        ops.fill(value, held, fmt.max)
         overflow = overflow & ~toward_zero
     big = overflow | inf_in
     # Inputs the format has no pattern for: NaN; for E8M0 also zero and negative numbers.
@@ -651,6 +655,8 @@ def _round(
     code = (exponent - fmt.emin) * (1 << m) + n_int - (0 if fmt.subnormals else 1 << m)
     ops.fill(code, ~regular | nan_out, 0)
     ops.fill(code, big, big_code)
+    if held is not None:
+        ops.fill(code, held & ~nan_out, fmt.max_code)
     if fmt.signed:
         sign = negative & ~nan_out
         if not fmt.has_negative_zero:
@@ -906,7 +912,10 @@ def get(name_or_dtype: Any) -> FloatFormat:
     if isinstance(name_or_dtype, str):
         key = name_or_dtype.strip().lower().removeprefix("torch.").removeprefix("ml_dtypes.")
     else:
-        key = _dtype_name(name_or_dtype)
+        try:
+            key = dtype_name(name_or_dtype)
+        except TypeError:  # not a dtype at all: the error below names it
+            key = repr(name_or_dtype)
     key = ALIASES.get(key, key)
     if key in ALL:
         return ALL[key]
@@ -920,15 +929,40 @@ def get(name_or_dtype: Any) -> FloatFormat:
     )
 
 
-def _dtype_name(dtype: Any) -> str:
-    """The name of a torch dtype, a numpy dtype or scalar type (ml_dtypes included), or ``repr``."""
-    module = type(dtype).__module__
-    if module.startswith("torch"):
-        return str(dtype).removeprefix("torch.")
-    try:
-        return np.dtype(dtype).name
-    except TypeError:
-        return repr(dtype)
+#: The short spellings of :func:`dtype_name` (``short=True``), used in dense tables (profiler kernels).
+SHORT_NAMES: dict[str, str] = {
+    "float64": "fp64",
+    "float32": "fp32",
+    "float16": "fp16",
+    "bfloat16": "bf16",
+    "float8_e4m3fn": "e4m3",
+    "float8_e5m2": "e5m2",
+    "float8_e4m3fnuz": "e4m3fnuz",
+    "float8_e5m2fnuz": "e5m2fnuz",
+    "float8_e8m0fnu": "e8m0",
+}
+
+
+def dtype_name(dtype: Any, *, short: bool = False) -> str:
+    """A dtype's name as PyTorch and numpy spell it in code: ``torch.bfloat16`` -> ``"bfloat16"``.
+
+    Takes torch dtypes and numpy dtypes or scalar types (ml_dtypes' included), so that every table
+    of the course names a dtype the same way. ``short=True`` gives the spelling of
+    :data:`SHORT_NAMES` (``"bf16"``, ``"e4m3"``) where there is one, the full name otherwise.
+
+    Raises:
+        TypeError: for anything that is not a dtype (a name is not: :func:`get` reads names).
+    """
+    if isinstance(dtype, str) or dtype is None:
+        raise TypeError(f"dtype_name takes a torch or numpy dtype, got {dtype!r} (formats.get reads names)")
+    if type(dtype).__module__.startswith("torch"):
+        name = str(dtype).removeprefix("torch.")
+    else:
+        try:
+            name = np.dtype(dtype).name
+        except (TypeError, ValueError):
+            raise TypeError(f"dtype_name takes a torch or numpy dtype, got {dtype!r}") from None
+    return SHORT_NAMES.get(name, name) if short else name
 
 
 def custom(

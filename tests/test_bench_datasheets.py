@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import pytest
 from conftest import ROOT
 
-from mpcourse import device
+from mpcourse import device, gpus
 from mpcourse.bench import datasheets
 
 BIB = (ROOT / "book" / "references.bib").read_text()
@@ -37,17 +38,48 @@ def test_device_names_match_the_right_datasheet(name: str, key: str | None) -> N
 
 
 def test_every_gpu_preset_has_its_datasheet_with_the_same_architecture() -> None:
+    gpu_presets = 0
     for name, caps in device.PRESETS.items():
         sheet = datasheets.for_device(caps)
         if caps.kind != "cuda":
             assert sheet is None
             continue
+        gpu_presets += 1
         assert sheet is not None, name
-        assert sheet.compute_capability == caps.compute_capability, name
+        assert sheet.preset == name and sheet.compute_capability == caps.compute_capability, name
+        assert caps.memory_bytes == sheet.memory_gb * 1e9, name
         # A precision has a datasheet peak exactly where the device has units for it.
+        assert ("fp16" in sheet.dense_tflops) == caps.fp16_native, name
         assert ("bf16" in sheet.dense_tflops) == caps.bf16_native, name
         assert ("tf32" in sheet.dense_tflops) == caps.tf32, name
         assert ("fp8" in sheet.dense_tflops) == caps.fp8_native, name
+    assert gpu_presets == len(datasheets.DATASHEETS) == 8
+
+
+def test_every_datasheet_has_its_gpu_preset() -> None:
+    for key, sheet in datasheets.DATASHEETS.items():
+        caps = device.capabilities(preset=sheet.preset)
+        assert (caps.kind, caps.name, caps.compute_capability) == ("cuda", sheet.cuda_name, sheet.compute_capability), key
+        assert datasheets.for_device(caps) is sheet, key
+
+
+def test_presets_follow_the_compute_capability_rule_that_detection_uses() -> None:
+    # The preset of each GPU and a detected GPU of the same compute capability get the same units.
+    for sheet in datasheets.DATASHEETS.values():
+        assert sheet.native == gpus.native_precisions(sheet.compute_capability), sheet.key
+    assert gpus.native_precisions((7, 5)) == {"fp32", "fp16"}
+    assert gpus.native_precisions((8, 0)) == {"fp32", "fp16", "bf16", "tf32"}
+    assert gpus.native_precisions((8, 9)) == gpus.native_precisions((9, 0)) == set(gpus.PRECISIONS)
+
+
+def test_a_row_that_contradicts_its_architecture_is_refused() -> None:
+    t4 = datasheets.DATASHEETS["t4"]
+    with pytest.raises(ValueError, match="an sm_75 GPU has units for"):
+        gpus._check((dataclasses.replace(t4, printed_tflops=t4.printed_tflops | {"bf16": 65.0}),))
+    with pytest.raises(ValueError, match="does not match its CUDA name"):
+        gpus._check((dataclasses.replace(t4, cuda_name="NVIDIA T40"),))
+    with pytest.raises(ValueError, match="two GPUs share a preset"):
+        gpus._check((t4, dataclasses.replace(t4, key="t4-copy", cuda_name="Tesla T4 copy")))
 
 
 def test_sparse_figures_are_halved_and_dense_ones_kept() -> None:
@@ -72,7 +104,7 @@ def test_balance_point_is_peak_over_bandwidth() -> None:
 
 def test_every_source_is_in_the_bibliography() -> None:
     keys = set(re.findall(r"@\w+\{([^,]+),", BIB))
-    assert {s.source for s in datasheets.DATASHEETS.values()} <= keys
+    assert {s.source for s in datasheets.DATASHEETS.values()} | {gpus.COMPUTE_CAPABILITY_SOURCE} <= keys
 
 
 def test_table_lists_every_gpu() -> None:
@@ -87,4 +119,6 @@ def test_bad_input_is_named() -> None:
     with pytest.raises(TypeError, match="device_name"):
         datasheets.lookup(None)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="precisions must be among"):
-        datasheets.Datasheet("x", "X", "X", {"int8": 1.0}, frozenset(), 1.0, 1.0, "src")
+        datasheets.Datasheet("x", "x", "X", "X", "X", (8, 0), 1.0, 1.0, {"int8": 1.0}, frozenset(), "src")
+    with pytest.raises(ValueError, match="sparse ones among those printed"):
+        datasheets.Datasheet("x", "x", "X", "X", "X", (8, 0), 1.0, 1.0, {"fp32": 1.0}, frozenset({"fp16"}), "src")

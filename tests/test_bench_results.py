@@ -41,6 +41,21 @@ def test_reference_records_filter_by_topic(tmp_path) -> None:
     assert [r["topic"] for r in reference.records("matmul", tmp_path)] == ["matmul"]
 
 
+def test_save_never_replaces_a_file_unless_told(tmp_path) -> None:
+    path = tmp_path / "stored.json"
+    path.write_text("a result measured elsewhere\n")
+    with pytest.raises(results.OverwriteError, match=r"stored\.json already exists.*--force \(overwrite=True"):
+        results.save(_record(), path)
+    assert path.read_text() == "a result measured elsewhere\n"
+    assert isinstance(results.OverwriteError("x"), FileExistsError)  # what callers catching OSError expect
+    assert results.load(results.save(_record(), path, overwrite=True))["topic"] == "matmul"
+    with pytest.raises(IsADirectoryError, match="is a folder; give the name of the result file"):
+        results.save(_record(), tmp_path, overwrite=True)  # never a folder, not even with overwrite
+    with pytest.raises(ValueError, match="missing keys"):  # a bad record is refused before the file is touched
+        results.save({"topic": "matmul"}, path, overwrite=True)
+    assert results.ensure_writable(tmp_path / "new.json") == tmp_path / "new.json"
+
+
 def test_bad_files_are_named(tmp_path) -> None:
     (tmp_path / "x.json").write_text("[1, 2]")
     with pytest.raises(ValueError, match="JSON object"):

@@ -48,14 +48,29 @@ def test_model_flops_agree_with_six_nt(text) -> None:
     assert all(p.grad is None for p in model.parameters())  # counting leaves no gradients behind
 
 
-def test_mfu_uses_the_datasheet_peak_of_the_recipe_precision(monkeypatch, text) -> None:
-    # Pretend this CPU were an H100 for the peak lookup only (the run itself stays on the CPU).
+#: The CPU flags mpcourse is shown, to pretend to be a CPU without bf16 units and one with them,
+#: whichever CPU runs the tests (the arithmetic is the same; only the verdict "native" differs).
+CPU_FLAGS = {"avx2": device.PRESETS["cpu"].cpu_flags, "amx": device.PRESETS["cpu_amx"].cpu_flags}
+
+
+@pytest.mark.parametrize("cpu", sorted(CPU_FLAGS))
+def test_mfu_uses_the_datasheet_peak_of_the_recipe_precision(cpu: str, monkeypatch, text) -> None:
+    # Pretend this CPU had the flags of `cpu`, and were an H100 for the peak lookup only (the run stays on the CPU).
+    monkeypatch.setattr(device, "_read_cpu_flags", lambda cpuinfo="/proc/cpuinfo": CPU_FLAGS[cpu])
+    pretended = device.capabilities(kind="cpu")
+    assert pretended.bf16_native == (cpu == "amx")
     h100 = device.capabilities(preset="h100")
     monkeypatch.setattr(trainstep.datasheets, "for_device", lambda caps: trainstep.datasheets.lookup(h100.name))
-    frame, _ = trainstep.recipe_table(text, ["fp32", "bf16"], width=32, depth=1, steps=2, batch_size=4, caps=CPU, progress=False)
+    frame, _ = trainstep.recipe_table(text, ["fp32", "bf16"], width=32, depth=1, steps=2, batch_size=4, caps=pretended,
+                                      progress=False)
     row = frame.set_index("recipe")
-    assert row.loc["fp32", "peak_tflops"] == 67.0 and row.loc["bf16", "peak_tflops"] == 989.5
-    for r in row.itertuples():
+    assert row.loc["fp32", "status"] == "native" and row.loc["fp32", "peak_tflops"] == 67.0
+    assert row.loc["bf16", "status"] == ("native" if cpu == "amx" else "emulated")
+    if cpu == "amx":
+        assert row.loc["bf16", "peak_tflops"] == 989.5
+    else:  # no peak describes emulated bf16: no MFU rather than a wrong one
+        assert math.isnan(row.loc["bf16", "peak_tflops"]) and math.isnan(row.loc["bf16", "mfu"])
+    for r in row[row["status"] == "native"].itertuples():
         assert r.mfu == pytest.approx(r.flops_per_step / (r.step_ms / 1e3) / (r.peak_tflops * 1e12))
         assert math.isfinite(r.mfu)
 
@@ -85,8 +100,10 @@ def test_default_recipes_include_fp8_without_importing_quant_first() -> None:
 
 
 def test_fp8_rows_say_how_much_of_the_model_is_fp8_and_torchao_is_skipped_with_the_reason(text) -> None:
+    # Every kernel (profile_top=None), not the ten longest: which kernels those are depends on the CPU (on one
+    # without bf16 units the emulated bf16 products outlast the fp8 casts), and the casts are what is checked.
     frame, kernels = trainstep.recipe_table(text, ["fp8_tensorwise", "fp8_blockwise", "torchao_tensorwise"], width=32,
-                                            depth=1, steps=2, batch_size=4, caps=CPU, progress=False)
+                                            depth=1, steps=2, batch_size=4, caps=CPU, progress=False, profile_top=None)
     row = frame.set_index("recipe")
     assert row.loc["fp8_tensorwise", "status"] == "emulated" and row.loc["fp8_tensorwise", "samples_per_s"] > 0
     assert row.loc["fp8_tensorwise", "fp8_layers"] == "3/5" and "first and last kept" in row.loc["fp8_tensorwise", "note"]

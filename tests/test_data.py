@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from sklearn.datasets import load_digits
 
 from mpcourse import data
+from mpcourse.datasets import DIGITS
 
 
 @pytest.fixture(autouse=True)
@@ -25,17 +25,46 @@ def text() -> data.TextData:
     return data.load_text(source="local", block_size=16, verbose=False)
 
 
-def test_digits_are_the_real_scikit_learn_digits(digits: data.ImageData) -> None:
-    raw = load_digits()
+def test_the_shipped_digits_are_the_uci_test_set(digits: data.ImageData) -> None:
+    images, labels = data._digits_arrays()
+    assert (images.shape, images.dtype, labels.shape, labels.dtype) == ((1797, 8, 8), np.float64, (1797,), np.int64)
+    # Pixels are counts of set pixels in 4x4 blocks (0..16); the UCI page gives the test set's classes.
+    assert set(np.unique(images)) == set(range(17))
+    per_class = [178, 182, 177, 183, 181, 182, 181, 179, 174, 180]
+    assert np.bincount(labels).tolist() == per_class
     assert digits.source == "local" and digits.num_classes == 10
     assert digits.input_shape == (1, 8, 8)
-    assert len(digits.x_train) + len(digits.x_eval) == len(raw.target) == 1797
+    assert len(digits.x_train) + len(digits.x_eval) == 1797
     # The labels are a permutation of the real labels (the split shuffles, nothing is invented).
     all_labels = torch.cat([digits.y_train, digits.y_eval]).numpy()
-    assert np.array_equal(np.sort(all_labels), np.sort(raw.target))
+    assert np.array_equal(np.sort(all_labels), np.sort(labels))
     # Standardised with the training set's statistics.
     assert abs(digits.x_train.mean().item()) < 1e-5
     assert digits.x_train.std().item() == pytest.approx(1.0, abs=1e-3)
+    # The note says where the data came from.
+    assert "UCI" in digits.note and "CC BY 4.0" in digits.note and "no network" in digits.note
+
+
+def test_the_shipped_digits_are_scikit_learns_exactly() -> None:
+    """Same arrays as ``load_digits()``, and the same bundle for a seed as when they were read from scikit-learn."""
+    sklearn_datasets = pytest.importorskip("sklearn.datasets", reason="scikit-learn is not installed")
+    raw = sklearn_datasets.load_digits()
+    images, labels = data._digits_arrays()
+    assert np.array_equal(images, raw.images) and images.dtype == raw.images.dtype
+    assert np.array_equal(labels, raw.target) and labels.dtype == raw.target.dtype
+    for seed in (0, 3):
+        ours = data.load_images(source="local", seed=seed, verbose=False)
+        train_idx, eval_idx = data._split(len(raw.target), 0.2, seed)
+        theirs = data._to_image_bundle(raw.images, raw.target, train_idx, eval_idx, name="digits", source="local", note="")
+        for field in ("x_train", "y_train", "x_eval", "y_eval"):
+            assert torch.equal(getattr(ours, field), getattr(theirs, field)), (seed, field)
+
+
+def test_the_digits_file_ships_with_its_source_and_licence() -> None:
+    readme = (DIGITS.parent / "README.md").read_text(encoding="utf-8")
+    assert DIGITS.is_file() and DIGITS.stat().st_size < 100_000
+    for fact in ("Alpaydin", "Kaynak", "1998", "https://doi.org/10.24432/C50P49", "CC BY 4.0", "BSD-3-Clause"):
+        assert fact in readme, fact
 
 
 def test_digits_split_is_seeded_and_disjoint() -> None:

@@ -7,7 +7,7 @@ import types
 import pytest
 import torch
 
-from mpcourse import device
+from mpcourse import device, gpus
 
 
 def verdicts(preset: str) -> dict[str, str]:
@@ -34,8 +34,9 @@ def test_t4_has_fp16_tensor_cores_but_only_emulated_bf16_and_no_fp8() -> None:
     assert "is_bf16_supported" in device.precision_support(caps)["bf16"].reason
 
 
-def test_a100_has_bf16_and_tf32_but_no_fp8() -> None:
-    assert verdicts("a100") == {
+@pytest.mark.parametrize("preset", ["a100", "a100_40gb"])
+def test_a100_has_bf16_and_tf32_but_no_fp8(preset: str) -> None:
+    assert verdicts(preset) == {
         "fp32": "native", "tf32": "native", "fp16": "native", "bf16": "native", "fp8": "emulated"
     }
 
@@ -46,14 +47,23 @@ def test_ada_and_hopper_run_fp8_natively(preset: str, sm: str) -> None:
     assert set(verdicts(preset).values()) == {"native"}
 
 
+def test_gpu_presets_are_the_rows_of_the_gpu_table() -> None:
+    assert [k for k, c in device.PRESETS.items() if c.kind == "cuda"] == [g.preset for g in gpus.GPUS]
+    for gpu in gpus.GPUS:
+        caps = device.capabilities(preset=gpu.preset)
+        assert (caps.name, caps.compute_capability, caps.memory_bytes) == (gpu.cuda_name, gpu.compute_capability, gpu.memory_gb * 1e9)
+        natives = {p for p, s in device.precision_support(caps).items() if s.status == "native"}
+        assert natives == gpu.native, gpu.preset
+
+
 def test_presets_are_case_insensitive() -> None:
     assert device.capabilities(preset="H100") == device.capabilities(preset="h100")
 
 
 def test_unknown_preset_lists_the_accepted_names() -> None:
     with pytest.raises(ValueError) as err:
-        device.capabilities(preset="v100")
-    for name in ("a100", "cpu", "h100", "l4", "t4"):
+        device.capabilities(preset="p100")
+    for name in ("a100", "b200", "cpu", "h100", "l4", "t4", "v100"):
         assert name in str(err.value)
 
 

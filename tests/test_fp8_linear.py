@@ -9,8 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from mpcourse import data, device, models, fp8, train
-from mpcourse import reference
+from mpcourse import data, device, fp8, models, reference, train
 from mpcourse.bench import fp8 as bench
 from mpcourse.fp8.linear import FP8Linear
 
@@ -70,6 +69,32 @@ def test_wgrad_blocks_along_a_batch_that_is_not_a_multiple_of_the_block() -> Non
     padded_x, padded_dy = nn.functional.pad(x.detach(), (0, 0, 0, 28)), nn.functional.pad(dy, (0, 0, 0, 28))
     _, _, want_dw = _manual(layer, padded_x, padded_dy)
     assert fp8.relative_error(layer.weight.grad, want_dw) < 1e-6
+
+
+def test_a_tensor_scaled_cast_is_not_reused_where_the_other_operand_needs_padding() -> None:
+    """Blockwise activations with tensorwise gradients: the wgrad GEMM pads both of its operands."""
+    torch.manual_seed(0)
+    mixed = fp8.FP8Config("mixed", "blockwise activations, tensorwise weights and gradients", "blockwise", "tensorwise",
+                          "tensorwise", block_size=128)
+    layer = FP8Linear(128, 128, config=mixed, gemm="emulated")
+    assert layer.wgrad_block() == 128 and layer.tensor_scaled("grad_output") and not layer.tensor_scaled("input")
+    x = torch.randn(100, 128, requires_grad=True)
+    dy = torch.randn(100, 128)
+    layer(x).backward(dy)
+    padded_x, padded_dy = nn.functional.pad(x.detach(), (0, 0, 0, 28)), nn.functional.pad(dy, (0, 0, 0, 28))
+    _, want_dx, want_dw = _manual(layer, padded_x, padded_dy)
+    assert fp8.relative_error(layer.weight.grad, want_dw) < 1e-6
+    assert fp8.relative_error(x.grad, want_dx[:100]) < 1e-6
+
+
+def test_the_autograd_function_reads_as_the_three_gemms() -> None:
+    """What the fp8 chapter shows: forward and backward of FP8LinearFunction, from the package's source."""
+    import mpcourse
+
+    code = mpcourse.source.source(fp8.linear.FP8LinearFunction, docstrings=False)
+    for gemm in ("y = x w^T", "dx = dy w", "dw = dy^T x", "Straight through"):
+        assert gemm in code
+    assert code.count("layer.matmul(") == 3
 
 
 def test_autocast_output_dtype_and_3d_inputs() -> None:
@@ -234,10 +259,76 @@ def test_results_use_the_course_result_format(gemm_rows, tmp_path) -> None:
 
 
 def test_stored_results_are_complete_records() -> None:
-    assert reference.folder("fp8").is_dir()  # the folder the chapter reads, shipped with the package
-    for record in reference.records("fp8"):  # each validated by mpcourse.bench.results.load
-        assert record["environment"]["kind"] == "cuda" and record["command"].startswith("mpcourse bench fp8")
-        assert record["tables"]["gemms"] and all("bf16_s" in r for r in record["tables"]["gemms"])
+    """``bench.check_record`` on every stored fp8 record and on a synthetic one, which it must pass, and
+    on damaged copies of the synthetic one, which it must reject.
+
+    No fp8 record is stored yet (no GPU with fp8 units has run ``mpcourse bench fp8 --save``), so a
+    loop over the stored ones alone would check nothing. The synthetic record is made here: an H100
+    environment and GEMM rows shaped like a real run's, with invented rates (bf16 from 15 to 760
+    TFLOP/s, fp8 from 10 to 1350, below the datasheet's dense peaks of 989.5 and 1979).
+    """
+    from mpcourse.bench import results
+
+    folder = reference.folder("fp8")  # the folder the chapter reads, shipped with the package
+    assert (folder / "README.md").is_file()
+    stored = reference.records("fp8")  # each validated by mpcourse.bench.results.load
+    assert len(stored) == len(list(folder.glob("*.json")))  # every file there is an fp8 record
+
+    rates = {  # TFLOP/s per shape of bench.GEMM_SHAPES, smallest to largest (invented, see above)
+        "bf16": (15, 80, 300, 550, 700, 750, 760),
+        "fp8_tensorwise": (10, 60, 300, 750, 1150, 1300, 1350),
+        "fp8_rowwise": (9, 55, 280, 700, 1100, 1250, 1300),
+        "fp8_tensorwise_with_casts": (5, 30, 150, 450, 850, 1050, 1150),
+    }
+    gemms = []
+    for i, (m, k, n) in enumerate(bench.GEMM_SHAPES):
+        row = {"m": m, "k": k, "n": n, "flops": 2.0 * m * k * n}
+        for case, per_shape in rates.items():
+            row[f"{case}_s"] = row["flops"] / (per_shape[i] * 1e12)
+            row[f"{case}_tflops"] = float(per_shape[i])
+        for case in bench.GEMM_CASES[1:]:
+            row[f"{case}_speedup"] = row["bf16_s"] / row[f"{case}_s"]
+        gemms.append(row)
+    h100 = {"kind": "cuda", "device_name": "NVIDIA H100 80GB HBM3", "device": "cuda: NVIDIA H100 80GB HBM3 (sm_90)"}
+    synthetic = results.make_record(
+        "fp8", {"gemms": gemms, "training_steps": [], "run": [{"torchao_note": "synthetic", "seconds": 1.0}]},
+        command="mpcourse bench fp8", environment=h100,
+    )
+    for record in [synthetic, *stored]:
+        checked = bench.check_record(record)
+        assert any("gains more on the largest GEMM" in c for c in checked), checked
+    assert any("NVIDIA H100 SXM" in c for c in bench.check_record(synthetic))
+
+    def damaged(**changes) -> dict:
+        record = {**synthetic, **{k: v for k, v in changes.items() if k in synthetic}}
+        record["environment"] = {**synthetic["environment"], **changes.get("environment", {})}
+        record["tables"] = {**synthetic["tables"], "gemms": changes.get("gemms", gemms)}
+        return record
+
+    no_bf16 = [dict(r) for r in gemms]
+    del no_bf16[2]["bf16_s"]
+    no_case = [dict(r) for r in gemms]
+    del no_case[1]["fp8_rowwise_s"]
+    inverted = [dict(r, fp8_tensorwise_speedup=1 / r["fp8_tensorwise_speedup"], fp8_tensorwise_s=r["fp8_tensorwise_s"]
+                     * r["fp8_tensorwise_speedup"] ** 2) for r in gemms]
+    too_fast = [dict(r) for r in gemms]
+    too_fast[-1]["fp8_tensorwise_s"] /= 2  # 2700 TFLOP/s
+    too_fast[-1]["fp8_tensorwise_speedup"] *= 2
+    wrong_ratio = [dict(r) for r in gemms]
+    wrong_ratio[0]["fp8_rowwise_speedup"] *= 1.1
+    for record, message in [
+        (damaged(environment={"kind": "cpu"}), "fp8 records come from CUDA GPUs"),
+        (damaged(environment={"device_name": "Tesla T4"}), "has no fp8 units"),
+        (damaged(command="python my_script.py"), "made by"),
+        (damaged(gemms=[]), "no GEMM rows"),
+        (damaged(gemms=no_bf16), "no bf16 time"),
+        (damaged(gemms=no_case), "needs a time or an error"),
+        (damaged(gemms=inverted), "gained .* on the largest GEMM"),
+        (damaged(gemms=too_fast), "above the datasheet's dense fp8 peak"),
+        (damaged(gemms=wrong_ratio), "not the bf16 time over its time"),
+    ]:
+        with pytest.raises(AssertionError, match=message):
+            bench.check_record(record)
 
 
 @pytest.mark.skipif(not hasattr(torch, "_scaled_mm"), reason="no torch._scaled_mm")

@@ -1,4 +1,7 @@
-"""mpcourse.fp8.recipes: every recipe against independent references (ml_dtypes, the specs' rules, TE's kernel)."""
+"""mpcourse.fp8.recipes, .quantized and .delayed: every recipe against independent references.
+
+The references: ml_dtypes, the specifications' rules, and Transformer Engine's kernel.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ import pytest
 import torch
 
 from mpcourse import formats, fp8
-from mpcourse.fp8.recipes import pow2
+from mpcourse.fp8.quantized import pow2
 
 RECIPES_AND_FORMATS = [
     ("tensorwise", "e4m3"), ("tensorwise", "e5m2"), ("tensorwise", "e2m1"), ("rowwise", "e4m3"),
@@ -136,10 +139,10 @@ def test_pow2_scales_are_powers_of_two_and_never_overflow() -> None:
 
 def test_e8m0_bits_decode_as_torch_does() -> None:
     patterns = torch.arange(256, dtype=torch.int32).to(torch.uint8).view(torch.float8_e8m0fnu)
-    ours, theirs = fp8.recipes.e8m0_to_float(patterns), patterns.float()
+    ours, theirs = fp8.quantized.e8m0_to_float(patterns), patterns.float()
     assert torch.equal(ours[:255], theirs[:255]) and torch.isnan(ours[255]) and torch.isnan(theirs[255])
     powers = torch.cat([pow2(torch.arange(-127, 128)), torch.tensor([math.nan])])
-    assert torch.equal(fp8.recipes._e8m0_storage(powers).view(torch.uint8), torch.arange(256).to(torch.uint8))
+    assert torch.equal(fp8.quantized.float_to_e8m0(powers).view(torch.uint8), torch.arange(256).to(torch.uint8))
 
 
 def test_pow2_is_exact() -> None:

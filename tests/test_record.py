@@ -10,11 +10,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from mpcourse import device
-
-from mpcourse.course import cli, record
+from mpcourse import device, reference
 from mpcourse.bench import results
-from mpcourse import reference
+from mpcourse.course import cli, record
 
 
 @pytest.mark.parametrize(
@@ -74,13 +72,14 @@ def fake_benches(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     calls: list[str] = []
     module = types.ModuleType("fake_benches")
 
-    def broken(save: Path | None, quick: bool) -> int:
+    def broken(save: Path | None, quick: bool, force: bool = False) -> int:
         calls.append("matmul")
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
 
-    def fine(save: Path | None, quick: bool) -> int:
+    def fine(save: Path | None, quick: bool, force: bool = False) -> int:
         calls.append(f"train quick={quick}")
-        results.save(results.make_record("train", {"recipes": [{"recipe": "fp32"}]}, command="test"), save)
+        results.save(results.make_record("train", {"recipes": [{"recipe": "fp32"}]}, command="test"), save,
+                     overwrite=force)
         return 0
 
     module.broken, module.fine = broken, fine
@@ -106,10 +105,42 @@ def test_a_failed_step_does_not_cost_the_others(fake_benches: list[str], tmp_pat
 
 def test_stored_results_are_kept_unless_forced(fake_benches: list[str], tmp_path: Path) -> None:
     first = record.record(["train"], out=tmp_path)
+    assert first[0].status == "written"
+    first[0].path.write_text("a stored result\n")
     again = record.record(["train"], out=tmp_path)
-    assert first[0].status == "written" and again[0].status == "skipped" and "exists" in again[0].note
+    assert again[0].status == "skipped" and "exists" in again[0].note and "--force" in again[0].note
+    assert first[0].path.read_text() == "a stored result\n"  # not run, not touched
     forced = record.record(["train"], out=tmp_path, force=True)
     assert forced[0].status == "written" and fake_benches == ["train quick=False"] * 2
+    assert results.load(forced[0].path)["topic"] == "train"  # the forced run replaced it
+
+
+def test_a_file_that_appears_during_a_step_is_not_replaced(fake_benches: list[str], tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check before a step is not the only one: the step's own save refuses too, unless forced."""
+
+    def racy(save: Path, quick: bool, force: bool = False) -> int:
+        save.parent.mkdir(parents=True, exist_ok=True)
+        save.write_text("written by another run meanwhile\n")  # while this one was measuring
+        results.save(results.make_record("train", {"recipes": [{"recipe": "fp32"}]}, command="test"), save,
+                     overwrite=force)
+        return 0
+
+    sys.modules["fake_benches"].racy = racy
+    monkeypatch.setitem(cli.BENCHES, "train", "fake_benches:racy")
+    (step,) = record.record(["train"], out=tmp_path, profile_name="ci")
+    target = record.destination("train", record.machine_slug(), "ci", tmp_path)
+    assert step.status == "failed" and "already exists" in step.note and step.path is None
+    assert target.read_text() == "written by another run meanwhile\n"
+
+
+def test_arguments_are_checked_before_anything_runs(fake_benches: list[str], tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no such notebook"):
+        record.record(["train", "verify"], out=tmp_path, notebooks=[tmp_path / "missing.ipynb"])
+    (tmp_path / "file").write_text("")
+    with pytest.raises(NotADirectoryError, match="--out takes a folder"):
+        record.record(["train"], out=tmp_path / "file")
+    assert fake_benches == []
 
 
 @pytest.mark.notebooks

@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
+import time
 
 import nbformat
 import pytest
+from conftest import ROOT
 from nbclient import NotebookClient
 
-from conftest import ROOT
-from mpcourse.course.student import SolutionMarkupError, solution_lines, strip_solutions, student_notebook
+from mpcourse.bench.results import OverwriteError
+from mpcourse.course.student import (
+    STUB,
+    SolutionMarkupError,
+    solution_lines,
+    strip_solutions,
+    student_notebook,
+    write_student_notebooks,
+)
 
 CHAPTERS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
@@ -121,3 +133,73 @@ def test_nbgrader_source_notebooks_carry_metadata_and_keep_markers() -> None:
     assert len(answers) == 2 and all("### BEGIN SOLUTION" in c.source for c in answers)
     assert all(c.metadata.nbgrader.grade_id.startswith("getting_started-") for c in answers)
     assert not any("{solution" in c.source for c in nb.cells if c.cell_type == "markdown")
+
+
+# --- writing them: a learner's answers are never lost --------------------------------------------------
+
+ANSWERED = "return 42  # a learner's answer"
+
+
+def _fill_in(path) -> str:
+    """Answer the first exercise of a student notebook, as a learner would in Jupyter; return the answer cell."""
+    nb = nbformat.read(path, as_version=4)
+    stub = STUB.splitlines()[-1]
+    cell = next(c for c in nb.cells if c.cell_type == "code" and stub in c.source)
+    cell.source = cell.source.replace(stub, ANSWERED, 1)
+    nbformat.write(nb, path)
+    return cell.source
+
+
+def _has(path, answer: str) -> bool:
+    return any(c.source == answer for c in nbformat.read(path, as_version=4).cells)
+
+
+def test_writing_again_keeps_a_filled_in_notebook_unless_forced(tmp_path) -> None:
+    out = tmp_path / "student"
+    first = write_student_notebooks(ROOT / "notebooks", out)
+    snapshot = {p: p.read_bytes() for p in first}
+    assert write_student_notebooks(ROOT / "notebooks", out) == first  # unchanged notebooks: rewritten as they were
+    assert {p: p.read_bytes() for p in first} == snapshot
+    answered, other = first[0], first[1]
+    answer = _fill_in(answered)
+    other.unlink()
+    with pytest.raises(OverwriteError, match=rf"{answered}.* differs from the student version.*--force") as refused:
+        write_student_notebooks(ROOT / "notebooks", out)
+    assert str(other) not in str(refused.value)
+    assert _has(answered, answer) and not other.exists()  # nothing at all was written
+    write_student_notebooks(ROOT / "notebooks", out, force=True)
+    assert answered.read_bytes() == snapshot[answered] and other.read_bytes() == snapshot[other]
+
+
+def test_student_output_folder_must_be_a_folder(tmp_path) -> None:
+    (tmp_path / "file").write_text("")
+    with pytest.raises(NotADirectoryError, match="is a file"):
+        write_student_notebooks(ROOT / "notebooks", tmp_path / "file")
+
+
+def test_make_student_twice_keeps_the_answers(tmp_path) -> None:
+    """`make student`, as the Makefile runs it, in a sandbox laid out as the repository (not the real student/)."""
+    make = shutil.which("make")
+    if make is None:
+        pytest.skip("needs GNU make")
+    (tmp_path / "notebooks").symlink_to(ROOT / "notebooks")
+    (tmp_path / "pyproject.toml").write_text("")
+    venv_bin = tmp_path / ".venv" / "bin"
+    venv_bin.mkdir(parents=True)
+    (venv_bin / "mpcourse").write_text(f'#!/bin/sh\nexec "{sys.executable}" -m mpcourse.course.cli "$@"\n')
+    (venv_bin / "mpcourse").chmod(0o755)
+    stamp = tmp_path / ".venv" / ".installed"
+    stamp.write_text("")
+    os.utime(stamp, (time.time() + 60, time.time() + 60))  # newer than pyproject.toml: make installs nothing
+
+    def make_student() -> subprocess.CompletedProcess[str]:
+        return subprocess.run([make, "-s", "-f", str(ROOT / "Makefile"), "-C", str(tmp_path), "student"],
+                              capture_output=True, text=True, timeout=300)
+
+    assert make_student().returncode == 0
+    notebook = tmp_path / "student" / "getting_started.ipynb"
+    answer = _fill_in(notebook)
+    again = make_student()
+    assert again.returncode != 0, again.stdout
+    assert "mpcourse: error: student/getting_started.ipynb differs" in again.stderr and "--force" in again.stderr
+    assert _has(notebook, answer)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
+import sys
+import types
 
 import pandas as pd
 import pytest
 import torch
 from torch import nn
 
-from mpcourse import data, device, models, xray
+from mpcourse import data, device, formats, memory, models, xray
 from mpcourse.train import (
     COLUMNS,
     RECIPES,
@@ -25,6 +27,8 @@ from mpcourse.train import (
     register_recipe,
     train,
 )
+from mpcourse.train.metering import MemoryMeter
+from mpcourse.train.recipes import RecipeRegistry
 
 QUIET = dict(progress=False, verbose=False, device="cpu")  # CPU runs: deterministic, on any machine
 
@@ -102,6 +106,49 @@ def test_register_refuses_duplicates_unless_asked(custom_recipes) -> None:
     assert register_recipe(replacement, replace=True) is get_recipe("bf16")
     with pytest.raises(TypeError, match="expected a Recipe"):
         register_recipe("bf16")  # type: ignore[arg-type]
+
+
+def test_the_registry_loads_its_providers_on_first_use_in_a_fixed_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    imported: list[str] = []
+
+    def provider(name: str, *recipes: Recipe) -> types.ModuleType:
+        module = types.ModuleType(name)
+
+        def training_recipes() -> tuple[Recipe, ...]:
+            imported.append(name)
+            return recipes
+
+        module.training_recipes = training_recipes  # type: ignore[attr-defined]
+        monkeypatch.setitem(sys.modules, name, module)
+        return module
+
+    provider("fake_first", Recipe("a", "first"), Recipe("b", "first"))
+    provider("fake_second", Recipe("c", "second"))
+    registry = RecipeRegistry(("fake_first", "fake_second"))
+    registry._add_builtin(Recipe("builtin", "defined with the registry"))
+    assert imported == []  # nothing loaded yet
+    assert list(registry) == ["builtin", "a", "b", "c"] and imported == ["fake_first", "fake_second"]
+    assert "c" in registry and len(registry) == 4 and imported == ["fake_first", "fake_second"]  # loaded once
+    with pytest.raises(ValueError, match="cannot be registered under another name"):
+        registry["d"] = Recipe("e", "mismatch")
+    with pytest.raises(TypeError, match="expected a Recipe"):
+        registry["d"] = "d"  # type: ignore[assignment]
+
+
+def test_a_provider_that_fails_to_load_is_named() -> None:
+    registry = RecipeRegistry(("mpcourse.no_such_module",))
+    with pytest.raises(ImportError, match="loading the training recipes of mpcourse.no_such_module failed"):
+        list(registry)
+    with pytest.raises(ImportError, match="no_such_module"):  # and again: the error is not swallowed
+        "fp32" in registry  # noqa: B015
+
+
+def test_every_module_that_defines_recipes_is_a_provider() -> None:
+    from mpcourse import bf16, fp8
+
+    assert {r.name for r in bf16.training_recipes()} | {r.name for r in fp8.linear.training_recipes()} <= set(RECIPES)
+    assert list(RECIPES)[: len(bf16.RECIPE_NAMES) + 6] == ["fp32", "tf32", "fp16", "bf16", "pure_bf16", "pure_fp16",
+                                                          *bf16.RECIPE_NAMES]
 
 
 def test_hooks_of_a_registered_recipe_are_used(digits, custom_recipes) -> None:
@@ -270,6 +317,52 @@ def test_bad_model_and_data_are_explained(digits) -> None:
 def test_grad_scaler_refuses_pure_fp16_with_the_reason(digits) -> None:
     with pytest.raises(ValueError, match="needs fp32 master weights"):
         train(mlp(digits), digits, "pure_fp16", steps=1, scaler=torch.amp.GradScaler("cpu"), **QUIET)
+
+
+def test_the_gpu_memory_meter_leaves_out_what_was_there_before(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CUDA branch of the meter, on any machine: the allocator's counters are faked."""
+    resets: list[object] = []
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 1_000)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: 5_000)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", resets.append)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    meter = MemoryMeter(nn.Linear(2, 2), torch.device("cuda"))  # its weights are not on the GPU: all 1000 are outside
+    assert resets == [torch.device("cuda")] and meter.outside_bytes == 1_000
+    assert not isinstance(meter.forward_context(1), memory.SavedTensorMeter)  # the allocator needs no hooks
+    meter.after_step(torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1))
+    assert meter.read_peak() == 4_000 and "max_memory_allocated" in meter.note
+
+
+def test_the_cpu_memory_meter_meters_the_first_two_steps_only() -> None:
+    net = nn.Linear(4, 4)
+    meter = MemoryMeter(net, torch.device("cpu"))
+    opt = torch.optim.AdamW(net.parameters())
+    for step in (1, 2, 3):
+        context = meter.forward_context(step)
+        assert isinstance(context, memory.SavedTensorMeter) == (step <= 2)
+        with context:
+            loss = net(torch.randn(8, 4)).square().mean()
+        loss.backward()
+        opt.step()
+        meter.after_step(opt)
+        if step == 2:
+            metered = meter.read_peak()
+    state = memory.state_bytes(net, opt)
+    assert metered > sum(state.values()) and meter.read_peak() == metered  # step 3 changed nothing
+    assert "no peak statistics for cpu" in meter.note
+
+
+def test_dtype_names_are_spelled_once_for_every_table() -> None:
+    import ml_dtypes
+    import numpy as np
+
+    assert formats.dtype_name(torch.bfloat16) == "bfloat16" == formats.dtype_name(ml_dtypes.bfloat16)
+    assert formats.dtype_name(torch.float8_e4m3fn) == "float8_e4m3fn" == formats.dtype_name(np.dtype(ml_dtypes.float8_e4m3fn))
+    assert formats.dtype_name(np.float32) == "float32" and formats.dtype_name(torch.int64) == "int64"
+    assert formats.dtype_name(torch.bfloat16, short=True) == "bf16" and formats.dtype_name(torch.int64, short=True) == "int64"
+    for bad in (None, "bfloat16", 3.5):
+        with pytest.raises(TypeError, match="dtype_name takes a torch or numpy dtype"):
+            formats.dtype_name(bad)
 
 
 # --- scalers ----------------------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """``mpcourse bench matmul`` and ``mpcourse bench train``: print a table anyone can reproduce, optionally store it.
 
 Each command prints the device and software it ran on, then its table, then the headline
-figures; ``--save PATH`` also writes the results as data (see :mod:`mpcourse.bench.results`).
+figures; ``--save PATH`` also writes the results as data (see :mod:`mpcourse.bench.results`), to a
+file that does not exist yet unless ``--force`` (``force=True``) allows replacing it; that is checked
+before anything is measured, so a long run is not lost to a name it may not use.
 Sizes follow the profile (``MPCOURSE_PROFILE``: full on a GPU, small on a CPU); ``--quick`` uses
 the ``ci`` sizes for a smoke run.
 """
@@ -16,7 +18,7 @@ from typing import Any, TypeVar
 import pandas as pd
 
 from .. import device as devices
-from .. import sizes, report
+from .. import report, sizes
 from . import datasheets, results, sweeps
 
 __all__ = ["headline", "matmul", "matmul_sizes", "train", "train_config"]
@@ -67,8 +69,10 @@ def _attempt(what: str, fn: Callable[[], T]) -> T | None:
         return None
 
 
-def matmul(save: Path | None, quick: bool) -> int:
+def matmul(save: Path | None, quick: bool, force: bool = False) -> int:
     """The matmul sweep (fp32, TF32, fp16, bf16, fp8), timing pitfalls, bandwidth and an elementwise op."""
+    if save is not None:
+        results.ensure_writable(save, overwrite=force, what="result file")
     caps = devices.capabilities()
     print(report(caps))
     sheet = datasheets.for_device(caps)
@@ -107,7 +111,7 @@ def matmul(save: Path | None, quick: bool) -> int:
     if line:
         print("\n" + line)
     if save is not None:
-        path = results.save(results.make_record("matmul", tables, command=_command()), save)
+        path = results.save(results.make_record("matmul", tables, command=_command()), save, overwrite=force)
         print(f"\nsaved {path}")
     return 0 if frame["tflops"].notna().any() else 1
 
@@ -130,7 +134,7 @@ def train_config(caps: devices.Capabilities, quick: bool = False) -> dict[str, i
     return sizes.pick(ci=tiny, small={"block_size": 64, "width": 128, "depth": 2, "steps": 20, "batch_size": 16}, full=full)
 
 
-def train(save: Path | None, quick: bool) -> int:
+def train(save: Path | None, quick: bool, force: bool = False) -> int:
     """Throughput, memory and MFU of one transformer under every precision recipe, and its kernels.
 
     Every recipe of :func:`mpcourse.bench.trainstep.default_recipes` is measured, the emulated fp8
@@ -139,6 +143,8 @@ def train(save: Path | None, quick: bool) -> int:
     from .. import data
     from . import trainstep
 
+    if save is not None:
+        results.ensure_writable(save, overwrite=force, what="result file")
     caps = devices.capabilities()
     print(report(caps))
     sheet = datasheets.for_device(caps)
@@ -169,5 +175,5 @@ def train(save: Path | None, quick: bool) -> int:
             print(f"  {name}: " + "; ".join(f"{r.name} [{r.dtypes}] {r.ms:.3g} ms" for r in part.head(3).itertuples()))
     if save is not None:
         record = results.make_record("train", {"recipes": frame, "kernels": kernels, "config": [config]}, command=_command())
-        print(f"\nsaved {results.save(record, save)}")
+        print(f"\nsaved {results.save(record, save, overwrite=force)}")
     return 0 if "samples_per_s" in frame and frame["samples_per_s"].notna().any() else 1

@@ -9,21 +9,21 @@ narrow format. ``--save`` stores the medians in the course's one result format (
 from __future__ import annotations
 
 import platform
-import timeit
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .. import formats
-from . import results
+from . import results, timing
 
 
-def benchmark(save: Path | None = None, quick: bool = False) -> int:
+def benchmark(save: Path | None = None, quick: bool = False, force: bool = False) -> int:
     """Time decoding every fp16 pattern and encoding 10^6 values; print medians; optionally save them.
 
-    Each figure is the median of several repeats (``timeit``), after one warm-up call that also
-    builds the decode tables. Run it with ``mpcourse bench formats``.
+    Each figure is the median of ``repeats`` timed blocks of :func:`mpcourse.bench.timing.benchmark`
+    (the course's one timing entry point; it warms up first, which also builds the decode tables).
+    Run it with ``mpcourse bench formats``.
     """
     repeats, n_values = (5, 100_000) if quick else (25, 1_000_000)
     rng = np.random.default_rng(0)
@@ -45,13 +45,12 @@ def benchmark(save: Path | None = None, quick: bool = False) -> int:
         f"mpcourse.formats: median of {repeats} runs (numpy {np.__version__}, {platform.processor() or platform.machine()})"
     )
     for name, fn in cases.items():
-        fn()  # warm-up (builds the lookup tables)
-        times = timeit.repeat(fn, number=1, repeat=repeats)
-        median = float(np.median(times))
-        rows.append({"case": name, "median_s": median, "min_s": float(min(times)), "repeats": repeats})
+        measured = timing.benchmark(fn, min_run_time=0.05 * repeats, min_blocks=repeats, max_blocks=repeats)
+        median = measured.median
+        rows.append({"case": name, "median_s": median, "min_s": min(measured.samples), "repeats": len(measured.samples)})
         print(f"  {name:<68} {median * 1e3:9.2f} ms")
     if save is not None:
         command = "mpcourse bench formats" + " --quick" * quick
-        results.save(results.make_record("formats", {"cases": rows}, command=command), save)
+        results.save(results.make_record("formats", {"cases": rows}, command=command), save, overwrite=force)
         print(f"saved to {save}")
     return 0

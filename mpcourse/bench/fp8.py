@@ -5,19 +5,25 @@ Two measurements, both against bf16 on the same GPU:
 1. **GEMMs** over a sweep of shapes (M, K, N), from small to large: the bf16 product ``a @ b.T``;
    ``torch._scaled_mm`` on fp8 operands that are already quantised (tensorwise and rowwise
    scales); and the same tensorwise GEMM *including* the quantisation of both operands (amax,
-   scale, cast), which a training step pays every time. Small GEMMs do not fill the GPU, so the
-   fp8 units' doubled throughput buys little while the quantisation's extra memory passes and
-   kernel launches cost the same: fp8 loses there, and wins only once the GEMM is large.
+   scale, cast), which a training step pays every time. The operands are quantised by the
+   course's own :func:`mpcourse.fp8.quantize`, the code the fp8 chapter teaches, run eagerly: a
+   few elementwise kernels per operand, where a compiled training step (torchao under
+   ``torch.compile``) fuses them, so the "including the casts" column overstates what a compiled
+   step pays for its casts. Small GEMMs do not fill the GPU, so the fp8 units' doubled
+   throughput buys little while the quantisation's extra memory passes and kernel launches cost
+   the same: fp8 loses there, and wins only once the GEMM is large.
 2. **A training step** (forward and backward of a linear layer) with torchao's
    ``convert_to_float8_training`` (tensorwise and rowwise) against bf16, all under
    ``torch.compile`` as torchao recommends, for a small and a large shape; skipped when torchao
    is missing, and cut short if the time budget runs out (the record says what was skipped).
 
-Timings are medians of ``torch.utils.benchmark.Timer.blocked_autorange`` (warm-up and CUDA
-synchronisation included). ``--save`` stores the results in the course's one result format
-(:mod:`mpcourse.bench.results`, topic ``fp8``: device, versions, torchao's version, date and the
-command), so the same loader and validator read them as every other benchmark's;
-:func:`mpcourse.reference.records` (``"fp8"``) reads the stored ones back from ``mpcourse/reference/fp8/``.
+Timings are medians from :func:`mpcourse.bench.timing.benchmark`, the course's one timing entry
+point (``torch.utils.benchmark.Timer`` blocks: warm-up and CUDA synchronisation included).
+``--save`` stores the results in the course's one result format (:mod:`mpcourse.bench.results`,
+topic ``fp8``: device, versions, torchao's version, date and the command), so the same loader and
+validator read them as every other benchmark's; :func:`mpcourse.reference.records` (``"fp8"``)
+reads the stored ones back from ``mpcourse/reference/fp8/``, and :func:`check_record` says what
+each must show.
 """
 
 from __future__ import annotations
@@ -31,7 +37,8 @@ from typing import Any
 import torch
 
 from .. import device as device_mod
-from . import results
+from ..fp8 import quantize
+from . import datasheets, results
 
 #: (M, K, N) of the GEMM sweep: from launch-bound to compute-bound; torchao's README quotes the
 #: third (0.80x on an H100) and the last (1.39x) as its small and large examples.
@@ -47,26 +54,6 @@ STEP_SHAPES: tuple[tuple[int, int, int], ...] = ((4096, 8192, 8192), (1024, 2048
 TOPIC = "fp8"
 
 
-def _timer(fn: Callable[[], Any], min_run_time: float) -> float:
-    """Median seconds of ``fn()`` (``blocked_autorange`` warms up and synchronises CUDA)."""
-    import torch.utils.benchmark as benchmark
-
-    return benchmark.Timer(stmt="fn()", globals={"fn": fn}).blocked_autorange(min_run_time=min_run_time).median
-
-
-def _quantize_tensorwise(x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """fp8 data and decode scale of ``x`` (current tensorwise scaling, saturating): the work of one cast."""
-    fmax = torch.finfo(dtype).max
-    scale = (x.abs().amax().float() / fmax).clamp_min(1e-12)
-    return (x.float() / scale).clamp(-fmax, fmax).to(dtype), scale
-
-
-def _quantize_rowwise(x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    fmax = torch.finfo(dtype).max
-    scale = (x.abs().amax(dim=1, keepdim=True).float() / fmax).clamp_min(1e-12)
-    return (x.float() / scale).clamp(-fmax, fmax).to(dtype), scale
-
-
 def measure_gemms(shapes: tuple[tuple[int, int, int], ...] = GEMM_SHAPES, *, min_run_time: float = 0.2,
                   device: str = "cuda", progress: bool = True) -> list[dict[str, Any]]:
     """Time bf16 vs fp8 GEMMs for each (M, K, N); one record per shape (seconds, TFLOP/s, speed-ups).
@@ -74,28 +61,29 @@ def measure_gemms(shapes: tuple[tuple[int, int, int], ...] = GEMM_SHAPES, *, min
     Needs a device where ``torch._scaled_mm`` runs (sm_89+ on CUDA; it also runs, emulated and
     slowly, on a CPU, which makes the timings meaningless but lets the code be tested anywhere).
     """
-    e4m3 = torch.float8_e4m3fn
+    # Imported here: torch.utils.benchmark, which timing imports, warns on a machine without CUDA.
+    from . import timing
+
     records = []
     for m, k, n in shapes:
         gen = torch.Generator(device=device).manual_seed(m + k + n)
         a = torch.randn(m, k, device=device, dtype=torch.bfloat16, generator=gen)
         b = torch.randn(n, k, device=device, dtype=torch.bfloat16, generator=gen)
-        a8, sa = _quantize_tensorwise(a, e4m3)
-        b8, sb = _quantize_tensorwise(b, e4m3)
-        a8r, sar = _quantize_rowwise(a, e4m3)
-        b8r, sbr = _quantize_rowwise(b, e4m3)
-        b8t, b8rt, sbrt = b8.t(), b8r.t(), sbr.t()
+        qa, qb = quantize(a, "tensorwise"), quantize(b, "tensorwise")  # E4M3, one fp32 scale each
+        ra, rb = quantize(a, "rowwise"), quantize(b, "rowwise")  # E4M3, scales (M, 1) and (N, 1)
+        b8t, b8rt, sbrt = qb.data.t(), rb.data.t(), rb.scale.t()
         cases: dict[str, Callable[[], Any]] = {
             "bf16": lambda: a @ b.t(),
-            "fp8_tensorwise": lambda: torch._scaled_mm(a8, b8t, scale_a=sa, scale_b=sb, out_dtype=torch.bfloat16),
-            "fp8_rowwise": lambda: torch._scaled_mm(a8r, b8rt, scale_a=sar, scale_b=sbrt, out_dtype=torch.bfloat16,
-                                                    use_fast_accum=True),
-            "fp8_tensorwise_with_casts": lambda: _cast_and_mm(a, b, e4m3),
+            "fp8_tensorwise": lambda: torch._scaled_mm(qa.data, b8t, scale_a=qa.scale, scale_b=qb.scale,
+                                                       out_dtype=torch.bfloat16),
+            "fp8_rowwise": lambda: torch._scaled_mm(ra.data, b8rt, scale_a=ra.scale, scale_b=sbrt,
+                                                    out_dtype=torch.bfloat16, use_fast_accum=True),
+            "fp8_tensorwise_with_casts": lambda: _cast_and_mm(a, b),
         }
         record: dict[str, Any] = {"m": m, "k": k, "n": n, "flops": 2.0 * m * k * n}
         for name, fn in cases.items():
             try:
-                seconds = _timer(fn, min_run_time)
+                seconds = timing.benchmark(fn, min_run_time=min_run_time).median
                 record[f"{name}_s"] = seconds
                 record[f"{name}_tflops"] = record["flops"] / seconds / 1e12
             except Exception as err:  # noqa: BLE001 - record what failed, keep measuring the rest
@@ -109,10 +97,10 @@ def measure_gemms(shapes: tuple[tuple[int, int, int], ...] = GEMM_SHAPES, *, min
     return records
 
 
-def _cast_and_mm(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    a8, sa = _quantize_tensorwise(a, dtype)
-    b8, sb = _quantize_tensorwise(b, dtype)
-    return torch._scaled_mm(a8, b8.t(), scale_a=sa, scale_b=sb, out_dtype=torch.bfloat16)
+def _cast_and_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b.T`` in fp8 from bf16 operands: quantise both (tensorwise E4M3), then the scaled GEMM."""
+    qa, qb = quantize(a, "tensorwise"), quantize(b, "tensorwise")
+    return torch._scaled_mm(qa.data, qb.data.t(), scale_a=qa.scale, scale_b=qb.scale, out_dtype=torch.bfloat16)
 
 
 def _gemm_line(r: dict[str, Any]) -> str:
@@ -132,6 +120,8 @@ def measure_training_steps(shapes: tuple[tuple[int, int, int], ...] = STEP_SHAPE
     takes most of the time; cases that would start after ``budget_s`` are recorded as skipped.
     """
     from torchao.float8 import Float8LinearConfig, convert_to_float8_training
+
+    from . import timing
 
     start = time.perf_counter()
     records = []
@@ -157,7 +147,7 @@ def measure_training_steps(shapes: tuple[tuple[int, int, int], ...] = STEP_SHAPE
                 step()
                 torch.cuda.synchronize()
                 record[f"{name}_first_call_s"] = time.perf_counter() - compile_start
-                seconds = _timer(step, min_run_time)
+                seconds = timing.benchmark(step, min_run_time=min_run_time).median
                 record[f"{name}_s"] = seconds
             except Exception as err:  # noqa: BLE001 - record what failed, keep measuring the rest
                 record[f"{name}_error"] = f"{type(err).__name__}: {str(err)[:200]}"
@@ -191,7 +181,7 @@ def make_record(gemms: list[dict[str, Any]], steps: list[dict[str, Any]], *, not
     return results.make_record(TOPIC, tables, command=command, environment={"torchao": torchao_version()})
 
 
-def benchmark(save: Path | None = None, quick: bool = False) -> int:
+def benchmark(save: Path | None = None, quick: bool = False, force: bool = False) -> int:
     """``mpcourse bench fp8``: fp8 vs bf16 GEMMs (and torchao training steps) on this GPU.
 
     Runs only where fp8 is native (NVIDIA sm_89+); elsewhere it says so and returns 1. About a
@@ -217,8 +207,66 @@ def benchmark(save: Path | None = None, quick: bool = False) -> int:
     command = "mpcourse bench fp8" + (" --quick" if quick else "") + (f" --save {save}" if save else "")
     record = make_record(gemms, steps, note=note, seconds=time.perf_counter() - started, command=command)
     if save is not None:
-        print(f"saved to {results.save(record, save)}")
+        print(f"saved to {results.save(record, save, overwrite=force)}")
     return 0
+
+
+#: The cases :func:`measure_gemms` times for every shape; the first is the reference of every speed-up.
+GEMM_CASES: tuple[str, ...] = ("bf16", "fp8_tensorwise", "fp8_rowwise", "fp8_tensorwise_with_casts")
+
+
+def check_record(record: Mapping[str, Any]) -> list[str]:
+    """What a stored fp8 record must show; returns the statements verified (as :mod:`mpcourse.bench.checks` does).
+
+    - it was measured by ``mpcourse bench fp8`` on a CUDA GPU, one with fp8 units if the GPU is in
+      :data:`mpcourse.gpus.GPUS`;
+    - every GEMM row has its shape and FLOPs (2MKN), a bf16 time (the reference of every speed-up),
+      and for each other case a time or the error that stopped it; each speed-up is the bf16 time
+      over the case's time;
+    - no product beats its datasheet's dense peak (bf16 and fp8), where the GPU has a datasheet;
+    - the largest GEMM gains more from fp8 (tensorwise) than the smallest, which is how the fp8
+      chapter reads the plot: a small GEMM is bound by launches and memory, not by the fp8 units.
+
+    Raises:
+        AssertionError: naming the record and what it contradicts.
+    """
+    where = results.label(dict(record))
+    env = record["environment"]
+    assert record["topic"] == TOPIC, f"{where}: topic {record['topic']!r}, not {TOPIC!r}"
+    assert env.get("kind") == "cuda", f"{where}: measured on {env.get('kind')!r}; fp8 records come from CUDA GPUs"
+    assert str(record["command"]).startswith("mpcourse bench fp8"), f"{where}: made by {record['command']!r}"
+    sheet = datasheets.lookup(str(env.get("device_name", "")))
+    assert sheet is None or "fp8" in sheet.native, f"{where}: the {sheet.name} has no fp8 units"
+    gemms = record["tables"].get("gemms") or []
+    assert gemms, f"{where}: no GEMM rows"
+    for r in gemms:
+        shape = f"M, K, N = {r['m']}, {r['k']}, {r['n']}"
+        assert r["flops"] == 2 * r["m"] * r["k"] * r["n"], f"{where}, {shape}: {r['flops']} FLOPs is not 2MKN"
+        assert "bf16_s" in r, f"{where}, {shape}: no bf16 time, the reference of every speed-up"
+        for case in GEMM_CASES[1:]:
+            assert (f"{case}_s" in r) != (f"{case}_error" in r), f"{where}, {shape}: {case} needs a time or an error"
+            if f"{case}_s" in r:
+                assert math.isclose(r[f"{case}_speedup"], r["bf16_s"] / r[f"{case}_s"], rel_tol=1e-9), (
+                    f"{where}, {shape}: the {case} speed-up is not the bf16 time over its time"
+                )
+        for case, precision in (("bf16", "bf16"), ("fp8_tensorwise", "fp8"), ("fp8_rowwise", "fp8")):
+            peak = sheet.peak_tflops(precision) if sheet else None
+            rate = r["flops"] / r[f"{case}_s"] / 1e12 if f"{case}_s" in r else None
+            assert peak is None or rate is None or rate <= 1.05 * peak, (
+                f"{where}, {shape}: {case} at {rate:.0f} TFLOP/s, above the datasheet's dense {precision} peak of {peak:g}"
+            )
+    checked = [f"{len(gemms)} GEMM shapes, each timed in bf16 and, per fp8 case, timed or with its error"]
+    if sheet is not None:
+        checked.append(f"no GEMM beats the {sheet.name}'s dense bf16 or fp8 peak")
+    timed = sorted((r for r in gemms if "fp8_tensorwise_speedup" in r), key=lambda r: r["flops"])
+    if len(timed) >= 2:
+        small, large = timed[0]["fp8_tensorwise_speedup"], timed[-1]["fp8_tensorwise_speedup"]
+        assert large > small, (
+            f"{where}: fp8 gained {large:.2f}x on the largest GEMM but {small:.2f}x on the smallest; "
+            "a larger GEMM keeps the fp8 units busier"
+        )
+        checked.append(f"fp8 (tensorwise) gains more on the largest GEMM ({large:.2f}x) than on the smallest ({small:.2f}x)")
+    return checked
 
 
 def speedup_table(gemms: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> Any:

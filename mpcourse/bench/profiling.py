@@ -22,18 +22,21 @@ import pandas as pd
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from ..formats import dtype_name
+
 __all__ = ["kernel_table", "short_dtype"]
 
-_DTYPE_NAMES = {
-    "float": "fp32",
-    "c10::Half": "fp16",
-    "c10::BFloat16": "bf16",
-    "double": "fp64",
-    "c10::Float8_e4m3fn": "e4m3",
-    "c10::Float8_e5m2": "e5m2",
-    "long int": "int64",
-    "int": "int32",
-    "bool": "bool",
+#: The profiler's C++ names of the dtypes it records, and the dtypes they are.
+_CPP_DTYPES: dict[str, torch.dtype] = {
+    "float": torch.float32,
+    "c10::Half": torch.float16,
+    "c10::BFloat16": torch.bfloat16,
+    "double": torch.float64,
+    "c10::Float8_e4m3fn": torch.float8_e4m3fn,
+    "c10::Float8_e5m2": torch.float8_e5m2,
+    "long int": torch.int64,
+    "int": torch.int32,
+    "bool": torch.bool,
 }
 
 #: Entries of ``input_dtypes`` that describe a non-tensor argument, not a dtype.
@@ -41,8 +44,8 @@ _NOT_DTYPES = frozenset({"Scalar", "ScalarList", "TensorList", "GenericList", "N
 
 
 def short_dtype(name: str) -> str:
-    """The profiler's C++ dtype name (``c10::BFloat16``) in the course's spelling (``bf16``)."""
-    return _DTYPE_NAMES.get(name, name)
+    """The profiler's C++ dtype name (``c10::BFloat16``) in the course's short spelling (``bf16``)."""
+    return dtype_name(_CPP_DTYPES[name], short=True) if name in _CPP_DTYPES else name
 
 
 def _shorten(name: str, width: int = 90) -> str:

@@ -24,8 +24,8 @@ import pandas as pd
 from .. import provenance, reference, sizes
 
 __all__ = [
-    "KEYS", "SCHEMA", "bf16_vs_fp32", "by_label", "devices", "gpu_records", "label", "load",
-    "make_record", "missing_gpu_note", "save", "table",
+    "KEYS", "SCHEMA", "OverwriteError", "bf16_vs_fp32", "by_label", "devices", "ensure_writable", "gpu_records",
+    "label", "load", "make_record", "missing_gpu_note", "save", "table",
 ]
 
 SCHEMA = 1
@@ -85,10 +85,45 @@ def _conditions() -> dict[str, Any]:
     return {"load_average_1min": load, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
 
 
-def save(record: dict[str, Any], path: str | Path) -> Path:
-    """Write ``record`` as JSON to ``path`` (folders created); returns the path."""
-    _validate(record, str(path))
+class OverwriteError(FileExistsError):
+    """A file the command did not create would be replaced; the message names it and the flag that allows it.
+
+    Every command that writes files (``mpcourse bench --save``, ``verify``, ``record``, ``student``)
+    refuses this way: a stored measurement from a GPU rented for an hour, or a learner's filled-in
+    notebook, is worth more than the convenience of writing over it.
+    """
+
+
+def ensure_writable(path: str | Path, *, overwrite: bool = False, what: str = "file") -> Path:
+    """``path`` as a :class:`~pathlib.Path`, if writing ``what`` there destroys nothing (or ``overwrite``).
+
+    Call it before a long measurement as well as when saving, so that a run is not wasted on a
+    file name it may not use.
+
+    Raises:
+        IsADirectoryError: ``path`` is a folder (a file name is needed).
+        OverwriteError: ``path`` exists and ``overwrite`` is False.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; give the name of the {what} to write")
+    if path.exists() and not overwrite:
+        raise OverwriteError(
+            f"{path} already exists and was not replaced; pass --force (overwrite=True in Python) to replace it, "
+            "or choose another name"
+        )
+    return path
+
+
+def save(record: dict[str, Any], path: str | Path, *, overwrite: bool = False) -> Path:
+    """Write ``record`` as JSON to ``path`` (folders created); returns the path.
+
+    Raises:
+        OverwriteError: ``path`` exists and ``overwrite`` is False (see :func:`ensure_writable`).
+        ValueError: ``record`` is not a result record.
+    """
+    _validate(record, str(path))
+    path = ensure_writable(path, overwrite=overwrite, what="result file")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(_clean(record), indent=1, allow_nan=False) + "\n", encoding="utf-8")
     return path

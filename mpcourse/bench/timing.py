@@ -117,6 +117,11 @@ def _timer(
     return torch_benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads, **extra), threads
 
 
+def _timer_method(threads: int, how: str = "") -> str:
+    """How a :class:`Timing` of ``torch.utils.benchmark`` blocks was taken, for its ``method``."""
+    return f"torch.utils.benchmark, {how + ', ' if how else ''}{threads} thread{'s' * (threads > 1)}"
+
+
 def _plan(timer: torch_benchmark.Timer, min_run_time: float, min_blocks: int, max_blocks: int) -> tuple[int, int]:
     """Calls per block and number of blocks: at most ``max_blocks`` blocks, at least ``min_blocks``,
     about ``min_run_time`` seconds in all. The first ``timeit`` also warms up (two discarded calls).
@@ -159,7 +164,7 @@ def benchmark(
     timer, threads = _timer(fn, num_threads)
     number, blocks = _plan(timer, min_run_time, min_blocks, max_blocks)
     samples = tuple(timer.timeit(number).median for _ in range(blocks))
-    return Timing(samples, f"torch.utils.benchmark, {threads} thread{'s' * (threads > 1)}")
+    return Timing(samples, _timer_method(threads))
 
 
 def paired(
@@ -206,7 +211,7 @@ def paired(
                 ours.append(timer.timeit(number).median)
                 theirs.append(independent_block())
     method = "CUDA events" if cuda else ("time.perf_counter, synchronised" if clock is None else f"{clock.__name__} loop")
-    return Timing(tuple(ours), f"torch.utils.benchmark, {threads} thread{'s' * (threads > 1)}"), Timing(tuple(theirs), method)
+    return Timing(tuple(ours), _timer_method(threads)), Timing(tuple(theirs), method)
 
 
 def paired_ratio(ours: Timing, theirs: Timing) -> float:
@@ -247,7 +252,7 @@ def compare(
             for name, (timer, number, blocks) in plans.items():
                 if block < blocks:
                     samples[name].append(timer.timeit(number).median)
-    method = f"torch.utils.benchmark, alternating, {threads} thread{'s' * (threads > 1)}"
+    method = _timer_method(threads, "alternating")
     return {name: Timing(tuple(s), method) for name, s in samples.items()}
 
 

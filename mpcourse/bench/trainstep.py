@@ -115,7 +115,7 @@ def recipe_table(
     steps: int,
     batch_size: int,
     caps: devices.Capabilities | None = None,
-    profile_top: int = 10,
+    profile_top: int | None = 10,
     progress: bool = True,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Train the same transformer under each recipe; return (one row per recipe, kernel tables).

@@ -9,7 +9,9 @@ GPU is often short and the other steps are still worth keeping. A step that cann
 machine (fp8 GEMMs without fp8 tensor cores) is skipped and says why.
 
 Files go into the package's reference folders, so the chapters pick them up at once; with
-``out`` they go into a separate folder with the same layout, to copy over after a look.
+``out`` they go into a separate folder with the same layout, to copy over after a look. A step
+whose file exists is skipped, so a recording never replaces a stored result unless ``force`` is
+given (``--force``); with it, the step replaces that one file.
 """
 
 from __future__ import annotations
@@ -98,20 +100,20 @@ def _profile(name: str) -> Iterator[None]:
             os.environ[sizes.ENV_VAR] = saved
 
 
-def _bench(topic: str, quick: bool) -> Callable[[Path], int]:
+def _bench(topic: str, quick: bool, force: bool) -> Callable[[Path], int]:
     def run(path: Path) -> int:
         from .cli import bench_function
 
-        return bench_function(topic)(save=path, quick=quick)
+        return bench_function(topic)(save=path, quick=quick, force=force)
 
     return run
 
 
-def _verify(profile_name: str, notebooks: Sequence[Path], jobs: int) -> Callable[[Path], int]:
+def _verify(profile_name: str, notebooks: Sequence[Path], jobs: int, force: bool) -> Callable[[Path], int]:
     def run(path: Path) -> int:
         from .verify import verify
 
-        records = verify(list(notebooks), profile_name, out=path, jobs=jobs)
+        records = verify(list(notebooks), profile_name, out=path, jobs=jobs, force=force)
         return 0 if all(r["status"] == "passed" for r in records) else 1
 
     return run
@@ -146,8 +148,10 @@ def record(
         jobs: chapters verified at once.
         force: replace files that exist; without it, an existing result stops its step.
 
-    Raises:
-        ValueError: for an unknown step or profile, or ``jobs`` < 1, before anything runs.
+    Raises, before anything runs:
+        ValueError: for an unknown step or profile, or ``jobs`` < 1, or a chapter that is not a notebook.
+        FileNotFoundError: a chapter in ``notebooks`` that does not exist.
+        NotADirectoryError: ``out`` is a file.
     """
     unknown = [s for s in steps if s not in STEPS]
     if unknown or not steps:
@@ -157,15 +161,21 @@ def record(
         raise ValueError(f"unknown profile {name!r}; accepted: {', '.join(sizes.PROFILES)}")
     if jobs < 1:
         raise ValueError(f"jobs must be a positive number of chapters to run at once, got {jobs}")
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise NotADirectoryError(f"{out} is a file; --out takes a folder, laid out as the package")
+    if notebooks and "verify" in steps:
+        from .verify import check_notebooks
+
+        check_notebooks(list(notebooks))
     notebooks = list(notebooks) or sorted(Path("notebooks").glob("*.ipynb"))
     caps = devices.capabilities()
     slug = machine_slug(caps)
     root = Path(out) if out is not None else PACKAGE_DIR
     runners: dict[str, Callable[[Path], int]] = {
-        "matmul": _bench("matmul", quick),
-        "train": _bench("train", quick),
-        "fp8": _bench("fp8", quick),
-        "verify": _verify(name, notebooks, jobs),
+        "matmul": _bench("matmul", quick, force),
+        "train": _bench("train", quick, force),
+        "fp8": _bench("fp8", quick, force),
+        "verify": _verify(name, notebooks, jobs, force),
     }
     print(f"recording {', '.join(s for s in STEPS if s in steps)} on {caps.describe()} as '{slug}', profile '{name}', into {root}")
     done: list[StepResult] = []
@@ -181,12 +191,13 @@ def record(
                 print(f"\n== {step}: skipped, {reason}")
                 continue
             print(f"\n== {step} -> {path}")
+            raised = False
             try:
                 status = runners[step](path)
                 note = "" if status == 0 else f"finished with exit status {status}"
             except Exception:  # noqa: BLE001 - one failed step must not cost the others
-                status, note = 1, traceback.format_exc(limit=3).strip().splitlines()[-1]
-            written = path.exists()
+                status, note, raised = 1, traceback.format_exc(limit=3).strip().splitlines()[-1], True
+            written = path.exists() and not raised  # a file there after a raise is not this step's (or not whole)
             result = StepResult(step, "written" if written and status == 0 else "failed", path if written else None,
                                 round(time.perf_counter() - start, 1), note)
             done.append(result)

@@ -7,14 +7,24 @@ defines and its check cell reports "not done yet". Solution prose sits in sphinx
 directives, each in a markdown cell of its own: ``{solution}`` (a whole solution) or the gated
 ``{solution-start}`` ... ``{solution-end}`` pair around code cells. Those markdown cells, and any
 markdown between a start and its end, are dropped; code cells are kept with their stubs.
+
+A learner fills in the student notebooks where they were written, so writing them again must not
+cost those answers: :func:`write_student_notebooks` rewrites a notebook only when it is unchanged
+(every cell keeps its chapter cell's id, so the same chapter gives the same file), and refuses,
+naming the files, when one differs, unless forced.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import nbformat
+from ..bench.results import OverwriteError
+
+if TYPE_CHECKING:  # imported where used: nbformat is the course extra, and `mpcourse doctor` runs without it
+    import nbformat
 
 BEGIN = "### BEGIN SOLUTION"
 END = "### END SOLUTION"
@@ -81,19 +91,23 @@ def student_notebook(
     carry nbgrader's metadata (schema 3): solution cells are autograded answers, check cells are
     autograder tests worth one point each.
     """
+    import nbformat
+
     out = nbformat.v4.new_notebook(metadata=dict(nb.metadata))
     if not nbgrader:
         out.metadata["mpcourse"] = {"student": True}
         out.cells.append(
             nbformat.v4.new_markdown_cell(
                 "*Student version: the reference solutions are removed. Complete each function marked "
-                "`# YOUR CODE HERE`, then run the check cell below it.*"
+                "`# YOUR CODE HERE`, then run the check cell below it.*",
+                id="mpcourse-student-note",
             )
         )
     in_gate = False
     label = None
     for index, cell in enumerate(nb.cells):
         where = f"{name}, cell {index}"
+        cell_id = cell.get("id") or f"cell-{index}"  # the chapter's id: the same chapter writes the same notebook
         if cell.cell_type == "markdown":
             found = _LABEL.search(cell.source)
             if found:
@@ -114,7 +128,7 @@ def student_notebook(
                 continue
             if in_gate:
                 continue
-            out.cells.append(nbformat.v4.new_markdown_cell(cell.source, metadata=dict(cell.metadata)))
+            out.cells.append(nbformat.v4.new_markdown_cell(cell.source, metadata=dict(cell.metadata), id=cell_id))
         elif cell.cell_type == "code":
             metadata = dict(cell.metadata)
             has_solution = bool(solution_lines(cell.source))
@@ -128,9 +142,9 @@ def student_notebook(
                     metadata["nbgrader"] = _nbgrader_meta(f"{checked.group(1)}-check", grade=True)
             else:
                 source = strip_solutions(cell.source, where)
-            out.cells.append(nbformat.v4.new_code_cell(source, metadata=metadata))
+            out.cells.append(nbformat.v4.new_code_cell(source, metadata=metadata, id=cell_id))
         else:
-            out.cells.append(nbformat.v4.new_raw_cell(cell.source, metadata=dict(cell.metadata)))
+            out.cells.append(nbformat.v4.new_raw_cell(cell.source, metadata=dict(cell.metadata), id=cell_id))
     if in_gate:
         raise SolutionMarkupError(f"{name}: solution-start without solution-end")
     return out
@@ -157,8 +171,14 @@ def _is_single_directive(source: str) -> bool:
     return bool(match) and text.rstrip().endswith(match.group(1)) and text.count(match.group(1)) == 2
 
 
-def write_student_notebooks(source_dir: Path, out_dir: Path, *, nbgrader: bool = False) -> list[Path]:
-    """Write the student (or, with ``nbgrader``, nbgrader source) version of every chapter."""
+def check_folders(source_dir: Path, out_dir: Path) -> list[Path]:
+    """The chapter notebooks in ``source_dir``, if student versions of them can go into ``out_dir``.
+
+    Raises:
+        FileNotFoundError: ``source_dir`` holds no notebooks.
+        NotADirectoryError: ``out_dir`` is a file.
+        ValueError: ``out_dir`` is ``source_dir`` (the chapters would be replaced).
+    """
     source_dir, out_dir = Path(source_dir), Path(out_dir)
     notebooks = sorted(source_dir.glob("*.ipynb"))
     if not notebooks:
@@ -168,11 +188,49 @@ def write_student_notebooks(source_dir: Path, out_dir: Path, *, nbgrader: bool =
         )
     if out_dir.resolve() == source_dir.resolve():
         raise ValueError("the output folder must differ from the source folder (the chapters would be overwritten)")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NotADirectoryError(f"{out_dir} is a file; give a folder to write the student notebooks into")
+    return notebooks
+
+
+def write_student_notebooks(
+    source_dir: Path, out_dir: Path, *, nbgrader: bool = False, force: bool = False
+) -> list[Path]:
+    """Write the student (or, with ``nbgrader``, nbgrader source) version of every chapter into ``out_dir``.
+
+    A notebook already in ``out_dir`` is rewritten only if it holds exactly what would be written
+    (or with ``force``). If any differs (a learner's answers, or a chapter that changed since),
+    nothing is written and :class:`OverwriteError` names every such file.
+
+    Raises:
+        FileNotFoundError, NotADirectoryError, ValueError: see :func:`check_folders`.
+        OverwriteError: a notebook in ``out_dir`` differs from its student version and ``force`` is False.
+        SolutionMarkupError: a chapter's solution markers are malformed.
+    """
+    import nbformat
+
+    source_dir, out_dir = Path(source_dir), Path(out_dir)
+    notebooks = check_folders(source_dir, out_dir)
+    planned = {
+        out_dir / path.name: nbformat.writes(student_notebook(nbformat.read(path, as_version=4), path.name, nbgrader=nbgrader))
+        for path in notebooks
+    }
+    changed = [str(target) for target, text in planned.items() if target.exists() and not _same_notebook(target, text)]
+    if changed and not force:
+        raise OverwriteError(
+            f"{', '.join(changed)} {'differs' if len(changed) == 1 else 'differ'} from the student version "
+            "(answers filled in, or an older chapter), so no notebook was written; pass --force to replace "
+            f"{'it (its' if len(changed) == 1 else 'them (their'} changes are lost), or write into another folder"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for path in notebooks:
-        nb = nbformat.read(path, as_version=4)
-        target = out_dir / path.name
-        nbformat.write(student_notebook(nb, path.name, nbgrader=nbgrader), target)
-        written.append(target)
-    return written
+    for target, text in planned.items():
+        target.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
+    return list(planned)
+
+
+def _same_notebook(path: Path, text: str) -> bool:
+    """Whether the notebook file ``path`` holds the notebook ``text`` (as JSON: layout aside)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) == json.loads(text)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False

@@ -11,12 +11,14 @@ see a failure. Its message says what was wrong and gives a hint, never the answe
 still raises ``NotImplementedError`` (the stub in student notebooks) gets :class:`NotDoneYet`,
 whose message says the exercise is not done yet rather than wrong.
 
-The checks for chapter ``slug`` live in ``mpcourse.exercises.<slug>`` and are imported on first use.
+The checks for chapter ``slug`` live in ``mpcourse.exercises.<slug>`` and are imported on first use:
+``check(label, ...)`` finds any chapter's check without that module having been imported before.
 """
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from collections.abc import Callable
 from typing import Any
 
@@ -55,8 +57,12 @@ def _split_label(label: str) -> tuple[str, str]:
     return slug, name
 
 
-def labels(slug: str) -> list[str]:
-    """The labels of every registered exercise of chapter ``slug``."""
+def labels(slug: str | None = None) -> list[str]:
+    """The labels of every exercise of chapter ``slug`` (of every chapter, without one), loading their checks."""
+    if slug is None:
+        for module in pkgutil.iter_modules(__path__):
+            _load(module.name)
+        return sorted(_REGISTRY)
     _load(slug)
     return sorted(label for label in _REGISTRY if label.startswith(slug + "-"))
 

@@ -1,12 +1,15 @@
 """FP8 (and FP4) quantisation, scaled GEMMs and fp8 training, emulated anywhere and real on sm_89+.
 
 - :mod:`~mpcourse.fp8.recipes`: the scaling recipes (tensorwise current and delayed, rowwise,
-  1x128 and 128x128 blocks, MX with E8M0 scales, NVFP4), :func:`quantize` -> :class:`Quantized`
-  (elements + scales), :class:`DelayedScaler` (Transformer Engine's amax history), :func:`error_stats`.
+  1x128 and 128x128 blocks, MX with E8M0 scales, NVFP4) and :func:`quantize`.
+- :mod:`~mpcourse.fp8.quantized`: what :func:`quantize` returns, a :class:`Quantized` (elements +
+  scales), and :func:`error_stats`, what it lost.
+- :mod:`~mpcourse.fp8.delayed`: the stateful recipe, :class:`DelayedScaling` and
+  :class:`DelayedScaler` (Transformer Engine's amax history).
 - :mod:`~mpcourse.fp8.gemm`: :func:`fp8_mm` (a scaled fp8 GEMM, emulated exactly) and
   :func:`scaled_mm` (``torch._scaled_mm`` with its rules checked and explained).
 - :mod:`~mpcourse.fp8.linear`: :class:`FP8Linear`, :func:`convert_to_fp8`, the fp8 training
-  recipes (registered with :mod:`mpcourse.train` on import: ``fp8_tensorwise``, ``fp8_delayed``,
+  recipes (in :data:`mpcourse.train.RECIPES`, whatever was imported first: ``fp8_tensorwise``, ``fp8_delayed``,
   ``fp8_rowwise``, ``fp8_blockwise``, ``mxfp8``, and ``torchao_*`` for sm_89+), and torchao's path.
 - :mod:`~mpcourse.bench.fp8`: ``mpcourse bench fp8`` (fp8 vs bf16 speed on a GPU) and the stored results.
 
@@ -19,6 +22,7 @@ Example::
     fp8.error_stats(x, q)["snr_db"]
 """
 
+from .delayed import DelayedScaler, DelayedScaling
 from .gemm import (
     SCALED_MM_DTYPES,
     SCALED_MM_RECIPES,
@@ -41,20 +45,14 @@ from .linear import (
     torchao_plan,
     torchao_status,
 )
+from .quantized import Quantized, dequantize, error_stats, expand_blocks, pow2
 from .recipes import (
     ALIASES,
     ELEMENT_FORMATS,
     RECIPES,
-    DelayedScaler,
-    DelayedScaling,
-    Quantized,
     ScalingRecipe,
     cast,
-    dequantize,
-    error_stats,
-    expand_blocks,
     fake_quantize,
-    pow2,
     quantize,
     resolve,
 )

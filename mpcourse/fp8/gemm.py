@@ -22,6 +22,7 @@ import math
 import torch
 
 from .. import device as device_mod
+from ..formats import dtype_name
 from .recipes import Quantized
 
 #: torch dtypes ``torch._scaled_mm`` multiplies (OCP fp8 on NVIDIA; the fnuz pair on AMD MI300).
@@ -104,10 +105,6 @@ def fp8_mm(a: Quantized, b: Quantized, *, out_dtype: torch.dtype = torch.float32
 # ---- torch._scaled_mm -----------------------------------------------------------------------------
 
 
-def _dtype_name(t: torch.Tensor) -> str:
-    return str(t.dtype).removeprefix("torch.")
-
-
 @functools.cache
 def cpu_rowwise_scaled_mm() -> bool:
     """Whether this PyTorch's CPU ``torch._scaled_mm`` accepts rowwise scales.
@@ -137,7 +134,7 @@ def scaled_mm_problems(a: Quantized, b: Quantized, device_kind: str = "cuda",
     where recent PyTorch emulates the op, only the dtype and scaling rules apply.
     """
     problems = []
-    names = (_dtype_name(a.data), _dtype_name(b.data))
+    names = (dtype_name(a.data.dtype), dtype_name(b.data.dtype))
     for which, q, name in (("a", a, names[0]), ("b", b, names[1])):
         if name not in SCALED_MM_DTYPES:
             problems.append(

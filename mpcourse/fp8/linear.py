@@ -18,9 +18,9 @@ estimator); products run in :func:`~mpcourse.fp8.gemm.fp8_mm` (exact emulation, 
 in ``torch._scaled_mm`` (real fp8 tensor cores on sm_89+) where the recipe and shapes allow.
 
 :data:`CONFIGS` holds the recipes as data (TE's delayed and current scaling, torchao's rowwise,
-DeepSeek-V3's blockwise, MXFP8); importing this module registers each as a training recipe
-(``mpcourse.train.train(..., "fp8_rowwise")``) whose ``prepare_model`` hook calls
-:func:`convert_to_fp8`. Following Transformer Engine, torchao and DeepSeek-V3, it keeps the first
+DeepSeek-V3's blockwise, MXFP8); :func:`training_recipes` makes each a training recipe
+(``mpcourse.train.train(..., "fp8_rowwise")``, loaded by :data:`mpcourse.train.RECIPES` on first
+use) whose ``prepare_model`` hook calls :func:`convert_to_fp8`. Following Transformer Engine, torchao and DeepSeek-V3, it keeps the first
 and last linear layers in higher precision, and everything that is not a linear layer (embeddings,
 norms, softmax, the loss, the optimizer) runs as the rest of the recipe says (bf16 autocast).
 """
@@ -40,8 +40,9 @@ from .. import device as device_mod
 from .. import formats
 from ..train import RECIPES as TRAIN_RECIPES
 from ..train import Recipe, register_recipe
+from .delayed import DelayedScaling
 from .gemm import UnsupportedFP8Error, fp8_mm, scaled_mm, scaled_mm_problems
-from .recipes import DelayedScaling, Quantized, quantize, resolve
+from .recipes import Quantized, quantize, resolve
 
 Gemm = Literal["auto", "emulated", "scaled_mm"]
 GEMMS: tuple[str, ...] = ("auto", "emulated", "scaled_mm")
@@ -53,7 +54,7 @@ class FP8Config:
 
     ``input_recipe`` applies to activations, ``weight_recipe`` to weights, ``grad_recipe`` to the
     output gradient; ``forward_format`` to activations and weights, ``backward_format`` to gradients.
-    ``delayed`` (a :class:`~mpcourse.fp8.recipes.DelayedScaling`) is used by the ``"delayed"`` recipe.
+    ``delayed`` (a :class:`~mpcourse.fp8.delayed.DelayedScaling`) is used by the ``"delayed"`` recipe.
     """
 
     name: str
@@ -69,7 +70,7 @@ class FP8Config:
     sources: tuple[str, ...] = field(default=())
 
     def __post_init__(self) -> None:
-        for role, recipe, fmt in (("input", self.input_recipe, self.forward_format),
+        for _role, recipe, fmt in (("input", self.input_recipe, self.forward_format),
                                   ("weight", self.weight_recipe, self.forward_format),
                                   ("grad", self.grad_recipe, self.backward_format)):
             resolve(recipe, fmt, self.block_size if self._blocked(recipe) else None)  # raises for bad combinations
@@ -142,27 +143,31 @@ def _pad_rows(t: torch.Tensor, multiple: int | None) -> torch.Tensor:
     return F.pad(t, (0, 0, 0, multiple - t.shape[0] % multiple))
 
 
-class _FP8LinearFunction(torch.autograd.Function):
-    """Forward and backward of :class:`FP8Linear`: quantise both operands of each GEMM, multiply."""
+class FP8LinearFunction(torch.autograd.Function):
+    """The three GEMMs of :class:`FP8Linear`, each multiplying two quantised operands.
+
+    ``layer.matmul(a, b)`` computes ``a @ b.T`` in fp32, with both operands quantised along their
+    last axis, the inner dimension of the product. Backward treats quantisation as the identity
+    (the straight-through estimator): it returns the gradients of ``x @ w.T`` for the fp32 ``x`` and
+    ``w`` themselves, computed from quantised copies of ``dy``, ``w`` and ``x``.
+    """
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, layer: FP8Linear) -> torch.Tensor:
         dev = x.device.type
         out_dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
-        with torch.autocast(dev, enabled=False):
-            x2 = x.reshape(-1, x.shape[-1]).float()
-            w = weight.float()
-            qx = layer.quantize("input", x2)
-            qw = layer.quantize("weight", w)
-            y = layer.matmul(qx, qw)
+        with torch.autocast(dev, enabled=False):  # the layer chooses its own formats
+            x2 = x.reshape(-1, x.shape[-1]).float()  # (tokens, in_features)
+            w = weight.float()  # the fp32 master weight, quantised afresh every step
+            qx = layer.quantize("input", x2)  # along in_features
+            qw = layer.quantize("weight", w)  # along in_features
+            y = layer.matmul(qx, qw)  # forward GEMM: y = x w^T
             if bias is not None:
                 y = y + bias.float()
-        ctx.layer = layer
-        ctx.shapes = (x.shape, x.dtype, weight.dtype, bias is not None)
-        # Tensor-scaled operands are reused transposed in backward (as TE does: one cast per step);
-        # the others are re-quantised along the backward GEMMs' inner dimensions from the originals.
-        ctx.reuse = (qx if layer.tensor_scaled("input") else None, qw if layer.tensor_scaled("weight") else None)
         ctx.save_for_backward(x2, w)
+        ctx.layer, ctx.shapes = layer, (x.shape, x.dtype, weight.dtype, bias is not None)
+        # A cast with one scale per tensor serves backward too, transposed (as Transformer Engine does).
+        ctx.casts = (layer.keep_for_backward("input", qx), layer.keep_for_backward("weight", qw))
         return y.reshape(*x.shape[:-1], y.shape[-1]).to(out_dtype)
 
     @staticmethod
@@ -170,24 +175,18 @@ class _FP8LinearFunction(torch.autograd.Function):
         layer: FP8Linear = ctx.layer
         x_shape, x_dtype, w_dtype, has_bias = ctx.shapes
         x2, w = ctx.saved_tensors
-        qx, qw = ctx.reuse
-        dy = grad_out.reshape(-1, grad_out.shape[-1]).float()
+        qx, qw = ctx.casts
+        dy = grad_out.reshape(-1, grad_out.shape[-1]).float()  # (tokens, out_features)
         with torch.autocast(dy.device.type, enabled=False):
-            # dx = dy @ w: inner dimension out_features
-            q_dy = layer.quantize("grad_output", dy)
-            q_wt = _transposed(qw) if qw is not None else layer.quantize("weight", w.t(), record=False)
-            dx = layer.matmul(q_dy, q_wt)
-            # dw = dy.T @ x: inner dimension = the batch; blocks along it need whole blocks (zero rows are exact)
-            block = layer.wgrad_block()
-            if block > 1:
-                q_dyt = layer.quantize("grad_output", _pad_rows(dy, block).t(), record=False)
-                q_xt = layer.quantize("input", _pad_rows(x2, block).t(), record=False)
-            else:
-                q_dyt = _transposed(q_dy) if layer.tensor_scaled("grad_output") else \
-                    layer.quantize("grad_output", dy.t(), record=False)
-                q_xt = _transposed(qx) if qx is not None else layer.quantize("input", x2.t(), record=False)
-            dw = layer.matmul(q_dyt, q_xt)
+            q_dy = layer.quantize("grad_output", dy)  # along out_features
+            # input-gradient GEMM: dx = dy w, inner dimension out_features
+            dx = layer.matmul(q_dy, layer.quantize_transposed("weight", w, qw))
+            # weight-gradient GEMM: dw = dy^T x, inner dimension the tokens (padded to whole blocks)
+            pad = layer.wgrad_block()
+            dw = layer.matmul(layer.quantize_transposed("grad_output", dy, q_dy, pad=pad),
+                              layer.quantize_transposed("input", x2, qx, pad=pad))
         db = dy.sum(0) if has_bias else None
+        # Straight through: dx and dw are the gradients of x and w, as if quantising were the identity.
         return dx.reshape(x_shape).to(x_dtype), dw.to(w_dtype), db, None
 
 
@@ -255,6 +254,22 @@ class FP8Linear(nn.Linear):
         cfg = self.config
         return max(cfg.block_of(cfg.grad_recipe) or 1, cfg.block_of(cfg.input_recipe) or 1)
 
+    def keep_for_backward(self, role: str, q: Quantized) -> Quantized | None:
+        """``q`` if backward can reuse it transposed (one scale per tensor), else None (not kept)."""
+        return q if self.tensor_scaled(role) else None
+
+    def quantize_transposed(self, role: str, t: torch.Tensor, cast: Quantized | None, *, pad: int = 1) -> Quantized:
+        """Operand ``t.T`` of a backward GEMM, quantised along its last axis (``t``'s first).
+
+        A tensor-scaled ``cast`` of ``t`` is reused: transposing changes neither its fp8 data nor
+        its scale. Otherwise ``t.T`` is quantised afresh (without touching a delayed-scaling
+        history), after appending zero rows to ``t`` up to a multiple of ``pad``: blocks along the
+        inner dimension must be whole, and zeros add nothing to the product.
+        """
+        if cast is not None and pad <= 1 and self.tensor_scaled(role):
+            return _transposed(cast)
+        return self.quantize(role, _pad_rows(t, pad).t(), record=False)
+
     def quantize(self, role: str, t: torch.Tensor, *, record: bool = True) -> Quantized:
         """Quantise operand ``role`` (``input``, ``weight`` or ``grad_output``) along its last axis.
 
@@ -288,7 +303,7 @@ class FP8Linear(nn.Linear):
         return fp8_mm(a, b)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _FP8LinearFunction.apply(x, self.weight, self.bias, self)
+        return FP8LinearFunction.apply(x, self.weight, self.bias, self)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, config={self.config.name}, gemm={self.gemm}"
@@ -362,7 +377,7 @@ def torchao_status(caps: device_mod.Capabilities | None = None) -> tuple[bool, s
         return False, (f"torchao's float8 training needs fp8 tensor cores (NVIDIA sm_89+, AMD MI300+); this is "
                        f"{caps.describe()}, so the course emulates fp8 instead")
     try:
-        import torchao  # noqa: F401
+        import torchao
         from torchao.float8 import Float8LinearConfig, convert_to_float8_training  # noqa: F401
     except ImportError as err:
         return False, f"torchao is not installed or too old ({err}); `pip install torchao` to use it"
@@ -425,25 +440,39 @@ def _prepare_torchao(recipe: str) -> Callable[[nn.Module], nn.Module]:
     return prepare
 
 
+def training_recipes() -> tuple[Recipe, ...]:
+    """The fp8 training recipes: :data:`CONFIGS` (emulated anywhere, real GEMMs where possible) and
+    torchao's (sm_89+ only). :data:`mpcourse.train.RECIPES` loads them on first use."""
+    ours = tuple(Recipe(cfg.name, f"fp8 linear layers: {cfg.description}; the rest under bf16 autocast, fp32 master "
+                        "weights", autocast_dtype=torch.bfloat16, precision="fp8", prepare_model=_prepare(cfg.name))
+                 for cfg in CONFIGS.values())
+    torchao = tuple(Recipe(f"torchao_{name}", f"torchao's float8 training, recipe '{name}' (needs sm_89+), the rest under "
+                           "bf16 autocast", autocast_dtype=torch.bfloat16, precision="fp8",
+                           prepare_model=_prepare_torchao(name))
+                    for name in ("tensorwise", "rowwise"))
+    return ours + torchao
+
+
 def register_training_recipes() -> None:
-    """Register :data:`CONFIGS` (emulated anywhere, real GEMMs where possible) and torchao's recipes
-    (sm_89+ only) with :mod:`mpcourse.train`. Idempotent."""
-    for cfg in CONFIGS.values():
-        if cfg.name not in TRAIN_RECIPES:
-            register_recipe(Recipe(cfg.name, f"fp8 linear layers: {cfg.description}; the rest under bf16 autocast, "
-                                   "fp32 master weights", autocast_dtype=torch.bfloat16, precision="fp8",
-                                   prepare_model=_prepare(cfg.name)))
-    for name in ("tensorwise", "rowwise"):
-        key = f"torchao_{name}"
-        if key not in TRAIN_RECIPES:
-            register_recipe(Recipe(key, f"torchao's float8 training, recipe '{name}' (needs sm_89+), the rest under bf16 "
-                                   "autocast", autocast_dtype=torch.bfloat16, precision="fp8",
-                                   prepare_model=_prepare_torchao(name)))
-
-
-register_training_recipes()
+    """Register any of :func:`training_recipes` missing from :data:`mpcourse.train.RECIPES` (after a
+    test removed some, say: the registry loads them by itself). Idempotent."""
+    for recipe in training_recipes():
+        if recipe.name not in TRAIN_RECIPES:
+            register_recipe(recipe)
 
 __all__ = [
-    "CONFIGS", "FP8Config", "FP8Linear", "GEMMS", "TORCHAO_RECIPES", "convert_to_fp8", "get_config", "plan",
-    "register_training_recipes", "torchao_convert", "torchao_plan", "torchao_status",
+    "CONFIGS",
+    "GEMMS",
+    "TORCHAO_RECIPES",
+    "FP8Config",
+    "FP8Linear",
+    "FP8LinearFunction",
+    "convert_to_fp8",
+    "get_config",
+    "plan",
+    "register_training_recipes",
+    "torchao_convert",
+    "torchao_plan",
+    "torchao_status",
+    "training_recipes",
 ]

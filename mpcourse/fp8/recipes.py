@@ -17,12 +17,13 @@ mx             32 consecutive elements along K              E8M0 (a power of two
 nvfp4          16 elements along K, plus one per tensor     E4M3, and fp32         NVIDIA (TE docs)
 ============== ============================================ ====================== ==================
 
-:func:`quantize` applies any of them to any tensor and returns a :class:`Quantized` (elements,
-scales, and enough metadata to dequantize and to count the bits); :func:`error_stats` measures
-what was lost. Convention: a **scale here is always the decode scale**, the number the stored
+:func:`quantize` applies any of them to any tensor and returns a
+:class:`~mpcourse.fp8.quantized.Quantized` (elements, scales, and enough metadata to dequantize and
+to count the bits); :func:`~mpcourse.fp8.quantized.error_stats` measures what was lost. Convention: a **scale here is always the decode scale**, the number the stored
 element is multiplied by (what ``torch._scaled_mm`` takes as ``scale_a``/``scale_b``, and what the
 MX spec calls X). Transformer Engine's ``scale`` is the reciprocal, the factor applied *before* the
-cast; :class:`DelayedScaler` keeps TE's convention internally, as its docstring says.
+cast; :class:`mpcourse.fp8.delayed.DelayedScaler` (the state of the stateful ``delayed`` recipe, in
+its own module) keeps TE's convention internally, as its docstring says.
 
 Casting is saturating by default (values beyond the format's largest finite value become ±max, as
 TE and torchao do); ``saturate=False`` gives the OCP spec's other conversion, where they become NaN
@@ -34,14 +35,16 @@ are float32 tensors holding exactly representable values (the bit counts below s
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
-from torch import nn
 
 from .. import formats
+from .quantized import Quantized, expand_blocks, float_to_e8m0, pow2
+
+if TYPE_CHECKING:
+    from .delayed import DelayedScaler
 
 Granularity = Literal["tensor", "row", "block", "block2d"]
 
@@ -57,7 +60,6 @@ E4M3 = formats.get("e4m3")
 E5M2 = formats.get("e5m2")
 E2M1 = formats.get("e2m1")
 E8M0 = formats.get("e8m0")
-E8M0_DTYPE: torch.dtype | None = getattr(torch, "float8_e8m0fnu", None)
 
 
 @dataclass(frozen=True)
@@ -170,84 +172,6 @@ def resolve(recipe: str, fmt: Any = None, block_size: int | None = None) -> tupl
     return spec, chosen, size
 
 
-# ---- the result ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Quantized:
-    """A tensor stored as narrow-format elements and scales: ``x ≈ data × scale`` (× ``tensor_scale``).
-
-    Attributes:
-        data: the elements, shaped like the original tensor; a torch fp8 dtype where torch has one,
-            else float32 holding values exactly representable in ``fmt`` (FP4, FP6).
-        scale: decode scales, one per block. Same number of dimensions as ``data``; each dimension
-            is ``data``'s divided by the block extent along it (a 0-d tensor for tensorwise).
-            float32, except MX (``torch.float8_e8m0fnu``) and NVFP4 (``torch.float8_e4m3fn``).
-        tensor_scale: NVFP4's second-level fp32 scale (None for the other recipes).
-        recipe, fmt, block_size, axis: how it was made (``axis``: the dimension the blocks or rows
-            run along, i.e. the K of the GEMM that will consume it).
-    """
-
-    data: torch.Tensor
-    scale: torch.Tensor
-    recipe: str
-    fmt: formats.FloatFormat
-    block_size: int | None
-    axis: int
-    tensor_scale: torch.Tensor | None = None
-
-    @property
-    def shape(self) -> torch.Size:
-        return self.data.shape
-
-    def scale_values(self) -> torch.Tensor:
-        """The decode scales as float32, NVFP4's tensor scale folded in."""
-        s = e8m0_to_float(self.scale) if self.scale.dtype == E8M0_DTYPE else self.scale.float()
-        return s * self.tensor_scale if self.tensor_scale is not None else s
-
-    def expanded_scale(self) -> torch.Tensor:
-        """The decode scale of every element, shaped like ``data`` (float32)."""
-        return expand_blocks(self.scale_values(), self.data.shape)
-
-    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """The values this quantisation represents, ``data × scale``, in ``dtype``."""
-        return (self.data.float() * self.expanded_scale()).to(dtype)
-
-    @property
-    def scale_bits(self) -> int:
-        """Storage bits of all scales together."""
-        bits = {"float32": 32, "float8_e8m0fnu": 8, "float8_e4m3fn": 8}
-        total = self.scale.numel() * bits.get(str(self.scale.dtype).removeprefix("torch."), 32)
-        return total + (32 if self.tensor_scale is not None else 0)
-
-    @property
-    def bits_per_element(self) -> float:
-        """Storage per element, scales included: e.g. 8.25 for MXFP8, 4.5 (and a little) for NVFP4."""
-        n = self.data.numel()
-        return (n * self.fmt.bits + self.scale_bits) / n
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes this representation needs (elements packed at ``fmt.bits`` each, plus scales)."""
-        return math.ceil((self.data.numel() * self.fmt.bits + self.scale_bits) / 8)
-
-    def __repr__(self) -> str:
-        block = f", block {self.block_size}" if self.block_size else ""
-        return (f"Quantized({self.recipe}, {self.fmt.name}{block}, shape {tuple(self.data.shape)}, "
-                f"{self.scale.numel()} scale(s), {self.bits_per_element:.3f} bits/element)")
-
-
-def expand_blocks(scale: torch.Tensor, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
-    """Repeat each block's scale over the elements it covers, to ``shape`` (a 0-d scale broadcasts)."""
-    if scale.dim() == 0:
-        return scale.expand(shape)
-    out = scale
-    for dim, (n_scale, n_data) in enumerate(zip(scale.shape, shape)):
-        if n_scale != n_data:
-            out = out.repeat_interleave(n_data // n_scale, dim=dim)
-    return out
-
-
 # ---- casting ------------------------------------------------------------------------------------
 
 
@@ -325,18 +249,6 @@ def _check_divides(length: int, block: int, what: str, recipe: str, padded_name:
     raise ValueError(f"recipe {recipe!r}: block size {block} does not divide {what} ({length}); {other}")
 
 
-def pow2(exponent: torch.Tensor) -> torch.Tensor:
-    """``2^exponent`` as float32, exactly, built from its bits (integer exponents in [-149, 127]).
-
-    (``torch.ldexp`` and ``torch.exp2`` go through floating-point arithmetic that is not guaranteed
-    exact for every exponent on every device; a power of two's bit pattern is.)
-    """
-    e = exponent.to(torch.int32).clamp(-149, 127)
-    normal = (e + 127) << 23
-    subnormal = torch.ones_like(e) << (e + 149).clamp(0, 22)
-    return torch.where(e >= -126, normal, subnormal).view(torch.float32)
-
-
 def _amax_scale(amax: torch.Tensor, fmt: formats.FloatFormat, power_of_two: bool) -> torch.Tensor:
     """Decode scale ``amax / fmt.max``; 1 where amax is 0 or not finite (as Transformer Engine does)."""
     scale = amax.float() / fmt.max
@@ -364,22 +276,6 @@ def _mx_scale(amax: torch.Tensor, fmt: formats.FloatFormat, rounding: str) -> to
     exponent = torch.where(amax > 0, exponent, torch.full_like(exponent, -127)).clamp(-127, 127)
     scale = pow2(exponent)
     return torch.where(torch.isfinite(amax), scale, torch.full_like(amax, math.nan))
-
-
-def _e8m0_storage(scale: torch.Tensor) -> torch.Tensor:
-    """Powers of two (or NaN) as ``torch.float8_e8m0fnu``, built from the bits (biased exponent, 0xFF for NaN)
-    so that no cast kernel is needed on any device; float32 where torch lacks the dtype."""
-    if E8M0_DTYPE is None:
-        return scale
-    _, e = torch.frexp(scale)
-    biased = torch.where(torch.isfinite(scale), (e.to(torch.int32) - 1 + 127).clamp(0, 254), torch.full_like(e, 255, dtype=torch.int32))
-    return biased.to(torch.uint8).view(E8M0_DTYPE)
-
-
-def e8m0_to_float(t: torch.Tensor) -> torch.Tensor:
-    """Decode ``torch.float8_e8m0fnu`` values to float32 from their bits: 2^(bits - 127), NaN for 0xFF."""
-    bits = t.view(torch.uint8).to(torch.int32)
-    return torch.where(bits == 255, torch.full_like(bits, math.nan, dtype=torch.float32), pow2(bits - 127))
 
 
 def quantize(
@@ -419,6 +315,12 @@ def quantize(
         raise TypeError(f"quantize expects a floating-point tensor, got {type(x).__name__} {getattr(x, 'dtype', '')}")
     if mx_scale_rounding not in MX_SCALE_ROUNDINGS:
         raise ValueError(f"mx_scale_rounding={mx_scale_rounding!r}; accepted: {', '.join(MX_SCALE_ROUNDINGS)}")
+    if x.dim() and (isinstance(axis, bool) or not isinstance(axis, int) or not -x.dim() <= axis < x.dim()):
+        raise ValueError(f"axis={axis!r} is not a dimension of a {x.dim()}-D tensor (shape {tuple(x.shape)}); "
+                         f"accepted: {-x.dim()} to {x.dim() - 1}")
+    if spec.granularity != "tensor" and x.dim() and x.shape[axis] == 0:
+        raise ValueError(f"recipe {spec.name!r} scales along axis {axis}, which is empty (shape {tuple(x.shape)}): "
+                         "no elements to choose a scale from")
     x = x.detach().float()
     if spec.name == "delayed":
         if scaler is None:
@@ -456,7 +358,7 @@ def quantize(
     if spec.name == "mx":
         scale2 = _mx_scale(amax, fmt, mx_scale_rounding)
         divisor = expand_blocks(scale2, x2.shape)
-        stored = _e8m0_storage(scale2)
+        stored = float_to_e8m0(scale2)
     elif spec.name == "nvfp4":
         global_amax = x.abs().amax() if x.numel() else torch.zeros((), device=x.device)
         tensor_scale = global_amax / (E4M3.max * fmt.max)  # TE: s_global = amax / (448 * 6)
@@ -474,177 +376,6 @@ def quantize(
                      spec.name, fmt, block, ax, tensor_scale)
 
 
-def dequantize(q: Quantized, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """``q.dequantize(dtype)``: the values a quantisation represents."""
-    return q.dequantize(dtype)
-
-
 def fake_quantize(x: torch.Tensor, recipe: str = "tensorwise", fmt: Any = None, **kwargs: Any) -> torch.Tensor:
     """Quantize then dequantize: what ``x`` looks like after a trip through the recipe (x's dtype)."""
     return quantize(x, recipe, fmt, **kwargs).dequantize(x.dtype)
-
-
-# ---- delayed scaling ----------------------------------------------------------------------------
-
-AMAX_COMPUTE_ALGOS: tuple[str, ...] = ("max", "most_recent")
-FP8_FORMAT_CHOICES: dict[str, tuple[str, str]] = {
-    "hybrid": ("float8_e4m3fn", "float8_e5m2"),
-    "e4m3": ("float8_e4m3fn", "float8_e4m3fn"),
-}
-
-
-@dataclass(frozen=True)
-class DelayedScaling:
-    """Transformer Engine's ``DelayedScaling`` recipe, with its documented defaults.
-
-    ``fp8_format="hybrid"`` stores forward tensors (activations, weights) in E4M3 and backward
-    tensors (gradients) in E5M2; ``"e4m3"`` uses E4M3 everywhere. The scale of each tensor is
-    ``fp8_max / amax / 2^margin``, where amax is the largest entry (``"max"``) or the newest entry
-    (``"most_recent"``) of a history of the last ``amax_history_len`` steps' amaxes, and it is used
-    from the *next* step on: that is what "delayed" means.
-    """
-
-    margin: int = 0
-    fp8_format: str = "hybrid"
-    amax_history_len: int = 1024
-    amax_compute_algo: str | Callable[[torch.Tensor], torch.Tensor] = "max"
-
-    def __post_init__(self) -> None:
-        if self.fp8_format not in FP8_FORMAT_CHOICES:
-            raise ValueError(f"fp8_format={self.fp8_format!r}; accepted: {', '.join(FP8_FORMAT_CHOICES)}")
-        if not isinstance(self.amax_history_len, int) or self.amax_history_len < 1:
-            raise ValueError(f"amax_history_len must be a positive integer, got {self.amax_history_len!r}")
-        if not callable(self.amax_compute_algo) and self.amax_compute_algo not in AMAX_COMPUTE_ALGOS:
-            raise ValueError(f"amax_compute_algo={self.amax_compute_algo!r}; accepted: "
-                             f"{', '.join(AMAX_COMPUTE_ALGOS)} or a function history -> amax")
-
-    @property
-    def forward_format(self) -> formats.FloatFormat:
-        return formats.get(FP8_FORMAT_CHOICES[self.fp8_format][0])
-
-    @property
-    def backward_format(self) -> formats.FloatFormat:
-        return formats.get(FP8_FORMAT_CHOICES[self.fp8_format][1])
-
-    def scaler(self, backward: bool = False) -> DelayedScaler:
-        """A fresh :class:`DelayedScaler` for one tensor (a gradient if ``backward``)."""
-        fmt = self.backward_format if backward else self.forward_format
-        return DelayedScaler(fmt, self.amax_history_len, self.amax_compute_algo, self.margin)
-
-
-class DelayedScaler(nn.Module):
-    """The delayed-scaling state of one tensor: an amax history and the scale derived from it.
-
-    Mirrors Transformer Engine's kernel (``delayed_scaling.cu``) step for step:
-
-    - ``amax_history[0]`` receives the amax of the tensor quantised in the current step;
-    - :meth:`update` takes the amax to use (``max`` of the whole history, or the ``most_recent``
-      entry ``amax_history[0]``), sets ``scale = fp8_max * 2^-margin / amax`` if that amax is finite
-      and positive (else keeps the old scale), then rolls the history by one (``torch.roll(h, -1)``)
-      and clears slot 0 for the next step;
-    - ``scale`` starts at 1, so the very first step casts unscaled.
-
-    ``scale`` is TE's *encode* scale (multiplied in before the cast); the decode scale in the
-    :class:`Quantized` it returns is ``1 / scale``. Buffers move with ``.to(device)``.
-    """
-
-    amax_history: torch.Tensor
-    scale: torch.Tensor
-
-    def __init__(self, fmt: Any = "e4m3", amax_history_len: int = 1024,
-                 amax_compute_algo: str | Callable[[torch.Tensor], torch.Tensor] = "max", margin: int = 0) -> None:
-        super().__init__()
-        DelayedScaling(margin, "hybrid", amax_history_len, amax_compute_algo)  # validates the arguments
-        self.fmt = formats.get(fmt)
-        if self.fmt.name not in FP8_FORMATS:
-            raise ValueError(f"delayed scaling stores fp8; accepted formats: {', '.join(FP8_FORMATS)}, got {self.fmt.name!r}")
-        self.amax_compute_algo = amax_compute_algo
-        self.margin = margin
-        self.register_buffer("amax_history", torch.zeros(amax_history_len))
-        self.register_buffer("scale", torch.ones(()))
-
-    @property
-    def scale_inv(self) -> torch.Tensor:
-        """The decode scale ``1 / scale`` (what a GEMM multiplies the fp8 product by)."""
-        return 1.0 / self.scale
-
-    def record(self, amax: torch.Tensor | float) -> None:
-        """Note the amax of a tensor quantised in the current step (the largest, if several)."""
-        amax = torch.as_tensor(amax, dtype=torch.float32, device=self.amax_history.device)
-        self.amax_history[0] = torch.maximum(self.amax_history[0], amax)
-
-    def update(self) -> None:
-        """End of step: new scale from the history, then roll the history (TE's semantics)."""
-        h = self.amax_history
-        if callable(self.amax_compute_algo):
-            amax = torch.as_tensor(self.amax_compute_algo(h.clone()), dtype=torch.float32, device=h.device)
-        elif self.amax_compute_algo == "max":
-            amax = h.max()
-        else:
-            amax = h[0]
-        scaled_max = self.fmt.max * 2.0 ** (-self.margin)
-        new = scaled_max / amax
-        self.scale.copy_(torch.where(torch.isfinite(amax) & (amax > 0), new, self.scale))
-        rolled = torch.roll(h, -1, 0)
-        rolled[0] = 0.0
-        h.copy_(rolled)
-
-    def quantize(self, x: torch.Tensor, *, saturate: bool = True, record: bool = True, update: bool = True) -> Quantized:
-        """Cast ``x`` with the *current* scale; record its amax (``record``) and :meth:`update` (``update``).
-
-        One call per tensor per step, with the defaults, is Transformer Engine's cycle: this step is
-        cast with the scale the previous steps chose, and its amax shapes the next steps' scales.
-        """
-        x = x.detach().float()
-        data = cast(x * self.scale, self.fmt, saturate=saturate)
-        q = Quantized(data, self.scale_inv.clone(), "delayed", self.fmt, None, max(x.dim() - 1, 0))
-        if record:
-            self.record(x.abs().amax() if x.numel() else 0.0)
-        if update:
-            self.update()
-        return q
-
-    def extra_repr(self) -> str:
-        return (f"{self.fmt.name}, history {self.amax_history.numel()}, algo {self.amax_compute_algo!r}, "
-                f"margin {self.margin}")
-
-
-# ---- what was lost ------------------------------------------------------------------------------
-
-
-def error_stats(x: torch.Tensor, q: Quantized | torch.Tensor) -> dict[str, float]:
-    """How much a quantisation lost, in float64.
-
-    - ``relative_error``: ``||x - x̂|| / ||x||`` (Frobenius norms);
-    - ``snr_db``: ``20 log10(||x|| / ||x - x̂||)``, signal-to-noise ratio in decibels (inf if exact);
-    - ``underflow``: fraction of the non-zero entries of ``x`` that became 0;
-    - ``saturated``: fraction of entries clamped to ±max (their scaled value was beyond the rounding
-      tie above max, where rounding alone would have left the format; NaN when ``q`` is a plain tensor);
-    - ``nonfinite``: fraction of entries that became NaN or inf;
-    - ``bits_per_element``: storage cost with scales (NaN when ``q`` is a plain tensor).
-    """
-    x64 = x.detach().double()
-    if isinstance(q, Quantized):
-        data, scale = q.data.float(), q.expanded_scale()
-        xhat = (data * scale).double()
-    else:
-        xhat = q.detach().double()
-    if xhat.shape != x64.shape:
-        raise ValueError(f"shapes differ: x {tuple(x64.shape)} vs quantised {tuple(xhat.shape)}")
-    finite = torch.isfinite(xhat)
-    diff = torch.where(finite, xhat - x64, torch.zeros_like(x64))
-    signal, noise = torch.linalg.norm(x64).item(), torch.linalg.norm(diff).item()
-    nonzero = x64 != 0
-    if isinstance(q, Quantized):  # stored at ±max although the scaled value was beyond the rounding tie above max
-        tie = q.fmt.max + float(q.fmt.spacing(q.fmt.max)) / 2
-        saturated = ((data.abs() == q.fmt.max) & (x64.abs() > tie * scale.double())).sum().item() / max(x64.numel(), 1)
-    else:
-        saturated = math.nan
-    return {
-        "relative_error": noise / signal if signal else 0.0,
-        "snr_db": 20 * math.log10(signal / noise) if noise else math.inf,
-        "underflow": ((xhat == 0) & nonzero).sum().item() / max(nonzero.sum().item(), 1),
-        "saturated": saturated,
-        "nonfinite": (~finite).sum().item() / max(x64.numel(), 1),
-        "bits_per_element": q.bits_per_element if isinstance(q, Quantized) else math.nan,
-    }

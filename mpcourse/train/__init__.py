@@ -4,10 +4,14 @@ One call trains a model under a precision recipe and records what happened::
 
     from mpcourse import data, models, train
 
-    digits = data.load_images()                      # offline: scikit-learn's digits
+    digits = data.load_images()                      # offline: the 8x8 digits shipped in mpcourse/datasets
     run = train.train(lambda: models.for_data(digits), digits, "bf16", steps=200)
     run.frame                                        # loss, accuracy, samples/s, memory, loss scale, ...
     train.plot_histories([run, ...]).show()
+
+Every step of every run is :func:`train_step` (``mpcourse.show_source(train.train_step)`` shows
+it): forward and loss under ``torch.autocast``, backward outside it on the scaled loss,
+``scaler.unscale_`` before clipping, ``scaler.step`` and ``scaler.update``.
 
 Extension points, for later chapters:
 
@@ -20,17 +24,10 @@ Extension points, for later chapters:
   ``on_unsupported="error"`` turns "emulated" into an error naming the recipe to use instead.
 """
 
-from .engine import (
-    ON_UNSUPPORTED,
-    OPTIMIZERS,
-    ScalerLike,
-    UnsupportedRecipeError,
-    evaluate,
-    matmul_precision,
-    train,
-)
+from .engine import ON_UNSUPPORTED, OPTIMIZERS, UnsupportedRecipeError, evaluate, matmul_precision, train
 from .history import COLUMNS, History, compare, plot_histories, smooth
 from .recipes import RECIPES, Recipe, alternative, get_recipe, register_recipe
+from .step import ScalerLike, StepResult, train_step
 
 __all__ = [
     "COLUMNS",
@@ -40,6 +37,7 @@ __all__ = [
     "History",
     "Recipe",
     "ScalerLike",
+    "StepResult",
     "UnsupportedRecipeError",
     "alternative",
     "compare",
@@ -50,4 +48,5 @@ __all__ = [
     "register_recipe",
     "smooth",
     "train",
+    "train_step",
 ]

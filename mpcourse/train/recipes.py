@@ -14,11 +14,14 @@ A :class:`Recipe` says everything the training engine needs to know about precis
   Kahan-compensated updates for pure bf16).
 
 Later chapters add recipes with :func:`register_recipe`; :func:`get_recipe` looks them up by name.
+:data:`RECIPES` holds every recipe of the course as soon as this module is imported, in any import
+order: the recipes defined next to their machinery (:data:`PROVIDERS`) are loaded on first use.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import importlib
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from dataclasses import dataclass
 
 import torch
@@ -75,7 +78,77 @@ class Recipe:
         return self.autocast_dtype or self.param_dtype
 
 
-RECIPES: dict[str, Recipe] = {}
+#: Modules that define recipes next to the machinery they need (pure-bf16 optimizers, fp8 layers), each
+#: with a function ``training_recipes()`` that returns them. They import this module, so it cannot
+#: import them at its top: :class:`RecipeRegistry` imports them on first use.
+PROVIDERS: tuple[str, ...] = ("mpcourse.bf16", "mpcourse.fp8.linear")
+
+
+class RecipeRegistry(MutableMapping[str, Recipe]):
+    """The recipes by name, complete on first use whatever was imported before.
+
+    The first lookup, membership test, iteration or registration imports :data:`PROVIDERS` and adds
+    what their ``training_recipes()`` return; so ``train.get_recipe("fp8_rowwise")`` works right
+    after ``from mpcourse import train``, and the order is always this module's recipes, then each
+    provider's, then any registered later. Assigning ``registry[name] = recipe`` checks the pair;
+    :func:`register_recipe` also refuses to overwrite one by accident.
+    """
+
+    def __init__(self, providers: tuple[str, ...]) -> None:
+        self._recipes: dict[str, Recipe] = {}
+        self._providers = providers
+        self._loaded = False
+
+    def _load(self) -> None:
+        if self._loaded:
+            return
+        self._loaded = True  # first: a lookup made while a provider is being imported must not recurse
+        for module in self._providers:
+            try:
+                provided = importlib.import_module(module).training_recipes()
+            except Exception as err:
+                self._loaded = False
+                raise ImportError(f"loading the training recipes of {module} failed: {err}") from err
+            for recipe in provided:
+                self._recipes.setdefault(recipe.name, recipe)
+
+    def _add_builtin(self, recipe: Recipe) -> None:
+        """Register one of this module's own recipes (at import time, so without loading the providers)."""
+        self._recipes[recipe.name] = recipe
+
+    def __getitem__(self, name: str) -> Recipe:
+        self._load()
+        return self._recipes[name]
+
+    def __setitem__(self, name: str, recipe: Recipe) -> None:
+        if not isinstance(recipe, Recipe):
+            raise TypeError(f"expected a Recipe, got {type(recipe).__name__}")
+        if name != recipe.name:
+            raise ValueError(f"recipe {recipe.name!r} cannot be registered under another name ({name!r})")
+        self._load()
+        self._recipes[name] = recipe
+
+    def __delitem__(self, name: str) -> None:
+        self._load()
+        del self._recipes[name]
+
+    def __iter__(self) -> Iterator[str]:
+        self._load()
+        return iter(list(self._recipes))
+
+    def __len__(self) -> int:
+        self._load()
+        return len(self._recipes)
+
+    def __contains__(self, name: object) -> bool:
+        self._load()
+        return name in self._recipes
+
+    def __repr__(self) -> str:
+        return f"RecipeRegistry({', '.join(self)})"
+
+
+RECIPES = RecipeRegistry(PROVIDERS)
 
 
 def register_recipe(recipe: Recipe, *, replace: bool = False) -> Recipe:
@@ -166,4 +239,4 @@ for _recipe in (
         precision="fp16",
     ),
 ):
-    register_recipe(_recipe)
+    RECIPES._add_builtin(_recipe)
