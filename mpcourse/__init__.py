@@ -21,7 +21,15 @@ __version__ = "0.1.0"
 #: in pyproject.toml. An older one may work, but nothing has shown it, so setup() says so.
 OLDEST_TESTED_TORCH = "2.11"
 
-__all__ = ["OLDEST_TESTED_TORCH", "__version__", "claim", "report", "setup", "show_source", "torch_version_warning"]
+__all__ = [
+    "OLDEST_TESTED_TORCH",
+    "__version__",
+    "claim",
+    "report",
+    "setup",
+    "show_source",
+    "torch_version_warning",
+]
 
 
 def report(caps: Capabilities | None = None) -> str:
@@ -61,8 +69,10 @@ def torch_version_warning(version: str | None = None) -> str | None:
     oldest = tuple(int(part) for part in OLDEST_TESTED_TORCH.split("."))
     if found is None or tuple(int(part) for part in found.groups()) >= oldest:
         return None
-    return (f"Warning: torch {version} is older than {OLDEST_TESTED_TORCH}, the oldest this course is tested with; "
-            f"if a cell fails, upgrade torch (pip install 'torch>={OLDEST_TESTED_TORCH}').")
+    return (
+        f"Warning: torch {version} is older than {OLDEST_TESTED_TORCH}, the oldest this course is tested with; "
+        f"if a cell fails, upgrade torch (pip install 'torch>={OLDEST_TESTED_TORCH}')."
+    )
 
 
 def setup() -> Capabilities:
@@ -77,4 +87,3 @@ def setup() -> Capabilities:
     if warning:
         print(warning)
     return caps
-

@@ -115,11 +115,15 @@ def _check_update_operands(param: Any, update: Any, what: str) -> None:
     if not update.is_floating_point():
         raise TypeError(f"{what}: the update must be a floating-point tensor, got {update.dtype}")
     if update.shape != param.shape:
-        raise ValueError(f"{what}: the update has shape {tuple(update.shape)}, the parameter {tuple(param.shape)}")
+        raise ValueError(
+            f"{what}: the update has shape {tuple(update.shape)}, the parameter {tuple(param.shape)}"
+        )
 
 
 @torch.no_grad()
-def stochastic_add_(param: torch.Tensor, update: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
+def stochastic_add_(
+    param: torch.Tensor, update: torch.Tensor, *, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """``param += update``, computed in fp32 and written back with stochastic rounding (in place).
 
     For a float32 ``param`` this is a plain exact-as-fp32 addition.
@@ -228,7 +232,9 @@ class BF16AdamW(torch.optim.Optimizer):
                 f"BF16AdamW: unknown state_rounding {state_rounding!r}; accepted: {', '.join(STATE_ROUNDINGS)}"
             )
         if state_rounding == "stochastic" and state_dtype != torch.bfloat16:
-            raise ValueError("BF16AdamW: state_rounding='stochastic' needs state_dtype=torch.bfloat16 (fp32 moments are not rounded)")
+            raise ValueError(
+                "BF16AdamW: state_rounding='stochastic' needs state_dtype=torch.bfloat16 (fp32 moments are not rounded)"
+            )
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
         for group in self.param_groups:
             for p in group["params"]:
@@ -257,7 +263,7 @@ class BF16AdamW(torch.optim.Optimizer):
             stored.copy_(value)
 
     @torch.no_grad()
-    def step(self, closure: Any = None) -> Any:  # noqa: D102 - torch.optim.Optimizer.step
+    def step(self, closure: Any = None) -> Any:
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -272,8 +278,12 @@ class BF16AdamW(torch.optim.Optimizer):
                 state = self.state[p]
                 if not state:
                     state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(p, dtype=self.state_dtype, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, dtype=self.state_dtype, memory_format=torch.preserve_format)
+                    state["exp_avg"] = torch.zeros_like(
+                        p, dtype=self.state_dtype, memory_format=torch.preserve_format
+                    )
+                    state["exp_avg_sq"] = torch.zeros_like(
+                        p, dtype=self.state_dtype, memory_format=torch.preserve_format
+                    )
                     if self.update == "kahan" and p.dtype != torch.float32:
                         state["compensation"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["step"] += 1
@@ -327,7 +337,9 @@ class StepMonitor:
     def attach(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
         """Hook into ``optimizer`` (returned, for chaining)."""
         if not isinstance(optimizer, torch.optim.Optimizer):
-            raise TypeError(f"StepMonitor.attach expects a torch.optim.Optimizer, got {type(optimizer).__name__}")
+            raise TypeError(
+                f"StepMonitor.attach expects a torch.optim.Optimizer, got {type(optimizer).__name__}"
+            )
         params = [p for group in optimizer.param_groups for p in group["params"]]
 
         def before(*_: Any) -> None:
@@ -338,7 +350,9 @@ class StepMonitor:
             new = torch.cat([p.detach().reshape(-1).float() for p in params])
             self.unchanged.append((new == old).float().mean().item())
             nonzero = old != 0
-            ratio = ((new - old).abs()[nonzero] / old.abs()[nonzero]) if bool(nonzero.any()) else old.new_zeros(1)
+            ratio = (
+                ((new - old).abs()[nonzero] / old.abs()[nonzero]) if bool(nonzero.any()) else old.new_zeros(1)
+            )
             self.relative_update.append(ratio.median().item())
             self._before = []
 
@@ -384,25 +398,40 @@ _RECIPE_TABLE: dict[str, tuple[str, torch.dtype, torch.dtype | None, Update, tor
     "pure_bf16_sr": (
         "pure bf16 (weights, gradients, Adam moments in bf16), AdamW computed in fp32 and the new weights "
         "written back with stochastic rounding (as torchao's _AdamW(bf16_stochastic_round=True))",
-        _BF16, None, "stochastic", _BF16,
+        _BF16,
+        None,
+        "stochastic",
+        _BF16,
     ),
     "pure_bf16_kahan": (
         "pure bf16 with Kahan-compensated weight updates: one extra bf16 buffer per weight keeps what "
         "rounding drops; Adam moments in bf16",
-        _BF16, None, "kahan", _BF16,
+        _BF16,
+        None,
+        "kahan",
+        _BF16,
     ),
     "pure_bf16_fp32_math": (
         "pure bf16, AdamW computed in fp32 but the new weights rounded to nearest bf16: shows that fp32 "
         "arithmetic alone does not save small updates",
-        _BF16, None, "nearest", _FP32,
+        _BF16,
+        None,
+        "nearest",
+        _FP32,
     ),
     "pure_bf16_sr_fp32_moments": (
         "pure bf16 weights with stochastic rounding, Adam moments kept in fp32",
-        _BF16, None, "stochastic", _FP32,
+        _BF16,
+        None,
+        "stochastic",
+        _FP32,
     ),
     "bf16_bf16_moments": (
         "bf16 autocast with fp32 master weights, but Adam's moments stored in bf16 (rounded to nearest)",
-        _FP32, _BF16, "nearest", _BF16,
+        _FP32,
+        _BF16,
+        "nearest",
+        _BF16,
     ),
 }
 
@@ -410,8 +439,14 @@ _RECIPE_TABLE: dict[str, tuple[str, torch.dtype, torch.dtype | None, Update, tor
 def training_recipes() -> tuple[Recipe, ...]:
     """The pure-bf16 recipes of :data:`_RECIPE_TABLE`, for :data:`mpcourse.train.RECIPES` (which loads them)."""
     return tuple(
-        Recipe(name, description, autocast_dtype=autocast, param_dtype=param, precision="bf16",
-               make_optimizer=_factory(update, state))
+        Recipe(
+            name,
+            description,
+            autocast_dtype=autocast,
+            param_dtype=param,
+            precision="bf16",
+            make_optimizer=_factory(update, state),
+        )
         for name, (description, param, autocast, update, state) in _RECIPE_TABLE.items()
     )
 

@@ -89,7 +89,9 @@ class DataBundle:
         """A random training batch ``(inputs, targets)``, drawn with ``generator`` (a CPU generator)."""
         raise NotImplementedError
 
-    def eval_batches(self, batch_size: int, max_items: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def eval_batches(
+        self, batch_size: int, max_items: int | None = None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The held-out set, in order, in batches (at most ``max_items`` samples)."""
         raise NotImplementedError
 
@@ -137,7 +139,9 @@ class ImageData(DataBundle):
         idx = torch.randint(len(self.x_train), (batch_size,), generator=generator).to(self.device)
         return self.x_train[idx], self.y_train[idx]
 
-    def eval_batches(self, batch_size: int, max_items: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def eval_batches(
+        self, batch_size: int, max_items: int | None = None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.x_eval) if max_items is None else min(max_items, len(self.x_eval))
         for start in range(0, n, batch_size):
             stop = min(start + batch_size, n)
@@ -169,15 +173,21 @@ class TextData(DataBundle):
         return self.train_tokens.device
 
     def to(self, device: str | torch.device) -> TextData:
-        return replace(self, train_tokens=self.train_tokens.to(device), eval_tokens=self.eval_tokens.to(device))
+        return replace(
+            self, train_tokens=self.train_tokens.to(device), eval_tokens=self.eval_tokens.to(device)
+        )
 
     def sample(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        starts = torch.randint(len(self.train_tokens) - self.block_size - 1, (batch_size,), generator=generator)
+        starts = torch.randint(
+            len(self.train_tokens) - self.block_size - 1, (batch_size,), generator=generator
+        )
         offsets = starts[:, None] + torch.arange(self.block_size + 1)
         window = self.train_tokens[offsets.to(self.device)]
         return window[:, :-1], window[:, 1:]
 
-    def eval_batches(self, batch_size: int, max_items: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def eval_batches(
+        self, batch_size: int, max_items: int | None = None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n_windows = (len(self.eval_tokens) - 1) // self.block_size
         if max_items is not None:
             n_windows = min(n_windows, max_items)
@@ -220,7 +230,11 @@ def _hub(repo: str, config: str | None, split: str):  # pragma: no cover - needs
         raise ConnectionError("HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set")
     socket.create_connection(("huggingface.co", 443), timeout=3).close()
 
-    return datasets.load_dataset(repo, config, split=split) if config else datasets.load_dataset(repo, split=split)
+    return (
+        datasets.load_dataset(repo, config, split=split)
+        if config
+        else datasets.load_dataset(repo, split=split)
+    )
 
 
 #: Import names whose pip package is called something else.
@@ -340,7 +354,9 @@ def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
         return stored["images"].astype(np.float64), stored["labels"].astype(np.int64)
 
 
-def _local_digits(n_train: int | None, n_eval: int | None, seed: int, fallback_reason: str, requested: str) -> ImageData:
+def _local_digits(
+    n_train: int | None, n_eval: int | None, seed: int, fallback_reason: str, requested: str
+) -> ImageData:
     images, labels = _digits_arrays()
     train_idx, eval_idx = _split(len(labels), 0.2, seed)
     train_idx = train_idx[:n_train] if n_train else train_idx

@@ -28,8 +28,16 @@ from . import gpus
 from .gpus import PRECISIONS
 
 __all__ = [
-    "CPU_FLAGS_OF_INTEREST", "PRECISIONS", "PRESETS", "Capabilities", "Kind", "Status", "Support", "capabilities",
-    "cpu_threads", "precision_support",
+    "CPU_FLAGS_OF_INTEREST",
+    "PRECISIONS",
+    "PRESETS",
+    "Capabilities",
+    "Kind",
+    "Status",
+    "Support",
+    "capabilities",
+    "cpu_threads",
+    "precision_support",
 ]
 
 Kind = Literal["cpu", "cuda", "mps"]
@@ -184,7 +192,9 @@ def _detect(kind: str | None) -> Capabilities:
         )
     if want == "mps":
         if not _mps_available():
-            raise RuntimeError("kind='mps' was asked for, but torch sees no Apple-silicon GPU on this machine")
+            raise RuntimeError(
+                "kind='mps' was asked for, but torch sees no Apple-silicon GPU on this machine"
+            )
         return Capabilities(kind="mps", name="Apple GPU (MPS)", fp16_native=True)
     if want == "cpu":
         flags = _read_cpu_flags()
@@ -247,7 +257,9 @@ def _cuda_support(caps: Capabilities) -> dict[str, Support]:
     out["tf32"] = (
         Support("native", f"tensor cores run TF32 on {sm} (Ampere and later)")
         if caps.tf32
-        else Support("unavailable", f"TF32 needs Ampere (sm_80) or later; this is {sm}: fp32 matmuls stay fp32")
+        else Support(
+            "unavailable", f"TF32 needs Ampere (sm_80) or later; this is {sm}: fp32 matmuls stay fp32"
+        )
     )
     out["fp16"] = (
         Support("native", f"fp16 tensor cores on {sm}")
@@ -285,14 +297,18 @@ def _cpu_support(caps: Capabilities) -> dict[str, Support]:
         "fp16": (
             Support("native", f"the CPU has {' and '.join(fp16_units)}")
             if caps.fp16_native
-            else Support("emulated", "no fp16 arithmetic units: autocast works, but converts to fp32 to compute")
+            else Support(
+                "emulated", "no fp16 arithmetic units: autocast works, but converts to fp32 to compute"
+            )
         ),
         "bf16": (
             Support("native", f"the CPU has {' and '.join(bf16_units)}")
             if caps.bf16_native
             else Support("emulated", "no AVX512-BF16 or AMX: bf16 works, but converts to fp32 to compute")
         ),
-        "fp8": Support("emulated", "no CPU computes in fp8: the course quantises in fp8 and computes in fp32"),
+        "fp8": Support(
+            "emulated", "no CPU computes in fp8: the course quantises in fp8 and computes in fp32"
+        ),
     }
 
 

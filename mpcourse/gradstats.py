@@ -90,6 +90,7 @@ class GradientSnapshot:
 
     def dtypes(self) -> dict[str, str]:
         """The dtypes the gradients were computed in, per kind (e.g. activations float16, weights float32)."""
+
         def names(d: dict[str, torch.Tensor]) -> str:
             return "/".join(sorted({str(t.dtype).removeprefix("torch.") for t in d.values()})) or "none"
 
@@ -140,7 +141,10 @@ def capture(
         for handle in handles:
             handle.remove()
         snapshot.activations.update(
-            {name: torch.cat([p.reshape(-1) for p in parts]) if len(parts) > 1 else parts[0] for name, parts in pieces.items()}
+            {
+                name: torch.cat([p.reshape(-1) for p in parts]) if len(parts) > 1 else parts[0]
+                for name, parts in pieces.items()
+            }
         )
         snapshot.weights.update(
             {name: p.grad.detach().clone() for name, p in model.named_parameters() if p.grad is not None}
@@ -205,8 +209,15 @@ class Log2Histogram:
         moves every value by whole binades, and zeros stay zeros)."""
         if int(log2_scale) != log2_scale:
             raise ValueError(f"log2_scale must be a whole number (a power-of-two scale), got {log2_scale}")
-        return Log2Histogram(self.label, self.exponents + int(log2_scale), self.counts, self.zeros,
-                             self.nonfinite, self.below, self.above)
+        return Log2Histogram(
+            self.label,
+            self.exponents + int(log2_scale),
+            self.counts,
+            self.zeros,
+            self.nonfinite,
+            self.below,
+            self.above,
+        )
 
 
 def log2_histogram(values: Any, *, lo: int = -64, hi: int = 20, label: str = "") -> Log2Histogram:
@@ -281,7 +292,9 @@ def _flushed_and_overflow(x: torch.Tensor, fmt: formats.FloatFormat) -> tuple[in
     mag = x.abs()
     if fmt.nan == "ieee" and fmt.has_inf and fmt.subnormals:
         half_spacing_at_max = math.ldexp(1.0, fmt.emax - fmt.mantissa_bits - 1)
-        return int((mag <= fmt.smallest_subnormal / 2).sum()), int((mag >= fmt.max + half_spacing_at_max).sum())
+        return int((mag <= fmt.smallest_subnormal / 2).sum()), int(
+            (mag >= fmt.max + half_spacing_at_max).sum()
+        )
     rounded = formats.round_tensor(x, fmt)
     return int((rounded == 0).sum()), int((~torch.isfinite(rounded)).sum())
 
@@ -325,11 +338,38 @@ def window_layout(fmt: Any, scale_log2: float = 0.0) -> dict[str, list[dict[str,
     w = format_window(fmt)
     lo, mid, hi = (w[k] - scale_log2 for k in ("smallest_subnormal", "smallest_normal", "max"))
     shapes, annotations = [], []
-    for x0, x1, color, text in ((mid, hi, "#2ca02c", f"{fmt.name} normal"), (lo, mid, "#ff7f0e", "subnormal")):
-        shapes.append(dict(type="rect", xref="x", yref="paper", x0=x0, x1=x1, y0=0, y1=1,
-                           fillcolor=color, opacity=0.15, line=dict(width=0), layer="below"))
-        annotations.append(dict(x=x0, y=1, xref="x", yref="paper", text=text, showarrow=False,
-                                xanchor="left", yanchor="bottom", font=dict(size=11)))
+    for x0, x1, color, text in (
+        (mid, hi, "#2ca02c", f"{fmt.name} normal"),
+        (lo, mid, "#ff7f0e", "subnormal"),
+    ):
+        shapes.append(
+            dict(
+                type="rect",
+                xref="x",
+                yref="paper",
+                x0=x0,
+                x1=x1,
+                y0=0,
+                y1=1,
+                fillcolor=color,
+                opacity=0.15,
+                line=dict(width=0),
+                layer="below",
+            )
+        )
+        annotations.append(
+            dict(
+                x=x0,
+                y=1,
+                xref="x",
+                yref="paper",
+                text=text,
+                showarrow=False,
+                xanchor="left",
+                yanchor="bottom",
+                font=dict(size=11),
+            )
+        )
     return {"shapes": shapes, "annotations": annotations}
 
 
@@ -350,21 +390,30 @@ def plot_window(
     """
     fmt = formats.get(fmt)
     if not histograms or not all(isinstance(h, Log2Histogram) for h in histograms):
-        raise TypeError("plot_window expects a non-empty list of Log2Histogram (from gradstats.log2_histogram)")
+        raise TypeError(
+            "plot_window expects a non-empty list of Log2Histogram (from gradstats.log2_histogram)"
+        )
     fig = go.Figure()
     palette = ["#1f77b4", "#d62728", "#9467bd", "#8c564b", "#17becf", "#7f7f7f"]
     for i, h in enumerate(histograms):
         zero_share = h.zeros / max(h.total, 1)
         fig.add_bar(
-            x=h.exponents, y=h.fractions(), name=f"{h.label or f'series {i}'} ({zero_share:.0%} exact zeros)",
-            marker_color=palette[i % len(palette)], opacity=0.7,
+            x=h.exponents,
+            y=h.fractions(),
+            name=f"{h.label or f'series {i}'} ({zero_share:.0%} exact zeros)",
+            marker_color=palette[i % len(palette)],
+            opacity=0.7,
             hovertemplate="[2^%{x}, 2^(%{x}+1)): %{y:.2%} of values<extra></extra>",
         )
     fig.update_layout(**window_layout(fmt))
     fig.update_layout(
-        barmode="overlay", bargap=0, height=560 if scales_log2 else 460, margin=dict(t=130),
+        barmode="overlay",
+        bargap=0,
+        height=560 if scales_log2 else 460,
+        margin=dict(t=130),
         title=title or f"Gradient magnitudes and {fmt.name}'s window",
-        xaxis_title="log2 |gradient| (binade k holds [2^k, 2^(k+1)))", yaxis_title="fraction of all values",
+        xaxis_title="log2 |gradient| (binade k holds [2^k, 2^(k+1)))",
+        yaxis_title="fraction of all values",
         legend=dict(orientation="h", yanchor="bottom", y=1.08, x=0),
     )
     fig.update_xaxes(range=_x_range(histograms, fmt, scales_log2 or [0]))
@@ -373,22 +422,39 @@ def plot_window(
         steps = []
         for s in scales_log2:
             labels = [_scale_label(h, fmt, s) for h in histograms]
-            steps.append(dict(
-                method="update",
-                label=str(int(s)),
-                args=[{"name": labels}, {**window_layout(fmt, s),
-                                          "title.text": f"{title or 'Gradients'}: loss multiplied by 2^{int(s)}"}],
-            ))
+            steps.append(
+                dict(
+                    method="update",
+                    label=str(int(s)),
+                    args=[
+                        {"name": labels},
+                        {
+                            **window_layout(fmt, s),
+                            "title.text": f"{title or 'Gradients'}: loss multiplied by 2^{int(s)}",
+                        },
+                    ],
+                )
+            )
         active = list(scales_log2).index(0) if 0 in scales_log2 else 0
-        fig.update_layout(sliders=[dict(active=active, currentvalue=dict(prefix="loss multiplied by 2^"), steps=steps,
-                                        pad=dict(t=70))])
+        fig.update_layout(
+            sliders=[
+                dict(
+                    active=active,
+                    currentvalue=dict(prefix="loss multiplied by 2^"),
+                    steps=steps,
+                    pad=dict(t=70),
+                )
+            ]
+        )
         for trace, label in zip(fig.data, steps[active]["args"][0]["name"]):
             trace.name = label
         fig.update_layout(**window_layout(fmt, scales_log2[active]))
     return fig
 
 
-def _x_range(histograms: Sequence[Log2Histogram], fmt: formats.FloatFormat, scales_log2: Sequence[int]) -> list[float]:
+def _x_range(
+    histograms: Sequence[Log2Histogram], fmt: formats.FloatFormat, scales_log2: Sequence[int]
+) -> list[float]:
     """An x range that shows every non-empty binade and the whole window at every slider position."""
     w = format_window(fmt)
     filled = [h.exponents[h.counts > 0] for h in histograms if h.counts.any()]

@@ -123,7 +123,9 @@ class _LossScaler:
         self._check_scale("unscale_")
         state = self._state(optimizer)
         if state["stage"] is OptState.UNSCALED:
-            raise RuntimeError("unscale_() has already been called on this optimizer since the last update().")
+            raise RuntimeError(
+                "unscale_() has already been called on this optimizer since the last update()."
+            )
         if state["stage"] is OptState.STEPPED:
             raise RuntimeError("unscale_() is being called after step().")
         assert self._scale is not None
@@ -174,7 +176,9 @@ class _LossScaler:
             self._set_scale(new_scale)
         else:
             assert len(found_infs) > 0, "No inf checks were recorded prior to update."
-            found_inf = bool(sum(f.item() for f in found_infs))  # any inf/NaN, on any device, in any optimizer
+            found_inf = bool(
+                sum(f.item() for f in found_infs)
+            )  # any inf/NaN, on any device, in any optimizer
             self._update_scale(found_inf)
         self.last_step_skipped = any(self._should_skip(s) for s in self._per_optimizer_states.values())
         self._per_optimizer_states = {}
@@ -203,7 +207,9 @@ class _LossScaler:
     def _state(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
         return self._per_optimizer_states.setdefault(id(optimizer), _fresh_state())
 
-    def _unscale_grads(self, optimizer: torch.optim.Optimizer, inv_scale: torch.Tensor) -> dict[torch.device, torch.Tensor]:
+    def _unscale_grads(
+        self, optimizer: torch.optim.Optimizer, inv_scale: torch.Tensor
+    ) -> dict[torch.device, torch.Tensor]:
         """Multiply every gradient by ``inv_scale`` in place; return one inf/NaN flag per device.
 
         The check runs on the *scaled* gradient, before the multiplication, like PyTorch's kernel.
@@ -283,7 +289,9 @@ class StaticLossScaler(_LossScaler):
         if not self._enabled:
             return
         if not state_dict:
-            raise RuntimeError("The source state dict is empty, possibly because it was saved from a disabled scaler.")
+            raise RuntimeError(
+                "The source state dict is empty, possibly because it was saved from a disabled scaler."
+            )
         self._init_scale = _positive_finite("scale", state_dict["scale"])
         if self._scale is not None:
             self._scale.fill_(self._init_scale)
@@ -426,11 +434,20 @@ def _check_factors(growth_factor: Any, backoff_factor: Any, growth_interval: Any
     """Validate a dynamic scaler's settings, naming every problem and what is accepted."""
     problems = []
     if not _is_real(growth_factor) or not growth_factor > 1 or not math.isfinite(growth_factor):
-        problems.append(f"growth_factor must be a finite number > 1 (the scale must grow), got {growth_factor!r}")
+        problems.append(
+            f"growth_factor must be a finite number > 1 (the scale must grow), got {growth_factor!r}"
+        )
     if not _is_real(backoff_factor) or not 0 < backoff_factor < 1:
-        problems.append(f"backoff_factor must be in (0, 1) (the scale must shrink and stay positive), got {backoff_factor!r}")
-    if not (_is_real(growth_interval) and isinstance(growth_interval, numbers.Integral)) or growth_interval < 1:
-        problems.append(f"growth_interval must be a whole number >= 1 (clean steps before growing), got {growth_interval!r}")
+        problems.append(
+            f"backoff_factor must be in (0, 1) (the scale must shrink and stay positive), got {backoff_factor!r}"
+        )
+    if (
+        not (_is_real(growth_interval) and isinstance(growth_interval, numbers.Integral))
+        or growth_interval < 1
+    ):
+        problems.append(
+            f"growth_interval must be a whole number >= 1 (clean steps before growing), got {growth_interval!r}"
+        )
     if problems:
         raise ValueError("invalid loss scaler settings: " + "; ".join(problems))
     return float(growth_factor), float(backoff_factor), int(growth_interval)

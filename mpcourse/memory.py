@@ -60,7 +60,9 @@ SCHEMES: dict[str, Scheme] = {
             2,
             2,
         ),
-        Scheme("pure_bf16", "bf16 weights, gradients, optimizer state and activations; no master copy", 2, 0, 2),
+        Scheme(
+            "pure_bf16", "bf16 weights, gradients, optimizer state and activations; no master copy", 2, 0, 2
+        ),
         Scheme(
             "fp8",
             "fp32 master weights, gradients and optimizer state; matmul inputs quantised to fp8 "
@@ -158,8 +160,18 @@ def table(optimizer: str = "adamw", schemes: Iterable[str] = tuple(SCHEMES)) -> 
 
 def matmul_parameter_count(model: nn.Module) -> int:
     """Parameters (weights and biases) of the linear and convolution layers: those autocast copies."""
-    layers = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-    return sum(p.numel() for m in model.modules() if isinstance(m, layers) for p in m.parameters(recurse=False))
+    layers = (
+        nn.Linear,
+        nn.Conv1d,
+        nn.Conv2d,
+        nn.Conv3d,
+        nn.ConvTranspose1d,
+        nn.ConvTranspose2d,
+        nn.ConvTranspose3d,
+    )
+    return sum(
+        p.numel() for m in model.modules() if isinstance(m, layers) for p in m.parameters(recurse=False)
+    )
 
 
 def _storage_key(t: torch.Tensor) -> tuple[str, int]:
@@ -183,7 +195,10 @@ def optimizer_tensors(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
     are left out, so that the result is exactly what :func:`bytes_per_parameter` predicts.
     """
     return [
-        v for state in optimizer.state.values() for v in state.values() if isinstance(v, torch.Tensor) and v.dim() > 0
+        v
+        for state in optimizer.state.values()
+        for v in state.values()
+        if isinstance(v, torch.Tensor) and v.dim() > 0
     ]
 
 
@@ -214,7 +229,11 @@ class _ParameterCasts(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         source = args[0] if func is torch.ops.aten._to_copy.default else None
-        if isinstance(source, torch.Tensor) and _storage_key(source) in self.param_keys and out.dtype != source.dtype:
+        if (
+            isinstance(source, torch.Tensor)
+            and _storage_key(source) in self.param_keys
+            and out.dtype != source.dtype
+        ):
             self.copies[_storage_key(out)] = out.untyped_storage().nbytes()
         return out
 
@@ -264,8 +283,13 @@ class SavedTensorMeter:
         return out
 
 
-def measure_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn, *inputs: torch.Tensor,
-                 autocast_dtype: torch.dtype | None = None) -> pd.Series:
+def measure_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn,
+    *inputs: torch.Tensor,
+    autocast_dtype: torch.dtype | None = None,
+) -> pd.Series:
     """Run one training step and return its exact memory components, as :func:`estimate` names them.
 
     ``loss_fn(model, *inputs)`` returns the loss; it runs under autocast when ``autocast_dtype`` is
@@ -274,7 +298,9 @@ def measure_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn, *i
     """
     device_type = next(model.parameters()).device.type
     optimizer.zero_grad(set_to_none=True)
-    autocast = torch.autocast(device_type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None)
+    autocast = torch.autocast(
+        device_type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None
+    )
     with SavedTensorMeter(model) as meter, autocast:
         loss = loss_fn(model, *inputs)
     saved = meter.bytes

@@ -76,7 +76,9 @@ class Block(nn.Module):
 class CharTransformer(nn.Module):
     """A small GPT-style character model: token and position embeddings, blocks, a final norm and head."""
 
-    def __init__(self, vocab_size: int, block_size: int, width: int = 64, depth: int = 2, heads: int = 4) -> None:
+    def __init__(
+        self, vocab_size: int, block_size: int, width: int = 64, depth: int = 2, heads: int = 4
+    ) -> None:
         super().__init__()
         self.block_size = block_size
         self.tokens = nn.Embedding(vocab_size, width)
@@ -94,13 +96,17 @@ class CharTransformer(nn.Module):
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         t = idx.shape[1]
         if t > self.block_size:
-            raise ValueError(f"sequence of length {t} is longer than the model's block_size {self.block_size}")
+            raise ValueError(
+                f"sequence of length {t} is longer than the model's block_size {self.block_size}"
+            )
         pos = torch.arange(t, device=idx.device)
         x = self.tokens(idx) + self.positions(pos)
         return self.head(self.norm(self.blocks(x)))
 
 
-def for_data(data: DataBundle, kind: str | None = None, *, width: int | None = None, depth: int = 2) -> nn.Module:
+def for_data(
+    data: DataBundle, kind: str | None = None, *, width: int | None = None, depth: int = 2
+) -> nn.Module:
     """A fresh model that fits ``data``: ``"mlp"`` (default for images), ``"cnn"``, or ``"transformer"`` (text).
 
     Raises:

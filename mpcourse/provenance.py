@@ -46,8 +46,13 @@ def commit(where: Path | None = None) -> str | None:
     """
     folder = Path(where or PACKAGE_PARENT).resolve()
     try:
-        out = subprocess.run(["git", "rev-parse", "--show-toplevel", "--short", "HEAD"], cwd=folder,
-                             capture_output=True, text=True, timeout=10)
+        out = subprocess.run(
+            ["git", "rev-parse", "--show-toplevel", "--short", "HEAD"],
+            cwd=folder,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     lines = out.stdout.split()

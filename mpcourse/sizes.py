@@ -44,7 +44,9 @@ def pick(*, ci: T, small: T, full: T) -> T:
 def explain() -> str:
     """One line saying which profile is active, why, and how to change it."""
     name = current()
-    source = f"set by {ENV_VAR}" if os.environ.get(ENV_VAR) else (
-        "default on a GPU" if name == "full" else "default without a GPU"
+    source = (
+        f"set by {ENV_VAR}"
+        if os.environ.get(ENV_VAR)
+        else ("default on a GPU" if name == "full" else "default without a GPU")
     )
     return f"profile '{name}' ({source}; set {ENV_VAR} to one of {', '.join(PROFILES)} to change it)"

@@ -48,7 +48,9 @@ DOCUMENTED: dict[str, dict[str, frozenset[str]]] = {
             "poisson_nll_loss pow prod reciprocal rsqrt sinh smooth_l1_loss soft_margin_loss softmax softmin "
             "softplus sum renorm tan triplet_margin_loss".split()
         ),
-        "widest": frozenset("addcdiv addcmul atan2 bilinear cross dot grid_sample index_put scatter_add tensordot".split()),
+        "widest": frozenset(
+            "addcdiv addcmul atan2 bilinear cross dot grid_sample index_put scatter_add tensordot".split()
+        ),
         # "binary_cross_entropy and BCELoss raise an error in autocast-enabled regions" (CUDA section)
         "banned": frozenset({"binary_cross_entropy"}),
     },
@@ -113,7 +115,9 @@ CONVERSION_OPS: frozenset[str] = frozenset("to float half bfloat16 double type t
 def documented_category(op: str, device_type: str) -> str:
     """``lower``, ``fp32``, ``widest``, ``banned`` or ``unlisted``: where PyTorch's docs put ``op``."""
     if device_type not in DOCUMENTED:
-        raise ValueError(f"no documented autocast lists for {device_type!r}; accepted: {', '.join(DOCUMENTED)}")
+        raise ValueError(
+            f"no documented autocast lists for {device_type!r}; accepted: {', '.join(DOCUMENTED)}"
+        )
     name = ALIASES[device_type].get(op, op)
     for category, ops in DOCUMENTED[device_type].items():
         if name in ops:
@@ -158,11 +162,17 @@ def effect_of(inputs: list[torch.dtype], output: torch.dtype, without_autocast: 
     return "to low precision (autocast)"
 
 
-def _dtype_without_autocast(func: Callable[..., Any], args: tuple, kwargs: dict, device_type: str) -> torch.dtype | None:
+def _dtype_without_autocast(
+    func: Callable[..., Any], args: tuple, kwargs: dict, device_type: str
+) -> torch.dtype | None:
     """Run ``func`` again with autocast off (no grad, random state preserved); its output dtype or None."""
     devices = [] if device_type == "cpu" or not torch.cuda.is_available() else [torch.cuda.current_device()]
     try:
-        with torch.random.fork_rng(devices=devices), torch.no_grad(), torch.autocast(device_type, enabled=False):
+        with (
+            torch.random.fork_rng(devices=devices),
+            torch.no_grad(),
+            torch.autocast(device_type, enabled=False),
+        ):
             outputs = _float_dtypes(func(*args, **kwargs))
     except (RuntimeError, TypeError, ValueError):
         return None
@@ -204,7 +214,9 @@ class _FunctionRecorder(TorchFunctionMode):
 
     def frame(self) -> pd.DataFrame:
         """The ops recorded so far, one row each (``_inputs``/``_output`` hold the raw dtypes)."""
-        return pd.DataFrame(self.rows, columns=["module", "op", "inputs", "output", "effect", "_inputs", "_output"])
+        return pd.DataFrame(
+            self.rows, columns=["module", "op", "inputs", "output", "effect", "_inputs", "_output"]
+        )
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -216,10 +228,16 @@ class _FunctionRecorder(TorchFunctionMode):
         if not outputs:
             return out
         inputs = _float_dtypes((args, kwargs))
-        explicit = name in CONVERSION_OPS or kwargs.get("dtype") is not None or any(isinstance(a, torch.dtype) for a in args)
+        explicit = (
+            name in CONVERSION_OPS
+            or kwargs.get("dtype") is not None
+            or any(isinstance(a, torch.dtype) for a in args)
+        )
         in_place = name.endswith("_") and not name.endswith("__")  # never autocast; do not run twice
-        plain = outputs[0] if explicit or in_place or not torch.is_autocast_enabled(self.device_type) else (
-            _dtype_without_autocast(func, args, kwargs, self.device_type)
+        plain = (
+            outputs[0]
+            if explicit or in_place or not torch.is_autocast_enabled(self.device_type)
+            else (_dtype_without_autocast(func, args, kwargs, self.device_type))
         )
         self.rows.append(
             {
@@ -284,12 +302,14 @@ class XRay:
                 ),
                 name=f"output {output}",
                 customdata=part[["inputs", "effect", "documented"]].to_numpy(),
-                hovertemplate="%{text}<br>in: %{customdata[0]}<br>out: " + output
+                hovertemplate="%{text}<br>in: %{customdata[0]}<br>out: "
+                + output
                 + "<br>%{customdata[1]}<br>docs: %{customdata[2]}<extra></extra>",
             )
         fig.update_yaxes(categoryorder="array", categoryarray=list(dict.fromkeys(t["module"]))[::-1])
         fig.update_layout(
-            title=title or f"Autocast x-ray ({self.device_type}, {_name(self.dtype)}): ▼ cast down, ▲ cast up to fp32, ● left alone",
+            title=title
+            or f"Autocast x-ray ({self.device_type}, {_name(self.dtype)}): ▼ cast down, ▲ cast up to fp32, ● left alone",
             xaxis_title="op, in the order it ran",
             height=max(300, 28 * t["module"].nunique() + 150),
             legend_title_text="dtype",
@@ -342,7 +362,10 @@ def xray(
     device_type = device_type or (tensors[0].device.type if tensors else "cpu")
     module = model if isinstance(model, nn.Module) else None
     autocast = torch.autocast(device_type, dtype=dtype, enabled=enabled)
-    with recording(module, device_type=device_type, include_shape_ops=include_shape_ops) as recorder, autocast:
+    with (
+        recording(module, device_type=device_type, include_shape_ops=include_shape_ops) as recorder,
+        autocast,
+    ):
         out = model(*inputs)
         loss = loss_fn(out) if loss_fn is not None else None
     params = dict(module.named_parameters()) if module is not None else {}
@@ -355,7 +378,9 @@ def xray(
     return XRay(recorder.frame(), device_type, dtype, {n: _name(p.dtype) for n, p in params.items()}, grads)
 
 
-def expected_output(op: str, inputs: list[torch.dtype], device_type: str, dtype: torch.dtype) -> torch.dtype | None:
+def expected_output(
+    op: str, inputs: list[torch.dtype], device_type: str, dtype: torch.dtype
+) -> torch.dtype | None:
     """The output dtype PyTorch's documented lists predict for ``op`` (None: any of the inputs' dtypes)."""
     category = documented_category(op, device_type)
     if not inputs or torch.float64 in inputs:
@@ -382,18 +407,25 @@ def check_against_docs(result: XRay) -> pd.DataFrame:
             continue  # not eligible for autocast: the caller chose the dtype
         want = expected_output(row["op"], row["_inputs"], result.device_type, result.dtype)
         got = row["_output"]
-        if (want is not None and got != want) or (want is None and row["_inputs"] and got not in row["_inputs"]):
-            bad.append({**row[["module", "op", "inputs", "output", "documented"]], "expected": _name(want) if want else "an input's type"})
+        if (want is not None and got != want) or (
+            want is None and row["_inputs"] and got not in row["_inputs"]
+        ):
+            bad.append(
+                {
+                    **row[["module", "op", "inputs", "output", "documented"]],
+                    "expected": _name(want) if want else "an input's type",
+                }
+            )
     return pd.DataFrame(bad, columns=["module", "op", "inputs", "output", "documented", "expected"])
 
 
 class _KernelRecorder(TorchDispatchMode):
-
     @classmethod
     def _should_skip_dynamo(cls) -> bool:
         # PyTorch otherwise wraps __torch_dispatch__ in torch._dynamo.disable, whose first use imports
         # torch._dynamo (seconds). This mode never runs under torch.compile, so it needs no such guard.
         return False
+
     def __init__(self, modules: _ModuleStack) -> None:
         super().__init__()
         self.modules = modules

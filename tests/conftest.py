@@ -76,10 +76,16 @@ class NetworkGuard:
 
     def refuse(self, address: object) -> None:
         self.attempts.append(repr(address))
-        raise NetworkAccessError(f"the test run is offline: a connection to {address!r} was refused (tests/conftest.py)")
+        raise NetworkAccessError(
+            f"the test run is offline: a connection to {address!r} was refused (tests/conftest.py)"
+        )
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        connect, connect_ex, create_connection = socket.socket.connect, socket.socket.connect_ex, socket.create_connection
+        connect, connect_ex, create_connection = (
+            socket.socket.connect,
+            socket.socket.connect_ex,
+            socket.create_connection,
+        )
 
         def remote(sock: socket.socket, address: object) -> bool:
             return sock.family in (socket.AF_INET, socket.AF_INET6) and not is_loopback(address[0])  # type: ignore[index]
@@ -94,7 +100,9 @@ class NetworkGuard:
                 self.refuse(address)
             return connect_ex(sock, address)
 
-        def guarded_create_connection(address: tuple[str, int], *args: object, **kwargs: object) -> socket.socket:
+        def guarded_create_connection(
+            address: tuple[str, int], *args: object, **kwargs: object
+        ) -> socket.socket:
             if not is_loopback(address[0]):
                 self.refuse(address)
             return create_connection(address, *args, **kwargs)
@@ -107,7 +115,9 @@ class NetworkGuard:
         """Fail the current test if it tried to open a connection (attempts after index ``since``)."""
         opened = self.attempts[since:]
         if opened:
-            pytest.fail(f"the test tried to open network connections (the test run is offline): {', '.join(opened)}")
+            pytest.fail(
+                f"the test tried to open network connections (the test run is offline): {', '.join(opened)}"
+            )
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -11,23 +11,41 @@ import pytest
 from mpcourse import reference
 from mpcourse.bench import checks, datasheets, results
 
-H100 = {"kind": "cuda", "device_name": "NVIDIA H100 80GB HBM3", "device": "cuda: NVIDIA H100 80GB HBM3 (sm_90)"}
+H100 = {
+    "kind": "cuda",
+    "device_name": "NVIDIA H100 80GB HBM3",
+    "device": "cuda: NVIDIA H100 80GB HBM3 (sm_90)",
+}
 
 
 def _record(topic: str, tables: dict, environment: dict | None = None) -> dict:
-    return results.make_record(topic, tables, command=f"mpcourse bench {topic}", environment=environment or H100)
+    return results.make_record(
+        topic, tables, command=f"mpcourse bench {topic}", environment=environment or H100
+    )
 
 
-def _sweep(bf16_seconds: tuple[float, float] = (2e-5, 1.5e-3), bf16_status: str = "native", peak: float = 989.5) -> list[dict]:
+def _sweep(
+    bf16_seconds: tuple[float, float] = (2e-5, 1.5e-3), bf16_status: str = "native", peak: float = 989.5
+) -> list[dict]:
     """fp32 and bf16 products at n = 1024 and 8192, fp32 at 60% of its 67 TFLOP/s peak."""
     rows = []
     for p, seconds in (("fp32", (2 * 1024**3 / 40e12, 2 * 8192**3 / 40e12)), ("bf16", bf16_seconds)):
         for n, s in zip((1024, 8192), seconds):
             tflops = 2 * n**3 / s / 1e12
             top = 67.0 if p == "fp32" else peak
-            rows.append({"precision": p, "m": n, "n": n, "k": n, "status": "native" if p == "fp32" else bf16_status,
-                         "seconds": s, "tflops": tflops, "pct_of_peak": 100 * tflops / top,
-                         "peak_source": "datasheet: NVIDIA H100 SXM (dense)"})
+            rows.append(
+                {
+                    "precision": p,
+                    "m": n,
+                    "n": n,
+                    "k": n,
+                    "status": "native" if p == "fp32" else bf16_status,
+                    "seconds": s,
+                    "tflops": tflops,
+                    "pct_of_peak": 100 * tflops / top,
+                    "peak_source": "datasheet: NVIDIA H100 SXM (dense)",
+                }
+            )
     return rows
 
 
@@ -60,7 +78,14 @@ def test_an_emulated_precision_faster_than_fp32_fails_anywhere() -> None:
 
 
 def test_pitfalls_on_a_gpu() -> None:
-    good = {"precision": "bf16", "n": 4096, "naive": 0.5, "unsynchronised": 1e-5, "benchmark": 2e-4, "independent": 2e-4}
+    good = {
+        "precision": "bf16",
+        "n": 4096,
+        "naive": 0.5,
+        "unsynchronised": 1e-5,
+        "benchmark": 2e-4,
+        "independent": 2e-4,
+    }
     assert checks.pitfalls(_record("matmul", {"pitfalls": [good]})) != []
     with pytest.raises(AssertionError, match="without synchronisation"):
         checks.pitfalls(_record("matmul", {"pitfalls": [good | {"unsynchronised": 1.9e-4}]}))
@@ -72,7 +97,10 @@ def test_pitfalls_on_a_gpu() -> None:
 
 def test_elementwise_on_a_gpu_gains_the_byte_ratio() -> None:
     def add(ratio: float) -> dict:
-        rows = [{"precision": p, "elements": 2**28, "seconds": s} for p, s in (("fp32", 1e-3), ("bf16", 1e-3 / ratio))]
+        rows = [
+            {"precision": p, "elements": 2**28, "seconds": s}
+            for p, s in (("fp32", 1e-3), ("bf16", 1e-3 / ratio))
+        ]
         return _record("matmul", {"elementwise": rows})
 
     assert checks.elementwise(add(1.9))
@@ -82,8 +110,10 @@ def test_elementwise_on_a_gpu_gains_the_byte_ratio() -> None:
 
 def test_training_steps() -> None:
     def steps(bf16_rate: float, mfu: float) -> dict:
-        rows = [{"recipe": "fp32", "status": "native", "samples_per_s": 100.0, "mfu": 0.3},
-                {"recipe": "bf16", "status": "native", "samples_per_s": bf16_rate, "mfu": mfu}]
+        rows = [
+            {"recipe": "fp32", "status": "native", "samples_per_s": 100.0, "mfu": 0.3},
+            {"recipe": "bf16", "status": "native", "samples_per_s": bf16_rate, "mfu": mfu},
+        ]
         return _record("train", {"recipes": rows})
 
     assert len(checks.train(steps(300.0, 0.2))) == 2
@@ -110,7 +140,9 @@ def test_stored_records_pass_their_checks() -> None:
         assert SHIPPED <= files, (topic, sorted(files))
         assert len(reference.records(topic)) == len(files), topic  # every file is a record of its topic
     for r in reference.records("matmul"):
-        assert any(c.startswith("emulated fp8 is no faster than fp32") for c in checks.matmul(r)), results.label(r)
+        assert any(c.startswith("emulated fp8 is no faster than fp32") for c in checks.matmul(r)), (
+            results.label(r)
+        )
         if r["environment"]["kind"] == "cpu":
             assert checks.pitfalls(r) == [] and checks.elementwise(r) == []
         else:
@@ -125,13 +157,30 @@ def test_a_stored_gpu_record_passes_every_check(tmp_path) -> None:
     stores (invented numbers, shaped like a real run: fp32 at 60% and bf16 at 75% of the datasheet's
     dense peaks for large products), saved and read back like a stored record, passes every check."""
     sweep = _sweep(bf16_seconds=(2 * 1024**3 / 300e12, 2 * 8192**3 / 740e12))
-    pitfalls = [{"precision": "bf16", "n": 4096, "naive": 0.5, "unsynchronised": 1e-5, "benchmark": 2e-4, "independent": 2e-4}]
-    elementwise = [{"precision": p, "elements": n, "seconds": n * b * 3 / 2.4e12}
-                   for n in (2**20, 2**28) for p, b in (("fp32", 4), ("bf16", 2))]
-    recipes = [{"recipe": "fp32", "status": "native", "samples_per_s": 2000.0, "mfu": 0.35},
-               {"recipe": "bf16", "status": "native", "samples_per_s": 5200.0, "mfu": 0.45},
-               {"recipe": "fp16", "status": "native", "samples_per_s": 5100.0, "mfu": 0.44}]
-    results.save(_record("matmul", {"matmul": sweep, "pitfalls": pitfalls, "elementwise": elementwise}), tmp_path / "h100.json")
+    pitfalls = [
+        {
+            "precision": "bf16",
+            "n": 4096,
+            "naive": 0.5,
+            "unsynchronised": 1e-5,
+            "benchmark": 2e-4,
+            "independent": 2e-4,
+        }
+    ]
+    elementwise = [
+        {"precision": p, "elements": n, "seconds": n * b * 3 / 2.4e12}
+        for n in (2**20, 2**28)
+        for p, b in (("fp32", 4), ("bf16", 2))
+    ]
+    recipes = [
+        {"recipe": "fp32", "status": "native", "samples_per_s": 2000.0, "mfu": 0.35},
+        {"recipe": "bf16", "status": "native", "samples_per_s": 5200.0, "mfu": 0.45},
+        {"recipe": "fp16", "status": "native", "samples_per_s": 5100.0, "mfu": 0.44},
+    ]
+    results.save(
+        _record("matmul", {"matmul": sweep, "pitfalls": pitfalls, "elementwise": elementwise}),
+        tmp_path / "h100.json",
+    )
     results.save(_record("train", {"recipes": recipes}), tmp_path / "h100-train.json")
     (matmul,) = reference.records("matmul", tmp_path)
     (train,) = reference.records("train", tmp_path)
@@ -150,5 +199,7 @@ def test_large_products_are_compute_bound_on_every_datasheet_gpu() -> None:
 
 
 def test_report_names_the_record_of_each_statement() -> None:
-    lines = checks.report(lambda record: [f"{record['x']} ok"] * record["x"], {"a": {"x": 1}, "b": {"x": 2}, "c": {"x": 0}})
+    lines = checks.report(
+        lambda record: [f"{record['x']} ok"] * record["x"], {"a": {"x": 1}, "b": {"x": 2}, "c": {"x": 0}}
+    )
     assert lines == ["checked on a: 1 ok", "checked on b: 2 ok", "checked on b: 2 ok"]

@@ -28,8 +28,18 @@ def test_quick_matmul_prints_a_table_and_saves_results(tmp_path, capsys) -> None
 
 def test_headline_names_the_reference() -> None:
     frame = pd.DataFrame(
-        [{"precision": "bf16", "m": 8192, "n": 8192, "k": 8192, "tflops": 742.0, "pct_of_peak": 75.0,
-          "peak_tflops": 989.5, "peak_source": "datasheet: NVIDIA H100 SXM (dense)"}]
+        [
+            {
+                "precision": "bf16",
+                "m": 8192,
+                "n": 8192,
+                "k": 8192,
+                "tflops": 742.0,
+                "pct_of_peak": 75.0,
+                "peak_tflops": 989.5,
+                "peak_source": "datasheet: NVIDIA H100 SXM (dense)",
+            }
+        ]
     )
     line = commands.headline(frame)
     assert line.startswith("bf16 at 8192^3: 742.0 TFLOP/s = 75.0% of 989.5 TFLOP/s (datasheet")
@@ -55,8 +65,12 @@ def test_quick_train_prints_recipes_and_saves_results(tmp_path, capsys) -> None:
     record = results.load(path)
     assert record["topic"] == "train" and set(record["tables"]) == {"recipes", "kernels", "config"}
     rows = {r["recipe"]: r for r in record["tables"]["recipes"]}
-    assert {"fp32", "bf16", "fp8_tensorwise", "fp8_delayed", "fp8_rowwise", "fp8_blockwise", "mxfp8"} <= set(rows)
+    assert {"fp32", "bf16", "fp8_tensorwise", "fp8_delayed", "fp8_rowwise", "fp8_blockwise", "mxfp8"} <= set(
+        rows
+    )
     assert rows["fp8_rowwise"]["samples_per_s"] > 0
-    if not device.capabilities().fp8_native:  # torchao needs fp8 tensor cores: listed, not run, with the reason
+    if (
+        not device.capabilities().fp8_native
+    ):  # torchao needs fp8 tensor cores: listed, not run, with the reason
         assert rows["torchao_tensorwise"]["status"] == "skipped" and rows["torchao_tensorwise"]["note"]
         assert "not measured:" in out and "torchao_tensorwise (skipped)" in out

@@ -59,7 +59,11 @@ def test_every_gpu_preset_has_its_datasheet_with_the_same_architecture() -> None
 def test_every_datasheet_has_its_gpu_preset() -> None:
     for key, sheet in datasheets.DATASHEETS.items():
         caps = device.capabilities(preset=sheet.preset)
-        assert (caps.kind, caps.name, caps.compute_capability) == ("cuda", sheet.cuda_name, sheet.compute_capability), key
+        assert (caps.kind, caps.name, caps.compute_capability) == (
+            "cuda",
+            sheet.cuda_name,
+            sheet.compute_capability,
+        ), key
         assert datasheets.for_device(caps) is sheet, key
 
 
@@ -121,4 +125,6 @@ def test_bad_input_is_named() -> None:
     with pytest.raises(ValueError, match="precisions must be among"):
         datasheets.Datasheet("x", "x", "X", "X", "X", (8, 0), 1.0, 1.0, {"int8": 1.0}, frozenset(), "src")
     with pytest.raises(ValueError, match="sparse ones among those printed"):
-        datasheets.Datasheet("x", "x", "X", "X", "X", (8, 0), 1.0, 1.0, {"fp32": 1.0}, frozenset({"fp16"}), "src")
+        datasheets.Datasheet(
+            "x", "x", "X", "X", "X", (8, 0), 1.0, 1.0, {"fp32": 1.0}, frozenset({"fp16"}), "src"
+        )

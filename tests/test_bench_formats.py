@@ -19,8 +19,10 @@ def test_the_formats_benchmark_prints_and_saves_every_case(tmp_path, capsys) -> 
     expected = [
         "decode all 65,536 float16 patterns",
         "decode all 65,536 bfloat16 patterns",
-        *(f"encode {n} float32 values to {name}" for name in
-          ("float16", "bfloat16", "float8_e4m3fn", "float8_e5m2", "float4_e2m1fn")),
+        *(
+            f"encode {n} float32 values to {name}"
+            for name in ("float16", "bfloat16", "float8_e4m3fn", "float8_e5m2", "float4_e2m1fn")
+        ),
         f"round {n} float32 values to float8_e4m3fn",
         f"round_tensor {n} float32 values (CPU tensor) to float8_e4m3fn",
     ]

@@ -43,7 +43,9 @@ def test_predicted_speedups_on_an_h100() -> None:
     add = {p: roofline.elementwise_cost(2**28, p) for p in ("fp32", "bf16", "fp8")}
     assert roofline.predicted_speedup(add, roofs, "fp32", "bf16") == pytest.approx(2.0)  # memory-bound: bytes
     big = {p: roofline.matmul_cost(8192, 8192, 8192, p) for p in ("fp32", "bf16")}
-    assert roofline.predicted_speedup(big, roofs, "fp32", "bf16") == pytest.approx(989.5 / 67)  # compute-bound
+    assert roofline.predicted_speedup(big, roofs, "fp32", "bf16") == pytest.approx(
+        989.5 / 67
+    )  # compute-bound
     # A thin product (a batch of 16 rows) stays memory-bound in bf16: its gain is the bytes only.
     thin = {p: roofline.matmul_cost(16, 8192, 8192, p) for p in ("fp32", "bf16")}
     assert 1.9 < roofline.predicted_speedup(thin, roofs, "fp32", "bf16") <= 2.0

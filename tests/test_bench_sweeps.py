@@ -65,7 +65,9 @@ def test_fp8_product_equals_the_dequantised_product() -> None:
 
 
 def test_slow_sizes_are_skipped_with_the_prediction() -> None:
-    frame = sweeps.matmul_sweep([32, 64], ["fp32"], caps=CPU, min_run_time=0.005, max_call_seconds=1e-12, progress=False)
+    frame = sweeps.matmul_sweep(
+        [32, 64], ["fp32"], caps=CPU, min_run_time=0.005, max_call_seconds=1e-12, progress=False
+    )
     assert frame["status"].tolist() == ["native", "skipped"]
     assert "predicted" in frame.loc[1, "note"]
 
@@ -84,7 +86,12 @@ def test_reference_peaks_come_from_the_datasheet_for_a_known_gpu() -> None:
 
 @pytest.mark.parametrize(
     "preset, precision, status",
-    [("t4", "bf16", "emulated"), ("t4", "tf32", "skipped"), ("a100", "fp8", "skipped"), ("h100", "fp8", "native")],
+    [
+        ("t4", "bf16", "emulated"),
+        ("t4", "tf32", "skipped"),
+        ("a100", "fp8", "skipped"),
+        ("h100", "fp8", "native"),
+    ],
 )
 def test_availability_on_gpus(preset: str, precision: str, status: str) -> None:
     assert sweeps.availability(precision, device.capabilities(preset=preset))[0] == status

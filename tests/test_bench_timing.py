@@ -107,7 +107,13 @@ def test_sweep_timings_agree_with_an_independent_clock() -> None:
     ratios = []
     for _ in range(3):
         frame = sweeps.matmul_sweep(
-            [256, 384, 512], ["fp32"], caps=CPU, min_run_time=0.3, num_threads=1, clock=time.process_time, progress=False
+            [256, 384, 512],
+            ["fp32"],
+            caps=CPU,
+            min_run_time=0.3,
+            num_threads=1,
+            clock=time.process_time,
+            progress=False,
         )
         ratios.append(frame["seconds"].to_numpy() / frame["check_s"].to_numpy())
         if np.all(np.abs(ratios[-1] - 1) < 0.10):
@@ -137,7 +143,9 @@ def test_compare_alternates_and_times_every_function() -> None:
 
 WALL_N = 512  # one product takes about a millisecond on two CPU cores: clock costs are negligible
 WALL_ATTEMPTS = 4
-SLOW_EMULATION_S = 0.02  # an emulated product slower than this per call is skipped (40 blocks per side would not fit)
+SLOW_EMULATION_S = (
+    0.02  # an emulated product slower than this per call is skipped (40 blocks per side would not fit)
+)
 
 
 def _wall_clock_agreement(precision: str, attempts: int = WALL_ATTEMPTS) -> tuple[list[float], list[float]]:
@@ -153,7 +161,9 @@ def _wall_clock_agreement(precision: str, attempts: int = WALL_ATTEMPTS) -> tupl
     """
     paired, medians = [], []
     for _ in range(attempts):
-        frame = sweeps.matmul_sweep([WALL_N], [precision], caps=CPU, min_run_time=0.25, max_blocks=40, progress=False)
+        frame = sweeps.matmul_sweep(
+            [WALL_N], [precision], caps=CPU, min_run_time=0.25, max_blocks=40, progress=False
+        )
         row = frame.iloc[0]
         assert row["status"] != "skipped", row["note"]
         paired.append(float(row["check_paired_ratio"]))
@@ -176,8 +186,10 @@ def _skip_slow_emulation(precision: str) -> None:
         fn()
         seconds = time.perf_counter() - start
         if seconds > SLOW_EMULATION_S:
-            pytest.skip(f"{precision} is emulated here ({reason}); one {WALL_N}^3 product takes {seconds * 1e3:.0f} ms, "
-                        f"too slow for a wall-clock test of 40 alternating blocks per clock")
+            pytest.skip(
+                f"{precision} is emulated here ({reason}); one {WALL_N}^3 product takes {seconds * 1e3:.0f} ms, "
+                f"too slow for a wall-clock test of 40 alternating blocks per clock"
+            )
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
@@ -201,16 +213,22 @@ def test_the_wall_clock_agreement_fails_with_a_wrong_timer(monkeypatch) -> None:
     assert len(paired) == 2 and all(abs(r - 0.8) < 0.1 for r in paired), paired
 
 
-
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_gpu_sweep_timings_agree_with_cuda_events(precision: str) -> None:  # pragma: no cover - GPU only
     """On a GPU the independent clock is CUDA events; 4096^3 takes milliseconds, so launch costs are negligible."""
-    frame = sweeps.matmul_sweep([4096], [precision], caps=device.capabilities(kind="cuda"), min_run_time=0.25,
-                                max_blocks=40, progress=False)
+    frame = sweeps.matmul_sweep(
+        [4096],
+        [precision],
+        caps=device.capabilities(kind="cuda"),
+        min_run_time=0.25,
+        max_blocks=40,
+        progress=False,
+    )
     row = frame.iloc[0]
     assert row["status"] != "skipped", row["note"]
     assert abs(row["check_paired_ratio"] - 1) < 0.10, row.to_dict()
+
 
 def test_paired_ratio_compares_neighbouring_blocks() -> None:
     ours = timing.Timing((1.0, 10.0, 1.1, 9.0, 1.0), "a")  # a load that comes and goes, hitting both alike

@@ -19,7 +19,16 @@ def text():
 
 @pytest.fixture(scope="module")
 def tables(text):
-    return trainstep.recipe_table(text, ["fp32", "bf16", "pure_bf16"], width=32, depth=1, steps=3, batch_size=4, caps=CPU, progress=False)
+    return trainstep.recipe_table(
+        text,
+        ["fp32", "bf16", "pure_bf16"],
+        width=32,
+        depth=1,
+        steps=3,
+        batch_size=4,
+        caps=CPU,
+        progress=False,
+    )
 
 
 def test_one_row_per_recipe_with_throughput_and_memory(tables) -> None:
@@ -35,7 +44,9 @@ def test_one_row_per_recipe_with_throughput_and_memory(tables) -> None:
 
 def test_kernel_tables_show_the_dtype_of_the_products(tables) -> None:
     _, kernels = tables
-    products = kernels[kernels["op"].isin(["aten::mm", "aten::addmm"])].groupby("recipe")["dtypes"].agg(" ".join)
+    products = (
+        kernels[kernels["op"].isin(["aten::mm", "aten::addmm"])].groupby("recipe")["dtypes"].agg(" ".join)
+    )
     assert "bf16" in products["bf16"] and "bf16" in products["pure_bf16"]
     assert "bf16" not in products["fp32"]
 
@@ -60,9 +71,12 @@ def test_mfu_uses_the_datasheet_peak_of_the_recipe_precision(cpu: str, monkeypat
     pretended = device.capabilities(kind="cpu")
     assert pretended.bf16_native == (cpu == "amx")
     h100 = device.capabilities(preset="h100")
-    monkeypatch.setattr(trainstep.datasheets, "for_device", lambda caps: trainstep.datasheets.lookup(h100.name))
-    frame, _ = trainstep.recipe_table(text, ["fp32", "bf16"], width=32, depth=1, steps=2, batch_size=4, caps=pretended,
-                                      progress=False)
+    monkeypatch.setattr(
+        trainstep.datasheets, "for_device", lambda caps: trainstep.datasheets.lookup(h100.name)
+    )
+    frame, _ = trainstep.recipe_table(
+        text, ["fp32", "bf16"], width=32, depth=1, steps=2, batch_size=4, caps=pretended, progress=False
+    )
     row = frame.set_index("recipe")
     assert row.loc["fp32", "status"] == "native" and row.loc["fp32", "peak_tflops"] == 67.0
     assert row.loc["bf16", "status"] == ("native" if cpu == "amx" else "emulated")
@@ -84,7 +98,9 @@ def test_bad_input_is_named(text) -> None:
     with pytest.raises(ValueError, match="unknown recipe 'fp4'"):
         trainstep.recipe_table(text, ["fp4"], width=32, depth=1, steps=1, batch_size=2, caps=CPU)
     with pytest.raises(ValueError, match="another machine"):
-        trainstep.recipe_table(text, ["fp32"], width=32, depth=1, steps=1, batch_size=2, caps=device.capabilities(preset="t4"))
+        trainstep.recipe_table(
+            text, ["fp32"], width=32, depth=1, steps=1, batch_size=2, caps=device.capabilities(preset="t4")
+        )
 
 
 def test_default_recipes_include_fp8_without_importing_quant_first() -> None:
@@ -94,7 +110,9 @@ def test_default_recipes_include_fp8_without_importing_quant_first() -> None:
     from conftest import ROOT
 
     code = "from mpcourse.bench import trainstep; print(' '.join(trainstep.default_recipes()))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
+    ).stdout.split()
     assert {"fp8_tensorwise", "fp8_delayed", "fp8_rowwise", "fp8_blockwise", "mxfp8"} <= set(out)
     assert {"torchao_tensorwise", "torchao_rowwise"} <= set(out)
 
@@ -102,13 +120,29 @@ def test_default_recipes_include_fp8_without_importing_quant_first() -> None:
 def test_fp8_rows_say_how_much_of_the_model_is_fp8_and_torchao_is_skipped_with_the_reason(text) -> None:
     # Every kernel (profile_top=None), not the ten longest: which kernels those are depends on the CPU (on one
     # without bf16 units the emulated bf16 products outlast the fp8 casts), and the casts are what is checked.
-    frame, kernels = trainstep.recipe_table(text, ["fp8_tensorwise", "fp8_blockwise", "torchao_tensorwise"], width=32,
-                                            depth=1, steps=2, batch_size=4, caps=CPU, progress=False, profile_top=None)
+    frame, kernels = trainstep.recipe_table(
+        text,
+        ["fp8_tensorwise", "fp8_blockwise", "torchao_tensorwise"],
+        width=32,
+        depth=1,
+        steps=2,
+        batch_size=4,
+        caps=CPU,
+        progress=False,
+        profile_top=None,
+    )
     row = frame.set_index("recipe")
-    assert row.loc["fp8_tensorwise", "status"] == "emulated" and row.loc["fp8_tensorwise", "samples_per_s"] > 0
-    assert row.loc["fp8_tensorwise", "fp8_layers"] == "3/5" and "first and last kept" in row.loc["fp8_tensorwise", "note"]
+    assert (
+        row.loc["fp8_tensorwise", "status"] == "emulated" and row.loc["fp8_tensorwise", "samples_per_s"] > 0
+    )
+    assert (
+        row.loc["fp8_tensorwise", "fp8_layers"] == "3/5"
+        and "first and last kept" in row.loc["fp8_tensorwise", "note"]
+    )
     # Width 32: no inner layer is a multiple of 128, so the blockwise recipe has no fp8 layer, and says so.
-    assert row.loc["fp8_blockwise", "fp8_layers"] == "0/5" and "runs as bf16" in row.loc["fp8_blockwise", "note"]
+    assert (
+        row.loc["fp8_blockwise", "fp8_layers"] == "0/5" and "runs as bf16" in row.loc["fp8_blockwise", "note"]
+    )
     assert row.loc["torchao_tensorwise", "status"] == "skipped"
     assert "fp8 tensor cores" in row.loc["torchao_tensorwise", "note"]
     assert math.isnan(row.loc["torchao_tensorwise", "samples_per_s"])
@@ -123,7 +157,9 @@ def test_torchao_rows_count_their_fp8_layers_as_torchao_converts_them() -> None:
     from mpcourse import fp8
 
     def model() -> nn.Module:
-        return nn.Sequential(nn.Linear(32, 64), nn.Linear(64, 24), nn.Linear(24, 64), nn.Linear(64, 64), nn.Linear(64, 10))
+        return nn.Sequential(
+            nn.Linear(32, 64), nn.Linear(64, 24), nn.Linear(24, 64), nn.Linear(64, 64), nn.Linear(64, 10)
+        )
 
     table = fp8.torchao_plan(model())
     assert list(table["fp8"]) == [False, False, False, True, False]

@@ -23,7 +23,21 @@ def _values() -> torch.Tensor:
     patterns = torch.randint(0, 2**31 - 1, (20_000,), generator=gen, dtype=torch.int64).to(torch.int32)
     every_binade = patterns.view(torch.float32)  # random bit patterns: subnormals, huge values, NaNs
     special = torch.tensor(
-        [0.0, -0.0, 1.0, -1.0, math.inf, -math.inf, math.nan, 3.3e38, -3.4028e38, 1e-45, -1e-40, 2.0**-126, 2.0**-133]
+        [
+            0.0,
+            -0.0,
+            1.0,
+            -1.0,
+            math.inf,
+            -math.inf,
+            math.nan,
+            3.3e38,
+            -3.4028e38,
+            1e-45,
+            -1e-40,
+            2.0**-126,
+            2.0**-133,
+        ]
     )
     return torch.cat([random, every_binade, -every_binade, special]).float()
 
@@ -39,7 +53,9 @@ def test_results_are_always_one_of_the_two_neighbours_bit_for_bit() -> None:
         got = stochastic_round_bf16(x, generator=torch.Generator().manual_seed(seed)).float()
         nan = torch.isnan(x)
         assert torch.isnan(got[nan]).all()
-        same = (got.view(torch.int32) == down.view(torch.int32)) | (got.view(torch.int32) == up.view(torch.int32))
+        same = (got.view(torch.int32) == down.view(torch.int32)) | (
+            got.view(torch.int32) == up.view(torch.int32)
+        )
         assert same[~nan].all(), x[~nan][~same[~nan]][:5]
 
 
@@ -53,7 +69,9 @@ def test_bf16_values_and_infinities_are_unchanged() -> None:
 def test_overflow_past_the_largest_bf16_value_can_give_infinity_like_the_reference() -> None:
     x = torch.full((4000,), 3.3961e38)  # between bf16's max (3.3895e38) and fp32's
     fast = stochastic_round_bf16(x, generator=torch.Generator().manual_seed(2)).float()
-    reference = formats.round_tensor(x, BF16, rounding="stochastic", generator=torch.Generator().manual_seed(2))
+    reference = formats.round_tensor(
+        x, BF16, rounding="stochastic", generator=torch.Generator().manual_seed(2)
+    )
     assert set(fast.unique().tolist()) == set(reference.unique().tolist()) == {BF16.max, math.inf}
 
 
@@ -66,7 +84,9 @@ def test_the_probability_of_rounding_up_is_the_fraction_of_the_gap_and_matches_t
     draws = 20_000
     wide = x.expand(draws, -1, -1).contiguous()
     fast = stochastic_round_bf16(wide, generator=torch.Generator().manual_seed(3)).float()
-    exact = formats.round_tensor(wide, BF16, rounding="stochastic", generator=torch.Generator().manual_seed(4))
+    exact = formats.round_tensor(
+        wide, BF16, rounding="stochastic", generator=torch.Generator().manual_seed(4)
+    )
     p_fast = (fast != bases[None, :, None]).double().mean(0)
     p_exact = (exact != bases[None, :, None]).double().mean(0)
     se = torch.sqrt(fractions * (1 - fractions) / draws).double()
@@ -153,13 +173,35 @@ def test_kahan_with_a_large_update_is_round_to_nearest() -> None:
 @pytest.mark.parametrize(
     "param, update, comp, error, message",
     [
-        (torch.ones(3, dtype=torch.float16), torch.ones(3), torch.zeros(3, dtype=torch.float16), TypeError, "float16"),
-        (torch.ones(3, dtype=torch.bfloat16), torch.ones(3, dtype=torch.int64), torch.zeros(3, dtype=torch.bfloat16),
-         TypeError, "floating-point"),
-        (torch.ones(3, dtype=torch.bfloat16), torch.ones(4), torch.zeros(3, dtype=torch.bfloat16), ValueError, "shape"),
+        (
+            torch.ones(3, dtype=torch.float16),
+            torch.ones(3),
+            torch.zeros(3, dtype=torch.float16),
+            TypeError,
+            "float16",
+        ),
+        (
+            torch.ones(3, dtype=torch.bfloat16),
+            torch.ones(3, dtype=torch.int64),
+            torch.zeros(3, dtype=torch.bfloat16),
+            TypeError,
+            "floating-point",
+        ),
+        (
+            torch.ones(3, dtype=torch.bfloat16),
+            torch.ones(4),
+            torch.zeros(3, dtype=torch.bfloat16),
+            ValueError,
+            "shape",
+        ),
         (torch.ones(3, dtype=torch.bfloat16), torch.ones(3), torch.zeros(3), TypeError, "compensation"),
-        (torch.ones(3, dtype=torch.bfloat16), torch.ones(3), torch.zeros(2, dtype=torch.bfloat16), ValueError,
-         "compensation has shape"),
+        (
+            torch.ones(3, dtype=torch.bfloat16),
+            torch.ones(3),
+            torch.zeros(2, dtype=torch.bfloat16),
+            ValueError,
+            "compensation has shape",
+        ),
         ([1.0], torch.ones(1), torch.zeros(1), TypeError, "tensors"),
     ],
 )
@@ -178,7 +220,10 @@ def test_stochastic_add_rejects_integer_parameters() -> None:
 
 def _two_groups(dtype: torch.dtype, seed: int = 0) -> list[nn.Parameter]:
     gen = torch.Generator().manual_seed(seed)
-    return [nn.Parameter(torch.randn(20, 30, generator=gen).to(dtype)), nn.Parameter(torch.randn(30, generator=gen).to(dtype))]
+    return [
+        nn.Parameter(torch.randn(20, 30, generator=gen).to(dtype)),
+        nn.Parameter(torch.randn(30, generator=gen).to(dtype)),
+    ]
 
 
 def _grads(step: int, shapes) -> list[torch.Tensor]:
@@ -189,7 +234,9 @@ def _grads(step: int, shapes) -> list[torch.Tensor]:
 def test_with_fp32_parameters_it_is_torch_adamw() -> None:
     ours, theirs = _two_groups(torch.float32), _two_groups(torch.float32)
     opt = BF16AdamW([{"params": ours[:1]}, {"params": ours[1:], "lr": 3e-3, "weight_decay": 0.1}], lr=1e-3)
-    ref = torch.optim.AdamW([{"params": theirs[:1]}, {"params": theirs[1:], "lr": 3e-3, "weight_decay": 0.1}], lr=1e-3)
+    ref = torch.optim.AdamW(
+        [{"params": theirs[:1]}, {"params": theirs[1:], "lr": 3e-3, "weight_decay": 0.1}], lr=1e-3
+    )
     for step in range(20):
         for params in (ours, theirs):
             for p, g in zip(params, _grads(step, [p.shape for p in params])):
@@ -213,7 +260,9 @@ def test_nearest_write_back_is_the_fp32_step_rounded_once() -> None:
         assert torch.equal(p, m.detach().to(torch.bfloat16))
 
 
-def _trajectory(update: str, steps: int = 300, lr: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _trajectory(
+    update: str, steps: int = 300, lr: float = 1e-4
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """bf16 weights after `steps` AdamW steps with fixed gradients, and the fp32 trajectory."""
     w0 = torch.randn(4000, generator=torch.Generator().manual_seed(1))
     p = nn.Parameter(w0.to(torch.bfloat16))
@@ -251,14 +300,19 @@ def test_state_dtypes_and_the_kahan_buffer() -> None:
     p.grad, q.grad = torch.randn(8, 8).to(torch.bfloat16), torch.randn(8)
     opt.step()
     assert {k: v.dtype for k, v in opt.state[p].items() if isinstance(v, torch.Tensor)} == {
-        "exp_avg": torch.bfloat16, "exp_avg_sq": torch.bfloat16, "compensation": torch.bfloat16}
+        "exp_avg": torch.bfloat16,
+        "exp_avg_sq": torch.bfloat16,
+        "compensation": torch.bfloat16,
+    }
     assert "compensation" not in opt.state[q]  # fp32 parameters need no compensation
 
 
 def test_bf16_second_moment_rounded_to_nearest_cannot_decay_but_stochastic_can() -> None:
     def final_v(state_rounding: str) -> float:
         p = nn.Parameter(torch.zeros(2000, dtype=torch.bfloat16))
-        opt = BF16AdamW([p], lr=0.0, state_dtype=torch.bfloat16, state_rounding=state_rounding, weight_decay=0)
+        opt = BF16AdamW(
+            [p], lr=0.0, state_dtype=torch.bfloat16, state_rounding=state_rounding, weight_decay=0
+        )
         for step in range(3000):
             p.grad = torch.full_like(p, 1.0 if step < 100 else 0.01)
             opt.step()
@@ -346,8 +400,17 @@ def test_pure_bf16_training_loses_most_updates_and_the_fixes_do_not() -> None:
     unchanged = {}
     for recipe in ("fp32", "pure_bf16", "pure_bf16_kahan"):
         monitor = StepMonitor()
-        history = train.train(lambda: models.for_data(digits, width=32), digits, monitor.wrap(recipe), steps=12,
-                              batch_size=32, lr=1e-4, progress=False, verbose=False, label=recipe)
+        history = train.train(
+            lambda: models.for_data(digits, width=32),
+            digits,
+            monitor.wrap(recipe),
+            steps=12,
+            batch_size=32,
+            lr=1e-4,
+            progress=False,
+            verbose=False,
+            label=recipe,
+        )
         assert np.isfinite(history.frame["loss"]).all()
         unchanged[recipe] = float(np.mean(monitor.unchanged[2:]))
     assert unchanged["fp32"] < 0.01

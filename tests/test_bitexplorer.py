@@ -74,7 +74,7 @@ def _pattern(toggles) -> int:
 
 
 def test_explorer_starts_on_the_typed_value() -> None:
-    menu, typed, toggles, readout, typed_readout = _parts(bitexplorer.explorer(value=0.1))
+    menu, _typed, toggles, readout, typed_readout = _parts(bitexplorer.explorer(value=0.1))
     assert menu.value == "float32" and "float64" not in menu.options  # 64 toggles would not fit
     assert len(toggles) == 32 and _pattern(toggles) == 0x3DCCCCCD  # fp32's 0.1, from the IEEE definition
     assert [t.description for t in toggles] == [str(int(t.value)) for t in toggles]
@@ -84,7 +84,7 @@ def test_explorer_starts_on_the_typed_value() -> None:
 
 def test_explorer_bit_toggles_change_the_value() -> None:
     widget = bitexplorer.explorer(["float16", "float8_e4m3fn"], value=1.0)
-    menu, typed, toggles, readout, _ = _parts(widget)
+    _menu, _typed, toggles, readout, _ = _parts(widget)
     assert _pattern(toggles) == 0x3C00 and "= 1.0" in readout.value
     toggles[0].value = True  # the sign bit
     assert toggles[0].description == "1" and "0xbc00" in readout.value and "= -1.0" in readout.value

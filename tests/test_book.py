@@ -6,8 +6,8 @@ import re
 
 import pytest
 import yaml
-
 from conftest import ROOT
+
 from mpcourse.course import authoring
 
 pytestmark = pytest.mark.book
@@ -15,7 +15,9 @@ pytestmark = pytest.mark.book
 TOC = yaml.safe_load((ROOT / "book" / "_toc.yml").read_text())
 PAGES = [TOC["root"]] + [entry["file"] for part in TOC["parts"] for entry in part["chapters"]]
 CHAPTERS = [page for page in PAGES if page.startswith("notebooks/")]
-FOREIGN = re.compile(r"""<(?:script|link|img|iframe)\b[^>]*\b(?:src|href)=["'](?:https?:)?//""", re.IGNORECASE)
+FOREIGN = re.compile(
+    r"""<(?:script|link|img|iframe)\b[^>]*\b(?:src|href)=["'](?:https?:)?//""", re.IGNORECASE
+)
 
 
 def test_every_page_is_built(built_site) -> None:
@@ -45,7 +47,9 @@ def test_colab_button_opens_the_notebook(built_site, page) -> None:
     text = (built_site / f"{page}.html").read_text(encoding="utf-8")
     links = set(re.findall(r'href="(https://colab\.research\.google\.com/[^"]+)"', text))
     assert links, f"{page} has no Colab link"
-    assert all(link.endswith(f"/blob/{authoring.course_config(ROOT)['ref']}/{page}.ipynb") for link in links), links
+    assert all(
+        link.endswith(f"/blob/{authoring.course_config(ROOT)['ref']}/{page}.ipynb") for link in links
+    ), links
 
 
 def test_solutions_are_in_dropdowns(built_site) -> None:

@@ -20,8 +20,14 @@ pytestmark = pytest.mark.browser
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 
 
@@ -48,7 +54,9 @@ def page_report(server: str) -> Iterator[dict]:
         failures: list[str] = []
         page.on("request", lambda r: requests.append(r.url))
         page.on("pageerror", lambda e: failures.append(f"page error: {e}"))
-        page.on("response", lambda r: failures.append(f"HTTP {r.status} {r.url}") if r.status >= 400 else None)
+        page.on(
+            "response", lambda r: failures.append(f"HTTP {r.status} {r.url}") if r.status >= 400 else None
+        )
         page.goto(f"{server}/notebooks/getting_started.html", wait_until="networkidle")
         page.wait_for_function("document.querySelectorAll('mjx-container').length > 0", timeout=20_000)
         page.wait_for_selector(".js-plotly-plot .main-svg", timeout=20_000)
@@ -62,7 +70,9 @@ def page_report(server: str) -> Iterator[dict]:
             "math": page.locator("mjx-container").count(),
             "widget_text": page.locator(".jupyter-widgets").first.inner_text(),
             "slider": page.locator(".jupyter-widgets .widget-slider, .jupyter-widgets .slider").count(),
-            "colab": [a.get_attribute("href") for a in page.locator("a[href*='colab.research.google.com']").all()],
+            "colab": [
+                a.get_attribute("href") for a in page.locator("a[href*='colab.research.google.com']").all()
+            ],
             "solution_code_visible": solution.locator("pre").first.is_visible(),
             "server": server,
         }

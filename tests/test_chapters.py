@@ -11,9 +11,9 @@ import jupytext
 import nbformat
 import pytest
 import yaml
+from conftest import ROOT
 from IPython.core.interactiveshell import InteractiveShell
 
-from conftest import ROOT
 from mpcourse.course import authoring
 from mpcourse.exercises import labels
 
@@ -60,17 +60,50 @@ def _as_raw(nb) -> None:
 @pytest.mark.parametrize(
     "plant, reported",
     [
-        (lambda md, nb: _edit_notebook(nb, lambda n: _first_code(n).outputs.append(nbformat.v4.new_output("stream", text="hi"))), "carries outputs"),
-        (lambda md, nb: _edit_notebook(nb, lambda n: n.metadata.update(widgets={"state": {}})), "metadata.widgets"),
+        (
+            lambda md, nb: _edit_notebook(
+                nb, lambda n: _first_code(n).outputs.append(nbformat.v4.new_output("stream", text="hi"))
+            ),
+            "carries outputs",
+        ),
+        (
+            lambda md, nb: _edit_notebook(nb, lambda n: n.metadata.update(widgets={"state": {}})),
+            "metadata.widgets",
+        ),
         (lambda md, nb: _edit_notebook(nb, lambda n: _first_code(n).update(source="x = 1")), "differ"),
         (lambda md, nb: _edit_notebook(nb, _as_raw), "differ"),
-        (lambda md, nb: _edit_notebook(nb, lambda n: next(c for c in n.cells if c.metadata.get("tags")).metadata.update(tags=[])), "differ"),
-        (lambda md, nb: md.write_text(md.read_text().replace("mpcourse.setup()", "mpcourse.setup()  # edited")), "setup cell"),
+        (
+            lambda md, nb: _edit_notebook(
+                nb, lambda n: next(c for c in n.cells if c.metadata.get("tags")).metadata.update(tags=[])
+            ),
+            "differ",
+        ),
+        (
+            lambda md, nb: md.write_text(
+                md.read_text().replace("mpcourse.setup()", "mpcourse.setup()  # edited")
+            ),
+            "setup cell",
+        ),
         (lambda md, nb: nb.unlink(), "no paired"),
         (lambda md, nb: md.unlink(), "no paired .md"),
-        (lambda md, nb: (md.parent.parent / "_config.yml").write_text((md.parent.parent / "_config.yml").read_text().replace("branch: v", "branch: main # v")), "another"),
+        (
+            lambda md, nb: (md.parent.parent / "_config.yml").write_text(
+                (md.parent.parent / "_config.yml").read_text().replace("branch: v", "branch: main # v")
+            ),
+            "another",
+        ),
     ],
-    ids=["outputs", "widgets", "source", "cell-type", "tags", "setup-cell", "no-ipynb", "no-md", "release-ref"],
+    ids=[
+        "outputs",
+        "widgets",
+        "source",
+        "cell-type",
+        "tags",
+        "setup-cell",
+        "no-ipynb",
+        "no-md",
+        "release-ref",
+    ],
 )
 def test_pair_problems_are_reported(tmp_path, plant, reported: str) -> None:
     assert any(reported in line for line in _planted(tmp_path, plant))
@@ -157,4 +190,6 @@ def test_execution_cache_is_dropped_when_the_package_or_profile_changes(tmp_path
     (package / "core.py").write_text("x = 2\n")
     assert authoring.refresh_execution_cache(tmp_path, "ci") and not cache.exists() and not doctrees.exists()
     build()
-    assert authoring.refresh_execution_cache(tmp_path, "small") and not cache.exists() and not doctrees.exists()
+    assert (
+        authoring.refresh_execution_cache(tmp_path, "small") and not cache.exists() and not doctrees.exists()
+    )

@@ -44,7 +44,11 @@ def test_strict_mode_raises_with_the_claim_and_the_reason(monkeypatch) -> None:
     monkeypatch.setenv(claims.ENV_VAR, "strict")
     ratio = 0.04
     with pytest.raises(claims.ClaimFailed) as err:
-        claim(ratio > 1, f"bf16 runs faster than fp32 here (measured: {ratio:.2f}x as fast)", "no bf16 units on this CPU")
+        claim(
+            ratio > 1,
+            f"bf16 runs faster than fp32 here (measured: {ratio:.2f}x as fast)",
+            "no bf16 units on this CPU",
+        )
     assert isinstance(err.value, AssertionError)  # pytest, nbval and nbgrader all count it as a failure
     message = str(err.value)
     assert "measured: 0.04x as fast" in message and "no bf16 units on this CPU" in message
@@ -53,13 +57,17 @@ def test_strict_mode_raises_with_the_claim_and_the_reason(monkeypatch) -> None:
 
 def test_note_mode_prints_the_note_and_returns_false(monkeypatch, capsys) -> None:
     monkeypatch.setenv(claims.ENV_VAR, "note")
-    result = claim(np.float64(3.0) < 1, "three is less than one (measured 3)", "arithmetic differs by machine")
+    result = claim(
+        np.float64(3.0) < 1, "three is less than one (measured 3)", "arithmetic differs by machine"
+    )
     out = capsys.readouterr().out
     assert result is False
     assert NOTE_HEADING in out and "three is less than one (measured 3)" in out
     assert "arithmetic differs by machine" in out and "goes on" in out
     assert "assert" not in out.lower()
-    assert claims.disagreements() == [claims.Disagreement("three is less than one (measured 3)", "arithmetic differs by machine")]
+    assert claims.disagreements() == [
+        claims.Disagreement("three is less than one (measured 3)", "arithmetic differs by machine")
+    ]
 
 
 def test_notes_are_the_default(capsys) -> None:
@@ -84,7 +92,7 @@ def test_in_a_notebook_the_note_is_a_box_with_a_plain_text_fallback(monkeypatch)
     monkeypatch.setattr(IPython.display, "display", lambda obj, raw=False: shown.append((obj, raw)))
     monkeypatch.setenv(claims.ENV_VAR, "note")
     assert claim(False, "x < 1 & y > 2 (measured x = 3)", "timings vary") is False
-    (bundle, raw), = shown
+    ((bundle, raw),) = shown
     assert raw and set(bundle) == {"text/html", "text/plain"}
     assert 'class="mpcourse-claim-note"' in bundle["text/html"]
     assert "x &lt; 1 &amp; y &gt; 2 (measured x = 3)" in bundle["text/html"]  # escaped, never raw markup
@@ -93,7 +101,14 @@ def test_in_a_notebook_the_note_is_a_box_with_a_plain_text_fallback(monkeypatch)
 
 @pytest.mark.parametrize(
     "holds",
-    [True, np.bool_(False), torch.tensor(True), torch.tensor([False]), np.array([True]), torch.zeros(1, 1) == 0],
+    [
+        True,
+        np.bool_(False),
+        torch.tensor(True),
+        torch.tensor([False]),
+        np.array([True]),
+        torch.zeros(1, 1) == 0,
+    ],
 )
 def test_bool_like_conditions_are_accepted(holds, monkeypatch) -> None:
     monkeypatch.setenv(claims.ENV_VAR, "note")
@@ -145,7 +160,9 @@ def _code_cells(path):
     return [c.source for c in jupytext.read(path).cells if c.cell_type == "code"]
 
 
-PAGES = sorted((ROOT / "notebooks").glob("*.md")) + [p for p in sorted((ROOT / "book").glob("*.md")) if "{code-cell}" in p.read_text()]
+PAGES = sorted((ROOT / "notebooks").glob("*.md")) + [
+    p for p in sorted((ROOT / "book").glob("*.md")) if "{code-cell}" in p.read_text()
+]
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: f"{p.parent.name}/{p.name}")
@@ -185,12 +202,15 @@ def test_a_chapter_on_a_disagreeing_machine_notes_the_claim_and_the_test_run_fai
         for cell in noted.cells
         if cell.cell_type == "code"
         for output in cell.get("outputs", [])
-        if output.get("output_type") == "display_data" and "mpcourse-claim-note" in output.get("data", {}).get("text/html", "")
+        if output.get("output_type") == "display_data"
+        and "mpcourse-claim-note" in output.get("data", {}).get("text/html", "")
     ]
     assert len(notes) == 1, f"expected one note, at the speed claim; got {len(notes)}"
     source, data = notes[0]
     assert "speedup" in source
-    assert NOTE_HEADING in data["text/plain"] and re.search(r"so the bf16 product at n = \d+", data["text/plain"])
+    assert NOTE_HEADING in data["text/plain"] and re.search(
+        r"so the bf16 product at n = \d+", data["text/plain"]
+    )
     assert "MPCOURSE_DEVICE_PRESET" in data["text/plain"]  # the reason names the pretence
 
     with pytest.raises(CellExecutionError) as err:

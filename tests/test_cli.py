@@ -77,29 +77,41 @@ BAD_ARGUMENTS = [
 ]
 
 
-@pytest.mark.parametrize(("argv", "message"), BAD_ARGUMENTS, ids=lambda v: " ".join(v) if isinstance(v, list) else None)
+@pytest.mark.parametrize(
+    ("argv", "message"), BAD_ARGUMENTS, ids=lambda v: " ".join(v) if isinstance(v, list) else None
+)
 def test_bad_arguments_give_one_line_and_exit_status_2(argv, message, existing, tmp_path, capsys) -> None:
     names = {**existing, "missing": str(tmp_path / "missing.ipynb"), "repo": str(ROOT)}
     argv = [a.format(**names) for a in argv]
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     assert message in _error(argv, capsys)
-    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before  # nothing written or replaced
+    assert {
+        p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()
+    } == before  # nothing written or replaced
 
 
-@pytest.mark.parametrize(("variable", "value", "message"), [
-    ("MPCOURSE_PROFILE", "huge", "is not a profile; accepted: ci, small, full"),
-    ("MPCOURSE_DEVICE_PRESET", "tpu9", "unknown device preset 'tpu9'; accepted:"),
-])
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("MPCOURSE_PROFILE", "huge", "is not a profile; accepted: ci, small, full"),
+        ("MPCOURSE_DEVICE_PRESET", "tpu9", "unknown device preset 'tpu9'; accepted:"),
+    ],
+)
 @pytest.mark.parametrize("command", [["doctor"], ["bench", "formats", "--quick"], ["verify", "x.ipynb"]])
-def test_a_bad_environment_variable_is_named_before_anything_runs(variable, value, message, command, monkeypatch,
-                                                                  capsys) -> None:
+def test_a_bad_environment_variable_is_named_before_anything_runs(
+    variable, value, message, command, monkeypatch, capsys
+) -> None:
     monkeypatch.setenv(variable, value)
     assert message in _error(command, capsys)
 
 
 def test_outside_the_repository_student_says_where_to_run_without_a_traceback(tmp_path) -> None:
-    out = subprocess.run([sys.executable, "-m", "mpcourse.course.cli", "student", "OUTDIR"], cwd=tmp_path,
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "mpcourse.course.cli", "student", "OUTDIR"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert out.stderr.strip().splitlines() == [
         "mpcourse: error: no chapter notebooks (*.ipynb) in notebooks; run this from the course repository's root "
@@ -109,7 +121,9 @@ def test_outside_the_repository_student_says_where_to_run_without_a_traceback(tm
 
 
 def test_help_lists_the_commands() -> None:
-    out = subprocess.run([sys.executable, "-m", "mpcourse.course.cli", "--help"], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "mpcourse.course.cli", "--help"], capture_output=True, text=True
+    )
     assert out.returncode == 0 and "student" in out.stdout and "doctor" in out.stdout
     assert main(["--help"]) == 0
 
@@ -131,7 +145,9 @@ def test_bench_functions_refuse_an_existing_file_before_measuring(topic, existin
     before = Path(existing["file"]).read_text()
     with pytest.raises(results.OverwriteError, match="precious.json already exists"):
         bench_function(topic)(save=existing["file"], quick=True)
-    assert capsys.readouterr().out == "" and Path(existing["file"]).read_text() == before  # nothing ran, nothing written
+    assert (
+        capsys.readouterr().out == "" and Path(existing["file"]).read_text() == before
+    )  # nothing ran, nothing written
 
 
 def test_every_benchmark_topic_resolves() -> None:
@@ -154,7 +170,9 @@ def test_verify_records_a_chapter_run(tmp_path, capsys) -> None:
     import nbformat
 
     chapter = nbformat.v4.new_notebook()
-    chapter.cells = [nbformat.v4.new_code_cell("from mpcourse import sizes\nprint('running', sizes.current())")]
+    chapter.cells = [
+        nbformat.v4.new_code_cell("from mpcourse import sizes\nprint('running', sizes.current())")
+    ]
     nb = tmp_path / "tiny.ipynb"
     nbformat.write(chapter, nb)
     out = tmp_path / "records.json"
@@ -179,7 +197,10 @@ def test_verify_reports_a_failing_chapter(tmp_path) -> None:
     import nbformat
 
     broken = nbformat.v4.new_notebook()
-    broken.cells = [nbformat.v4.new_code_cell("x = 1"), nbformat.v4.new_code_cell("raise ValueError('planted')")]
+    broken.cells = [
+        nbformat.v4.new_code_cell("x = 1"),
+        nbformat.v4.new_code_cell("raise ValueError('planted')"),
+    ]
     path = tmp_path / "broken.ipynb"
     nbformat.write(broken, path)
     assert main(["verify", str(path), "--profile", "ci", "--out", str(tmp_path / "r.json")]) == 1
@@ -195,8 +216,13 @@ def test_verify_needs_a_positive_number_of_jobs(tmp_path) -> None:
 
 
 def _git(*args: str, cwd) -> str:
-    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.org", *args], cwd=cwd,
-                          capture_output=True, text=True, check=True).stdout.strip()
+    return subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@example.org", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
 
 
 @pytest.fixture
@@ -222,12 +248,16 @@ def test_the_commit_is_the_packages_not_the_current_directorys(other_repository,
     assert provenance.environment()["commit"] == ours
 
 
-def test_a_package_folder_inside_someone_elses_repository_has_no_commit(other_repository, tmp_path_factory) -> None:
+def test_a_package_folder_inside_someone_elses_repository_has_no_commit(
+    other_repository, tmp_path_factory
+) -> None:
     from mpcourse import provenance
 
     site_packages = other_repository / "venv" / "lib" / "site-packages"
     site_packages.mkdir(parents=True)
-    assert provenance.commit(site_packages) is None  # not the top of a repository: the other repo's commit is not ours
+    assert (
+        provenance.commit(site_packages) is None
+    )  # not the top of a repository: the other repo's commit is not ours
     assert provenance.commit(other_repository) == _git("rev-parse", "--short", "HEAD", cwd=other_repository)
     assert provenance.commit(tmp_path_factory.mktemp("plain")) is None  # no repository at all
 
@@ -252,8 +282,15 @@ def test_verification_summary_orders_profiles_by_size() -> None:
     from mpcourse.course import verify
 
     def run(profile: str, chapter: str = "fp8") -> dict:
-        return {"chapter": chapter, "device": "cpu: x", "profile": profile, "commit": "abc", "status": "passed",
-                "seconds": 1.0, "error": None}
+        return {
+            "chapter": chapter,
+            "device": "cpu: x",
+            "profile": profile,
+            "commit": "abc",
+            "status": "passed",
+            "seconds": 1.0,
+            "error": None,
+        }
 
     table = verify.summary([run("full"), run("ci"), run("small"), run("ci", "bf16")])
     assert [c[1] for c in table.columns] == ["ci", "small", "full"]

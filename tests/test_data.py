@@ -27,7 +27,12 @@ def text() -> data.TextData:
 
 def test_the_shipped_digits_are_the_uci_test_set(digits: data.ImageData) -> None:
     images, labels = data._digits_arrays()
-    assert (images.shape, images.dtype, labels.shape, labels.dtype) == ((1797, 8, 8), np.float64, (1797,), np.int64)
+    assert (images.shape, images.dtype, labels.shape, labels.dtype) == (
+        (1797, 8, 8),
+        np.float64,
+        (1797,),
+        np.int64,
+    )
     # Pixels are counts of set pixels in 4x4 blocks (0..16); the UCI page gives the test set's classes.
     assert set(np.unique(images)) == set(range(17))
     per_class = [178, 182, 177, 183, 181, 182, 181, 179, 174, 180]
@@ -55,7 +60,9 @@ def test_the_shipped_digits_are_scikit_learns_exactly() -> None:
     for seed in (0, 3):
         ours = data.load_images(source="local", seed=seed, verbose=False)
         train_idx, eval_idx = data._split(len(raw.target), 0.2, seed)
-        theirs = data._to_image_bundle(raw.images, raw.target, train_idx, eval_idx, name="digits", source="local", note="")
+        theirs = data._to_image_bundle(
+            raw.images, raw.target, train_idx, eval_idx, name="digits", source="local", note=""
+        )
         for field in ("x_train", "y_train", "x_eval", "y_eval"):
             assert torch.equal(getattr(ours, field), getattr(theirs, field)), (seed, field)
 
@@ -63,7 +70,14 @@ def test_the_shipped_digits_are_scikit_learns_exactly() -> None:
 def test_the_digits_file_ships_with_its_source_and_licence() -> None:
     readme = (DIGITS.parent / "README.md").read_text(encoding="utf-8")
     assert DIGITS.is_file() and DIGITS.stat().st_size < 100_000
-    for fact in ("Alpaydin", "Kaynak", "1998", "https://doi.org/10.24432/C50P49", "CC BY 4.0", "BSD-3-Clause"):
+    for fact in (
+        "Alpaydin",
+        "Kaynak",
+        "1998",
+        "https://doi.org/10.24432/C50P49",
+        "CC BY 4.0",
+        "BSD-3-Clause",
+    ):
         assert fact in readme, fact
 
 
@@ -142,7 +156,9 @@ def test_text_is_pythons_documentation(text: data.TextData) -> None:
     assert text.num_classes == len(text.vocab) == len(set(text.vocab))
     sample = topics["assert"][:200]
     assert text.decode(text.encode(sample)) == sample
-    assert len(text.train_tokens) + len(text.eval_tokens) == len("\n\n".join(topics[k] for k in sorted(topics)))
+    assert len(text.train_tokens) + len(text.eval_tokens) == len(
+        "\n\n".join(topics[k] for k in sorted(topics))
+    )
 
 
 def test_text_targets_are_the_inputs_shifted_by_one(text: data.TextData) -> None:
@@ -176,14 +192,18 @@ def test_to_moves_every_tensor(digits: data.ImageData, text: data.TextData) -> N
 # ---- the hub path, without the network: a fake `datasets.Dataset` in place of the download ----------
 
 
-def _fake_hub(images_per_split: dict[str, np.ndarray], labels_per_split: dict[str, np.ndarray], image_col: str):
+def _fake_hub(
+    images_per_split: dict[str, np.ndarray], labels_per_split: dict[str, np.ndarray], image_col: str
+):
     """A stand-in for data._hub: real `datasets.Dataset` objects built in memory, one per split."""
     datasets = pytest.importorskip("datasets")
     calls = []
 
     def hub(repo, config, split):
         calls.append((repo, config, split))
-        return datasets.Dataset.from_dict({image_col: list(images_per_split[split]), "label": labels_per_split[split].tolist()})
+        return datasets.Dataset.from_dict(
+            {image_col: list(images_per_split[split]), "label": labels_per_split[split].tolist()}
+        )
 
     return hub, calls
 
@@ -192,7 +212,9 @@ def _fake_hub(images_per_split: dict[str, np.ndarray], labels_per_split: dict[st
     "name, shape, channels",
     [("mnist", (28, 28), 1), ("cifar10", (32, 32, 3), 3)],
 )
-def test_hub_images_are_converted_without_the_network(monkeypatch: pytest.MonkeyPatch, capsys, name, shape, channels) -> None:
+def test_hub_images_are_converted_without_the_network(
+    monkeypatch: pytest.MonkeyPatch, capsys, name, shape, channels
+) -> None:
     rng = np.random.default_rng(0)
     images = {s: rng.integers(0, 256, (n, *shape), dtype=np.uint8) for s, n in (("train", 40), ("test", 12))}
     labels = {s: rng.integers(0, 10, len(images[s])) for s in images}
@@ -201,7 +223,11 @@ def test_hub_images_are_converted_without_the_network(monkeypatch: pytest.Monkey
     monkeypatch.setattr(data, "_hub", hub)
     bundle = data.load_images(name, source="hub", n_train=30, n_eval=10, seed=3)
     assert [c[2] for c in calls] == ["train", "test"] and all(c[0] == repo for c in calls)
-    assert bundle.source == "hub" and bundle.name == name and f"'{repo}' from the Hugging Face hub" in capsys.readouterr().out
+    assert (
+        bundle.source == "hub"
+        and bundle.name == name
+        and f"'{repo}' from the Hugging Face hub" in capsys.readouterr().out
+    )
     side = shape[0]
     assert bundle.input_shape == (channels, side, side)  # (H, W) and (H, W, C) both become (C, H, W)
     assert (len(bundle.x_train), len(bundle.x_eval)) == (30, 10)
@@ -237,10 +263,18 @@ def test_missing_pillow_is_named_not_blamed_on_the_network(monkeypatch: pytest.M
     datasets = pytest.importorskip("datasets")
     pa = pytest.importorskip("pyarrow")
     features = datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")})
-    table = pa.table({"image": pa.array([{"bytes": b"not decoded", "path": None}] * 4, type=datasets.Image().pa_type),
-                      "label": pa.array([0, 1, 2, 3], type=pa.int64())})
+    table = pa.table(
+        {
+            "image": pa.array([{"bytes": b"not decoded", "path": None}] * 4, type=datasets.Image().pa_type),
+            "label": pa.array([0, 1, 2, 3], type=pa.int64()),
+        }
+    )
     monkeypatch.setattr(datasets.config, "PIL_AVAILABLE", False)
-    monkeypatch.setattr(data, "_hub", lambda repo, config, split: datasets.Dataset(table, info=datasets.DatasetInfo(features=features)))
+    monkeypatch.setattr(
+        data,
+        "_hub",
+        lambda repo, config, split: datasets.Dataset(table, info=datasets.DatasetInfo(features=features)),
+    )
     images = data.load_images("mnist", source="hub")
     out = capsys.readouterr().out
     assert images.source == "local"
@@ -257,7 +291,9 @@ def test_missing_pillow_is_named_not_blamed_on_the_network(monkeypatch: pytest.M
         (ValueError("unexpected column"), "from the hub failed (ValueError"),
     ],
 )
-def test_hub_failures_are_told_apart(monkeypatch: pytest.MonkeyPatch, capsys, error: Exception, expected: str) -> None:
+def test_hub_failures_are_told_apart(
+    monkeypatch: pytest.MonkeyPatch, capsys, error: Exception, expected: str
+) -> None:
     def failing(*args, **kwargs):
         raise error
 

@@ -42,12 +42,17 @@ def _code_cells(md: str) -> list[str]:
             cells.append("\n".join(cell))
         elif inside and not line.startswith(":"):  # cell options (:tags: ...) are not code
             stripped = line.lstrip()
-            cell.append(line[: len(line) - len(stripped)] + "pass" if stripped.startswith(("%", "!")) else line)
+            cell.append(
+                line[: len(line) - len(stripped)] + "pass" if stripped.startswith(("%", "!")) else line
+            )
     return cells
 
 
 def _package_modules() -> dict[str, set[str]]:
-    modules = {str(p.relative_to(ROOT)): _imported_modules(p.read_text(encoding="utf-8")) for p in (ROOT / "mpcourse").rglob("*.py")}
+    modules = {
+        str(p.relative_to(ROOT)): _imported_modules(p.read_text(encoding="utf-8"))
+        for p in (ROOT / "mpcourse").rglob("*.py")
+    }
     assert len(modules) > 40, "the package's modules were not found"
     return modules
 
@@ -64,7 +69,10 @@ def test_no_chapter_imports_the_course_extra_or_scikit_learn() -> None:
     for md in chapters:
         names = set().union(*map(_imported_modules, _code_cells(md.read_text(encoding="utf-8"))))
         assert "mpcourse" in names, f"{md.name}: no code cells were read"
-        assert not names & (COURSE_EXTRA | {"sklearn"}), (md.name, sorted(names & (COURSE_EXTRA | {"sklearn"})))
+        assert not names & (COURSE_EXTRA | {"sklearn"}), (
+            md.name,
+            sorted(names & (COURSE_EXTRA | {"sklearn"})),
+        )
 
 
 def test_no_module_imports_scikit_learn_except_the_one_off_digits_script() -> None:

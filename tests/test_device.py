@@ -16,7 +16,11 @@ def verdicts(preset: str) -> dict[str, str]:
 
 def test_cpu_preset_emulates_everything_narrow() -> None:
     assert verdicts("cpu") == {
-        "fp32": "native", "tf32": "unavailable", "fp16": "emulated", "bf16": "emulated", "fp8": "emulated"
+        "fp32": "native",
+        "tf32": "unavailable",
+        "fp16": "emulated",
+        "bf16": "emulated",
+        "fp8": "emulated",
     }
 
 
@@ -28,7 +32,11 @@ def test_t4_has_fp16_tensor_cores_but_only_emulated_bf16_and_no_fp8() -> None:
     caps = device.capabilities(preset="t4")
     assert caps.sm == "sm_75"
     assert verdicts("t4") == {
-        "fp32": "native", "tf32": "unavailable", "fp16": "native", "bf16": "emulated", "fp8": "emulated"
+        "fp32": "native",
+        "tf32": "unavailable",
+        "fp16": "native",
+        "bf16": "emulated",
+        "fp8": "emulated",
     }
     # The verdict explains the trap rather than trusting is_bf16_supported().
     assert "is_bf16_supported" in device.precision_support(caps)["bf16"].reason
@@ -37,7 +45,11 @@ def test_t4_has_fp16_tensor_cores_but_only_emulated_bf16_and_no_fp8() -> None:
 @pytest.mark.parametrize("preset", ["a100", "a100_40gb"])
 def test_a100_has_bf16_and_tf32_but_no_fp8(preset: str) -> None:
     assert verdicts(preset) == {
-        "fp32": "native", "tf32": "native", "fp16": "native", "bf16": "native", "fp8": "emulated"
+        "fp32": "native",
+        "tf32": "native",
+        "fp16": "native",
+        "bf16": "native",
+        "fp8": "emulated",
     }
 
 
@@ -51,7 +63,11 @@ def test_gpu_presets_are_the_rows_of_the_gpu_table() -> None:
     assert [k for k, c in device.PRESETS.items() if c.kind == "cuda"] == [g.preset for g in gpus.GPUS]
     for gpu in gpus.GPUS:
         caps = device.capabilities(preset=gpu.preset)
-        assert (caps.name, caps.compute_capability, caps.memory_bytes) == (gpu.cuda_name, gpu.compute_capability, gpu.memory_gb * 1e9)
+        assert (caps.name, caps.compute_capability, caps.memory_bytes) == (
+            gpu.cuda_name,
+            gpu.compute_capability,
+            gpu.memory_gb * 1e9,
+        )
         natives = {p for p, s in device.precision_support(caps).items() if s.status == "native"}
         assert natives == gpu.native, gpu.preset
 
@@ -90,7 +106,9 @@ def test_this_machine_is_detected_consistently() -> None:
 
 def test_cpu_flags_are_read_from_cpuinfo(tmp_path) -> None:
     cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text("model name\t: Test CPU\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_tile amx_bf16\n")
+    cpuinfo.write_text(
+        "model name\t: Test CPU\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_tile amx_bf16\n"
+    )
     assert device._read_cpu_flags(str(cpuinfo)) == {"avx2", "avx512f", "avx512_bf16", "amx_bf16"}
     assert device._read_cpu_flags(str(tmp_path / "missing")) == frozenset()
 
@@ -126,9 +144,15 @@ def test_a_detected_t4_is_not_taken_for_a_bf16_gpu(monkeypatch: pytest.MonkeyPat
 
 @pytest.mark.parametrize(
     "name, cc, natives",
-    [("NVIDIA A100", (8, 0), {"bf16", "tf32"}), ("NVIDIA L4", (8, 9), {"bf16", "tf32", "fp8"}), ("NVIDIA H100", (9, 0), {"bf16", "tf32", "fp8"})],
+    [
+        ("NVIDIA A100", (8, 0), {"bf16", "tf32"}),
+        ("NVIDIA L4", (8, 9), {"bf16", "tf32", "fp8"}),
+        ("NVIDIA H100", (9, 0), {"bf16", "tf32", "fp8"}),
+    ],
 )
-def test_detected_gpus_report_their_native_precisions(monkeypatch: pytest.MonkeyPatch, name, cc, natives) -> None:
+def test_detected_gpus_report_their_native_precisions(
+    monkeypatch: pytest.MonkeyPatch, name, cc, natives
+) -> None:
     _fake_cuda(monkeypatch, name, cc, emulated_bf16=False)
     support = device.precision_support(device.capabilities())
     assert {p for p, s in support.items() if s.status == "native"} == {"fp32", "fp16"} | natives

@@ -14,8 +14,8 @@ import os
 
 import nbformat
 import pytest
-
 from conftest import ROOT
+
 from mpcourse import device
 from mpcourse.course import authoring, verify
 
@@ -33,7 +33,9 @@ CHAPTERS = [md.stem for md in authoring.chapters() if md.stem != "floating_point
 def test_chapter_on_a_cpu_without_bf16_units(chapter: str, monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(SIMULATION), os.environ.get("PYTHONPATH", "")]))
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # on a machine with a GPU too, the chapters must see only the CPU
+    monkeypatch.setenv(
+        "CUDA_VISIBLE_DEVICES", ""
+    )  # on a machine with a GPU too, the chapters must see only the CPU
     monkeypatch.delenv("MPCOURSE_DEVICE_PRESET", raising=False)
     record = verify.run_chapter(ROOT / "notebooks" / f"{chapter}.ipynb", "ci", executed_dir=tmp_path)
     assert record["status"] == "passed", record["error"]

@@ -24,7 +24,11 @@ def _split(requirement: str) -> tuple[str, str]:
 
 def test_conda_environment_matches_pyproject() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    wanted = [*project["dependencies"], *project["optional-dependencies"]["book"], *project["optional-dependencies"]["test"]]
+    wanted = [
+        *project["dependencies"],
+        *project["optional-dependencies"]["book"],
+        *project["optional-dependencies"]["test"],
+    ]
     expected = {}
     for req in wanted:
         name, bound = _split(req.split(";")[0])  # conda installs marker-only packages everywhere
@@ -48,7 +52,9 @@ def test_the_torch_floor_is_the_oldest_tested_version_everywhere() -> None:
     makefile = (ROOT / "Makefile").read_text()
     oldest = re.search(r"^TORCH_OLDEST := (\S+)$", makefile, re.MULTILINE)
     assert oldest and oldest.group(1).startswith(mpcourse.OLDEST_TESTED_TORCH + ".")
-    tested = (ROOT / "README.md").read_text().split("## Tested versions", 1)[-1]  # the README says what was tested
+    tested = (
+        (ROOT / "README.md").read_text().split("## Tested versions", 1)[-1]
+    )  # the README says what was tested
     assert re.search(rf"^\| {re.escape(oldest.group(1))} \| the oldest supported", tested, re.MULTILINE)
 
 
@@ -57,7 +63,10 @@ def test_setup_warns_in_one_line_about_a_torch_older_than_tested(monkeypatch, ca
 
     import mpcourse
 
-    assert mpcourse.torch_version_warning("2.11.0+cu130") is None and mpcourse.torch_version_warning("2.14.1") is None
+    assert (
+        mpcourse.torch_version_warning("2.11.0+cu130") is None
+        and mpcourse.torch_version_warning("2.14.1") is None
+    )
     assert mpcourse.torch_version_warning("2.11.0a0+git5f8e") is None  # a build of a tested release
     assert mpcourse.torch_version_warning("10.0.0") is None
     old = mpcourse.torch_version_warning("2.4.1")

@@ -75,6 +75,7 @@ def test_a_stub_is_not_done_yet(label: str) -> None:
 
 # --- getting_started-tflops -------------------------------------------------------------------
 
+
 def tflops_reference(m, n, k, seconds):
     return 2 * m * n * k / seconds / 1e12
 
@@ -101,6 +102,7 @@ def test_tflops_rejects_realistic_mistakes(wrong, message: str) -> None:
 
 # --- getting_started-relative-error -----------------------------------------------------------
 
+
 def relative_error_reference(result, reference):
     result, reference = result.double(), reference.double()
     return (torch.linalg.norm(result - reference) / torch.linalg.norm(reference)).item()
@@ -117,12 +119,32 @@ def test_relative_error_accepts_the_reference_and_a_tensor_result() -> None:
 @pytest.mark.parametrize(
     "wrong, message",
     [
-        (lambda r, f: (torch.linalg.norm(r.double() - f.double()) / torch.linalg.norm(r.double())).item(), "norm of the result"),
-        (lambda r, f: ((r.double() - f.double()).abs() / f.double().abs()).mean().item(), "mean of element-wise"),
-        (lambda r, f: ((r.double() - f.double()).abs() / f.double().abs()).max().item(), "largest element-wise"),
-        (lambda r, f: (torch.linalg.norm((r - f.to(r.dtype)).float()) / torch.linalg.norm(f.float())).item(), "low precision"),
+        (
+            lambda r, f: (torch.linalg.norm(r.double() - f.double()) / torch.linalg.norm(r.double())).item(),
+            "norm of the result",
+        ),
+        (
+            lambda r, f: ((r.double() - f.double()).abs() / f.double().abs()).mean().item(),
+            "mean of element-wise",
+        ),
+        (
+            lambda r, f: ((r.double() - f.double()).abs() / f.double().abs()).max().item(),
+            "largest element-wise",
+        ),
+        (
+            lambda r, f: (
+                torch.linalg.norm((r - f.to(r.dtype)).float()) / torch.linalg.norm(f.float())
+            ).item(),
+            "low precision",
+        ),
         (lambda r, f: torch.linalg.norm(r.double() - f.double()).item(), "absolute"),
-        (lambda r, f: torch.linalg.norm(r.double() - f.double(), ord=2).item() / torch.linalg.norm(f.double(), ord=2).item(), "not right"),
+        (
+            lambda r, f: (
+                torch.linalg.norm(r.double() - f.double(), ord=2).item()
+                / torch.linalg.norm(f.double(), ord=2).item()
+            ),
+            "not right",
+        ),
         (lambda r, f: torch.ones(2), "shape"),
     ],
 )

@@ -78,7 +78,12 @@ def test_safe_bce_accepts_the_reference() -> None:
     [
         (lambda z, t: F.binary_cross_entropy(torch.sigmoid(z), t), "expected"),
         (lambda z, t: torch.nn.BCELoss()(torch.sigmoid(z).float(), t), "expected"),
-        (lambda z, t: -(t * torch.log(torch.sigmoid(z)) + (1 - t) * torch.log(1 - torch.sigmoid(z))).mean(), "nan|inf|expected"),
+        (
+            lambda z, t: (
+                -(t * torch.log(torch.sigmoid(z)) + (1 - t) * torch.log(1 - torch.sigmoid(z))).mean()
+            ),
+            "nan|inf|expected",
+        ),
         (lambda z, t: F.binary_cross_entropy_with_logits(z, t, reduction="sum"), "sum over the batch"),
         (lambda z, t: F.binary_cross_entropy_with_logits(z, t, reduction="none"), "expected the mean"),
         (lambda z, t: F.binary_cross_entropy_with_logits(torch.sigmoid(z), t), "expected"),
@@ -173,7 +178,7 @@ def test_custom_fwd_accepts_the_reference() -> None:
     [
         (lambda: make_function(cast_inputs=None), "did not run in fp32"),
         (lambda: make_function(backward_factor=1.0), "gradient is wrong"),
-        (lambda: (lambda x: (x.float() ** 2).sum(-1)), "apply method"),
+        (lambda: lambda x: (x.float() ** 2).sum(-1), "apply method"),
         (lambda: make_function(cast_inputs=torch.bfloat16), "did not run in fp32"),
     ],
 )
@@ -185,8 +190,18 @@ def test_custom_fwd_rejects_mistakes(wrong, message) -> None:
 # --- predict the x-ray ------------------------------------------------------------------------------------
 
 XRAY_ROWS = [
-    "embed: embedding", "norm: layer_norm", "mlp: linear", "XRayProbe: relu", "XRayProbe: add", "XRayProbe: softmax",
-    "XRayProbe: matmul", "XRayProbe: softmax", "XRayProbe: mul", "XRayProbe: matmul", "XRayProbe: mean", "head: linear",
+    "embed: embedding",
+    "norm: layer_norm",
+    "mlp: linear",
+    "XRayProbe: relu",
+    "XRayProbe: add",
+    "XRayProbe: softmax",
+    "XRayProbe: matmul",
+    "XRayProbe: softmax",
+    "XRayProbe: mul",
+    "XRayProbe: matmul",
+    "XRayProbe: mean",
+    "head: linear",
     "(outside the model): cross_entropy",
 ]
 XRAY_ANSWER = [F32, F32, BF16, BF16, F32, F32, BF16, BF16, F32, BF16, BF16, BF16, F32]
@@ -216,16 +231,28 @@ def _with(changes: dict[int, torch.dtype]) -> list[torch.dtype]:
 @pytest.mark.parametrize(
     "prediction, message",
     [
-        (_with({5: BF16}), r"op 6, XRayProbe: softmax.*no CPU autocast list.*float32"),  # softmax of the fp32 stream in bf16
-        (_with({7: F32}), r"op 8, XRayProbe: softmax.*CUDA softmax is on the fp32 list"),  # CUDA's rule applied on CPU
+        (
+            _with({5: BF16}),
+            r"op 6, XRayProbe: softmax.*no CPU autocast list.*float32",
+        ),  # softmax of the fp32 stream in bf16
+        (
+            _with({7: F32}),
+            r"op 8, XRayProbe: softmax.*CUDA softmax is on the fp32 list",
+        ),  # CUDA's rule applied on CPU
         (_with({2: F32}), r"op 3, mlp: linear.*low-precision list"),  # linear left in fp32
         (_with({11: F32}), r"op 12, head: linear.*low-precision list"),
         (_with({4: BF16}), r"op 5, XRayProbe: add.*type promotion"),  # the residual add in bf16
-        (_with({6: F32, 9: F32}), r"2 of 13.*op 7, XRayProbe: matmul.*low-precision list"),  # matmuls of fp32 inputs kept fp32
+        (
+            _with({6: F32, 9: F32}),
+            r"2 of 13.*op 7, XRayProbe: matmul.*low-precision list",
+        ),  # matmuls of fp32 inputs kept fp32
         (_with({0: BF16}), r"op 1, embed: embedding.*no CPU autocast list"),
         (_with({12: BF16}), r"op 13, \(outside the model\): cross_entropy.*fp32 list"),
         (_with({1: BF16}), r"op 2, norm: layer_norm.*no CPU autocast list"),  # the norm in bf16
-        (_with({7: F32, 10: F32}), r"2 of 13.*op 8, XRayProbe: softmax.*CUDA"),  # CUDA's habit: softmax and reductions in fp32
+        (
+            _with({7: F32, 10: F32}),
+            r"2 of 13.*op 8, XRayProbe: softmax.*CUDA",
+        ),  # CUDA's habit: softmax and reductions in fp32
         ([BF16] * 13, "for every op"),
         ([F32] * 13, "for every op"),
     ],

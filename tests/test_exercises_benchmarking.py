@@ -8,8 +8,8 @@ import pytest
 
 from mpcourse.exercises import ExerciseFailed, check
 
-
 # --- benchmarking-intensity -------------------------------------------------------------------
+
 
 def intensity(m, n, k, b):
     return 2 * m * n * k / (b * (m * k + k * n + m * n))
@@ -38,6 +38,7 @@ def test_intensity_rejects_realistic_mistakes(wrong, message: str) -> None:
 
 # --- benchmarking-speedup ---------------------------------------------------------------------
 
+
 def speedup(flops, bytes_high, bytes_low, peak_high, peak_low, bandwidth):
     high = max(flops / (peak_high * 1e12), bytes_high / (bandwidth * 1e9))
     low = max(flops / (peak_low * 1e12), bytes_low / (bandwidth * 1e9))
@@ -53,10 +54,21 @@ def test_speedup_accepts_the_reference() -> None:
     [
         (lambda f, bh, bl, ph, pl, bw: pl / ph, "ratio of the peaks"),
         (lambda f, bh, bl, ph, pl, bw: bh / bl, "ratio of the bytes"),
-        (lambda f, bh, bl, ph, pl, bw: (f / ph / 1e12 + bh / bw / 1e9) / (f / pl / 1e12 + bl / bw / 1e9), "adding"),
-        (lambda f, bh, bl, ph, pl, bw: min(f / ph / 1e12, bh / bw / 1e9) / min(f / pl / 1e12, bl / bw / 1e9), "ratio of the (peaks|bytes)|smaller"),
+        (
+            lambda f, bh, bl, ph, pl, bw: (f / ph / 1e12 + bh / bw / 1e9) / (f / pl / 1e12 + bl / bw / 1e9),
+            "adding",
+        ),
+        (
+            lambda f, bh, bl, ph, pl, bw: (
+                min(f / ph / 1e12, bh / bw / 1e9) / min(f / pl / 1e12, bl / bw / 1e9)
+            ),
+            "ratio of the (peaks|bytes)|smaller",
+        ),
         (lambda *a: 1 / speedup(*a), "inverse"),
-        (lambda f, bh, bl, ph, pl, bw: max(f / ph, bh / bw) / max(f / pl, bl / bw), "not right"),  # units mixed up
+        (
+            lambda f, bh, bl, ph, pl, bw: max(f / ph, bh / bw) / max(f / pl, bl / bw),
+            "not right",
+        ),  # units mixed up
     ],
 )
 def test_speedup_rejects_realistic_mistakes(wrong, message: str) -> None:
@@ -65,6 +77,7 @@ def test_speedup_rejects_realistic_mistakes(wrong, message: str) -> None:
 
 
 # --- benchmarking-timing ----------------------------------------------------------------------
+
 
 def time_per_call(fn, sync, clock, warmup=3, repeats=10):
     for _ in range(warmup):
@@ -175,6 +188,7 @@ def test_timing_rejects_the_classic_bugs(wrong, message: str) -> None:
 
 
 # --- benchmarking-mfu -------------------------------------------------------------------------
+
 
 def mfu(n_params, tokens, seconds, peak_tflops):
     return 6 * n_params * tokens / seconds / (peak_tflops * 1e12)

@@ -47,8 +47,13 @@ def sr_wrong(variant: str):
         if variant in ("global-generator", "seeded-inside"):  # right bit trick, wrong source of randomness
             if variant == "seeded-inside":
                 generator = torch.Generator().manual_seed(0)
-            noise = torch.randint(0, 1 << 16, x.shape, dtype=torch.int32,
-                                  generator=None if variant == "global-generator" else generator)
+            noise = torch.randint(
+                0,
+                1 << 16,
+                x.shape,
+                dtype=torch.int32,
+                generator=None if variant == "global-generator" else generator,
+            )
             return ((bits + noise) & -65536).view(torch.float32).to(torch.bfloat16)
         if variant == "noise-on-value":  # adds up to a whole gap and then rounds to nearest: biased upward
             gap = torch.from_numpy(BF16.spacing(x.double().numpy())).float()

@@ -175,7 +175,10 @@ def bf16_by_ml_dtypes_asarray(x: np.ndarray) -> np.ndarray:
         (lambda x: torch.from_numpy(np.asarray(x)).bfloat16().view(torch.uint16).numpy(), "torch"),
         (lambda x: torch.tensor(np.asarray(x), dtype=torch.bfloat16).view(torch.uint16).numpy(), "torch"),
         (lambda x: formats.BF16.encode(x), "mpcourse.formats"),
-        (lambda x: formats.BF16.encode(formats.round_tensor(torch.from_numpy(np.asarray(x)), "bf16")), "formats"),
+        (
+            lambda x: formats.BF16.encode(formats.round_tensor(torch.from_numpy(np.asarray(x)), "bf16")),
+            "formats",
+        ),
         (bf16_by_ml_dtypes, r"astype\(bfloat16\) \(ml_dtypes\)"),
         (bf16_by_ml_dtypes_asarray, "ml_dtypes"),
     ],

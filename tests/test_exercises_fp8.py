@@ -90,7 +90,7 @@ def test_tensorwise_rejects_mistakes(variant, message) -> None:
 def delayed_reference(amaxes, history_len, margin=0):
     used, scale = [], 1.0
     for t in range(len(amaxes)):
-        window = amaxes[max(0, t - history_len): t]
+        window = amaxes[max(0, t - history_len) : t]
         amax = max(window) if window else 0.0
         if 0 < amax < math.inf:
             scale = amax * 2.0**margin / 448.0
@@ -162,7 +162,9 @@ def mx_with_log2(x):  # the obvious solution, in float64 so floor(log2) is exact
     rows, cols = x.shape
     blocks = x.double().reshape(rows, cols // 32, 32)
     amax = blocks.abs().amax(dim=-1)
-    exponent = torch.where(amax > 0, torch.floor(torch.log2(amax)) - 8, torch.full_like(amax, -127)).clamp(-127, 127)
+    exponent = torch.where(amax > 0, torch.floor(torch.log2(amax)) - 8, torch.full_like(amax, -127)).clamp(
+        -127, 127
+    )
     scales = torch.exp2(exponent)
     elements = (blocks / scales[..., None]).clamp(-448, 448).float().to(FP8).reshape(rows, cols)
     return scales, elements
@@ -198,7 +200,11 @@ def _mx_wrong(variant):
         data = blocks / scales[..., None]
         if variant != "no-saturation":
             data = data.clamp(-448, 448)
-        elements = data.float().to(FP8).reshape(rows, cols) if variant != "columns" else data.float().to(FP8).reshape(cols, rows).t()
+        elements = (
+            data.float().to(FP8).reshape(rows, cols)
+            if variant != "columns"
+            else data.float().to(FP8).reshape(cols, rows).t()
+        )
         return scales, elements
 
     return fn

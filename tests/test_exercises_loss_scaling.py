@@ -11,7 +11,7 @@ from torch import nn
 
 from mpcourse import formats
 from mpcourse.exercises import ExerciseFailed, check
-from mpcourse.exercises.loss_scaling import _clipped_step_variant, _loop_variant
+from mpcourse.exercises.loss_scaling_loops import _clipped_step_variant, _loop_variant
 
 # ---- dynamic scaler ------------------------------------------------------------------------------
 
@@ -31,7 +31,9 @@ def make_scaler_class(mistake: str | None = None):
 
         def unscale_(self, optimizer):
             if self.unscaled and mistake != "unscale-twice":
-                raise RuntimeError("unscale_() has already been called on this optimizer since the last update().")
+                raise RuntimeError(
+                    "unscale_() has already been called on this optimizer since the last update()."
+                )
             for group in optimizer.param_groups:
                 for p in group["params"]:
                     if p.grad is None:
@@ -124,8 +126,16 @@ def _static_wrong(kind: str):
         if kind != "no-raise" and hist.above:
             raise ValueError("unknown")
         nonempty = hist.exponents[hist.counts > 0]
-        top = int(hist.exponents[-1]) if kind == "last-bin" else int(nonempty.min() if kind == "lowest" else nonempty.max())
-        log2max = math.ceil(math.log2(formats.get(fmt).max)) if kind == "ceil" else math.floor(math.log2(formats.get(fmt).max))
+        top = (
+            int(hist.exponents[-1])
+            if kind == "last-bin"
+            else int(nonempty.min() if kind == "lowest" else nonempty.max())
+        )
+        log2max = (
+            math.ceil(math.log2(formats.get(fmt).max))
+            if kind == "ceil"
+            else math.floor(math.log2(formats.get(fmt).max))
+        )
         s = log2max - (0 if kind == "no-margin" else margin) - top - (0 if kind == "upper-edge" else 1)
         if kind == "power":
             return 2.0**s
@@ -366,7 +376,7 @@ def test_loops_that_misuse_the_scaler_are_rejected(order: str, message: str) -> 
 def test_the_scalerless_loop_nearly_matches_the_fixed_one_without_overflow() -> None:
     # Why the spy is needed: with a small scale the parameters of a loop without the scaler differ from the
     # fixed loop's only by fp16 rounding (scaling by 16 moves a few roundings), far too little to rely on.
-    from mpcourse.exercises.loss_scaling import _run_epoch
+    from mpcourse.exercises.loss_scaling_loops import _run_epoch
 
     a, b = _run_epoch(_epoch_calling("no-scaler"), "small"), _run_epoch(fixed_epoch, "small")
     assert a["scale"] == b["scale"]
@@ -374,7 +384,7 @@ def test_the_scalerless_loop_nearly_matches_the_fixed_one_without_overflow() -> 
 
 
 def test_the_overflow_run_skips_some_steps_and_takes_others() -> None:
-    from mpcourse.exercises.loss_scaling import _EPOCH_BATCHES, _run_epoch
+    from mpcourse.exercises.loss_scaling_loops import _EPOCH_BATCHES, _run_epoch
 
     run = _run_epoch(fixed_epoch, "overflow")
     assert 0 < run["skipped"] < _EPOCH_BATCHES

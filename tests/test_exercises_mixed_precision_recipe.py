@@ -28,7 +28,10 @@ def test_lost_update_accepts_the_reference() -> None:
     [
         (lambda w, u, d: (w + u) != w, "everything was computed in fp32"),
         (lambda w, u, d: (w.to(d) + u) != w.to(d), "u stayed fp32, so adding it"),
-        (lambda w, u, d: (w.to(d) + u.to(d)) != w, "compared with the fp32 w"),  # the sum was rounded: not "kept in fp32"
+        (
+            lambda w, u, d: (w.to(d) + u.to(d)) != w,
+            "compared with the fp32 w",
+        ),  # the sum was rounded: not "kept in fp32"
         (lambda w, u, d: u.abs() > torch.finfo(d).eps * w.abs(), "eps"),
         (lambda w, u, d: u.abs() >= torch.finfo(d).eps / 2 * w.abs(), "eps"),
         (lambda w, u, d: (w.to(d) + u.to(d)) == w.to(d), "answers are wrong"),  # inverted
@@ -65,9 +68,15 @@ def test_master_weights_accepts_the_reference_and_an_in_place_variant() -> None:
 @pytest.mark.parametrize(
     "wrong, message",
     [
-        (lambda m, g, lr, d: ((m.to(d) - lr * g).float(), (m.to(d) - lr * g)), "applied to the low-precision"),
+        (
+            lambda m, g, lr, d: ((m.to(d) - lr * g).float(), (m.to(d) - lr * g)),
+            "applied to the low-precision",
+        ),
         (lambda m, g, lr, d: (m - (lr * g).float(), (m - (lr * g).float()).to(d)), "computed in"),
-        (lambda m, g, lr, d: ((m - lr * g.float()).to(d), (m - lr * g.float()).to(d)), "master weights are torch"),
+        (
+            lambda m, g, lr, d: ((m - lr * g.float()).to(d), (m - lr * g.float()).to(d)),
+            "master weights are torch",
+        ),
         (lambda m, g, lr, d: (m - lr * g.float(), m.to(d)), "old weights"),
         (lambda m, g, lr, d: (m - lr * g.float(), m - lr * g.float()), "copy is torch.float32"),
         (lambda m, g, lr, d: (m + lr * g.float(), (m + lr * g.float()).to(d)), "not master - lr"),
@@ -107,7 +116,7 @@ def sequential_low_precision(a, b):
         (lambda a, b: torch.dot(a, b).float(), "differs from the exact"),
         (sequential_low_precision, "differs from the exact"),
         (lambda a, b: (a.float() * b.float()).sum().item(), "expected a one-element tensor"),
-        (lambda a, b: (a.float() * b.float()), "expected a one-element tensor"),
+        (lambda a, b: a.float() * b.float(), "expected a one-element tensor"),
     ],
 )
 def test_fp32_accumulate_rejects_mistakes(wrong, message) -> None:
@@ -172,7 +181,15 @@ def test_train_step_accepts_the_reference_and_backward_inside_autocast() -> None
     check(f"{SLUG}-train-step", backward_inside)
 
 
-def step_with(*, autocast=True, zero_grad=True, scaled_backward=True, through_scaler=True, update=True, return_scaled=False):
+def step_with(
+    *,
+    autocast=True,
+    zero_grad=True,
+    scaled_backward=True,
+    through_scaler=True,
+    update=True,
+    return_scaled=False,
+):
     """A training step with one part of the recipe changed: the realistic mistakes the check must catch."""
 
     def step(model, optimizer, scaler, x, y, device_type, dtype):

@@ -22,8 +22,13 @@ def step_bytes(n, n_mm, acts, recipe):
 def step_bytes_by_component(n, n_mm, acts, recipe):
     """Another correct solution: component by component, as a float."""
     p = PARAM_BYTES[recipe]
-    parts = {"weights": n * p, "gradients": n * p, "moments": 2 * n * p,
-             "copies": n_mm * (2 if recipe == "amp" else 0), "activations": acts * ACT_BYTES[recipe]}
+    parts = {
+        "weights": n * p,
+        "gradients": n * p,
+        "moments": 2 * n * p,
+        "copies": n_mm * (2 if recipe == "amp" else 0),
+        "activations": acts * ACT_BYTES[recipe],
+    }
     return float(sum(parts.values()))
 
 
@@ -45,7 +50,10 @@ def amp_like_pure_bf16(n, n_mm, acts, recipe):
     [
         (amp_like_pure_bf16, "treating AMP like pure bf16"),
         (lambda n, m, a, r: step_bytes(n, m, a, r) - (2 * m if r == "amp" else 0), "16-bit copy"),
-        (lambda n, m, a, r: step_bytes(n, m, a, r) + ((2 * n - 2 * m) if r == "amp" else 0), "every parameter"),
+        (
+            lambda n, m, a, r: step_bytes(n, m, a, r) + ((2 * n - 2 * m) if r == "amp" else 0),
+            "every parameter",
+        ),
         (lambda n, m, a, r: step_bytes(n, m, a, r) + a * (4 - ACT_BYTES[r]), "activations at 4 bytes"),
         (lambda n, m, a, r: step_bytes(n, m, a, r) - 2 * n * PARAM_BYTES[r], "AdamW's state"),
         (lambda n, m, a, r: step_bytes(n, m, a, r) - n * PARAM_BYTES[r], "one AdamW moment"),
@@ -91,7 +99,10 @@ def test_bound_accepts_correct_answers(answer) -> None:
         (lambda f, b, p, bw: "compute" if f / b > p / bw else "memory", "mixing units"),
         (lambda f, b, p, bw: "memory" if bound(f, b, p, bw) == "compute" else "compute", "swapping"),
         (lambda f, b, p, bw: "compute", "not right"),  # everything on a GPU is compute-bound
-        (lambda f, b, p, bw: "compute-bound" if bound(f, b, p, bw) == "compute" else "memory-bound", "one of the strings"),
+        (
+            lambda f, b, p, bw: "compute-bound" if bound(f, b, p, bw) == "compute" else "memory-bound",
+            "one of the strings",
+        ),
     ],
 )
 def test_bound_rejects_realistic_mistakes(wrong, message: str) -> None:
@@ -143,6 +154,7 @@ def breakeven(d_in, d_out, b, e_fma, e_byte):
 
 def breakeven_by_search(d_in, d_out, b, e_fma, e_byte):
     """Another correct solution: bisect on m for the point where the two energies are equal."""
+
     def excess(m):  # arithmetic minus memory energy
         return m * d_in * d_out * e_fma - (m * d_in + d_in * d_out + m * d_out) * b * e_byte
 
@@ -167,8 +179,16 @@ def test_energy_accepts_correct_answers(answer) -> None:
         (lambda d_in, d_out, b, ef, eb: breakeven(d_in, d_out, 8 * b, ef, eb), "bits instead of bytes"),
         (lambda d_in, d_out, b, ef, eb: b * eb / ef, "only the weights"),
         (lambda d_in, d_out, b, ef, eb: 0.0, "only the activations"),
-        (lambda d_in, d_out, b, ef, eb: d_in * d_out * b * eb / (d_in * d_out * ef - (d_in + d_out) * b * eb), "negative"),
-        (lambda d_in, d_out, b, ef, eb: breakeven(d_in, d_out, b, ef, eb) * 1e-12, "not right"),  # joules mixed in
+        (
+            lambda d_in, d_out, b, ef, eb: (
+                d_in * d_out * b * eb / (d_in * d_out * ef - (d_in + d_out) * b * eb)
+            ),
+            "negative",
+        ),
+        (
+            lambda d_in, d_out, b, ef, eb: breakeven(d_in, d_out, b, ef, eb) * 1e-12,
+            "not right",
+        ),  # joules mixed in
     ],
 )
 def test_energy_rejects_realistic_mistakes(wrong, message: str) -> None:

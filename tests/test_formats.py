@@ -259,7 +259,9 @@ def test_torch_casts_saturate_only_to_e4m3fn(name: str, sample: np.ndarray) -> N
     assert ((got == want) | (np.isnan(sample) & same_values(fmt.decode(got), fmt.decode(want)))).all()
 
 
-@pytest.mark.skipif(not formats.torch_e4m3fn_saturates(), reason="this torch (< 2.12) gives NaN like ml_dtypes")
+@pytest.mark.skipif(
+    not formats.torch_e4m3fn_saturates(), reason="this torch (< 2.12) gives NaN like ml_dtypes"
+)
 def test_e4m3fn_torch_saturates_where_ml_dtypes_gives_nan(sample: np.ndarray) -> None:
     """The two libraries disagree exactly on values beyond E4M3's range (|x| > 464) and infinities."""
     fmt = formats.E4M3
@@ -461,8 +463,18 @@ def _stochastic_inputs(fmt: FloatFormat) -> np.ndarray:
 
 
 #: Formats for the statistics of stochastic rounding: IEEE-like, OCP fp8, fnuz, fp4, E8M0, TF32, custom.
-STOCHASTIC_FORMATS = ["bfloat16", "float16", "tf32", "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz",
-                      "float8_e5m2fnuz", "float4_e2m1fn", "float8_e8m0fnu", "e3m4"]
+STOCHASTIC_FORMATS = [
+    "bfloat16",
+    "float16",
+    "tf32",
+    "float8_e4m3fn",
+    "float8_e5m2",
+    "float8_e4m3fnuz",
+    "float8_e5m2fnuz",
+    "float4_e2m1fn",
+    "float8_e8m0fnu",
+    "e3m4",
+]
 
 
 def _format(name: str) -> FloatFormat:
@@ -525,7 +537,10 @@ def test_the_torch_algorithm_matches_numpys(name: str, sample: np.ndarray) -> No
     modes = [(False, "nearest"), (True, "nearest"), (False, "toward_zero"), (False, "down"), (False, "up")]
     for saturate, rounding in modes:
         got = _round_with_torch(t, fmt, saturate=saturate, rounding=rounding, generator=None).numpy()
-        assert same_values(got, fmt.round(values, saturate=saturate, rounding=rounding)).all(), (saturate, rounding)
+        assert same_values(got, fmt.round(values, saturate=saturate, rounding=rounding)).all(), (
+            saturate,
+            rounding,
+        )
     # Stochastic rounding: the two backends draw from different generators, so give both the same
     # uniform numbers; the rest of the algorithm must then agree bit for bit, patterns included.
     uniform = np.random.default_rng(4).random(values.shape)

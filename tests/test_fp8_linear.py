@@ -14,13 +14,19 @@ from mpcourse.bench import fp8 as bench
 from mpcourse.fp8.linear import FP8Linear
 
 
-def _manual(layer: FP8Linear, x: torch.Tensor, dy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _manual(
+    layer: FP8Linear, x: torch.Tensor, dy: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """y, dx, dw computed by hand: quantise each GEMM's operands along its K, multiply the dequantised values."""
     cfg = layer.config
     w = layer.weight.detach()
 
     def q(t: torch.Tensor, recipe: str, fmt: str) -> torch.Tensor:
-        return fp8.quantize(t, recipe, fmt, block_size=cfg.block_of(recipe), pow2_scales=cfg.pow2_scales).dequantize().double()
+        return (
+            fp8.quantize(t, recipe, fmt, block_size=cfg.block_of(recipe), pow2_scales=cfg.pow2_scales)
+            .dequantize()
+            .double()
+        )
 
     f, g = cfg.forward_format, cfg.backward_format
     y = q(x, cfg.input_recipe, f) @ q(w, cfg.weight_recipe, f).T + layer.bias.detach().double()
@@ -74,10 +80,18 @@ def test_wgrad_blocks_along_a_batch_that_is_not_a_multiple_of_the_block() -> Non
 def test_a_tensor_scaled_cast_is_not_reused_where_the_other_operand_needs_padding() -> None:
     """Blockwise activations with tensorwise gradients: the wgrad GEMM pads both of its operands."""
     torch.manual_seed(0)
-    mixed = fp8.FP8Config("mixed", "blockwise activations, tensorwise weights and gradients", "blockwise", "tensorwise",
-                          "tensorwise", block_size=128)
+    mixed = fp8.FP8Config(
+        "mixed",
+        "blockwise activations, tensorwise weights and gradients",
+        "blockwise",
+        "tensorwise",
+        "tensorwise",
+        block_size=128,
+    )
     layer = FP8Linear(128, 128, config=mixed, gemm="emulated")
-    assert layer.wgrad_block() == 128 and layer.tensor_scaled("grad_output") and not layer.tensor_scaled("input")
+    assert (
+        layer.wgrad_block() == 128 and layer.tensor_scaled("grad_output") and not layer.tensor_scaled("input")
+    )
     x = torch.randn(100, 128, requires_grad=True)
     dy = torch.randn(100, 128)
     layer(x).backward(dy)
@@ -130,8 +144,14 @@ def test_auto_gemm_falls_back_to_the_emulation_without_fp8_units() -> None:
 
 
 def test_convert_keeps_first_last_and_indivisible_layers() -> None:
-    model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.Linear(128, 96), nn.Linear(96, 128),
-                          nn.Linear(128, 10))
+    model = nn.Sequential(
+        nn.Linear(64, 128),
+        nn.ReLU(),
+        nn.Linear(128, 128),
+        nn.Linear(128, 96),
+        nn.Linear(96, 128),
+        nn.Linear(128, 10),
+    )
     weight = model[2].weight
     table = fp8.plan(model, "fp8_blockwise")
     assert table["fp8"].tolist() == [False, True, False, False, False]
@@ -164,13 +184,20 @@ def test_training_recipes_are_registered_and_train() -> None:
     fp8.register_training_recipes()  # idempotent
     digits = data.load_images("digits", verbose=False)
     for name in ("fp8_delayed", "mxfp8"):
-        run = train.train(lambda: models.MLP(64, 10, width=64, depth=3), digits, name, steps=30, batch_size=64,
-                          progress=False, verbose=False, lr=3e-3)
+        run = train.train(
+            lambda: models.MLP(64, 10, width=64, depth=3),
+            digits,
+            name,
+            steps=30,
+            batch_size=64,
+            progress=False,
+            verbose=False,
+            lr=3e-3,
+        )
         assert not run.diverged
         losses = run.frame["loss"]
         assert losses.tail(5).mean() < 0.6 * losses.head(5).mean()
         assert sum(isinstance(m, FP8Linear) for m in run.model.modules()) == 2
-
 
 
 def test_an_fp8_run_whose_gemms_were_emulated_is_not_called_native() -> None:
@@ -179,12 +206,22 @@ def test_an_fp8_run_whose_gemms_were_emulated_is_not_called_native() -> None:
     h100 = device.capabilities(preset="h100")
 
     def run(recipe: str) -> train.History:
-        return train.train(lambda: models.MLP(64, 10, width=64, depth=3), digits, recipe, steps=2, batch_size=64,
-                           caps=h100, device="cpu", progress=False, verbose=False)
+        return train.train(
+            lambda: models.MLP(64, 10, width=64, depth=3),
+            digits,
+            recipe,
+            steps=2,
+            batch_size=64,
+            caps=h100,
+            device="cpu",
+            progress=False,
+            verbose=False,
+        )
 
     emulated = run("fp8_tensorwise")  # on the CPU, no layer can use the GPU's _scaled_mm
     assert emulated.status == "emulated" and any("ran emulated in fp32" in n for n in emulated.notes)
     assert run("bf16").status == "native"  # no fp8 layer: the hardware's verdict stands
+
 
 def test_torchao_path_is_refused_clearly_without_fp8_hardware() -> None:
     caps = device.capabilities(preset="a100")
@@ -197,7 +234,6 @@ def test_torchao_path_is_refused_clearly_without_fp8_hardware() -> None:
         fp8.torchao_convert(nn.Sequential(nn.Linear(16, 16)), "mxfp8")
 
 
-
 class _BrokenTorchao(types.ModuleType):
     """A torchao whose import fails as one built for another torch does (not with ImportError)."""
 
@@ -207,13 +243,16 @@ class _BrokenTorchao(types.ModuleType):
 
 def test_torchao_that_fails_to_load_is_reported_not_raised(monkeypatch: pytest.MonkeyPatch) -> None:
     h100 = device.capabilities(preset="h100")
-    monkeypatch.setitem(sys.modules, "torchao", None)  # None in sys.modules: "import torchao" raises ImportError
+    monkeypatch.setitem(
+        sys.modules, "torchao", None
+    )  # None in sys.modules: "import torchao" raises ImportError
     ok, why = fp8.torchao_status(h100)
     assert not ok and "pip install torchao" in why
     monkeypatch.setitem(sys.modules, "torchao", _BrokenTorchao("torchao"))
     monkeypatch.setitem(sys.modules, "torchao.float8", _BrokenTorchao("torchao.float8"))
     ok, why = fp8.torchao_status(h100)
     assert not ok and "does not load with torch" in why and "RuntimeError" in why
+
 
 # ---- benchmark ------------------------------------------------------------------------------------
 
@@ -245,15 +284,23 @@ def test_results_use_the_course_result_format(gemm_rows, tmp_path) -> None:
     """A saved fp8 result is an ordinary mpcourse.bench.results record (topic fp8), read back by mpcourse.reference.records."""
     from mpcourse.bench import results
 
-    record = bench.make_record(gemm_rows, [], note="training steps not measured (--quick)", seconds=1.0,
-                               command="mpcourse bench fp8 --quick")
+    record = bench.make_record(
+        gemm_rows,
+        [],
+        note="training steps not measured (--quick)",
+        seconds=1.0,
+        command="mpcourse bench fp8 --quick",
+    )
     path = results.save(record, tmp_path / "fp8-cpu.json")
     results.save(results.make_record("matmul", {"matmul": [{"x": 1}]}, command="c"), tmp_path / "other.json")
     (back,) = reference.records("fp8", tmp_path)  # topic fp8 only
     assert back == results.load(path) and back["topic"] == "fp8"
     assert "torchao" in back["environment"] and back["environment"]["device_name"]
     assert back["tables"]["run"][0]["torchao_note"].startswith("training steps")
-    assert bench.speedup_table(back)["speed-up tensorwise"].tolist() == bench.speedup_table(gemm_rows)["speed-up tensorwise"].tolist()
+    assert (
+        bench.speedup_table(back)["speed-up tensorwise"].tolist()
+        == bench.speedup_table(gemm_rows)["speed-up tensorwise"].tolist()
+    )
     with pytest.raises(ValueError, match="stored fp8 record"):
         bench.speedup_table({"gemms": gemm_rows})
 
@@ -289,10 +336,16 @@ def test_stored_results_are_complete_records() -> None:
         for case in bench.GEMM_CASES[1:]:
             row[f"{case}_speedup"] = row["bf16_s"] / row[f"{case}_s"]
         gemms.append(row)
-    h100 = {"kind": "cuda", "device_name": "NVIDIA H100 80GB HBM3", "device": "cuda: NVIDIA H100 80GB HBM3 (sm_90)"}
+    h100 = {
+        "kind": "cuda",
+        "device_name": "NVIDIA H100 80GB HBM3",
+        "device": "cuda: NVIDIA H100 80GB HBM3 (sm_90)",
+    }
     synthetic = results.make_record(
-        "fp8", {"gemms": gemms, "training_steps": [], "run": [{"torchao_note": "synthetic", "seconds": 1.0}]},
-        command="mpcourse bench fp8", environment=h100,
+        "fp8",
+        {"gemms": gemms, "training_steps": [], "run": [{"torchao_note": "synthetic", "seconds": 1.0}]},
+        command="mpcourse bench fp8",
+        environment=h100,
     )
     for record in [synthetic, *stored]:
         checked = bench.check_record(record)
@@ -309,8 +362,14 @@ def test_stored_results_are_complete_records() -> None:
     del no_bf16[2]["bf16_s"]
     no_case = [dict(r) for r in gemms]
     del no_case[1]["fp8_rowwise_s"]
-    inverted = [dict(r, fp8_tensorwise_speedup=1 / r["fp8_tensorwise_speedup"], fp8_tensorwise_s=r["fp8_tensorwise_s"]
-                     * r["fp8_tensorwise_speedup"] ** 2) for r in gemms]
+    inverted = [
+        dict(
+            r,
+            fp8_tensorwise_speedup=1 / r["fp8_tensorwise_speedup"],
+            fp8_tensorwise_s=r["fp8_tensorwise_s"] * r["fp8_tensorwise_speedup"] ** 2,
+        )
+        for r in gemms
+    ]
     too_fast = [dict(r) for r in gemms]
     too_fast[-1]["fp8_tensorwise_s"] /= 2  # 2700 TFLOP/s
     too_fast[-1]["fp8_tensorwise_speedup"] *= 2
@@ -332,7 +391,9 @@ def test_stored_results_are_complete_records() -> None:
 
 
 @pytest.mark.skipif(not hasattr(torch, "_scaled_mm"), reason="no torch._scaled_mm")
-@pytest.mark.parametrize("config, tolerance", [("fp8_tensorwise", 1e-6), ("fp8_delayed", 1e-6), ("fp8_rowwise", 1e-2)])
+@pytest.mark.parametrize(
+    "config, tolerance", [("fp8_tensorwise", 1e-6), ("fp8_delayed", 1e-6), ("fp8_rowwise", 1e-2)]
+)
 def test_the_native_path_of_auto_gemm(config: str, tolerance: float) -> None:
     """The branch a GPU with fp8 units takes (torch._scaled_mm for every GEMM it accepts), run here on
     PyTorch's CPU emulation of _scaled_mm by pretending the device is native; rowwise outputs bf16."""

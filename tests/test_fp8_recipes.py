@@ -16,15 +16,28 @@ from mpcourse import formats, fp8
 from mpcourse.fp8.quantized import pow2
 
 RECIPES_AND_FORMATS = [
-    ("tensorwise", "e4m3"), ("tensorwise", "e5m2"), ("tensorwise", "e2m1"), ("rowwise", "e4m3"),
-    ("rowwise", "e5m2"), ("blockwise", "e4m3"), ("blockwise_2d", "e4m3"), ("mx", "e4m3"), ("mx", "e5m2"),
-    ("mx", "e2m1"), ("mx", "e3m2"), ("nvfp4", "e2m1"), ("tensorwise", "e4m3fnuz"),
+    ("tensorwise", "e4m3"),
+    ("tensorwise", "e5m2"),
+    ("tensorwise", "e2m1"),
+    ("rowwise", "e4m3"),
+    ("rowwise", "e5m2"),
+    ("blockwise", "e4m3"),
+    ("blockwise_2d", "e4m3"),
+    ("mx", "e4m3"),
+    ("mx", "e5m2"),
+    ("mx", "e2m1"),
+    ("mx", "e3m2"),
+    ("nvfp4", "e2m1"),
+    ("tensorwise", "e4m3fnuz"),
 ]
 
 
 def wide_tensor(rows: int = 256, cols: int = 512, seed: int = 0) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
-    return torch.randn(rows, cols, generator=gen) * torch.logspace(-4, 3, cols)[torch.randperm(cols, generator=gen)]
+    return (
+        torch.randn(rows, cols, generator=gen)
+        * torch.logspace(-4, 3, cols)[torch.randperm(cols, generator=gen)]
+    )
 
 
 @pytest.mark.parametrize("recipe, fmt", RECIPES_AND_FORMATS)
@@ -48,7 +61,10 @@ def test_round_trip_is_within_the_format_error_bound(recipe: str, fmt: str) -> N
 
 def test_error_shrinks_with_mantissa_bits_and_finer_scales() -> None:
     x = torch.randn(256, 512, generator=torch.Generator().manual_seed(2))
-    snr = {name: fp8.error_stats(x, fp8.quantize(x, name))["snr_db"] for name in ("tensorwise", "blockwise", "mxfp8", "mxfp4", "nvfp4")}
+    snr = {
+        name: fp8.error_stats(x, fp8.quantize(x, name))["snr_db"]
+        for name in ("tensorwise", "blockwise", "mxfp8", "mxfp4", "nvfp4")
+    }
     e5m2 = fp8.error_stats(x, fp8.quantize(x, "tensorwise", "e5m2"))["snr_db"]
     assert snr["blockwise"] > snr["tensorwise"] > e5m2  # E4M3 has one more mantissa bit than E5M2
     assert min(snr["mxfp8"], snr["blockwise"]) > max(snr["mxfp4"], snr["nvfp4"]) + 6  # 8 bits beat 4 bits
@@ -107,7 +123,9 @@ def test_nvfp4_follows_the_documented_two_level_formula() -> None:
     x = x.astype(np.float32).astype(np.float64)
     s_global = np.float32(np.abs(x).max() / (448.0 * 6.0))
     block_amax = np.abs(x.reshape(32, 4, 16)).max(-1)
-    s_block = np.clip((block_amax / 6.0).astype(np.float32) / s_global, -448, 448).astype(ml_dtypes.float8_e4m3fn)
+    s_block = np.clip((block_amax / 6.0).astype(np.float32) / s_global, -448, 448).astype(
+        ml_dtypes.float8_e4m3fn
+    )
     assert q.tensor_scale.item() == pytest.approx(float(s_global), rel=1e-7)
     assert np.array_equal(q.scale.double().numpy(), s_block.astype(np.float64))
     divisor = np.repeat(s_block.astype(np.float32), 16, axis=1) * s_global
@@ -142,7 +160,9 @@ def test_e8m0_bits_decode_as_torch_does() -> None:
     ours, theirs = fp8.quantized.e8m0_to_float(patterns), patterns.float()
     assert torch.equal(ours[:255], theirs[:255]) and torch.isnan(ours[255]) and torch.isnan(theirs[255])
     powers = torch.cat([pow2(torch.arange(-127, 128)), torch.tensor([math.nan])])
-    assert torch.equal(fp8.quantized.float_to_e8m0(powers).view(torch.uint8), torch.arange(256).to(torch.uint8))
+    assert torch.equal(
+        fp8.quantized.float_to_e8m0(powers).view(torch.uint8), torch.arange(256).to(torch.uint8)
+    )
 
 
 def test_pow2_is_exact() -> None:
@@ -155,13 +175,20 @@ def test_cast_matches_ml_dtypes(fmt: str) -> None:
     """In range: round to nearest even, as ml_dtypes; out of range: ±max when saturating, else ml_dtypes's NaN/inf."""
     f = formats.get(fmt)
     gen = torch.Generator().manual_seed(1)
-    v = torch.cat([torch.randn(20000, generator=gen) * f.max / 4, torch.randn(2000, generator=gen) * f.tiny,
-                   torch.tensor([f.max * 1.01, -f.max * 3, math.inf, -math.inf, math.nan, 0.0, -0.0])])
+    v = torch.cat(
+        [
+            torch.randn(20000, generator=gen) * f.max / 4,
+            torch.randn(2000, generator=gen) * f.tiny,
+            torch.tensor([f.max * 1.01, -f.max * 3, math.inf, -math.inf, math.nan, 0.0, -0.0]),
+        ]
+    )
     sat = fp8.cast(v, f, saturate=True).double().numpy()
     nonsat = fp8.cast(v, f, saturate=False).double().numpy()
     vn = v.numpy()
     want_nonsat = vn.astype(f.ml_dtype).astype(np.float64)
-    want_sat = np.where(np.isnan(vn), np.nan, np.clip(vn, -f.max, f.max)).astype(f.ml_dtype).astype(np.float64)
+    want_sat = (
+        np.where(np.isnan(vn), np.nan, np.clip(vn, -f.max, f.max)).astype(f.ml_dtype).astype(np.float64)
+    )
     np.testing.assert_array_equal(sat, want_sat)
     limit = f.max + f.spacing(f.max) / 2  # values from here on round beyond max: overflow
     finite = np.isfinite(vn) & (np.abs(vn) < limit)
@@ -176,7 +203,9 @@ def test_cast_matches_ml_dtypes(fmt: str) -> None:
 
 def test_saturate_false_gives_nan_or_inf_per_format() -> None:
     big = torch.full((4, 4), 1e6)
-    assert torch.isnan(fp8.quantize(big * 0 + big, "tensorwise", saturate=False).data.float()).sum() == 0  # scaled: fine
+    assert (
+        torch.isnan(fp8.quantize(big * 0 + big, "tensorwise", saturate=False).data.float()).sum() == 0
+    )  # scaled: fine
     q = fp8.DelayedScaler("e4m3").quantize(big, saturate=False)  # scale 1 at the first step: overflow
     assert torch.isnan(q.data.float()).all()
     q = fp8.DelayedScaler("e5m2").quantize(big, saturate=False)
@@ -188,7 +217,9 @@ def test_saturate_false_gives_nan_or_inf_per_format() -> None:
 # ---- delayed scaling ---------------------------------------------------------------------------------
 
 
-def te_kernel(history: list[float], scale: float, algo: str, margin: int, fp8_max: float) -> tuple[list[float], float]:
+def te_kernel(
+    history: list[float], scale: float, algo: str, margin: int, fp8_max: float
+) -> tuple[list[float], float]:
     """Transformer Engine's amax_and_scale_update kernel (delayed_scaling.cu), transcribed loop by loop."""
     length = len(history)
     last = history[0]
@@ -205,7 +236,9 @@ def te_kernel(history: list[float], scale: float, algo: str, margin: int, fp8_ma
     return updated, new_scale
 
 
-@pytest.mark.parametrize("length, algo, margin", [(1, "max", 0), (3, "max", 0), (5, "most_recent", 1), (16, "max", 2)])
+@pytest.mark.parametrize(
+    "length, algo, margin", [(1, "max", 0), (3, "max", 0), (5, "most_recent", 1), (16, "max", 2)]
+)
 def test_delayed_scaler_matches_transformer_engine_kernel(length: int, algo: str, margin: int) -> None:
     rng = np.random.default_rng(length + margin)
     amaxes = list(rng.lognormal(0, 2, 40).astype(np.float32))
@@ -215,7 +248,9 @@ def test_delayed_scaler_matches_transformer_engine_kernel(length: int, algo: str
     history, scale = [0.0] * length, 1.0
     for amax in amaxes:
         assert scaler.scale.item() == pytest.approx(scale, rel=1e-6)
-        q = scaler.quantize(torch.full((3,), float(amax)) if math.isfinite(amax) else torch.tensor([math.inf, 1.0]))
+        q = scaler.quantize(
+            torch.full((3,), float(amax)) if math.isfinite(amax) else torch.tensor([math.inf, 1.0])
+        )
         assert q.scale.item() == pytest.approx(1 / scale, rel=1e-6)  # the scale chosen *before* this step
         history[0] = max(history[0], float(amax))
         history, scale = te_kernel(history, scale, algo, margin, 448.0)
@@ -224,7 +259,12 @@ def test_delayed_scaler_matches_transformer_engine_kernel(length: int, algo: str
 
 def test_delayed_scaling_defaults_are_transformer_engines() -> None:
     recipe = fp8.DelayedScaling()
-    assert (recipe.margin, recipe.amax_history_len, recipe.amax_compute_algo, recipe.fp8_format) == (0, 1024, "max", "hybrid")
+    assert (recipe.margin, recipe.amax_history_len, recipe.amax_compute_algo, recipe.fp8_format) == (
+        0,
+        1024,
+        "max",
+        "hybrid",
+    )
     assert recipe.forward_format.name == "float8_e4m3fn" and recipe.backward_format.name == "float8_e5m2"
     assert recipe.scaler().scale.item() == 1.0 and recipe.scaler().amax_history.numel() == 1024
     assert recipe.scaler(backward=True).fmt.name == "float8_e5m2"
@@ -263,8 +303,10 @@ def test_delayed_scaler_callable_algo_and_bad_arguments() -> None:
 
 def test_bits_per_element_counts_the_scales() -> None:
     x = torch.randn(128, 256)
-    bits = {name: fp8.quantize(x, name).bits_per_element for name in
-            ("tensorwise", "rowwise", "blockwise", "block_128x128", "mxfp8", "mxfp4", "nvfp4")}
+    bits = {
+        name: fp8.quantize(x, name).bits_per_element
+        for name in ("tensorwise", "rowwise", "blockwise", "block_128x128", "mxfp8", "mxfp4", "nvfp4")
+    }
     n = x.numel()
     assert bits["tensorwise"] == 8 + 32 / n
     assert bits["rowwise"] == 8 + 32 / 256
@@ -334,15 +376,45 @@ def test_fake_quantize_keeps_dtype_and_every_recipe_is_described() -> None:
     "recipe, block_size, shape, message",
     [
         # MX and NVFP4 fix their block size: the remedy is padding K, never another block size.
-        ("mxfp8", None, (4, 100), r"blocks of 32 elements \(fixed by the OCP MX specification\).*K.*\(100\): pad K with zeros to 128"),
-        ("mxfp4", None, (4, 48), r"fixed by the OCP MX specification.*pad K with zeros to 64, the next multiple of 32"),
+        (
+            "mxfp8",
+            None,
+            (4, 100),
+            r"blocks of 32 elements \(fixed by the OCP MX specification\).*K.*\(100\): pad K with zeros to 128",
+        ),
+        (
+            "mxfp4",
+            None,
+            (4, 48),
+            r"fixed by the OCP MX specification.*pad K with zeros to 64, the next multiple of 32",
+        ),
         ("nvfp4", None, (4, 40), r"blocks of 16 elements \(fixed by NVFP4\).*pad K with zeros to 48"),
-        ("mx", 16, (4, 40), r"blocks of 16 elements \(the OCP MX specification fixes 32\).*pad K with zeros to 48"),
+        (
+            "mx",
+            16,
+            (4, 40),
+            r"blocks of 16 elements \(the OCP MX specification fixes 32\).*pad K with zeros to 48",
+        ),
         # fp32-scaled blocks: another block size is a remedy too, named only when one divides.
-        ("blockwise", 128, (4, 96), r"does not divide K, the length along the scaled axis \(96\); choose a block size "
-                                    r"that divides 96, such as 16 or 32, or pad K with zeros to 128"),
-        ("blockwise", 128, (4, 100), r"pad K with zeros to 128.*\(no power of two from 16 to 256 divides 100\)"),
-        ("blockwise_2d", 128, (100, 128), r"does not divide the number of rows \(100\).*pad the rows with zeros to 128"),
+        (
+            "blockwise",
+            128,
+            (4, 96),
+            r"does not divide K, the length along the scaled axis \(96\); choose a block size "
+            r"that divides 96, such as 16 or 32, or pad K with zeros to 128",
+        ),
+        (
+            "blockwise",
+            128,
+            (4, 100),
+            r"pad K with zeros to 128.*\(no power of two from 16 to 256 divides 100\)",
+        ),
+        (
+            "blockwise_2d",
+            128,
+            (100, 128),
+            r"does not divide the number of rows \(100\).*pad the rows with zeros to 128",
+        ),
     ],
 )
 def test_a_block_size_that_does_not_divide_names_the_remedy(recipe, block_size, shape, message) -> None:

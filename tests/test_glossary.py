@@ -56,20 +56,28 @@ LINKED = {path.relative_to(ROOT).as_posix(): links(path) for path in [*CHAPTERS,
 
 
 def test_the_glossary_has_enough_entries_each_defined_once() -> None:
-    assert len(GLOSSARY_ENTRIES) >= MIN_ENTRIES, f"{len(GLOSSARY_ENTRIES)} entries; the course needs {MIN_ENTRIES}"
+    assert len(GLOSSARY_ENTRIES) >= MIN_ENTRIES, (
+        f"{len(GLOSSARY_ENTRIES)} entries; the course needs {MIN_ENTRIES}"
+    )
     names = [name.lower() for terms, _ in GLOSSARY_ENTRIES for name in terms]
     assert len(names) == len(set(names)), sorted({n for n in names if names.count(n) > 1})
 
 
 @pytest.mark.parametrize("terms, definition", GLOSSARY_ENTRIES, ids=[t[0] for t, _ in GLOSSARY_ENTRIES])
-def test_every_entry_is_short_and_names_the_chapter_that_teaches_it(terms: list[str], definition: str) -> None:
+def test_every_entry_is_short_and_names_the_chapter_that_teaches_it(
+    terms: list[str], definition: str
+) -> None:
     taught = re.findall(r"Taught in (\{doc\}`[^`]+`)\.$", definition)
     assert taught, f"{terms[0]!r}: the definition must end 'Taught in {{doc}}`../notebooks/<chapter>`.'"
     target = DOC.search(taught[0]).group(2)
-    assert (GLOSSARY.parent / f"{target}.md").resolve().exists(), f"{terms[0]!r} points at a missing page: {target}"
+    assert (GLOSSARY.parent / f"{target}.md").resolve().exists(), (
+        f"{terms[0]!r} points at a missing page: {target}"
+    )
     body = definition[: definition.rfind("Taught in")]
     sentences = [s for s in re.split(r"(?<=[.!?])\s+(?=[A-Z(`$])", body.strip()) if s]
-    assert 1 <= len(sentences) <= 2, f"{terms[0]!r}: keep a definition to one or two sentences, got {sentences}"
+    assert 1 <= len(sentences) <= 2, (
+        f"{terms[0]!r}: keep a definition to one or two sentences, got {sentences}"
+    )
 
 
 def test_every_term_link_has_an_entry() -> None:
@@ -85,7 +93,9 @@ def test_every_entry_is_linked_from_the_course() -> None:
 
 @pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda p: p.stem)
 def test_every_chapter_links_the_glossary(chapter: Path) -> None:
-    assert LINKED[chapter.relative_to(ROOT).as_posix()], f"{chapter.name} links no glossary term with {{term}}"
+    assert LINKED[chapter.relative_to(ROOT).as_posix()], (
+        f"{chapter.name} links no glossary term with {{term}}"
+    )
 
 
 def test_a_link_in_a_code_cell_does_not_count(tmp_path: Path) -> None:

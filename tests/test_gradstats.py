@@ -61,7 +61,9 @@ def test_shift_by_a_power_of_two_equals_histogram_of_scaled_values() -> None:
         h.shifted(0.5)
 
 
-@pytest.mark.parametrize("fmt, dtype", [("fp16", np.float16), ("bf16", ml_dtypes.bfloat16), ("e5m2", ml_dtypes.float8_e5m2)])
+@pytest.mark.parametrize(
+    "fmt, dtype", [("fp16", np.float16), ("bf16", ml_dtypes.bfloat16), ("e5m2", ml_dtypes.float8_e5m2)]
+)
 @pytest.mark.parametrize("scale", [1.0, 2.0**10, 2.0**24, 3.0])
 def test_window_agrees_with_ml_dtypes_casts(fmt: str, dtype, scale: float) -> None:
     x = sample(1)
@@ -89,7 +91,9 @@ def test_window_agrees_with_ml_dtypes_casts(fmt: str, dtype, scale: float) -> No
 def test_window_of_fp16_boundaries() -> None:
     fp16 = formats.get("fp16")
     ss = fp16.smallest_subnormal
-    x = torch.tensor([ss / 2, np.nextafter(ss / 2, 1.0), ss, fp16.tiny, fp16.max, 65519.0, 65520.0], dtype=torch.float64)
+    x = torch.tensor(
+        [ss / 2, np.nextafter(ss / 2, 1.0), ss, fp16.tiny, fp16.max, 65519.0, 65520.0], dtype=torch.float64
+    )
     row = gradstats.window(x, "fp16")
     n = len(x)
     assert row["flushed_to_zero"] * n == 1  # ss/2 is a tie: it rounds to even, i.e. to zero
@@ -128,7 +132,9 @@ def test_capture_records_output_gradients_and_weight_gradients() -> None:
     assert torch.allclose(grads.activations["0"], g_h)
     assert set(grads.weights) == {"0.weight", "0.bias", "2.weight", "2.bias"}
     assert torch.equal(grads.weights["0.weight"], model[0].weight.grad)
-    assert grads.values("all").numel() == sum(t.numel() for t in [*grads.activations.values(), *grads.weights.values()])
+    assert grads.values("all").numel() == sum(
+        t.numel() for t in [*grads.activations.values(), *grads.weights.values()]
+    )
     # The hooks are gone after the block: another backward records nothing new.
     before = dict(grads.activations)
     model(x).sum().backward()
@@ -197,6 +203,11 @@ def test_window_works_for_every_gradient_format() -> None:
     x = sample()
     for name in ("fp16", "bf16", "e4m3", "e5m2"):
         row = gradstats.window(x, name)
-        assert math.isclose(row[["zero", "below_smallest_normal", "normal", "above_max", "nonfinite"]].sum(), 1.0)
+        assert math.isclose(
+            row[["zero", "below_smallest_normal", "normal", "above_max", "nonfinite"]].sum(), 1.0
+        )
     # bf16 has fp32's exponent range: far fewer values fall below its window than below fp16's.
-    assert gradstats.window(x, "bf16")["below_smallest_normal"] < gradstats.window(x, "fp16")["below_smallest_normal"] / 2
+    assert (
+        gradstats.window(x, "bf16")["below_smallest_normal"]
+        < gradstats.window(x, "fp16")["below_smallest_normal"] / 2
+    )

@@ -25,7 +25,11 @@ PACKAGE = ROOT / "mpcourse"
 
 #: The chapters' exercise checks, read from the chapters themselves (not from the registry under test).
 CHAPTER_LABELS = sorted(
-    {label for md in (ROOT / "notebooks").glob("*.md") for label in re.findall(r'\bcheck\(\s*"([a-z0-9_]+-[a-z0-9_-]+)"', md.read_text())}
+    {
+        label
+        for md in (ROOT / "notebooks").glob("*.md")
+        for label in re.findall(r'\bcheck\(\s*"([a-z0-9_]+-[a-z0-9_-]+)"', md.read_text())
+    }
 )
 
 # Runs in the subprocess. argv[1]: a folder for the children's reports.
@@ -104,14 +108,22 @@ while jobs or running:
 def reports(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     out = tmp_path_factory.mktemp("imports")
     env = dict(os.environ, MPCOURSE_PROFILE="ci")
-    done = subprocess.run([sys.executable, "-c", ZYGOTE, str(out)], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-c", ZYGOTE, str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     found = sorted(out.glob("*.json"), key=lambda p: int(p.stem))
     return [json.loads(p.read_text()) for p in found]
 
 
-pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="the fresh interpreters are forked (POSIX only)")
+pytestmark = pytest.mark.skipif(
+    not hasattr(os, "fork"), reason="the fresh interpreters are forked (POSIX only)"
+)
 
 
 def test_every_package_folder_is_a_package() -> None:
@@ -126,18 +138,31 @@ def test_every_module_imports_first_and_then_finds_everything(reports: list[dict
     assert reference["module"] is None and "error" not in reference, reference.get("error")
     expected = reference["result"]
     modules = [r["module"] for r in children]
-    assert {"mpcourse", "mpcourse.train", "mpcourse.fp8.linear", "mpcourse.bf16", "mpcourse.course.cli"} <= set(modules)
+    assert {
+        "mpcourse",
+        "mpcourse.train",
+        "mpcourse.fp8.linear",
+        "mpcourse.fp8.training",
+        "mpcourse.bf16",
+        "mpcourse.course.cli",
+    } <= set(modules)
     failures = {r["module"]: r["error"] for r in children if "error" in r}
     assert not failures, "\n\n".join(f"importing {m} first:\n{tb}" for m, tb in failures.items())
     differs = [r["module"] for r in children if r["result"] != expected]
-    assert not differs, f"after importing these modules first, a registry differs from the complete one: {differs}"
+    assert not differs, (
+        f"after importing these modules first, a registry differs from the complete one: {differs}"
+    )
 
 
 def test_the_reference_holds_every_recipe_check_and_benchmark(reports: list[dict]) -> None:
     expected = reports[0]["result"]
     # one recipe of each module that defines recipes, the built-in ones first
     assert expected["recipes"][:4] == ["fp32", "tf32", "fp16", "bf16"]
-    assert {"pure_bf16_sr", "pure_bf16_kahan", "fp8_rowwise", "mxfp8", "torchao_tensorwise"} <= set(expected["recipes"])
-    assert set(CHAPTER_LABELS) <= set(expected["labels"]), sorted(set(CHAPTER_LABELS) - set(expected["labels"]))
+    assert {"pure_bf16_sr", "pure_bf16_kahan", "fp8_rowwise", "mxfp8", "torchao_tensorwise"} <= set(
+        expected["recipes"]
+    )
+    assert set(CHAPTER_LABELS) <= set(expected["labels"]), sorted(
+        set(CHAPTER_LABELS) - set(expected["labels"])
+    )
     assert len(CHAPTER_LABELS) > 30
     assert {"formats", "fp8", "matmul", "train"} <= set(expected["benches"])

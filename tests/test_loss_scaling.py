@@ -14,7 +14,10 @@ from mpcourse import data, models, train
 from mpcourse.exercises.conformance import compare_with_gradscaler, event_schedule, first_divergence
 from mpcourse.loss_scaling import DynamicLossScaler, StaticLossScaler
 
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"))]
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")),
+]
 
 
 def assert_conforms(trace) -> None:
@@ -43,8 +46,9 @@ def test_random_events_match_gradscaler(device: str, seed: int) -> None:
 @pytest.mark.parametrize("device", DEVICES)
 def test_long_clean_runs_across_growth_boundaries(device: str) -> None:
     events = ["clean"] * 45 + ["nan"] + ["clean"] * 30
-    trace = compare_with_gradscaler(DynamicLossScaler, steps=len(events), events=events, device=device,
-                                    init_scale=4.0, growth_interval=10)
+    trace = compare_with_gradscaler(
+        DynamicLossScaler, steps=len(events), events=events, device=device, init_scale=4.0, growth_interval=10
+    )
     assert_conforms(trace)
     assert trace["scale"].iloc[44] == 4.0 * 2**4 and trace["tracker"].iloc[44] == 5
     assert trace["scale"].iloc[45] == 32.0 and trace["tracker"].iloc[45] == 0 and trace["skipped"].iloc[45]
@@ -53,8 +57,16 @@ def test_long_clean_runs_across_growth_boundaries(device: str) -> None:
 @pytest.mark.parametrize("device", DEVICES)
 def test_growth_stops_at_float32_max(device: str) -> None:
     events = ["clean"] * 12
-    trace = compare_with_gradscaler(DynamicLossScaler, steps=12, events=events, device=device, optimizer="sgd",
-                                    init_scale=2.0**125, growth_factor=3.0, growth_interval=2)
+    trace = compare_with_gradscaler(
+        DynamicLossScaler,
+        steps=12,
+        events=events,
+        device=device,
+        optimizer="sgd",
+        init_scale=2.0**125,
+        growth_factor=3.0,
+        growth_interval=2,
+    )
     assert_conforms(trace)
     assert trace["scale"].max() < math.inf and trace["scale"].iloc[-1] == trace["scale"].iloc[3]
 
@@ -62,30 +74,54 @@ def test_growth_stops_at_float32_max(device: str) -> None:
 @pytest.mark.parametrize("device", DEVICES)
 def test_non_power_of_two_factors_round_like_the_kernel(device: str) -> None:
     # float32 scale times a float64 factor, rounded once: a float32 product would differ here.
-    trace = compare_with_gradscaler(DynamicLossScaler, steps=120, seed=5, device=device, init_scale=196608.0,
-                                    growth_factor=1.7, backoff_factor=0.3, growth_interval=4)
+    trace = compare_with_gradscaler(
+        DynamicLossScaler,
+        steps=120,
+        seed=5,
+        device=device,
+        init_scale=196608.0,
+        growth_factor=1.7,
+        backoff_factor=0.3,
+        growth_interval=4,
+    )
     assert_conforms(trace)
     assert (trace["scale"] % 1 != 0).any()  # the scale left the powers of two
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_unscale_then_clip(device: str) -> None:
-    trace = compare_with_gradscaler(DynamicLossScaler, steps=120, seed=7, device=device, clip=0.5, growth_interval=5)
+    trace = compare_with_gradscaler(
+        DynamicLossScaler, steps=120, seed=7, device=device, clip=0.5, growth_interval=5
+    )
     assert_conforms(trace)
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_state_dict_round_trip_mid_run(device: str) -> None:
-    trace = compare_with_gradscaler(DynamicLossScaler, steps=120, seed=11, device=device, growth_interval=5,
-                                    checkpoint_at=[17, 18, 63, 100])
+    trace = compare_with_gradscaler(
+        DynamicLossScaler,
+        steps=120,
+        seed=11,
+        device=device,
+        growth_interval=5,
+        checkpoint_at=[17, 18, 63, 100],
+    )
     assert_conforms(trace)
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_real_fp16_overflow_under_autocast(device: str) -> None:
     events = ["clean"] * 80  # no injection: the overflows come from fp16 backward at a huge scale
-    trace = compare_with_gradscaler(DynamicLossScaler, steps=80, events=events, device=device, autocast=True,
-                                    init_scale=2.0**40, growth_interval=10, optimizer="sgd")
+    trace = compare_with_gradscaler(
+        DynamicLossScaler,
+        steps=80,
+        events=events,
+        device=device,
+        autocast=True,
+        init_scale=2.0**40,
+        growth_interval=10,
+        optimizer="sgd",
+    )
     assert_conforms(trace)
     assert trace["skipped"].iloc[0] and trace["scale"].iloc[-1] < 2.0**30
 
@@ -130,7 +166,11 @@ def test_multiple_optimizers_skip_independently_and_back_off_together() -> None:
         scaler.update()
         return torch.equal(a.weight, before_a), torch.equal(b.weight, before_b), scaler.get_scale()
 
-    assert run(DynamicLossScaler(init_scale=8.0)) == run(torch.amp.GradScaler("cpu", init_scale=8.0)) == (True, False, 4.0)
+    assert (
+        run(DynamicLossScaler(init_scale=8.0))
+        == run(torch.amp.GradScaler("cpu", init_scale=8.0))
+        == (True, False, 4.0)
+    )
 
 
 def test_bf16_gradients_are_unscaled_like_gradscaler() -> None:
@@ -154,7 +194,13 @@ def test_state_dicts_are_interchangeable_with_gradscaler() -> None:
     ref = torch.amp.GradScaler("cpu")
     ref.load_state_dict(ours.state_dict())
     assert ref.state_dict() == ours.state_dict()
-    assert set(ours.state_dict()) == {"scale", "growth_factor", "backoff_factor", "growth_interval", "_growth_tracker"}
+    assert set(ours.state_dict()) == {
+        "scale",
+        "growth_factor",
+        "backoff_factor",
+        "growth_interval",
+        "_growth_tracker",
+    }
     fresh = DynamicLossScaler()
     fresh.load_state_dict(ref.state_dict())
     assert fresh.get_scale() == 512.0 and fresh.get_growth_interval() == 7
@@ -170,7 +216,9 @@ def _model_and_opt():
     return model, torch.optim.SGD(model.parameters(), lr=0.1)
 
 
-@pytest.mark.parametrize("make", [DynamicLossScaler, lambda: torch.amp.GradScaler("cpu")], ids=["ours", "torch"])
+@pytest.mark.parametrize(
+    "make", [DynamicLossScaler, lambda: torch.amp.GradScaler("cpu")], ids=["ours", "torch"]
+)
 def test_misuse_raises_the_same_errors(make) -> None:
     model, opt = _model_and_opt()
     scaler = make()
@@ -178,7 +226,9 @@ def test_misuse_raises_the_same_errors(make) -> None:
         scaler.step(opt)
     scaler.scale(model(torch.ones(1, 3)).sum()).backward()
     scaler.unscale_(opt)
-    with pytest.raises(RuntimeError, match="unscale_\\(\\) has already been called on this optimizer since the last update"):
+    with pytest.raises(
+        RuntimeError, match="unscale_\\(\\) has already been called on this optimizer since the last update"
+    ):
         scaler.unscale_(opt)
     scaler.step(opt)
     with pytest.raises(RuntimeError, match="unscale_\\(\\) is being called after step"):
@@ -192,7 +242,9 @@ def test_misuse_raises_the_same_errors(make) -> None:
         scaler.scale(3.0)
 
 
-@pytest.mark.parametrize("make", [DynamicLossScaler, lambda: torch.amp.GradScaler("cpu")], ids=["ours", "torch"])
+@pytest.mark.parametrize(
+    "make", [DynamicLossScaler, lambda: torch.amp.GradScaler("cpu")], ids=["ours", "torch"]
+)
 def test_fp16_gradients_are_refused(make) -> None:
     model = nn.Linear(3, 1).half()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -204,7 +256,11 @@ def test_fp16_gradients_are_refused(make) -> None:
 
 def test_scale_keeps_dtype_and_structure_like_gradscaler() -> None:
     ours, ref = DynamicLossScaler(init_scale=3.0), torch.amp.GradScaler("cpu", init_scale=3.0)
-    for value in [torch.tensor(0.1), torch.tensor(0.1, dtype=torch.float16), torch.tensor([0.1, 2.0], dtype=torch.bfloat16)]:
+    for value in [
+        torch.tensor(0.1),
+        torch.tensor(0.1, dtype=torch.float16),
+        torch.tensor([0.1, 2.0], dtype=torch.bfloat16),
+    ]:
         a, b = ours.scale(value), ref.scale(value)
         assert a.dtype == b.dtype and torch.equal(a, b)
     pair = ours.scale((torch.tensor(1.0), [torch.tensor(2.0)]))
@@ -281,8 +337,18 @@ def test_nonsense_settings_raise_clear_errors(kwargs, message: str) -> None:
 @pytest.mark.parametrize(
     "kwargs",
     [
-        dict(init_scale=np.float32(2.0**10), growth_factor=np.float64(2.0), backoff_factor=np.float32(0.5), growth_interval=np.int64(3)),
-        dict(init_scale=np.int64(1024), growth_factor=np.int32(2), backoff_factor=Fraction(1, 2), growth_interval=np.uint8(3)),
+        dict(
+            init_scale=np.float32(2.0**10),
+            growth_factor=np.float64(2.0),
+            backoff_factor=np.float32(0.5),
+            growth_interval=np.int64(3),
+        ),
+        dict(
+            init_scale=np.int64(1024),
+            growth_factor=np.int32(2),
+            backoff_factor=Fraction(1, 2),
+            growth_interval=np.uint8(3),
+        ),
         dict(init_scale=1024, growth_factor=2, backoff_factor=0.5, growth_interval=3),
     ],
     ids=["numpy floats", "numpy ints and a fraction", "python"],
@@ -295,8 +361,13 @@ def test_any_real_number_type_is_accepted_and_behaves_the_same(kwargs) -> None:
     assert static.get_scale() == 1024.0
     # Ours is built from these types; GradScaler (whose kernel takes Python floats only) from the same values.
     as_python = dict(init_scale=1024.0, growth_factor=2.0, backoff_factor=0.5, growth_interval=3)
-    trace = compare_with_gradscaler(lambda **_: DynamicLossScaler(**kwargs), steps=12, seed=1,
-                                    events=["clean"] * 5 + ["inf"] + ["clean"] * 6, **as_python)
+    trace = compare_with_gradscaler(
+        lambda **_: DynamicLossScaler(**kwargs),
+        steps=12,
+        seed=1,
+        events=["clean"] * 5 + ["inf"] + ["clean"] * 6,
+        **as_python,
+    )
     assert first_divergence(trace) is None and trace["scale"].nunique() > 1
 
 
@@ -307,7 +378,9 @@ def test_every_problem_is_named_at_once_and_setters_validate() -> None:
     with pytest.raises(ValueError, match="growth_factor"):
         s.set_growth_factor(1.0)
     with pytest.raises(ValueError, match="growth_interval"):
-        s.load_state_dict(dict(scale=1.0, growth_factor=2.0, backoff_factor=0.5, growth_interval=0, _growth_tracker=0))
+        s.load_state_dict(
+            dict(scale=1.0, growth_factor=2.0, backoff_factor=0.5, growth_interval=0, _growth_tracker=0)
+        )
     with pytest.raises(RuntimeError, match="empty"):
         s.load_state_dict({})
 
@@ -317,8 +390,13 @@ def test_every_problem_is_named_at_once_and_setters_validate() -> None:
 
 def test_static_scaler_matches_a_dynamic_one_until_the_first_overflow() -> None:
     events = ["clean"] * 30 + ["inf"]
-    trace = compare_with_gradscaler(lambda **kw: StaticLossScaler(kw["init_scale"]), steps=31, events=events,
-                                    init_scale=1024.0, growth_interval=10**6)
+    trace = compare_with_gradscaler(
+        lambda **kw: StaticLossScaler(kw["init_scale"]),
+        steps=31,
+        events=events,
+        init_scale=1024.0,
+        growth_interval=10**6,
+    )
     assert trace["params_equal"].iloc[:30].all() and (trace["scale"] == 1024.0).all()
     assert trace["skipped"].iloc[30] and trace["scale_ref"].iloc[30] == 512.0
 
@@ -340,8 +418,17 @@ def test_static_scaler_without_skipping_poisons_the_weights() -> None:
 def test_engine_counts_skipped_steps_of_both_scalers() -> None:
     digits = data.load_images(source="local", verbose=False)
     for scaler in (StaticLossScaler(2.0**40), DynamicLossScaler(init_scale=2.0**40)):
-        run = train.train(lambda: models.for_data(digits, width=32), digits, "fp16", steps=6, batch_size=32,
-                          scaler=scaler, device="cpu", progress=False, verbose=False)
+        run = train.train(
+            lambda: models.for_data(digits, width=32),
+            digits,
+            "fp16",
+            steps=6,
+            batch_size=32,
+            scaler=scaler,
+            device="cpu",
+            progress=False,
+            verbose=False,
+        )
         assert run.frame["skipped_steps"].iloc[-1] >= 1
 
 

@@ -21,7 +21,10 @@ def batch():
 
 def test_bytes_per_parameter_table() -> None:
     assert memory.bytes_per_parameter("fp32") == {
-        "weights": 4, "gradients": 4, "optimizer state": 8, "low-precision weight copies": 0,
+        "weights": 4,
+        "gradients": 4,
+        "optimizer state": 8,
+        "low-precision weight copies": 0,
     }
     assert memory.bytes_per_parameter("bf16")["low-precision weight copies"] == 2
     assert sum(memory.bytes_per_parameter("fp16").values()) - 2 == 16  # AMP keeps the 16 bytes of fp32
@@ -43,18 +46,22 @@ def test_unknown_inputs_are_explained() -> None:
         memory.scheme_for(3.0)
 
 
-@pytest.mark.parametrize("recipe, autocast, param_dtype", [
-    ("fp32", None, torch.float32),
-    ("bf16", torch.bfloat16, torch.float32),
-    ("fp16", torch.float16, torch.float32),
-    ("pure_bf16", None, torch.bfloat16),
-])
+@pytest.mark.parametrize(
+    "recipe, autocast, param_dtype",
+    [
+        ("fp32", None, torch.float32),
+        ("bf16", torch.bfloat16, torch.float32),
+        ("fp16", torch.float16, torch.float32),
+        ("pure_bf16", None, torch.bfloat16),
+    ],
+)
 def test_calculator_matches_exact_measurement(recipe, autocast, param_dtype, batch) -> None:
     torch.manual_seed(0)
     model = models.MLP(64, 10, width=64, depth=2).to(param_dtype)
     x, y = batch
-    measured = memory.measure_step(model, torch.optim.AdamW(model.parameters()), loss_fn, x.to(param_dtype), y,
-                                   autocast_dtype=autocast)
+    measured = memory.measure_step(
+        model, torch.optim.AdamW(model.parameters()), loss_fn, x.to(param_dtype), y, autocast_dtype=autocast
+    )
     n = sum(p.numel() for p in model.parameters())
     predicted = memory.estimate(recipe, n, n_matmul_params=memory.matmul_parameter_count(model))
     for part in ("weights", "gradients", "optimizer state", "low-precision weight copies"):
@@ -65,8 +72,9 @@ def test_autocast_halves_saved_activations(batch) -> None:
     torch.manual_seed(0)
     model = models.MLP(64, 10, width=256, depth=3)
     fp32 = memory.measure_step(model, torch.optim.SGD(model.parameters(), lr=0.0), loss_fn, *batch)
-    bf16 = memory.measure_step(model, torch.optim.SGD(model.parameters(), lr=0.0), loss_fn, *batch,
-                               autocast_dtype=torch.bfloat16)
+    bf16 = memory.measure_step(
+        model, torch.optim.SGD(model.parameters(), lr=0.0), loss_fn, *batch, autocast_dtype=torch.bfloat16
+    )
     ratio = bf16["activations"] / fp32["activations"]
     assert 0.45 < ratio < 0.6, ratio  # 2-byte activations, plus the fp32 log-softmax the loss saves
 
@@ -86,7 +94,11 @@ def test_meter_separates_weights_copies_and_activations() -> None:
     with memory.SavedTensorMeter(lin) as meter, torch.autocast("cpu", dtype=torch.bfloat16):
         lin(x).sum()
     # bf16 copies of weight and bias; the bf16 cast of x is what linear saves
-    assert meter.bytes == {"activations": 4 * 16 * 2, "low-precision weight copies": (8 * 16 + 8) * 2, "weights": 0}
+    assert meter.bytes == {
+        "activations": 4 * 16 * 2,
+        "low-precision weight copies": (8 * 16 + 8) * 2,
+        "weights": 0,
+    }
 
 
 def test_estimate_adds_activations() -> None:
@@ -102,9 +114,14 @@ def _wide_step(device: str, batch: int = 8, width: int = 512):
     """A step whose parameters dominate (small batch), warmed up once so that AdamW's state exists."""
     torch.manual_seed(0)
     model = models.MLP(64, 10, width=width, depth=2).to(device)
-    opt = torch.optim.AdamW(model.parameters(), foreach=True)  # the CUDA default, made explicit for the CPU too
+    opt = torch.optim.AdamW(
+        model.parameters(), foreach=True
+    )  # the CUDA default, made explicit for the CPU too
     gen = torch.Generator().manual_seed(1)
-    x, y = torch.randn(batch, 1, 8, 8, generator=gen).to(device), torch.randint(0, 10, (batch,), generator=gen).to(device)
+    x, y = (
+        torch.randn(batch, 1, 8, 8, generator=gen).to(device),
+        torch.randint(0, 10, (batch,), generator=gen).to(device),
+    )
     memory.measure_step(model, opt, loss_fn, x, y, autocast_dtype=torch.bfloat16)
     opt.zero_grad(set_to_none=True)
     n = sum(p.numel() for p in model.parameters())
@@ -118,7 +135,10 @@ def _cpu_allocation_peak(fn) -> int:
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"), key=lambda e: e.start_ns())
+    events = sorted(
+        (e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+        key=lambda e: e.start_ns(),
+    )
     live = peak = 0
     for e in events:
         live += e.nbytes()
@@ -130,22 +150,44 @@ def test_step_peak_prediction_matches_the_profiled_cpu_peak() -> None:
     # The same prediction the chapter checks on CUDA, checked here against real allocation events.
     model, opt, x, y, n = _wide_step("cpu")
     measured = {}
-    peak = _cpu_allocation_peak(lambda: measured.setdefault("step", memory.measure_step(model, opt, loss_fn, x, y, autocast_dtype=torch.bfloat16)))
+    peak = _cpu_allocation_peak(
+        lambda: measured.setdefault(
+            "step", memory.measure_step(model, opt, loss_fn, x, y, autocast_dtype=torch.bfloat16)
+        )
+    )
     step = measured["step"]
-    est = memory.estimate("bf16", n, n_matmul_params=memory.matmul_parameter_count(model), activation_elements=step["activations"] // 2)
+    est = memory.estimate(
+        "bf16",
+        n,
+        n_matmul_params=memory.matmul_parameter_count(model),
+        activation_elements=step["activations"] // 2,
+    )
     predicted = memory.step_peak(est)
-    assert predicted["optimizer step"] == est["gradients"] + est["optimizer state"] // 2 > predicted["end of forward"]
+    assert (
+        predicted["optimizer step"]
+        == est["gradients"] + est["optimizer state"] // 2
+        > predicted["end of forward"]
+    )
     assert predicted["predicted"] <= peak <= predicted["predicted"] * (1 + memory.PEAK_TOLERANCE)
 
 
 def test_step_peak_components() -> None:
     est = memory.estimate("bf16", 1000, n_matmul_params=800, activation_elements=10_000)
-    assert memory.step_peak(est) == {"optimizer step": 4000 + 4000, "end of forward": 20_000 + 1600, "predicted": 21_600}
-    assert memory.step_peak(memory.estimate("fp32", 1000), "sgd")["optimizer step"] == 4000  # SGD updates in place
+    assert memory.step_peak(est) == {
+        "optimizer step": 4000 + 4000,
+        "end of forward": 20_000 + 1600,
+        "predicted": 21_600,
+    }
+    assert (
+        memory.step_peak(memory.estimate("fp32", 1000), "sgd")["optimizer step"] == 4000
+    )  # SGD updates in place
     assert memory.step_peak(memory.estimate("fp32", 1000), "sgd_momentum")["optimizer step"] == 4000
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: torch.cuda.max_memory_allocated has no CPU counterpart")
+@pytest.mark.skipif(
+    not torch.cuda.is_available(),
+    reason="needs a CUDA GPU: torch.cuda.max_memory_allocated has no CPU counterpart",
+)
 def test_step_peak_prediction_matches_max_memory_allocated() -> None:
     model, opt, x, y, n = _wide_step("cuda", width=1024)
     torch.cuda.synchronize()
@@ -154,6 +196,11 @@ def test_step_peak_prediction_matches_max_memory_allocated() -> None:
     step = memory.measure_step(model, opt, loss_fn, x, y, autocast_dtype=torch.bfloat16)
     torch.cuda.synchronize()
     peak = torch.cuda.max_memory_allocated() - base
-    est = memory.estimate("bf16", n, n_matmul_params=memory.matmul_parameter_count(model), activation_elements=step["activations"] // 2)
+    est = memory.estimate(
+        "bf16",
+        n,
+        n_matmul_params=memory.matmul_parameter_count(model),
+        activation_elements=step["activations"] // 2,
+    )
     predicted = memory.step_peak(est)["predicted"]
     assert predicted <= peak <= predicted * (1 + memory.PEAK_TOLERANCE), (peak, predicted)

@@ -30,8 +30,17 @@ def test_the_hub_loader_gives_up_at_once() -> None:
 
 @pytest.mark.parametrize(
     ("host", "local"),
-    [("localhost", True), ("127.0.0.1", True), ("127.8.9.10", True), ("::1", True), ("fe80::1%eth0", False),
-     ("192.0.2.1", False), ("2001:db8::1", False), ("huggingface.co", False), (b"127.0.0.1", True)],
+    [
+        ("localhost", True),
+        ("127.0.0.1", True),
+        ("127.8.9.10", True),
+        ("::1", True),
+        ("fe80::1%eth0", False),
+        ("192.0.2.1", False),
+        ("2001:db8::1", False),
+        ("huggingface.co", False),
+        (b"127.0.0.1", True),
+    ],
 )
 def test_loopback_is_told_from_other_machines(host: object, local: bool) -> None:
     assert is_loopback(host) is local
@@ -41,7 +50,9 @@ def test_loopback_is_told_from_other_machines(host: object, local: bool) -> None
     "opener",
     [
         lambda: socket.create_connection(("192.0.2.1", 80), timeout=0.5),  # TEST-NET-1: documentation only
-        lambda: socket.create_connection(("huggingface.co", 443), timeout=0.5),  # refused before the name is looked up
+        lambda: socket.create_connection(
+            ("huggingface.co", 443), timeout=0.5
+        ),  # refused before the name is looked up
         lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM).connect(("198.51.100.7", 443)),
         lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM).connect_ex(("203.0.113.9", 80)),
     ],
@@ -68,7 +79,9 @@ def test_loopback_connections_still_work() -> None:
             server.accept()[0].close()
 
 
-@pytest.mark.skipif(os.environ.get(PLANT) != "1", reason=f"run by the test below, in a pytest of its own ({PLANT}=1)")
+@pytest.mark.skipif(
+    os.environ.get(PLANT) != "1", reason=f"run by the test below, in a pytest of its own ({PLANT}=1)"
+)
 def test_planted_connection_whose_refusal_the_code_swallows() -> None:
     try:
         socket.create_connection(("192.0.2.1", 80), timeout=0.5)
@@ -80,9 +93,20 @@ def test_a_test_that_swallows_the_refusal_still_fails() -> None:
     """End to end, in a separate pytest run: the planted test above fails at teardown."""
     env = {**os.environ, PLANT: "1"}
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-         f"{__file__}::test_planted_connection_whose_refusal_the_code_swallows"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            f"{__file__}::test_planted_connection_whose_refusal_the_code_swallows",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 1, result.stdout[-3000:]
     assert "tried to open network connections" in result.stdout and "192.0.2.1" in result.stdout

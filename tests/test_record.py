@@ -27,7 +27,9 @@ def test_cpu_slugs_name_the_best_instruction_set_and_the_cores(monkeypatch: pyte
     monkeypatch.setattr(record.os, "cpu_count", lambda: 8)
     assert record.machine_slug(device.PRESETS["cpu"]) == "cpu-avx2-8core"
     assert record.machine_slug(device.PRESETS["cpu_amx"]) == "cpu-amx-8core"
-    avx512 = device.Capabilities(kind="cpu", name="x", cpu_flags=frozenset({"avx2", "avx512f", "avx512_bf16"}))
+    avx512 = device.Capabilities(
+        kind="cpu", name="x", cpu_flags=frozenset({"avx2", "avx512f", "avx512_bf16"})
+    )
     assert record.machine_slug(avx512) == "cpu-avx512bf16-8core"
     monkeypatch.setattr(record.platform, "machine", lambda: "arm64")
     assert record.machine_slug(device.Capabilities(kind="cpu", name="Apple M2")) == "cpu-arm64-8core"
@@ -35,11 +37,23 @@ def test_cpu_slugs_name_the_best_instruction_set_and_the_cores(monkeypatch: pyte
 
 def test_the_stored_references_follow_the_naming() -> None:
     """The files committed so far are named as machine_slug names them, in the folders destination() gives."""
-    stored = {p.relative_to(record.PACKAGE_DIR).as_posix() for p in record.PACKAGE_DIR.rglob("*.json")
-              if "reference" in p.parts}
-    assert record.destination("matmul", "cpu-amx-2core", "full").relative_to(record.PACKAGE_DIR).as_posix() in stored
-    assert record.destination("train", "cpu-avx2-2core", "full").relative_to(record.PACKAGE_DIR).as_posix() in stored
-    assert record.destination("verify", "cpu-amx-2core", "ci").relative_to(record.PACKAGE_DIR).as_posix() in stored
+    stored = {
+        p.relative_to(record.PACKAGE_DIR).as_posix()
+        for p in record.PACKAGE_DIR.rglob("*.json")
+        if "reference" in p.parts
+    }
+    assert (
+        record.destination("matmul", "cpu-amx-2core", "full").relative_to(record.PACKAGE_DIR).as_posix()
+        in stored
+    )
+    assert (
+        record.destination("train", "cpu-avx2-2core", "full").relative_to(record.PACKAGE_DIR).as_posix()
+        in stored
+    )
+    assert (
+        record.destination("verify", "cpu-amx-2core", "ci").relative_to(record.PACKAGE_DIR).as_posix()
+        in stored
+    )
 
 
 def test_files_go_where_the_chapters_read_them() -> None:
@@ -78,8 +92,11 @@ def fake_benches(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     def fine(save: Path | None, quick: bool, force: bool = False) -> int:
         calls.append(f"train quick={quick}")
-        results.save(results.make_record("train", {"recipes": [{"recipe": "fp32"}]}, command="test"), save,
-                     overwrite=force)
+        results.save(
+            results.make_record("train", {"recipes": [{"recipe": "fp32"}]}, command="test"),
+            save,
+            overwrite=force,
+        )
         return 0
 
     module.broken, module.fine = broken, fine
@@ -89,14 +106,19 @@ def fake_benches(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return calls
 
 
-def test_a_failed_step_does_not_cost_the_others(fake_benches: list[str], tmp_path: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(record.devices, "capabilities", lambda *args, **kwargs: device.PRESETS["t4"])  # no fp8 units
+def test_a_failed_step_does_not_cost_the_others(
+    fake_benches: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(
+        record.devices, "capabilities", lambda *args, **kwargs: device.PRESETS["t4"]
+    )  # no fp8 units
     done = record.record(["train", "matmul", "fp8"], out=tmp_path, quick=True, profile_name="ci")
     assert [r.step for r in done] == ["matmul", "train", "fp8"]  # always in the documented order
     matmul, train, fp8 = done
     assert matmul.status == "failed" and "illegal memory access" in matmul.note and matmul.path is None
-    assert train.status == "written" and train.path == tmp_path / f"reference/train/{record.machine_slug()}.json"
+    assert (
+        train.status == "written" and train.path == tmp_path / f"reference/train/{record.machine_slug()}.json"
+    )
     assert results.load(train.path)["profile"] == "ci"  # the step ran under the requested profile
     assert fp8.status == "skipped" and "fp8 tensor cores" in fp8.note and "Tesla T4" in fp8.note
     assert fake_benches == ["matmul", "train quick=True"]
@@ -115,15 +137,19 @@ def test_stored_results_are_kept_unless_forced(fake_benches: list[str], tmp_path
     assert results.load(forced[0].path)["topic"] == "train"  # the forced run replaced it
 
 
-def test_a_file_that_appears_during_a_step_is_not_replaced(fake_benches: list[str], tmp_path: Path,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_file_that_appears_during_a_step_is_not_replaced(
+    fake_benches: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The check before a step is not the only one: the step's own save refuses too, unless forced."""
 
     def racy(save: Path, quick: bool, force: bool = False) -> int:
         save.parent.mkdir(parents=True, exist_ok=True)
         save.write_text("written by another run meanwhile\n")  # while this one was measuring
-        results.save(results.make_record("train", {"recipes": [{"recipe": "fp32"}]}, command="test"), save,
-                     overwrite=force)
+        results.save(
+            results.make_record("train", {"recipes": [{"recipe": "fp32"}]}, command="test"),
+            save,
+            overwrite=force,
+        )
         return 0
 
     sys.modules["fake_benches"].racy = racy
@@ -148,13 +174,21 @@ def test_verify_step_records_each_chapter(tmp_path: Path) -> None:
     """The verify step runs real notebooks in a kernel and stores one record per chapter, failures included."""
     chapters = tmp_path / "nbs"
     chapters.mkdir()
-    for name, code in (("good", "x = 1 + 1\nassert x == 2"), ("bad", "assert 1 == 2, 'a claim that does not hold'")):
+    for name, code in (
+        ("good", "x = 1 + 1\nassert x == 2"),
+        ("bad", "assert 1 == 2, 'a claim that does not hold'"),
+    ):
         nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)])
         nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
         nbformat.write(nb, chapters / f"{name}.ipynb")
-    done = record.record(["verify"], out=tmp_path / "out", notebooks=sorted(chapters.glob("*.ipynb")), profile_name="ci")
+    done = record.record(
+        ["verify"], out=tmp_path / "out", notebooks=sorted(chapters.glob("*.ipynb")), profile_name="ci"
+    )
     (step,) = done
-    assert step.status == "failed" and step.path == tmp_path / f"out/reference/verified/{record.machine_slug()}-ci.json"
+    assert (
+        step.status == "failed"
+        and step.path == tmp_path / f"out/reference/verified/{record.machine_slug()}-ci.json"
+    )
     stored = {r["chapter"]: r for r in json.loads(step.path.read_text())}
     assert stored["good"]["status"] == "passed" and stored["good"]["profile"] == "ci"
     assert stored["bad"]["status"] == "failed" and "a claim that does not hold" in stored["bad"]["error"]

@@ -14,7 +14,10 @@ from mpcourse.fp8 import linear
 def test_the_source_is_the_code_that_runs_headed_by_where_it_lives() -> None:
     text = source.source(train.train_step)
     first_line = inspect.getsourcelines(train.train_step)[1]
-    assert text.splitlines()[0] == f"# mpcourse.train.step.train_step  (mpcourse/train/step.py, line {first_line})"
+    assert (
+        text.splitlines()[0]
+        == f"# mpcourse.train.step.train_step  (mpcourse/train/step.py, line {first_line})"
+    )
     assert inspect.getsource(train.train_step) in text
 
 
@@ -29,7 +32,9 @@ def test_docstrings_can_be_left_out_and_comments_stay() -> None:
 
 
 def test_a_body_that_is_only_a_docstring_keeps_it() -> None:
-    assert source._without_docstrings('def f():\n    """Only this."""\n') == 'def f():\n    """Only this."""\n'
+    assert (
+        source._without_docstrings('def f():\n    """Only this."""\n') == 'def f():\n    """Only this."""\n'
+    )
 
 
 def test_outside_ipython_it_prints(capsys: pytest.CaptureFixture[str]) -> None:
@@ -53,5 +58,7 @@ def test_in_ipython_it_displays_a_highlighted_block(monkeypatch: pytest.MonkeyPa
 
 @pytest.mark.parametrize("bad", [1, len, None, "train_step"])
 def test_objects_without_python_source_are_refused_clearly(bad) -> None:
-    with pytest.raises(TypeError, match="show_source needs a function, method, class or module written in Python"):
+    with pytest.raises(
+        TypeError, match="show_source needs a function, method, class or module written in Python"
+    ):
         source.source(bad)

@@ -82,7 +82,9 @@ def test_no_line_of_a_solution_reaches_students(path) -> None:
     assert "### BEGIN SOLUTION" not in student_text
     prose = [line.strip() for line in _gated_prose(nb) if len(line.strip()) > 20]
     assert prose, f"{path.name} explains none of its solutions"
-    assert not [line for line in prose if line in student_lines], f"solution prose in the student version of {path.name}"
+    assert not [line for line in prose if line in student_lines], (
+        f"solution prose in the student version of {path.name}"
+    )
 
 
 def _gated_prose(nb: nbformat.NotebookNode) -> list[str]:
@@ -102,8 +104,12 @@ def _gated_prose(nb: nbformat.NotebookNode) -> list[str]:
 def test_every_check_of_a_student_notebook_says_not_done_yet(path, tmp_path) -> None:
     student = student_notebook(nbformat.read(path, as_version=4), path.name)
     os.environ.setdefault("MPCOURSE_PROFILE", "ci")
-    NotebookClient(student, timeout=600, allow_errors=True, resources={"metadata": {"path": str(tmp_path)}}).execute()
-    check_cells = [c for c in student.cells if c.cell_type == "code" and c.source.lstrip().startswith("check(")]
+    NotebookClient(
+        student, timeout=600, allow_errors=True, resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
+    check_cells = [
+        c for c in student.cells if c.cell_type == "code" and c.source.lstrip().startswith("check(")
+    ]
     assert check_cells, f"{path.name} has no check cells"
     for cell in check_cells:
         errors = [o for o in cell.outputs if o.output_type == "error"]
@@ -158,12 +164,16 @@ def test_writing_again_keeps_a_filled_in_notebook_unless_forced(tmp_path) -> Non
     out = tmp_path / "student"
     first = write_student_notebooks(ROOT / "notebooks", out)
     snapshot = {p: p.read_bytes() for p in first}
-    assert write_student_notebooks(ROOT / "notebooks", out) == first  # unchanged notebooks: rewritten as they were
+    assert (
+        write_student_notebooks(ROOT / "notebooks", out) == first
+    )  # unchanged notebooks: rewritten as they were
     assert {p: p.read_bytes() for p in first} == snapshot
     answered, other = first[0], first[1]
     answer = _fill_in(answered)
     other.unlink()
-    with pytest.raises(OverwriteError, match=rf"{answered}.* differs from the student version.*--force") as refused:
+    with pytest.raises(
+        OverwriteError, match=rf"{answered}.* differs from the student version.*--force"
+    ) as refused:
         write_student_notebooks(ROOT / "notebooks", out)
     assert str(other) not in str(refused.value)
     assert _has(answered, answer) and not other.exists()  # nothing at all was written
@@ -193,13 +203,19 @@ def test_make_student_twice_keeps_the_answers(tmp_path) -> None:
     os.utime(stamp, (time.time() + 60, time.time() + 60))  # newer than pyproject.toml: make installs nothing
 
     def make_student() -> subprocess.CompletedProcess[str]:
-        return subprocess.run([make, "-s", "-f", str(ROOT / "Makefile"), "-C", str(tmp_path), "student"],
-                              capture_output=True, text=True, timeout=300)
+        return subprocess.run(
+            [make, "-s", "-f", str(ROOT / "Makefile"), "-C", str(tmp_path), "student"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
 
     assert make_student().returncode == 0
     notebook = tmp_path / "student" / "getting_started.ipynb"
     answer = _fill_in(notebook)
     again = make_student()
     assert again.returncode != 0, again.stdout
-    assert "mpcourse: error: student/getting_started.ipynb differs" in again.stderr and "--force" in again.stderr
+    assert (
+        "mpcourse: error: student/getting_started.ipynb differs" in again.stderr and "--force" in again.stderr
+    )
     assert _has(notebook, answer)

@@ -75,7 +75,9 @@ def test_the_required_recipes_are_registered() -> None:
 
 
 def test_unknown_recipe_lists_the_accepted_ones() -> None:
-    with pytest.raises(ValueError, match="unknown recipe 'fp12'; accepted: fp32, tf32, fp16, bf16, pure_bf16"):
+    with pytest.raises(
+        ValueError, match="unknown recipe 'fp12'; accepted: fp32, tf32, fp16, bf16, pure_bf16"
+    ):
         get_recipe("fp12")
 
 
@@ -108,7 +110,9 @@ def test_register_refuses_duplicates_unless_asked(custom_recipes) -> None:
         register_recipe("bf16")  # type: ignore[arg-type]
 
 
-def test_the_registry_loads_its_providers_on_first_use_in_a_fixed_order(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_registry_loads_its_providers_on_first_use_in_a_fixed_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     imported: list[str] = []
 
     def provider(name: str, *recipes: Recipe) -> types.ModuleType:
@@ -146,9 +150,18 @@ def test_a_provider_that_fails_to_load_is_named() -> None:
 def test_every_module_that_defines_recipes_is_a_provider() -> None:
     from mpcourse import bf16, fp8
 
-    assert {r.name for r in bf16.training_recipes()} | {r.name for r in fp8.linear.training_recipes()} <= set(RECIPES)
-    assert list(RECIPES)[: len(bf16.RECIPE_NAMES) + 6] == ["fp32", "tf32", "fp16", "bf16", "pure_bf16", "pure_fp16",
-                                                          *bf16.RECIPE_NAMES]
+    assert {r.name for r in bf16.training_recipes()} | {
+        r.name for r in fp8.training.training_recipes()
+    } <= set(RECIPES)
+    assert list(RECIPES)[: len(bf16.RECIPE_NAMES) + 6] == [
+        "fp32",
+        "tf32",
+        "fp16",
+        "bf16",
+        "pure_bf16",
+        "pure_fp16",
+        *bf16.RECIPE_NAMES,
+    ]
 
 
 def test_hooks_of_a_registered_recipe_are_used(digits, custom_recipes) -> None:
@@ -170,7 +183,9 @@ def test_hooks_of_a_registered_recipe_are_used(digits, custom_recipes) -> None:
         calls.append(f"optimizer lr={lr}")
         return torch.optim.SGD(params, lr=lr)
 
-    register_recipe(Recipe("hooked", "test hooks", precision="fp32", prepare_model=prepare, make_optimizer=make_optimizer))
+    register_recipe(
+        Recipe("hooked", "test hooks", precision="fp32", prepare_model=prepare, make_optimizer=make_optimizer)
+    )
     run = train(mlp(digits), digits, "hooked", steps=3, lr=0.05, **QUIET)
     assert calls == ["prepare", "optimizer lr=0.05"]
     assert isinstance(run.model, Marked) and run.config["optimizer"] == "SGD"
@@ -196,7 +211,15 @@ def test_history_has_the_documented_columns(digits) -> None:
 
 
 def test_same_seed_same_history_on_cpu(digits) -> None:
-    deterministic = ["loss", "accuracy", "loss_scale", "skipped_steps", "eval_loss", "eval_accuracy", "peak_memory_bytes"]
+    deterministic = [
+        "loss",
+        "accuracy",
+        "loss_scale",
+        "skipped_steps",
+        "eval_loss",
+        "eval_accuracy",
+        "peak_memory_bytes",
+    ]
     for recipe in ("fp32", "fp16", "bf16", "pure_bf16"):
         a = train(mlp(digits), digits, recipe, steps=20, seed=3, **QUIET).frame[deterministic]
         b = train(mlp(digits), digits, recipe, steps=20, seed=3, **QUIET).frame[deterministic]
@@ -222,7 +245,9 @@ def test_training_learns(digits) -> None:
         ("pure_bf16", "bfloat16", "bfloat16", "bfloat16"),
     ],
 )
-def test_each_recipe_keeps_what_it_says_in_which_dtype(digits, recipe, parameters, logits, optimizer_state) -> None:
+def test_each_recipe_keeps_what_it_says_in_which_dtype(
+    digits, recipe, parameters, logits, optimizer_state
+) -> None:
     run = train(mlp(digits), digits, recipe, steps=2, **QUIET)
     assert run.dtypes == {
         "parameters": parameters,
@@ -269,7 +294,9 @@ def test_pure_fp16_with_adam_diverges_and_stops(digits) -> None:
 
 
 def test_text_bundle_reports_tokens_per_second(text) -> None:
-    run = train(lambda: models.for_data(text, width=32, depth=1), text, "bf16", steps=3, batch_size=4, **QUIET)
+    run = train(
+        lambda: models.for_data(text, width=32, depth=1), text, "bf16", steps=3, batch_size=4, **QUIET
+    )
     f = run.frame
     assert (f["tokens_per_s"] == f["samples_per_s"] * 16).all()
     assert f["eval_accuracy"].notna().iloc[-1]
@@ -326,7 +353,9 @@ def test_the_gpu_memory_meter_leaves_out_what_was_there_before(monkeypatch: pyte
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: 5_000)
     monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", resets.append)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
-    meter = MemoryMeter(nn.Linear(2, 2), torch.device("cuda"))  # its weights are not on the GPU: all 1000 are outside
+    meter = MemoryMeter(
+        nn.Linear(2, 2), torch.device("cuda")
+    )  # its weights are not on the GPU: all 1000 are outside
     assert resets == [torch.device("cuda")] and meter.outside_bytes == 1_000
     assert not isinstance(meter.forward_context(1), memory.SavedTensorMeter)  # the allocator needs no hooks
     meter.after_step(torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1))
@@ -357,9 +386,16 @@ def test_dtype_names_are_spelled_once_for_every_table() -> None:
     import numpy as np
 
     assert formats.dtype_name(torch.bfloat16) == "bfloat16" == formats.dtype_name(ml_dtypes.bfloat16)
-    assert formats.dtype_name(torch.float8_e4m3fn) == "float8_e4m3fn" == formats.dtype_name(np.dtype(ml_dtypes.float8_e4m3fn))
+    assert (
+        formats.dtype_name(torch.float8_e4m3fn)
+        == "float8_e4m3fn"
+        == formats.dtype_name(np.dtype(ml_dtypes.float8_e4m3fn))
+    )
     assert formats.dtype_name(np.float32) == "float32" and formats.dtype_name(torch.int64) == "int64"
-    assert formats.dtype_name(torch.bfloat16, short=True) == "bf16" and formats.dtype_name(torch.int64, short=True) == "int64"
+    assert (
+        formats.dtype_name(torch.bfloat16, short=True) == "bf16"
+        and formats.dtype_name(torch.int64, short=True) == "int64"
+    )
     for bad in (None, "bfloat16", 3.5):
         with pytest.raises(TypeError, match="dtype_name takes a torch or numpy dtype"):
             formats.dtype_name(bad)
@@ -396,7 +432,9 @@ def test_a_custom_scaler_replaces_the_default(digits) -> None:
 
 def test_overflowing_steps_are_skipped_and_counted(digits) -> None:
     """A scale of 2**40 makes the fp16 gradients of the logits overflow: GradScaler skips and halves."""
-    run = train(mlp(digits), digits, "fp16", steps=40, scaler=torch.amp.GradScaler("cpu", init_scale=2.0**40), **QUIET)
+    run = train(
+        mlp(digits), digits, "fp16", steps=40, scaler=torch.amp.GradScaler("cpu", init_scale=2.0**40), **QUIET
+    )
     f = run.frame
     assert f["skipped_steps"].iloc[-1] >= 10
     skipped_now = f["skipped_steps"].diff().fillna(f["skipped_steps"].iloc[0]) > 0
@@ -438,18 +476,37 @@ def test_emulated_recipe_runs_with_a_visible_note(digits, capsys) -> None:
 
 @pytest.mark.parametrize(
     "preset, recipe, alternative_name",
-    [("t4", "bf16", "fp16"), ("t4", "pure_bf16", "fp16"), ("t4", "tf32", "fp32"), ("cpu", "tf32", "fp32"),
-     ("cpu", "fp16", "fp32"), ("cpu", "bf16", "fp32")],
+    [
+        ("t4", "bf16", "fp16"),
+        ("t4", "pure_bf16", "fp16"),
+        ("t4", "tf32", "fp32"),
+        ("cpu", "tf32", "fp32"),
+        ("cpu", "fp16", "fp32"),
+        ("cpu", "bf16", "fp32"),
+    ],
 )
-def test_unsupported_recipe_with_error_names_the_alternative(digits, preset, recipe, alternative_name) -> None:
+def test_unsupported_recipe_with_error_names_the_alternative(
+    digits, preset, recipe, alternative_name
+) -> None:
     caps = device.capabilities(preset=preset)
     with pytest.raises(UnsupportedRecipeError, match=f"Use recipe '{alternative_name}' instead"):
         train(mlp(digits), digits, recipe, steps=1, caps=caps, on_unsupported="error", **QUIET)
 
 
-@pytest.mark.parametrize("preset, recipe", [("a100", "bf16"), ("a100", "tf32"), ("t4", "fp16"), ("h100", "pure_bf16"), ("cpu_amx", "bf16")])
+@pytest.mark.parametrize(
+    "preset, recipe",
+    [("a100", "bf16"), ("a100", "tf32"), ("t4", "fp16"), ("h100", "pure_bf16"), ("cpu_amx", "bf16")],
+)
 def test_native_recipes_run_without_a_support_note(digits, preset, recipe) -> None:
-    run = train(mlp(digits), digits, recipe, steps=1, caps=device.capabilities(preset=preset), on_unsupported="error", **QUIET)
+    run = train(
+        mlp(digits),
+        digits,
+        recipe,
+        steps=1,
+        caps=device.capabilities(preset=preset),
+        on_unsupported="error",
+        **QUIET,
+    )
     assert run.status == "native"
     assert not any("emulated" in n or "unavailable" in n for n in run.notes)
 
@@ -488,6 +545,7 @@ def test_recipes_run_on_cuda(digits, recipe) -> None:  # pragma: no cover - GPU 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_peak_leaves_out_what_other_code_holds(digits) -> None:  # pragma: no cover - GPU only
     """An earlier cell's 256 MB on the GPU must not show up in this run's peak."""
+
     def peak() -> int:
         run = train(mlp(digits), digits, "fp32", steps=3, device="cuda", progress=False, verbose=False)
         return int(run.frame["peak_memory_bytes"].max())
@@ -516,7 +574,9 @@ def test_compare_and_plot(digits) -> None:
     runs = [train(mlp(digits), digits, r, steps=10, eval_every=5, **QUIET) for r in ("fp32", "fp16")]
     table = compare(runs)
     assert list(table.index) == ["fp32", "fp16"]
-    assert {"final_loss", "eval_accuracy", "samples_per_s", "peak_memory_bytes", "skipped_steps"} <= set(table.columns)
+    assert {"final_loss", "eval_accuracy", "samples_per_s", "peak_memory_bytes", "skipped_steps"} <= set(
+        table.columns
+    )
     fig = plot_histories(runs)
     titles = [a.text for a in fig.layout.annotations]
     assert titles == ["training loss (smoothed)", "held-out accuracy", "samples per second", "loss scale"]

@@ -60,13 +60,18 @@ def test_gradients_are_those_of_this_batch_and_stay_for_inspection() -> None:
     train_step(model, x, y, F.cross_entropy, opt, autocast_dtype=None)
     first = [p.grad.clone() for p in model.parameters()]
     train_step(model, x, y, F.cross_entropy, opt, autocast_dtype=None)  # lr 0: same weights, same gradients
-    assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), first))  # not accumulated: 1x, not 2x
+    assert all(
+        torch.equal(p.grad, g) for p, g in zip(model.parameters(), first)
+    )  # not accumulated: 1x, not 2x
 
 
 @pytest.mark.parametrize(
     "make_scaler",
-    [lambda: torch.amp.GradScaler("cpu", init_scale=2.0**10), lambda: DynamicLossScaler(init_scale=2.0**10),
-     lambda: StaticLossScaler(2.0**10)],
+    [
+        lambda: torch.amp.GradScaler("cpu", init_scale=2.0**10),
+        lambda: DynamicLossScaler(init_scale=2.0**10),
+        lambda: StaticLossScaler(2.0**10),
+    ],
     ids=["GradScaler", "DynamicLossScaler", "StaticLossScaler"],
 )
 def test_an_inf_gradient_skips_the_step_and_leaves_the_weights_alone(make_scaler) -> None:
@@ -90,10 +95,18 @@ def test_a_scaled_step_equals_the_unscaled_one_in_fp32() -> None:
     """Scaling by a power of two and unscaling again is exact: the same update as without a scaler."""
     model, x, y = model_and_batch()
     reference = copy.deepcopy(model)
-    scaled = train_step(model, x, y, F.cross_entropy, torch.optim.SGD(model.parameters(), lr=0.1),
-                        autocast_dtype=None, scaler=torch.amp.GradScaler("cpu", init_scale=2.0**12))
-    plain = train_step(reference, x, y, F.cross_entropy, torch.optim.SGD(reference.parameters(), lr=0.1),
-                       autocast_dtype=None)
+    scaled = train_step(
+        model,
+        x,
+        y,
+        F.cross_entropy,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        autocast_dtype=None,
+        scaler=torch.amp.GradScaler("cpu", init_scale=2.0**12),
+    )
+    plain = train_step(
+        reference, x, y, F.cross_entropy, torch.optim.SGD(reference.parameters(), lr=0.1), autocast_dtype=None
+    )
     assert not scaled.skipped and scaled.scale == 2.0**12 and torch.equal(scaled.loss, plain.loss)
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), reference.parameters()))
 
@@ -116,21 +129,38 @@ def test_clipping_sees_the_unscaled_gradients(monkeypatch: pytest.MonkeyPatch) -
 
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", recording_clip)
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
-    train_step(model, x, y, F.cross_entropy, opt, autocast_dtype=None,
-               scaler=torch.amp.GradScaler("cpu", init_scale=2.0**16), grad_clip=max_norm)
+    train_step(
+        model,
+        x,
+        y,
+        F.cross_entropy,
+        opt,
+        autocast_dtype=None,
+        scaler=torch.amp.GradScaler("cpu", init_scale=2.0**16),
+        grad_clip=max_norm,
+    )
     assert len(seen) == 1 and math.isclose(seen[0], true_norm, rel_tol=1e-6)  # not 2^16 times the norm
     # and the gradients the optimizer used were clipped to max_norm, not to max_norm / 2^16
     used = grad_norm(model.parameters())
     assert math.isclose(used, max_norm, rel_tol=1e-5)
     clip(reference.parameters(), max_norm)
     torch.optim.SGD(reference.parameters(), lr=1.0).step()
-    assert all(torch.allclose(p, q, rtol=0, atol=1e-7) for p, q in zip(model.parameters(), reference.parameters()))
+    assert all(
+        torch.allclose(p, q, rtol=0, atol=1e-7) for p, q in zip(model.parameters(), reference.parameters())
+    )
 
 
 def test_clipping_without_a_scaler() -> None:
     model, x, y = model_and_batch()
-    train_step(model, x, y, F.cross_entropy, torch.optim.SGD(model.parameters(), lr=0.0), autocast_dtype=None,
-               grad_clip=1e-3)
+    train_step(
+        model,
+        x,
+        y,
+        F.cross_entropy,
+        torch.optim.SGD(model.parameters(), lr=0.0),
+        autocast_dtype=None,
+        grad_clip=1e-3,
+    )
     assert math.isclose(grad_norm(model.parameters()), 1e-3, rel_tol=1e-5)
 
 
@@ -144,17 +174,30 @@ def test_forward_context_wraps_the_forward_pass_only() -> None:
         events.append("exit")
 
     model, x, y = model_and_batch()
-    model[0].register_forward_hook(lambda *_: events.append(f"forward (autocast {torch.is_autocast_enabled('cpu')})"))
+    model[0].register_forward_hook(
+        lambda *_: events.append(f"forward (autocast {torch.is_autocast_enabled('cpu')})")
+    )
     model[0].weight.register_hook(lambda g: events.append("backward"))
-    train_step(model, x, y, F.cross_entropy, torch.optim.SGD(model.parameters(), lr=0.1),
-               autocast_dtype=torch.bfloat16, forward_context=context())
+    train_step(
+        model,
+        x,
+        y,
+        F.cross_entropy,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        autocast_dtype=torch.bfloat16,
+        forward_context=context(),
+    )
     assert events == ["enter (autocast False)", "forward (autocast True)", "exit", "backward"]
 
 
 @pytest.mark.parametrize(
     "change, error, message",
     [
-        (dict(autocast_dtype=torch.float64), ValueError, "autocast_dtype must be None, torch.float16 or torch.bfloat16"),
+        (
+            dict(autocast_dtype=torch.float64),
+            ValueError,
+            "autocast_dtype must be None, torch.float16 or torch.bfloat16",
+        ),
         (dict(grad_clip=0.0), ValueError, "grad_clip must be a positive, finite"),
         (dict(grad_clip=-1.0), ValueError, "grad_clip must be a positive, finite"),
         (dict(grad_clip=math.inf), ValueError, "grad_clip must be a positive, finite"),
@@ -170,8 +213,17 @@ def test_forward_context_wraps_the_forward_pass_only() -> None:
 )
 def test_bad_arguments_are_named(change: dict, error: type, message: str) -> None:
     model, x, y = model_and_batch()
-    args = dict(model=model, x=x, y=y, loss_fn=F.cross_entropy, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-                autocast_dtype=None) | change
+    args = (
+        dict(
+            model=model,
+            x=x,
+            y=y,
+            loss_fn=F.cross_entropy,
+            optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+            autocast_dtype=None,
+        )
+        | change
+    )
     before = params_of(model)
     with pytest.raises(error, match=message):
         train_step(**args)
@@ -180,6 +232,15 @@ def test_bad_arguments_are_named(change: dict, error: type, message: str) -> Non
 
 def test_calling_it_inside_autocast_is_refused() -> None:
     model, x, y = model_and_batch()
-    with torch.autocast("cpu", dtype=torch.bfloat16), pytest.raises(RuntimeError, match="called inside torch.autocast; call it outside"):
-        train_step(model, x, y, F.cross_entropy, torch.optim.SGD(model.parameters(), lr=0.1),
-                   autocast_dtype=torch.bfloat16)
+    with (
+        torch.autocast("cpu", dtype=torch.bfloat16),
+        pytest.raises(RuntimeError, match="called inside torch.autocast; call it outside"),
+    ):
+        train_step(
+            model,
+            x,
+            y,
+            F.cross_entropy,
+            torch.optim.SGD(model.parameters(), lr=0.1),
+            autocast_dtype=torch.bfloat16,
+        )

@@ -38,13 +38,14 @@ class Probe(nn.Module):
         i = F.log_softmax(low, dim=-1)  # unlisted on CPU
         j = torch.prod(low, dim=-1)  # fp32 list on CPU
         k = F.gelu(low) + F.relu(low)  # unlisted
-        return (a.sum() + b.sum() + c.sum() + d.sum() + e.sum() + f + g + h.sum() + i.sum() + j.sum() + k.sum())
+        return a.sum() + b.sum() + c.sum() + d.sum() + e.sum() + f + g + h.sum() + i.sum() + j.sum() + k.sum()
 
 
 def _text_loss(text):
     def loss(out):
         targets = torch.zeros(out.shape[:2], dtype=torch.long, device=out.device)
         return F.cross_entropy(out.reshape(-1, text.num_classes), targets.reshape(-1))
+
     return loss
 
 
@@ -98,8 +99,13 @@ def test_ops_are_attributed_to_modules(text) -> None:
     modules = dict(zip(table["module"], table["op"]))
     assert modules["blocks.0.qkv"] == "linear" and modules["tokens"] == "embedding"
     assert modules["blocks.0.norm1"] == "layer_norm"
-    with_shapes = xray.xray(model, text.sample(2, torch.Generator().manual_seed(0))[0], include_shape_ops=True).table
-    assert with_shapes["op"].isin(["view", "transpose"]).any() and not table["op"].isin(["view", "transpose"]).any()
+    with_shapes = xray.xray(
+        model, text.sample(2, torch.Generator().manual_seed(0))[0], include_shape_ops=True
+    ).table
+    assert (
+        with_shapes["op"].isin(["view", "transpose"]).any()
+        and not table["op"].isin(["view", "transpose"]).any()
+    )
 
 
 def test_rerunning_ops_does_not_change_random_state() -> None:
@@ -134,11 +140,17 @@ def test_explicit_casts_are_marked_and_not_held_against_the_docs() -> None:
 
 def test_documented_lists_hold_the_differences_between_devices() -> None:
     for op in ("softmax", "layer_norm", "log_softmax", "sum", "exp"):
-        assert xray.documented_category(op, "cuda") == "fp32" and xray.documented_category(op, "cpu") == "unlisted"
+        assert (
+            xray.documented_category(op, "cuda") == "fp32"
+            and xray.documented_category(op, "cpu") == "unlisted"
+        )
     assert xray.documented_category("binary_cross_entropy", "cpu") == "fp32"
     assert xray.documented_category("binary_cross_entropy", "cuda") == "banned"  # it raises there
     assert xray.documented_category("cross_entropy", "cpu") == "fp32"  # via the alias cross_entropy_loss
-    assert xray.documented_category("cat", "cpu") == "widest" and xray.documented_category("cat", "cuda") == "unlisted"
+    assert (
+        xray.documented_category("cat", "cpu") == "widest"
+        and xray.documented_category("cat", "cuda") == "unlisted"
+    )
     with pytest.raises(ValueError, match="accepted: cuda, cpu"):
         xray.documented_category("linear", "tpu")
 
@@ -146,7 +158,9 @@ def test_documented_lists_hold_the_differences_between_devices() -> None:
 def test_kernels_show_the_casts_and_the_backward_dtypes() -> None:
     torch.manual_seed(0)
     model = models.MLP(64, 10, 32)
-    ks = xray.kernels(model, torch.randn(4, 1, 8, 8), loss_fn=lambda out: F.cross_entropy(out, torch.arange(4)))
+    ks = xray.kernels(
+        model, torch.randn(4, 1, 8, 8), loss_fn=lambda out: F.cross_entropy(out, torch.arange(4))
+    )
     forward, backward = ks[ks["phase"] == "forward"], ks[ks["phase"] == "backward"]
     casts = forward[(forward["kernel"] == "_to_copy") & (forward["output"] == "bfloat16")]
     assert len(casts) == 3 * 2 + 1  # each linear's weight and bias, and the input of the first layer
@@ -161,7 +175,10 @@ def test_figure_and_summary(text) -> None:
     fig = result.figure()
     assert {t.name for t in fig.data} == {"output float32", "output bfloat16"}
     summary = result.summary().set_index("op")
-    assert summary.loc["linear", "outputs"] == "bfloat16" and summary.loc["cross_entropy", "outputs"] == "float32"
+    assert (
+        summary.loc["linear", "outputs"] == "bfloat16"
+        and summary.loc["cross_entropy", "outputs"] == "float32"
+    )
 
 
 def test_bad_dtype_is_explained() -> None:

@@ -51,7 +51,9 @@ def _cuda(record: dict[str, Any]) -> bool:
 def report(check: Callable[[dict[str, Any]], list[str]], records: dict[str, dict[str, Any]]) -> list[str]:
     """Run ``check`` on every record of ``records`` (label -> record, as :func:`results.by_label` gives)
     and return what it verified, one line per statement: ``"checked on LABEL: STATEMENT"``."""
-    return [f"checked on {name}: {statement}" for name, record in records.items() for statement in check(record)]
+    return [
+        f"checked on {name}: {statement}" for name, record in records.items() for statement in check(record)
+    ]
 
 
 def speedups(frame: pd.DataFrame) -> pd.DataFrame:
@@ -67,7 +69,9 @@ def speedups(frame: pd.DataFrame) -> pd.DataFrame:
             both = sorted(set(done[p].index) & set(done["fp32"].index))
             if both:
                 n_max = both[-1]
-                rows.append({"precision": p, "n": n_max, "speed-up": done[("fp32", n_max)] / done[(p, n_max)]})
+                rows.append(
+                    {"precision": p, "n": n_max, "speed-up": done[("fp32", n_max)] / done[(p, n_max)]}
+                )
     return pd.DataFrame(rows, columns=["precision", "n", "speed-up"]).set_index("precision")
 
 
@@ -89,7 +93,9 @@ def pitfalls(record: dict[str, Any], min_n: int = 2048) -> list[str]:
             f"{_where(record)}, {product}: the cold first call ({p['naive']:.3g} s) was not slower than a warm one "
             f"({p['benchmark']:.3g} s)"
         )
-        checked.append(f"{product}: no synchronisation times the launch; the first call pays for initialisation")
+        checked.append(
+            f"{product}: no synchronisation times the launch; the first call pays for initialisation"
+        )
     return checked
 
 
@@ -108,12 +114,22 @@ def matmul(record: dict[str, Any]) -> list[str]:
     s = speedups(frame)
     emulated = set(frame.loc[frame["status"] == "emulated", "precision"]) & set(s.index)
     for p in sorted(emulated):
-        assert s.loc[p, "speed-up"] < 1.2, f"{where}: emulated {p} ran {s.loc[p, 'speed-up']:.2f}x as fast as fp32"
-        checked.append(f"emulated {p} is no faster than fp32 ({s.loc[p, 'speed-up']:.2f}x at n={int(s.loc[p, 'n'])})")
+        assert s.loc[p, "speed-up"] < 1.2, (
+            f"{where}: emulated {p} ran {s.loc[p, 'speed-up']:.2f}x as fast as fp32"
+        )
+        checked.append(
+            f"emulated {p} is no faster than fp32 ({s.loc[p, 'speed-up']:.2f}x at n={int(s.loc[p, 'n'])})"
+        )
     sheet = datasheets.lookup(str(record["environment"].get("device_name", "")))
     bf16 = ran[(ran["precision"] == "bf16") & (ran["status"] == "native")].sort_values("m")
     peaks = sheet.dense_tflops if sheet else {}
-    if _cuda(record) and "bf16" in peaks and peaks["bf16"] >= 3 * peaks["fp32"] and len(bf16) > 1 and bf16["m"].iloc[-1] >= LARGE_N:
+    if (
+        _cuda(record)
+        and "bf16" in peaks
+        and peaks["bf16"] >= 3 * peaks["fp32"]
+        and len(bf16) > 1
+        and bf16["m"].iloc[-1] >= LARGE_N
+    ):
         assert "bf16" in s.index and s.loc["bf16", "speed-up"] > 2, (
             f"{where}: bf16 tensor cores (datasheet {peaks['bf16']:g} vs fp32 {peaks['fp32']:g} TFLOP/s) gave only "
             f"{s.loc['bf16', 'speed-up'] if 'bf16' in s.index else float('nan'):.2f}x over fp32"
@@ -138,7 +154,9 @@ def elementwise(record: dict[str, Any]) -> list[str]:
     if not {"fp32", "bf16"} <= set(big.index):
         return []
     ratio = big["fp32"] / big["bf16"]
-    assert 1.2 < ratio < 2.6, f"{_where(record)}: a memory-bound add gained {ratio:.2f}x in bf16; the byte ratio is 2"
+    assert 1.2 < ratio < 2.6, (
+        f"{_where(record)}: a memory-bound add gained {ratio:.2f}x in bf16; the byte ratio is 2"
+    )
     return [f"add of {int(ew['elements'].max()):,} elements: bf16 {ratio:.2f}x faster (the byte ratio is 2)"]
 
 
@@ -154,6 +172,8 @@ def train(record: dict[str, Any]) -> list[str]:
         checked.append(f"MFU of {len(mfu)} native recipes in (0, 1]")
     if _cuda(record) and {"fp32", "bf16"} <= set(native.index):
         fp32, bf16 = native.loc["fp32", "samples_per_s"], native.loc["bf16", "samples_per_s"]
-        assert bf16 > fp32, f"{where}: a bf16 training step ({bf16:.4g} samples/s) was not faster than fp32 ({fp32:.4g})"
+        assert bf16 > fp32, (
+            f"{where}: a bf16 training step ({bf16:.4g} samples/s) was not faster than fp32 ({fp32:.4g})"
+        )
         checked.append(f"bf16 steps {bf16 / fp32:.2f}x as fast as fp32")
     return checked

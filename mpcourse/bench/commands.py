@@ -36,7 +36,11 @@ def matmul_sizes(kind: str, quick: bool = False) -> list[int]:
 
 
 def _command() -> str:
-    return " ".join(["mpcourse", *sys.argv[1:]]) if sys.argv and sys.argv[0].endswith(("mpcourse", "cli.py")) else "mpcourse bench"
+    return (
+        " ".join(["mpcourse", *sys.argv[1:]])
+        if sys.argv and sys.argv[0].endswith(("mpcourse", "cli.py"))
+        else "mpcourse bench"
+    )
 
 
 def _print_table(frame: pd.DataFrame) -> None:
@@ -50,7 +54,9 @@ def _print_table(frame: pd.DataFrame) -> None:
 
 def headline(frame: pd.DataFrame, precision: str = "bf16", size: int = 8192) -> str | None:
     """One line: the rate of the ``size``^3 product in ``precision`` as % of its reference peak."""
-    row = frame[(frame["precision"] == precision) & (frame["m"] == size) & (frame["n"] == size) & (frame["k"] == size)]
+    row = frame[
+        (frame["precision"] == precision) & (frame["m"] == size) & (frame["n"] == size) & (frame["k"] == size)
+    ]
     if row.empty or pd.isna(row["tflops"].iloc[0]):
         return None
     r = row.iloc[0]
@@ -76,13 +82,21 @@ def matmul(save: Path | None, quick: bool, force: bool = False) -> int:
     caps = devices.capabilities()
     print(report(caps))
     sheet = datasheets.for_device(caps)
-    print(f"reference peaks: {'datasheet of the ' + sheet.name if sheet else 'not in the datasheet table: the best rate measured here'}")
+    print(
+        f"reference peaks: {'datasheet of the ' + sheet.name if sheet else 'not in the datasheet table: the best rate measured here'}"
+    )
     cuda = caps.kind == "cuda"
     min_run_time = 0.02 if quick else 0.2
     tables: dict[str, Any] = {}
     # First, while the process is cold: the same product timed wrongly and rightly.
-    pit_precision, pit_n = ("bf16" if caps.bf16_native else "fp32"), (128 if quick else (4096 if cuda else 512))
-    pitfalls = _attempt("timing pitfalls", lambda: sweeps.timing_pitfalls(pit_n, pit_precision, caps=caps, min_run_time=min_run_time))
+    pit_precision, pit_n = (
+        ("bf16" if caps.bf16_native else "fp32"),
+        (128 if quick else (4096 if cuda else 512)),
+    )
+    pitfalls = _attempt(
+        "timing pitfalls",
+        lambda: sweeps.timing_pitfalls(pit_n, pit_precision, caps=caps, min_run_time=min_run_time),
+    )
     if pitfalls:
         tables["pitfalls"] = [pitfalls]
         print(
@@ -91,7 +105,10 @@ def matmul(save: Path | None, quick: bool, force: bool = False) -> int:
             f"{pitfalls['benchmark'] * 1e3:.3f}, independent {pitfalls['independent'] * 1e3:.3f}"
         )
     frame = sweeps.matmul_sweep(
-        matmul_sizes(caps.kind, quick), caps=caps, min_run_time=min_run_time, max_call_seconds=0.1 if quick else 1.0
+        matmul_sizes(caps.kind, quick),
+        caps=caps,
+        min_run_time=min_run_time,
+        max_call_seconds=0.1 if quick else 1.0,
     )
     tables["matmul"] = frame
     print("\nmatmul sweep (ms: median per call; spread: IQR/median; check: this / independent clock)")
@@ -99,14 +116,25 @@ def matmul(save: Path | None, quick: bool, force: bool = False) -> int:
     nbytes = 2**24 if quick else (2**30 if cuda else 2**28)
     gbs = _attempt("bandwidth", lambda: sweeps.bandwidth(caps=caps, nbytes=nbytes, min_run_time=min_run_time))
     if gbs:
-        tables["bandwidth"] = [{"gb_per_s": gbs, "method": "copy of a large fp32 buffer, 2 bytes moved per byte"}]
-        print(f"\nmemory bandwidth (copy): {gbs:.1f} GB/s" + (f"; datasheet {sheet.bandwidth_gb_s:.0f} GB/s" if sheet else ""))
+        tables["bandwidth"] = [
+            {"gb_per_s": gbs, "method": "copy of a large fp32 buffer, 2 bytes moved per byte"}
+        ]
+        print(
+            f"\nmemory bandwidth (copy): {gbs:.1f} GB/s"
+            + (f"; datasheet {sheet.bandwidth_gb_s:.0f} GB/s" if sheet else "")
+        )
     counts = [2**16] if quick else ([2**20, 2**24, 2**28] if cuda else [2**16, 2**20, 2**24])
-    elementwise = _attempt("elementwise", lambda: sweeps.elementwise_sweep(counts, caps=caps, min_run_time=min_run_time))
+    elementwise = _attempt(
+        "elementwise", lambda: sweeps.elementwise_sweep(counts, caps=caps, min_run_time=min_run_time)
+    )
     if elementwise is not None:
         tables["elementwise"] = elementwise
         print("elementwise z = x + y:")
-        print(elementwise[["precision", "elements", "seconds", "gb_per_s"]].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+        print(
+            elementwise[["precision", "elements", "seconds", "gb_per_s"]].to_string(
+                index=False, float_format=lambda v: f"{v:.4g}"
+            )
+        )
     line = headline(frame)
     if line:
         print("\n" + line)
@@ -131,7 +159,9 @@ def train_config(caps: devices.Capabilities, quick: bool = False) -> dict[str, i
             full |= {"width": 512, "depth": 4}
     else:
         full = {"block_size": 64, "width": 256, "depth": 2, "steps": 30, "batch_size": 32}
-    return sizes.pick(ci=tiny, small={"block_size": 64, "width": 128, "depth": 2, "steps": 20, "batch_size": 16}, full=full)
+    return sizes.pick(
+        ci=tiny, small={"block_size": 64, "width": 128, "depth": 2, "steps": 20, "batch_size": 16}, full=full
+    )
 
 
 def train(save: Path | None, quick: bool, force: bool = False) -> int:
@@ -150,15 +180,36 @@ def train(save: Path | None, quick: bool, force: bool = False) -> int:
     sheet = datasheets.for_device(caps)
     config = train_config(caps, quick)
     text = data.load_text(source="local", block_size=config["block_size"], verbose=False)
-    print(f"model: character transformer, width {config['width']}, depth {config['depth']}, "
-          f"context {config['block_size']}; {config['steps']} steps of {config['batch_size']} sequences per recipe")
-    print(f"MFU against: {'the dense peaks of the ' + sheet.name + ' datasheet' if sheet else 'no datasheet for this device (MFU not computed)'}")
-    frame, kernels = trainstep.recipe_table(
-        text, width=config["width"], depth=config["depth"], steps=config["steps"], batch_size=config["batch_size"],
-        caps=caps, progress=False,
+    print(
+        f"model: character transformer, width {config['width']}, depth {config['depth']}, "
+        f"context {config['block_size']}; {config['steps']} steps of {config['batch_size']} sequences per recipe"
     )
-    shown = frame.reindex(columns=["recipe", "status", "samples_per_s", "tokens_per_s", "step_ms", "peak_memory_mb",
-                                   "model_tflops", "mfu", "final_loss", "fp8_layers"])
+    print(
+        f"MFU against: {'the dense peaks of the ' + sheet.name + ' datasheet' if sheet else 'no datasheet for this device (MFU not computed)'}"
+    )
+    frame, kernels = trainstep.recipe_table(
+        text,
+        width=config["width"],
+        depth=config["depth"],
+        steps=config["steps"],
+        batch_size=config["batch_size"],
+        caps=caps,
+        progress=False,
+    )
+    shown = frame.reindex(
+        columns=[
+            "recipe",
+            "status",
+            "samples_per_s",
+            "tokens_per_s",
+            "step_ms",
+            "peak_memory_mb",
+            "model_tflops",
+            "mfu",
+            "final_loss",
+            "fp8_layers",
+        ]
+    )
     with pd.option_context("display.width", 180):
         print("\n" + shown.to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep="-"))
     not_run = frame[frame["status"].isin(["skipped", "failed"])]
@@ -168,12 +219,19 @@ def train(save: Path | None, quick: bool, force: bool = False) -> int:
             print(f"  {r.recipe} ({r.status}): {r.note}")
     if "flops_per_step" in frame and frame["flops_per_step"].notna().any():
         f = frame.dropna(subset=["flops_per_step"]).iloc[0]
-        print(f"\nFLOPs per step: {f['flops_per_step']:.4g} counted by FlopCounterMode, {f['six_nt_per_step']:.4g} by 6NT")
+        print(
+            f"\nFLOPs per step: {f['flops_per_step']:.4g} counted by FlopCounterMode, {f['six_nt_per_step']:.4g} by 6NT"
+        )
     if not kernels.empty:
         print("\nlongest kernels of one step, per recipe:")
         for name, part in kernels.groupby("recipe", sort=False):
-            print(f"  {name}: " + "; ".join(f"{r.name} [{r.dtypes}] {r.ms:.3g} ms" for r in part.head(3).itertuples()))
+            print(
+                f"  {name}: "
+                + "; ".join(f"{r.name} [{r.dtypes}] {r.ms:.3g} ms" for r in part.head(3).itertuples())
+            )
     if save is not None:
-        record = results.make_record("train", {"recipes": frame, "kernels": kernels, "config": [config]}, command=_command())
+        record = results.make_record(
+            "train", {"recipes": frame, "kernels": kernels, "config": [config]}, command=_command()
+        )
         print(f"\nsaved {results.save(record, save, overwrite=force)}")
     return 0 if "samples_per_s" in frame and frame["samples_per_s"].notna().any() else 1

@@ -29,7 +29,9 @@ DATASHEETS: dict[str, Datasheet] = {gpu.key: gpu for gpu in GPUS}
 def lookup(device_name: str) -> Datasheet | None:
     """The datasheet whose pattern matches a CUDA device name, or None for a GPU not in the table."""
     if not isinstance(device_name, str):
-        raise TypeError(f"device_name must be a string such as 'NVIDIA H100 80GB HBM3', got {type(device_name).__name__}")
+        raise TypeError(
+            f"device_name must be a string such as 'NVIDIA H100 80GB HBM3', got {type(device_name).__name__}"
+        )
     found = [d for d in DATASHEETS.values() if d.matches(device_name)]
     if len(found) > 1:
         raise RuntimeError(f"{device_name!r} matches several datasheets: {[d.key for d in found]}")

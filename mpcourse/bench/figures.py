@@ -24,11 +24,18 @@ def _show_one_buttons(owners: list[str], title: str) -> list[dict]:
     Each button also puts the owner's name in the title, so that a static page still says what it shows.
     """
     return [
-        {"label": o, "method": "update", "args": [{"visible": [x == o for x in owners]}, {"title.text": f"{title}: {o}"}]}
+        {
+            "label": o,
+            "method": "update",
+            "args": [{"visible": [x == o for x in owners]}, {"title.text": f"{title}: {o}"}],
+        }
         for o in dict.fromkeys(owners)
     ]
 
-def sweep_figure(sweeps: Mapping[str, pd.DataFrame], title: str = "Matrix products by precision") -> go.Figure:
+
+def sweep_figure(
+    sweeps: Mapping[str, pd.DataFrame], title: str = "Matrix products by precision"
+) -> go.Figure:
     """Achieved rate vs size, one line per precision, for each source (this machine, stored results).
 
     A dropdown picks the source; buttons switch between TFLOP/s and % of the reference peak.
@@ -45,8 +52,14 @@ def sweep_figure(sweeps: Mapping[str, pd.DataFrame], title: str = "Matrix produc
             if part.empty:
                 continue
             fig.add_scatter(
-                x=part["m"], y=part["tflops"], customdata=np.stack([part["pct_of_peak"], part["rel_error"]], axis=-1),
-                mode="lines+markers", name=p, legendgroup=p, line_color=COLORS[p], visible=not owners or owners[0] == source,
+                x=part["m"],
+                y=part["tflops"],
+                customdata=np.stack([part["pct_of_peak"], part["rel_error"]], axis=-1),
+                mode="lines+markers",
+                name=p,
+                legendgroup=p,
+                line_color=COLORS[p],
+                visible=not owners or owners[0] == source,
                 hovertemplate=f"{p}, n=%{{x}}: %{{y:.3g}} TFLOP/s, %{{customdata[0]:.1f}}% of peak, "
                 "error %{customdata[1]:.1e}<extra></extra>",
             )
@@ -55,10 +68,22 @@ def sweep_figure(sweeps: Mapping[str, pd.DataFrame], title: str = "Matrix produc
         raise ValueError("no sweep has a measured row")
     pick_source = _show_one_buttons(owners, title)
     metric = [
-        {"label": "TFLOP/s", "method": "restyle",
-         "args": [{"y": [_column(sweeps[o], t.name, "tflops") for o, t in zip(owners, fig.data)]}, list(range(len(owners)))]},
-        {"label": "% of peak", "method": "restyle",
-         "args": [{"y": [_column(sweeps[o], t.name, "pct_of_peak") for o, t in zip(owners, fig.data)]}, list(range(len(owners)))]},
+        {
+            "label": "TFLOP/s",
+            "method": "restyle",
+            "args": [
+                {"y": [_column(sweeps[o], t.name, "tflops") for o, t in zip(owners, fig.data)]},
+                list(range(len(owners))),
+            ],
+        },
+        {
+            "label": "% of peak",
+            "method": "restyle",
+            "args": [
+                {"y": [_column(sweeps[o], t.name, "pct_of_peak") for o, t in zip(owners, fig.data)]},
+                list(range(len(owners))),
+            ],
+        },
     ]
     fig.update_layout(
         title=f"{title}: {owners[0]}",
@@ -68,14 +93,23 @@ def sweep_figure(sweeps: Mapping[str, pd.DataFrame], title: str = "Matrix produc
         legend_title_text="precision",
         updatemenus=[
             {"buttons": pick_source, "x": 0.0, "y": 1.18, "xanchor": "left", "showactive": True},
-            {"buttons": metric, "type": "buttons", "direction": "right", "x": 1.0, "y": 1.18, "xanchor": "right"},
+            {
+                "buttons": metric,
+                "type": "buttons",
+                "direction": "right",
+                "x": 1.0,
+                "y": 1.18,
+                "xanchor": "right",
+            },
         ],
         margin={"t": 110},
     )
     return fig
 
 
-def devices_figure(sweeps: Mapping[str, pd.DataFrame], title: str = "Matrix products on each device") -> go.Figure:
+def devices_figure(
+    sweeps: Mapping[str, pd.DataFrame], title: str = "Matrix products on each device"
+) -> go.Figure:
     """Achieved TFLOP/s vs size, one line per source (device), for one precision at a time.
 
     :func:`sweep_figure` shows one source with all its precisions; this shows the sources side by
@@ -93,7 +127,10 @@ def devices_figure(sweeps: Mapping[str, pd.DataFrame], title: str = "Matrix prod
                 continue
             status = ", ".join(sorted(set(part["status"])))
             fig.add_scatter(
-                x=part["m"], y=part["tflops"], mode="lines+markers", name=f"{source} ({status})",
+                x=part["m"],
+                y=part["tflops"],
+                mode="lines+markers",
+                name=f"{source} ({status})",
                 visible=not owners or owners[0] == p,
                 hovertemplate=f"{source}, {p}, n=%{{x}}: %{{y:.3g}} TFLOP/s<extra></extra>",
             )
@@ -118,7 +155,11 @@ def _column(frame: pd.DataFrame, precision: str, column: str) -> list[float]:
     return part[column].tolist()
 
 
-def roofline_figure(roofs: Sequence[Roofs], points: pd.DataFrame | None = None, precisions: Sequence[str] = ("fp32", "bf16", "fp8")) -> go.Figure:
+def roofline_figure(
+    roofs: Sequence[Roofs],
+    points: pd.DataFrame | None = None,
+    precisions: Sequence[str] = ("fp32", "bf16", "fp8"),
+) -> go.Figure:
     """The roofline of each device (a dropdown picks it), one roof per precision, and measured ops as points.
 
     ``points`` (optional) has columns ``label``, ``precision``, ``intensity`` (FLOP/byte) and
@@ -135,7 +176,13 @@ def roofline_figure(roofs: Sequence[Roofs], points: pd.DataFrame | None = None, 
                 continue
             y = [attainable_tflops(v, r.peak(p), r.bandwidth_gb_s) for v in x]
             fig.add_scatter(
-                x=x, y=y, mode="lines", name=f"{p} roof", legendgroup=p, line_color=COLORS[p], visible=i == 0,
+                x=x,
+                y=y,
+                mode="lines",
+                name=f"{p} roof",
+                legendgroup=p,
+                line_color=COLORS[p],
+                visible=i == 0,
                 hovertemplate=f"{r.name}, {p}: %{{y:.3g}} TFLOP/s at %{{x:.3g}} FLOP/B<extra></extra>",
             )
             owners.append(i)
@@ -143,15 +190,29 @@ def roofline_figure(roofs: Sequence[Roofs], points: pd.DataFrame | None = None, 
     if points is not None and not points.empty:
         for p, part in points.groupby("precision", sort=False):
             fig.add_scatter(
-                x=part["intensity"], y=part["tflops"], text=part["label"], mode="markers", name=f"{p}, measured here",
-                marker={"color": COLORS.get(str(p), "black"), "size": 9, "symbol": "diamond", "line": {"width": 1, "color": "black"}},
+                x=part["intensity"],
+                y=part["tflops"],
+                text=part["label"],
+                mode="markers",
+                name=f"{p}, measured here",
+                marker={
+                    "color": COLORS.get(str(p), "black"),
+                    "size": 9,
+                    "symbol": "diamond",
+                    "line": {"width": 1, "color": "black"},
+                },
                 hovertemplate="%{text}: %{x:.3g} FLOP/B, %{y:.3g} TFLOP/s<extra></extra>",
             )
     n_points = len(fig.data) - n_roofs
     buttons = [
-        {"label": r.name, "method": "update",
-         "args": [{"visible": [o == i for o in owners] + [True] * n_points},
-                  {"title.text": f"Roofline: {r.name} ({r.source})"}]}
+        {
+            "label": r.name,
+            "method": "update",
+            "args": [
+                {"visible": [o == i for o in owners] + [True] * n_points},
+                {"title.text": f"Roofline: {r.name} ({r.source})"},
+            ],
+        }
         for i, r in enumerate(roofs)
     ]
     fig.update_layout(

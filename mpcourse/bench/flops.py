@@ -55,4 +55,3 @@ def mfu(flops_per_step: float, step_seconds: float, peak_tflops: float) -> float
             f"{flops_per_step}, {step_seconds}, {peak_tflops}"
         )
     return flops_per_step / step_seconds / (peak_tflops * 1e12)
-

@@ -38,7 +38,9 @@ def benchmark(save: Path | None = None, quick: bool = False, force: bool = False
             for f in (formats.FP16, formats.BF16, formats.E4M3, formats.E5M2, formats.E2M1)
         },
         f"round {n_values:,} float32 values to float8_e4m3fn": lambda: formats.E4M3.round(values),
-        f"round_tensor {n_values:,} float32 values (CPU tensor) to float8_e4m3fn": lambda: formats.round_tensor(tensor, formats.E4M3),
+        f"round_tensor {n_values:,} float32 values (CPU tensor) to float8_e4m3fn": lambda: (
+            formats.round_tensor(tensor, formats.E4M3)
+        ),
     }
     rows = []
     print(
@@ -47,7 +49,14 @@ def benchmark(save: Path | None = None, quick: bool = False, force: bool = False
     for name, fn in cases.items():
         measured = timing.benchmark(fn, min_run_time=0.05 * repeats, min_blocks=repeats, max_blocks=repeats)
         median = measured.median
-        rows.append({"case": name, "median_s": median, "min_s": min(measured.samples), "repeats": len(measured.samples)})
+        rows.append(
+            {
+                "case": name,
+                "median_s": median,
+                "min_s": min(measured.samples),
+                "repeats": len(measured.samples),
+            }
+        )
         print(f"  {name:<68} {median * 1e3:9.2f} ms")
     if save is not None:
         command = "mpcourse bench formats" + " --quick" * quick

@@ -43,10 +43,19 @@ from . import datasheets, results
 #: (M, K, N) of the GEMM sweep: from launch-bound to compute-bound; torchao's README quotes the
 #: third (0.80x on an H100) and the last (1.39x) as its small and large examples.
 GEMM_SHAPES: tuple[tuple[int, int, int], ...] = (
-    (256, 256, 256), (512, 512, 512), (1024, 2048, 1024), (2048, 2048, 2048),
-    (4096, 4096, 4096), (8192, 8192, 8192), (4096, 8192, 16384),
+    (256, 256, 256),
+    (512, 512, 512),
+    (1024, 2048, 1024),
+    (2048, 2048, 2048),
+    (4096, 4096, 4096),
+    (8192, 8192, 8192),
+    (4096, 8192, 16384),
 )
-QUICK_GEMM_SHAPES: tuple[tuple[int, int, int], ...] = ((256, 256, 256), (1024, 2048, 1024), (4096, 4096, 4096))
+QUICK_GEMM_SHAPES: tuple[tuple[int, int, int], ...] = (
+    (256, 256, 256),
+    (1024, 2048, 1024),
+    (4096, 4096, 4096),
+)
 #: (M, K, N) of the torchao training-step measurement: large first (if the budget runs out, the
 #: small shape, whose answer is known to be "slower", is the one skipped).
 STEP_SHAPES: tuple[tuple[int, int, int], ...] = ((4096, 8192, 8192), (1024, 2048, 1024))
@@ -54,8 +63,13 @@ STEP_SHAPES: tuple[tuple[int, int, int], ...] = ((4096, 8192, 8192), (1024, 2048
 TOPIC = "fp8"
 
 
-def measure_gemms(shapes: tuple[tuple[int, int, int], ...] = GEMM_SHAPES, *, min_run_time: float = 0.2,
-                  device: str = "cuda", progress: bool = True) -> list[dict[str, Any]]:
+def measure_gemms(
+    shapes: tuple[tuple[int, int, int], ...] = GEMM_SHAPES,
+    *,
+    min_run_time: float = 0.2,
+    device: str = "cuda",
+    progress: bool = True,
+) -> list[dict[str, Any]]:
     """Time bf16 vs fp8 GEMMs for each (M, K, N); one record per shape (seconds, TFLOP/s, speed-ups).
 
     Needs a device where ``torch._scaled_mm`` runs (sm_89+ on CUDA; it also runs, emulated and
@@ -74,10 +88,12 @@ def measure_gemms(shapes: tuple[tuple[int, int, int], ...] = GEMM_SHAPES, *, min
         b8t, b8rt, sbrt = qb.data.t(), rb.data.t(), rb.scale.t()
         cases: dict[str, Callable[[], Any]] = {
             "bf16": lambda: a @ b.t(),
-            "fp8_tensorwise": lambda: torch._scaled_mm(qa.data, b8t, scale_a=qa.scale, scale_b=qb.scale,
-                                                       out_dtype=torch.bfloat16),
-            "fp8_rowwise": lambda: torch._scaled_mm(ra.data, b8rt, scale_a=ra.scale, scale_b=sbrt,
-                                                    out_dtype=torch.bfloat16, use_fast_accum=True),
+            "fp8_tensorwise": lambda: torch._scaled_mm(
+                qa.data, b8t, scale_a=qa.scale, scale_b=qb.scale, out_dtype=torch.bfloat16
+            ),
+            "fp8_rowwise": lambda: torch._scaled_mm(
+                ra.data, b8rt, scale_a=ra.scale, scale_b=sbrt, out_dtype=torch.bfloat16, use_fast_accum=True
+            ),
             "fp8_tensorwise_with_casts": lambda: _cast_and_mm(a, b),
         }
         record: dict[str, Any] = {"m": m, "k": k, "n": n, "flops": 2.0 * m * k * n}
@@ -100,7 +116,9 @@ def measure_gemms(shapes: tuple[tuple[int, int, int], ...] = GEMM_SHAPES, *, min
 def _cast_and_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``a @ b.T`` in fp8 from bf16 operands: quantise both (tensorwise E4M3), then the scaled GEMM."""
     qa, qb = quantize(a, "tensorwise"), quantize(b, "tensorwise")
-    return torch._scaled_mm(qa.data, qb.data.t(), scale_a=qa.scale, scale_b=qb.scale, out_dtype=torch.bfloat16)
+    return torch._scaled_mm(
+        qa.data, qb.data.t(), scale_a=qa.scale, scale_b=qb.scale, out_dtype=torch.bfloat16
+    )
 
 
 def _gemm_line(r: dict[str, Any]) -> str:
@@ -108,12 +126,20 @@ def _gemm_line(r: dict[str, Any]) -> str:
         return f"{r[name + '_speedup']:5.2f}x" if name + "_speedup" in r else "  n/a "
 
     bf16 = f"{r['bf16_tflops']:7.1f}" if "bf16_tflops" in r else "    n/a"
-    return (f"  M,K,N = {r['m']:>5},{r['k']:>5},{r['n']:>5}  bf16 {bf16} TFLOP/s  fp8 tensorwise {speed('fp8_tensorwise')}"
-            f"  rowwise {speed('fp8_rowwise')}  tensorwise incl. casts {speed('fp8_tensorwise_with_casts')}")
+    return (
+        f"  M,K,N = {r['m']:>5},{r['k']:>5},{r['n']:>5}  bf16 {bf16} TFLOP/s  fp8 tensorwise {speed('fp8_tensorwise')}"
+        f"  rowwise {speed('fp8_rowwise')}  tensorwise incl. casts {speed('fp8_tensorwise_with_casts')}"
+    )
 
 
-def measure_training_steps(shapes: tuple[tuple[int, int, int], ...] = STEP_SHAPES, *, budget_s: float = 50.0,
-                           min_run_time: float = 0.3, compile: bool = True, progress: bool = True) -> list[dict[str, Any]]:
+def measure_training_steps(
+    shapes: tuple[tuple[int, int, int], ...] = STEP_SHAPES,
+    *,
+    budget_s: float = 50.0,
+    min_run_time: float = 0.3,
+    compile: bool = True,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
     """Forward+backward time of one linear layer, bf16 vs torchao float8 (tensorwise, rowwise).
 
     Each case is compiled first (``torch.compile``, which torchao's fp8 needs to be fast), which
@@ -156,8 +182,15 @@ def measure_training_steps(shapes: tuple[tuple[int, int, int], ...] = STEP_SHAPE
                 record[f"{name}_speedup"] = record["bf16_s"] / record[f"{name}_s"]
         records.append(record)
         if progress:
-            parts = [f"{nm} {record[nm + '_speedup']:.2f}x" for nm in ("tensorwise", "rowwise") if nm + "_speedup" in record]
-            print(f"  train step M,K,N = {m},{k},{n}: " + (", ".join(parts) or "no speed-up measured"), flush=True)
+            parts = [
+                f"{nm} {record[nm + '_speedup']:.2f}x"
+                for nm in ("tensorwise", "rowwise")
+                if nm + "_speedup" in record
+            ]
+            print(
+                f"  train step M,K,N = {m},{k},{n}: " + (", ".join(parts) or "no speed-up measured"),
+                flush=True,
+            )
     return records
 
 
@@ -170,14 +203,19 @@ def torchao_version() -> str | None:
     return str(getattr(torchao, "__version__", "unknown"))
 
 
-def make_record(gemms: list[dict[str, Any]], steps: list[dict[str, Any]], *, note: str, seconds: float,
-                command: str) -> dict[str, Any]:
+def make_record(
+    gemms: list[dict[str, Any]], steps: list[dict[str, Any]], *, note: str, seconds: float, command: str
+) -> dict[str, Any]:
     """An :mod:`mpcourse.bench.results` record (topic ``fp8``) of one run of the benchmark.
 
     Tables: ``gemms`` (one row per shape), ``training_steps`` (one row per shape, empty when not
     measured) and ``run`` (why torchao's steps were or were not measured, and the run's duration).
     """
-    tables = {"gemms": gemms, "training_steps": steps, "run": [{"torchao_note": note, "seconds": round(seconds, 1)}]}
+    tables = {
+        "gemms": gemms,
+        "training_steps": steps,
+        "run": [{"torchao_note": note, "seconds": round(seconds, 1)}],
+    }
     return results.make_record(TOPIC, tables, command=command, environment={"torchao": torchao_version()})
 
 
@@ -189,12 +227,14 @@ def benchmark(save: Path | None = None, quick: bool = False, force: bool = False
     """
     caps = device_mod.capabilities()
     if caps.kind != "cuda" or not caps.fp8_native:
-        print(f"mpcourse bench fp8 measures fp8 tensor cores; this is {caps.describe()}, which has none. Nothing measured.")
+        print(
+            f"mpcourse bench fp8 measures fp8 tensor cores; this is {caps.describe()}, which has none. Nothing measured."
+        )
         return 1
     started = time.perf_counter()
     print(f"fp8 vs bf16 on {caps.describe()} (torch {torch.__version__})")
     gemms = measure_gemms(QUICK_GEMM_SHAPES if quick else GEMM_SHAPES, min_run_time=0.05 if quick else 0.2)
-    from ..fp8.linear import torchao_status
+    from ..fp8.torchao import torchao_status
 
     ok, why = torchao_status(caps)
     steps: list[dict[str, Any]] = []
@@ -233,7 +273,9 @@ def check_record(record: Mapping[str, Any]) -> list[str]:
     where = results.label(dict(record))
     env = record["environment"]
     assert record["topic"] == TOPIC, f"{where}: topic {record['topic']!r}, not {TOPIC!r}"
-    assert env.get("kind") == "cuda", f"{where}: measured on {env.get('kind')!r}; fp8 records come from CUDA GPUs"
+    assert env.get("kind") == "cuda", (
+        f"{where}: measured on {env.get('kind')!r}; fp8 records come from CUDA GPUs"
+    )
     assert str(record["command"]).startswith("mpcourse bench fp8"), f"{where}: made by {record['command']!r}"
     sheet = datasheets.lookup(str(env.get("device_name", "")))
     assert sheet is None or "fp8" in sheet.native, f"{where}: the {sheet.name} has no fp8 units"
@@ -244,7 +286,9 @@ def check_record(record: Mapping[str, Any]) -> list[str]:
         assert r["flops"] == 2 * r["m"] * r["k"] * r["n"], f"{where}, {shape}: {r['flops']} FLOPs is not 2MKN"
         assert "bf16_s" in r, f"{where}, {shape}: no bf16 time, the reference of every speed-up"
         for case in GEMM_CASES[1:]:
-            assert (f"{case}_s" in r) != (f"{case}_error" in r), f"{where}, {shape}: {case} needs a time or an error"
+            assert (f"{case}_s" in r) != (f"{case}_error" in r), (
+                f"{where}, {shape}: {case} needs a time or an error"
+            )
             if f"{case}_s" in r:
                 assert math.isclose(r[f"{case}_speedup"], r["bf16_s"] / r[f"{case}_s"], rel_tol=1e-9), (
                     f"{where}, {shape}: the {case} speed-up is not the bf16 time over its time"
@@ -265,7 +309,9 @@ def check_record(record: Mapping[str, Any]) -> list[str]:
             f"{where}: fp8 gained {large:.2f}x on the largest GEMM but {small:.2f}x on the smallest; "
             "a larger GEMM keeps the fp8 units busier"
         )
-        checked.append(f"fp8 (tensorwise) gains more on the largest GEMM ({large:.2f}x) than on the smallest ({small:.2f}x)")
+        checked.append(
+            f"fp8 (tensorwise) gains more on the largest GEMM ({large:.2f}x) than on the smallest ({small:.2f}x)"
+        )
     return checked
 
 
@@ -276,18 +322,22 @@ def speedup_table(gemms: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> Any
 
     if isinstance(gemms, Mapping):
         if "tables" not in gemms:
-            raise ValueError("speedup_table takes the rows of measure_gemms or a stored fp8 record; got a mapping "
-                             f"with keys {sorted(gemms)}")
+            raise ValueError(
+                "speedup_table takes the rows of measure_gemms or a stored fp8 record; got a mapping "
+                f"with keys {sorted(gemms)}"
+            )
         gemms = gemms["tables"]["gemms"]
     rows = []
     for r in gemms:
-        rows.append({
-            "M, K, N": f"{r['m']}, {r['k']}, {r['n']}",
-            "GFLOP": r["flops"] / 1e9,
-            "bf16 TFLOP/s": r.get("bf16_tflops", math.nan),
-            "fp8 tensorwise TFLOP/s": r.get("fp8_tensorwise_tflops", math.nan),
-            "speed-up tensorwise": r.get("fp8_tensorwise_speedup", math.nan),
-            "speed-up rowwise": r.get("fp8_rowwise_speedup", math.nan),
-            "speed-up incl. casts": r.get("fp8_tensorwise_with_casts_speedup", math.nan),
-        })
+        rows.append(
+            {
+                "M, K, N": f"{r['m']}, {r['k']}, {r['n']}",
+                "GFLOP": r["flops"] / 1e9,
+                "bf16 TFLOP/s": r.get("bf16_tflops", math.nan),
+                "fp8 tensorwise TFLOP/s": r.get("fp8_tensorwise_tflops", math.nan),
+                "speed-up tensorwise": r.get("fp8_tensorwise_speedup", math.nan),
+                "speed-up rowwise": r.get("fp8_rowwise_speedup", math.nan),
+                "speed-up incl. casts": r.get("fp8_tensorwise_with_casts_speedup", math.nan),
+            }
+        )
     return pd.DataFrame(rows)

@@ -109,7 +109,10 @@ def kernel_table(
     if not totals:
         raise RuntimeError("the profiler recorded no kernels: did fn run any PyTorch operations?")
     frame = pd.DataFrame(
-        [{"name": _shorten(n), "op": op, "dtypes": dt, "calls": c / steps, "ms": us / steps / 1e3} for (n, op, dt), (c, us) in totals.items()]
+        [
+            {"name": _shorten(n), "op": op, "dtypes": dt, "calls": c / steps, "ms": us / steps / 1e3}
+            for (n, op, dt), (c, us) in totals.items()
+        ]
     )
     frame["share"] = frame["ms"] / frame["ms"].sum()
     frame = frame.sort_values("ms", ascending=False, ignore_index=True)

@@ -24,8 +24,20 @@ import pandas as pd
 from .. import provenance, reference, sizes
 
 __all__ = [
-    "KEYS", "SCHEMA", "OverwriteError", "bf16_vs_fp32", "by_label", "devices", "ensure_writable", "gpu_records",
-    "label", "load", "make_record", "missing_gpu_note", "save", "table",
+    "KEYS",
+    "SCHEMA",
+    "OverwriteError",
+    "bf16_vs_fp32",
+    "by_label",
+    "devices",
+    "ensure_writable",
+    "gpu_records",
+    "label",
+    "load",
+    "make_record",
+    "missing_gpu_note",
+    "save",
+    "table",
 ]
 
 SCHEMA = 1
@@ -59,7 +71,9 @@ def make_record(
     """
     if not tables:
         raise ValueError("a result record needs at least one table")
-    rows = {name: t.to_dict("records") if isinstance(t, pd.DataFrame) else list(t) for name, t in tables.items()}
+    rows = {
+        name: t.to_dict("records") if isinstance(t, pd.DataFrame) else list(t) for name, t in tables.items()
+    }
     record = {
         "schema": SCHEMA,
         "topic": topic,
@@ -142,7 +156,9 @@ def _validate(record: Any, where: str) -> None:
         raise ValueError(f"{where}: a result record is a JSON object, got {type(record).__name__}")  # noqa: TRY004
     missing = [k for k in KEYS if k not in record]
     if missing:
-        raise ValueError(f"{where}: not a benchmark result, missing keys {missing}; a result has {list(KEYS)}")
+        raise ValueError(
+            f"{where}: not a benchmark result, missing keys {missing}; a result has {list(KEYS)}"
+        )
     if record["schema"] != SCHEMA:
         raise ValueError(f"{where}: result schema {record['schema']!r} is not the supported {SCHEMA}")
     if not isinstance(record["tables"], dict):
@@ -160,7 +176,9 @@ def label(record: dict[str, Any]) -> str:
     threads = record.get("conditions", {}).get("torch_threads")
     if env.get("kind") == "cpu":
         described = str(env.get("device") or env.get("device_name", "?"))
-        where = described.removeprefix("cpu: ") + (f", {threads} thread{'s' * (threads > 1)}" if threads else "")
+        where = described.removeprefix("cpu: ") + (
+            f", {threads} thread{'s' * (threads > 1)}" if threads else ""
+        )
     else:
         where = str(env.get("device_name", "?"))
     return f"{where} (torch {env.get('torch', '?')}, {record['date'][:10]})"
@@ -181,7 +199,11 @@ def by_label(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 def devices(records: list[dict[str, Any]]) -> list[str]:
     """The distinct devices of ``records`` (as :func:`mpcourse.provenance.environment` describes them), in order."""
-    return list(dict.fromkeys(str(r["environment"].get("device") or r["environment"].get("device_name", "?")) for r in records))
+    return list(
+        dict.fromkeys(
+            str(r["environment"].get("device") or r["environment"].get("device_name", "?")) for r in records
+        )
+    )
 
 
 def gpu_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -212,7 +234,9 @@ def table(record: dict[str, Any], name: str, source: str | None = None) -> pd.Da
     return frame
 
 
-def bf16_vs_fp32(matmul: list[dict[str, Any]] | None = None, train: list[dict[str, Any]] | None = None) -> pd.DataFrame:
+def bf16_vs_fp32(
+    matmul: list[dict[str, Any]] | None = None, train: list[dict[str, Any]] | None = None
+) -> pd.DataFrame:
     """bf16 against fp32 in stored records, one row per comparison: the question the bf16 and recipe
     chapters ask of every machine the course was measured on.
 
@@ -227,18 +251,33 @@ def bf16_vs_fp32(matmul: list[dict[str, Any]] | None = None, train: list[dict[st
     rows = []
 
     def add(record: dict[str, Any], status: str, what: str, fp32_ms: float, bf16_ms: float) -> None:
-        rows.append({"device": label(record), "kind": record["environment"].get("kind"), "bf16": status,
-                     "what": what, "fp32 ms": fp32_ms, "bf16 ms": bf16_ms, "bf16 / fp32 time": bf16_ms / fp32_ms})
+        rows.append(
+            {
+                "device": label(record),
+                "kind": record["environment"].get("kind"),
+                "bf16": status,
+                "what": what,
+                "fp32 ms": fp32_ms,
+                "bf16 ms": bf16_ms,
+                "bf16 / fp32 time": bf16_ms / fp32_ms,
+            }
+        )
 
     for record in matmul:
-        square = {(r["precision"], r["n"]): r for r in record["tables"].get("matmul", [])
-                  if r.get("seconds") and r["m"] == r["n"] == r["k"]}
+        square = {
+            (r["precision"], r["n"]): r
+            for r in record["tables"].get("matmul", [])
+            if r.get("seconds") and r["m"] == r["n"] == r["k"]
+        }
         for n in sorted(n for p, n in square if p == "bf16" and ("fp32", n) in square):
             bf16, fp32 = square[("bf16", n)], square[("fp32", n)]
             add(record, bf16["status"], f"matmul n = {n}", 1e3 * fp32["seconds"], 1e3 * bf16["seconds"])
     for record in train:
         steps = {r["recipe"]: r for r in record["tables"].get("recipes", []) if r.get("step_ms")}
-        for recipe, what in (("bf16", "training step, bf16 autocast"), ("pure_bf16", "training step, pure bf16")):
+        for recipe, what in (
+            ("bf16", "training step, bf16 autocast"),
+            ("pure_bf16", "training step, pure bf16"),
+        ):
             if "fp32" in steps and recipe in steps:
                 add(record, steps[recipe]["status"], what, steps["fp32"]["step_ms"], steps[recipe]["step_ms"])
     columns = ["device", "kind", "bf16", "what", "fp32 ms", "bf16 ms", "bf16 / fp32 time"]

@@ -53,7 +53,9 @@ def matmul_cost(m: int, n: int, k: int, precision: str, out_precision: str | Non
     return 2 * m * n * k, (m * k + k * n) * _bytes_of(precision) + m * n * _bytes_of(out)
 
 
-def elementwise_cost(elements: int, precision: str, *, inputs: int = 2, outputs: int = 1, flops_per_element: int = 1) -> tuple[int, int]:
+def elementwise_cost(
+    elements: int, precision: str, *, inputs: int = 2, outputs: int = 1, flops_per_element: int = 1
+) -> tuple[int, int]:
     """(FLOPs, bytes) of an elementwise op, e.g. ``z = x + y``: 1 FLOP and 3 tensors per element."""
     if elements < 1 or inputs < 0 or outputs < 1 or flops_per_element < 0:
         raise ValueError("need elements >= 1, inputs >= 0, outputs >= 1 and flops_per_element >= 0")

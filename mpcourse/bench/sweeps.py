@@ -76,7 +76,10 @@ def availability(precision: str, caps: Capabilities) -> tuple[str, str]:
         if caps.kind == "mps":
             return "skipped", "torch._scaled_mm has no MPS implementation"
         if caps.kind == "cpu":
-            return "emulated", "torch._scaled_mm on the CPU: fp8 operands, products computed in higher precision"
+            return (
+                "emulated",
+                "torch._scaled_mm on the CPU: fp8 operands, products computed in higher precision",
+            )
     return support.status, support.reason
 
 
@@ -104,7 +107,9 @@ def matmul_fn(precision: str, a: torch.Tensor, b: torch.Tensor) -> Callable[[], 
         return lambda: torch.mm(x, y)
     bad = [d for d in (*a.shape, b.shape[1]) if d % 16]
     if bad:
-        raise ValueError(f"torch._scaled_mm needs every dimension divisible by 16; got {tuple(a.shape)} @ {tuple(b.shape)}")
+        raise ValueError(
+            f"torch._scaled_mm needs every dimension divisible by 16; got {tuple(a.shape)} @ {tuple(b.shape)}"
+        )
     a8, scale_a = _to_fp8(a)
     b8, scale_b = _to_fp8(b)
     b8 = b8.t().contiguous().t()  # same values, column-major, as _scaled_mm requires of its second operand
@@ -117,11 +122,15 @@ def _shape(size: int | Sequence[int]) -> tuple[int, int, int]:
     else:
         dims = tuple(int(d) for d in size)
     if len(dims) != 3 or min(dims) < 1:
-        raise ValueError(f"a size is an int n (for n x n x n) or a triple (m, n, k) of positive ints; got {size!r}")
+        raise ValueError(
+            f"a size is an int n (for n x n x n) or a triple (m, n, k) of positive ints; got {size!r}"
+        )
     return dims  # type: ignore[return-value]
 
 
-def reference_peaks(caps: Capabilities, measured_best: float | None = None) -> dict[str, tuple[float | None, str]]:
+def reference_peaks(
+    caps: Capabilities, measured_best: float | None = None
+) -> dict[str, tuple[float | None, str]]:
     """For each precision, the peak TFLOP/s that "% of peak" refers to, and where it comes from."""
     sheet = datasheets.for_device(caps)
     out: dict[str, tuple[float | None, str]] = {}
@@ -130,7 +139,11 @@ def reference_peaks(caps: Capabilities, measured_best: float | None = None) -> d
         if peak is not None:
             out[p] = (peak, f"datasheet: {sheet.name} (dense)")  # type: ignore[union-attr]
         else:
-            why = "not in the datasheet table" if sheet is None else f"no {p} figure in the {sheet.name} datasheet"
+            why = (
+                "not in the datasheet table"
+                if sheet is None
+                else f"no {p} figure in the {sheet.name} datasheet"
+            )
             out[p] = (measured_best, f"best measured on this device ({why})")
     return out
 
@@ -189,9 +202,12 @@ def matmul_sweep(
             prev_flops, prev_seconds = last[p]
             predicted = prev_seconds * flops / prev_flops
             if predicted > max_call_seconds:
-                row["status"], row["note"] = "skipped", (
-                    f"predicted {predicted:.2g} s per call from the previous size (over max_call_seconds="
-                    f"{max_call_seconds}); {reason}"
+                row["status"], row["note"] = (
+                    "skipped",
+                    (
+                        f"predicted {predicted:.2g} s per call from the previous size (over max_call_seconds="
+                        f"{max_call_seconds}); {reason}"
+                    ),
                 )
         if row["status"] == "skipped":
             rows.append(row)
@@ -211,23 +227,51 @@ def matmul_sweep(
                 got = out[:ERROR_ROWS].to(exact.device, torch.float64)
                 row["rel_error"] = (torch.linalg.norm(got - exact) / torch.linalg.norm(exact)).item()
                 if check:
-                    t, other = timing.paired(fn, device=dev, min_run_time=min_run_time, num_threads=num_threads, clock=clock,
-                                             max_blocks=max_blocks)
-                    row.update(check_s=other.median, check_best_s=min(other.samples), check_spread=other.spread,
-                               check_paired_ratio=timing.paired_ratio(t, other))
+                    t, other = timing.paired(
+                        fn,
+                        device=dev,
+                        min_run_time=min_run_time,
+                        num_threads=num_threads,
+                        clock=clock,
+                        max_blocks=max_blocks,
+                    )
+                    row.update(
+                        check_s=other.median,
+                        check_best_s=min(other.samples),
+                        check_spread=other.spread,
+                        check_paired_ratio=timing.paired_ratio(t, other),
+                    )
                 else:
-                    t = timing.benchmark(fn, min_run_time=min_run_time, num_threads=num_threads, max_blocks=max_blocks)
+                    t = timing.benchmark(
+                        fn, min_run_time=min_run_time, num_threads=num_threads, max_blocks=max_blocks
+                    )
         except (RuntimeError, NotImplementedError, ValueError) as exc:
             row["status"], row["note"] = "skipped", f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
             rows.append(row)
             continue
-        row.update(seconds=t.median, best_s=min(t.samples), spread=t.spread, samples=len(t.samples), tflops=flops / t.median / 1e12)
+        row.update(
+            seconds=t.median,
+            best_s=min(t.samples),
+            spread=t.spread,
+            samples=len(t.samples),
+            tflops=flops / t.median / 1e12,
+        )
         last[p] = (flops, t.median)
         rows.append(row)
     bar.close()
     frame = pd.DataFrame(rows)
-    for column in ("seconds", "best_s", "spread", "samples", "check_s", "check_best_s", "check_spread", "check_paired_ratio",
-                   "tflops", "rel_error"):
+    for column in (
+        "seconds",
+        "best_s",
+        "spread",
+        "samples",
+        "check_s",
+        "check_best_s",
+        "check_spread",
+        "check_paired_ratio",
+        "tflops",
+        "rel_error",
+    ):
         if column not in frame:
             frame[column] = float("nan")
     best = frame["tflops"].max() if frame["tflops"].notna().any() else None
@@ -236,9 +280,29 @@ def matmul_sweep(
     frame["peak_source"] = [peaks[p][1] for p in frame["precision"]]
     frame["pct_of_peak"] = 100 * frame["tflops"] / frame["peak_tflops"].astype(float)
     frame["check_ratio"] = frame["seconds"] / frame["check_s"]
-    columns = ["precision", "m", "n", "k", "status", "seconds", "best_s", "spread", "samples", "check_s", "check_best_s",
-               "check_spread", "check_ratio", "check_paired_ratio", "tflops", "peak_tflops", "pct_of_peak", "rel_error", "flops",
-               "peak_source", "note"]
+    columns = [
+        "precision",
+        "m",
+        "n",
+        "k",
+        "status",
+        "seconds",
+        "best_s",
+        "spread",
+        "samples",
+        "check_s",
+        "check_best_s",
+        "check_spread",
+        "check_ratio",
+        "check_paired_ratio",
+        "tflops",
+        "peak_tflops",
+        "pct_of_peak",
+        "rel_error",
+        "flops",
+        "peak_source",
+        "note",
+    ]
     return frame[columns]
 
 

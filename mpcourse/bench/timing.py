@@ -122,7 +122,9 @@ def _timer_method(threads: int, how: str = "") -> str:
     return f"torch.utils.benchmark, {how + ', ' if how else ''}{threads} thread{'s' * (threads > 1)}"
 
 
-def _plan(timer: torch_benchmark.Timer, min_run_time: float, min_blocks: int, max_blocks: int) -> tuple[int, int]:
+def _plan(
+    timer: torch_benchmark.Timer, min_run_time: float, min_blocks: int, max_blocks: int
+) -> tuple[int, int]:
     """Calls per block and number of blocks: at most ``max_blocks`` blocks, at least ``min_blocks``,
     about ``min_run_time`` seconds in all. The first ``timeit`` also warms up (two discarded calls).
 
@@ -189,7 +191,9 @@ def paired(
     thread, the CPU time of the calls, which other processes on a busy machine do not inflate.
     """
     if clock is not None and _kind(device) != "cpu":
-        raise ValueError("a custom clock is for CPU measurements; on an accelerator the clock must synchronise it")
+        raise ValueError(
+            "a custom clock is for CPU measurements; on an accelerator the clock must synchronise it"
+        )
     timer, threads = _timer(fn, num_threads, clock)
     number, blocks = _plan(timer, min_run_time, min_blocks, max_blocks)
     cuda = _kind(device) == "cuda"
@@ -210,7 +214,11 @@ def paired(
             else:
                 ours.append(timer.timeit(number).median)
                 theirs.append(independent_block())
-    method = "CUDA events" if cuda else ("time.perf_counter, synchronised" if clock is None else f"{clock.__name__} loop")
+    method = (
+        "CUDA events"
+        if cuda
+        else ("time.perf_counter, synchronised" if clock is None else f"{clock.__name__} loop")
+    )
     return Timing(tuple(ours), _timer_method(threads)), Timing(tuple(theirs), method)
 
 
@@ -226,12 +234,18 @@ def paired_ratio(ours: Timing, theirs: Timing) -> float:
     wrong (a clock off by some factor, calls miscounted) moves every pairwise ratio, and so this one.
     """
     if len(ours.samples) != len(theirs.samples):
-        raise ValueError(f"paired Timings have one sample per block each; got {len(ours.samples)} and {len(theirs.samples)}")
+        raise ValueError(
+            f"paired Timings have one sample per block each; got {len(ours.samples)} and {len(theirs.samples)}"
+        )
     return statistics.median(a / b for a, b in zip(ours.samples, theirs.samples))
 
 
 def compare(
-    fns: dict[str, Callable[[], object]], *, min_run_time: float = 0.2, num_threads: int | None = None, min_blocks: int = 5
+    fns: dict[str, Callable[[], object]],
+    *,
+    min_run_time: float = 0.2,
+    num_threads: int | None = None,
+    min_blocks: int = 5,
 ) -> dict[str, Timing]:
     """Time several functions with :func:`benchmark`'s blocks, taking turns block by block.
 
@@ -257,7 +271,10 @@ def compare(
 
 
 def _perf_counter_block(
-    fn: Callable[[], object], number: int, device: str | torch.device, clock: Callable[[], float] | None = None
+    fn: Callable[[], object],
+    number: int,
+    device: str | torch.device,
+    clock: Callable[[], float] | None = None,
 ) -> float:
     clock = clock or time.perf_counter
     synchronize(device)
@@ -290,7 +307,9 @@ def perf_counter(
     _check_counts(repeats, warmup)
     for _ in range(warmup):
         fn()
-    return Timing(tuple(_perf_counter_block(fn, 1, device) for _ in range(repeats)), "time.perf_counter, synchronised")
+    return Timing(
+        tuple(_perf_counter_block(fn, 1, device) for _ in range(repeats)), "time.perf_counter, synchronised"
+    )
 
 
 def cuda_events(fn: Callable[[], object], *, repeats: int = 20, warmup: int = 3) -> Timing:
@@ -366,7 +385,9 @@ def peak_memory(fn: Callable[[], object], *, device: str | torch.device = "cpu")
         before = torch.cuda.memory_allocated(device)
         fn()
         torch.cuda.synchronize(device)
-        return torch.cuda.max_memory_allocated(device) - before, "CUDA caching allocator (max_memory_allocated)"
+        return torch.cuda.max_memory_allocated(
+            device
+        ) - before, "CUDA caching allocator (max_memory_allocated)"
     with _rss_sampler() as peak:
         fn()
         synchronize(device)

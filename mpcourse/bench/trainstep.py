@@ -90,7 +90,6 @@ def fp8_layers(name: str, factory: Callable[[], torch.nn.Module]) -> tuple[str, 
     return f"{converted}/{len(table)}", why
 
 
-
 def model_flops(model: torch.nn.Module, data: TextData, batch_size: int) -> dict[str, float]:
     """FLOPs of one training step (forward and backward) of ``model`` on a batch of ``data``.
 
@@ -103,7 +102,11 @@ def model_flops(model: torch.nn.Module, data: TextData, batch_size: int) -> dict
     counted = flops.count_flops(lambda: data.loss(model(x), y).backward())
     model.zero_grad(set_to_none=True)
     tokens = batch_size * data.items_per_sample
-    return {"counted": counted, "six_nt": flops.transformer_flops(memory.matmul_parameter_count(model), tokens), "tokens": tokens}
+    return {
+        "counted": counted,
+        "six_nt": flops.transformer_flops(memory.matmul_parameter_count(model), tokens),
+        "tokens": tokens,
+    }
 
 
 def recipe_table(
@@ -162,8 +165,17 @@ def recipe_table(
         try:
             with _quiet():
                 run = engine.train(
-                    factory, data, name, steps=steps, batch_size=batch_size, device=dev, eval_every=steps,
-                    eval_items=8, progress=progress, verbose=False, label=name,
+                    factory,
+                    data,
+                    name,
+                    steps=steps,
+                    batch_size=batch_size,
+                    device=dev,
+                    eval_every=steps,
+                    eval_items=8,
+                    progress=progress,
+                    verbose=False,
+                    label=name,
                 )
         except Exception as exc:  # noqa: BLE001 - a benchmark reports a recipe that cannot run here, and goes on
             rows.append(row | {"status": "failed", "note": _describe(exc)})
@@ -190,7 +202,9 @@ def recipe_table(
         }
         try:
             with _quiet():
-                kernels.append(_kernels(run.model, data, name, batch_size, dev, profile_top).assign(recipe=name))
+                kernels.append(
+                    _kernels(run.model, data, name, batch_size, dev, profile_top).assign(recipe=name)
+                )
         except Exception as exc:  # noqa: BLE001 - e.g. a profiler without GPU tracing (CUPTI) support
             row["note"] = "; ".join(filter(None, [row["note"], f"no kernel table: {_describe(exc)}"]))
         rows.append(row)
@@ -208,7 +222,9 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}"
 
 
-def _kernels(model: torch.nn.Module, data: TextData, recipe: str, batch_size: int, dev: str, top: int) -> pd.DataFrame:
+def _kernels(
+    model: torch.nn.Module, data: TextData, recipe: str, batch_size: int, dev: str, top: int
+) -> pd.DataFrame:
     """One further training step of the trained model, under the profiler (after one warm-up step).
 
     ``train`` is called with the model itself (trained in place) and ``steps=1``; its final
@@ -216,6 +232,16 @@ def _kernels(model: torch.nn.Module, data: TextData, recipe: str, batch_size: in
     """
 
     def one_step() -> None:
-        engine.train(model, data, recipe, steps=1, batch_size=batch_size, device=dev, eval_items=1, progress=False, verbose=False)
+        engine.train(
+            model,
+            data,
+            recipe,
+            steps=1,
+            batch_size=batch_size,
+            device=dev,
+            eval_items=1,
+            progress=False,
+            verbose=False,
+        )
 
     return profiling.kernel_table(one_step, device=dev, warmup=1, steps=1, top=top)

@@ -161,14 +161,18 @@ def problems(root: Path = ROOT) -> list[str]:
         if _cells(source) != _cells(paired):
             found.append(f"{md.name} and {ipynb.name} differ: run `make sync` and commit both")
         if any(c.get("outputs") for c in paired.cells if c.cell_type == "code"):
-            found.append(f"{ipynb.name} carries outputs: run `make sync` (notebooks are committed output-free)")
+            found.append(
+                f"{ipynb.name} carries outputs: run `make sync` (notebooks are committed output-free)"
+            )
         if "widgets" in paired.metadata:
             found.append(f"{ipynb.name} carries metadata.widgets: run `make sync`")
         badge, setup = _tagged(source, BADGE_TAG), _tagged(source, SETUP_TAG)
         if [c.source for c in badge] != [badge_source(md.stem, root)] or [c.source for c in setup] != [
             setup_source(root)
         ]:
-            found.append(f"{md.name}: the badge or setup cell is missing or differs from the template: run `make sync`")
+            found.append(
+                f"{md.name}: the badge or setup cell is missing or differs from the template: run `make sync`"
+            )
     for ipynb in sorted((root / "notebooks").glob("*.ipynb")):
         if not ipynb.with_suffix(".md").exists():
             found.append(f"{ipynb.name} has no paired .md source")
@@ -203,7 +207,9 @@ def refresh_execution_cache(root: Path = ROOT, profile: str | None = None) -> bo
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mpcourse.course.authoring", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m mpcourse.course.authoring", description=__doc__.splitlines()[0]
+    )
     parser.add_argument(
         "command",
         choices=["sync", "check", "cache"],
@@ -212,7 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "cache":
         if refresh_execution_cache():
-            print("the package or the profile changed since the last build: every chapter will be executed again")
+            print(
+                "the package or the profile changed since the last build: every chapter will be executed again"
+            )
         return 0
     if args.command == "sync":
         for path in sync():

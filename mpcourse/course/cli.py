@@ -51,8 +51,15 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from ..bench.results import OverwriteError
     from .student import SolutionMarkupError
 
-    return (UsageError, OverwriteError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
-            SolutionMarkupError)
+    return (
+        UsageError,
+        OverwriteError,
+        FileNotFoundError,
+        NotADirectoryError,
+        IsADirectoryError,
+        PermissionError,
+        SolutionMarkupError,
+    )
 
 
 @contextlib.contextmanager
@@ -71,7 +78,9 @@ def _student(args: argparse.Namespace) -> int:
 
     with _arguments():
         check_folders(Path(args.source), Path(args.outdir))
-    for path in write_student_notebooks(Path(args.source), Path(args.outdir), nbgrader=args.nbgrader, force=args.force):
+    for path in write_student_notebooks(
+        Path(args.source), Path(args.outdir), nbgrader=args.nbgrader, force=args.force
+    ):
         print(f"wrote {path}")
     return 0
 
@@ -117,7 +126,9 @@ def bench_function(topic: str) -> Callable[..., int]:
 def _bench(args: argparse.Namespace) -> int:
     from ..bench.results import ensure_writable
 
-    save = ensure_writable(args.save, overwrite=args.force, what="result file") if args.save else None  # before the run
+    save = (
+        ensure_writable(args.save, overwrite=args.force, what="result file") if args.save else None
+    )  # before the run
     return bench_function(args.topic)(save=save, quick=args.quick, force=args.force)
 
 
@@ -171,14 +182,19 @@ def parser() -> argparse.ArgumentParser:
     sub = top.add_subparsers(dest="command", required=True)
     student = sub.add_parser("student", help="write student notebooks (reference solutions removed)")
     student.add_argument("outdir", help="folder to write the student notebooks into")
-    student.add_argument("--source", default="notebooks", help="folder of instructor notebooks (default: notebooks)")
+    student.add_argument(
+        "--source", default="notebooks", help="folder of instructor notebooks (default: notebooks)"
+    )
     student.add_argument(
         "--nbgrader",
         action="store_true",
         help="write nbgrader source notebooks instead (markers kept, nbgrader cell metadata added)",
     )
-    student.add_argument("--force", action="store_true",
-                         help="replace notebooks in OUTDIR that differ from their student version (answers are lost)")
+    student.add_argument(
+        "--force",
+        action="store_true",
+        help="replace notebooks in OUTDIR that differ from their student version (answers are lost)",
+    )
     student.set_defaults(run=_student)
     doctor = sub.add_parser("doctor", help="print the device, precision support and package versions")
     doctor.set_defaults(run=_doctor)
@@ -188,11 +204,15 @@ def parser() -> argparse.ArgumentParser:
     verify.add_argument("--out", metavar="FILE", help="write the records to this JSON file")
     verify.add_argument("--executed", metavar="DIR", help="also save the executed notebooks here")
     verify.add_argument("--jobs", type=_positive_int, default=1, help="chapters to run at once (default 1)")
-    verify.add_argument("--force", action="store_true", help="replace the records file and executed notebooks if they exist")
+    verify.add_argument(
+        "--force", action="store_true", help="replace the records file and executed notebooks if they exist"
+    )
     verify.set_defaults(run=_verify)
     bench = sub.add_parser("bench", help="run a benchmark and print its table")
     bench.add_argument("topic", choices=sorted(BENCHES), help="what to measure")
-    bench.add_argument("--save", metavar="PATH", help="also store the results, with device, versions and date")
+    bench.add_argument(
+        "--save", metavar="PATH", help="also store the results, with device, versions and date"
+    )
     bench.add_argument("--quick", action="store_true", help="fewer sizes and repeats (a smoke run)")
     bench.add_argument("--force", action="store_true", help="replace the --save file if it exists")
     bench.set_defaults(run=_bench)
@@ -200,11 +220,27 @@ def parser() -> argparse.ArgumentParser:
         "record",
         help="run the benchmarks and verify every chapter; store the results under this machine's name",
     )
-    rec.add_argument("--steps", nargs="+", choices=["matmul", "train", "fp8", "verify"],
-                     help="what to run (default: all, in that order)")
-    rec.add_argument("--profile", choices=["ci", "small", "full"], help="problem sizes (default: the active profile)")
-    rec.add_argument("--out", metavar="DIR", help="write into DIR, laid out as the package (default: the package's own folders)")
-    rec.add_argument("--notebooks", nargs="+", default=[], metavar="NB", help="chapters to verify (default: notebooks/*.ipynb)")
+    rec.add_argument(
+        "--steps",
+        nargs="+",
+        choices=["matmul", "train", "fp8", "verify"],
+        help="what to run (default: all, in that order)",
+    )
+    rec.add_argument(
+        "--profile", choices=["ci", "small", "full"], help="problem sizes (default: the active profile)"
+    )
+    rec.add_argument(
+        "--out",
+        metavar="DIR",
+        help="write into DIR, laid out as the package (default: the package's own folders)",
+    )
+    rec.add_argument(
+        "--notebooks",
+        nargs="+",
+        default=[],
+        metavar="NB",
+        help="chapters to verify (default: notebooks/*.ipynb)",
+    )
     rec.add_argument("--quick", action="store_true", help="the benchmarks' smoke sizes (to try the command)")
     rec.add_argument("--jobs", type=_positive_int, default=1, help="chapters to verify at once (default 1)")
     rec.add_argument("--force", action="store_true", help="replace results that are already stored")
@@ -227,8 +263,11 @@ def main(argv: list[str] | None = None) -> int:
     except ModuleNotFoundError as exc:
         if exc.name not in COURSE_EXTRA:
             raise
-        print(f"mpcourse: error: 'mpcourse {args.command}' needs the course extra ({exc.name} is not installed): "
-              "pip install 'mpcourse[course]'", file=sys.stderr)
+        print(
+            f"mpcourse: error: 'mpcourse {args.command}' needs the course extra ({exc.name} is not installed): "
+            "pip install 'mpcourse[course]'",
+            file=sys.stderr,
+        )
         return USAGE
 
 

@@ -69,8 +69,16 @@ def machine_slug(caps: devices.Capabilities | None = None) -> str:
     if caps.kind == "cpu":
         flags = caps.cpu_flags
         isa = next(
-            (name for name, flag in (("amx", "amx_bf16"), ("avx512bf16", "avx512_bf16"), ("avx512", "avx512f"), ("avx2", "avx2"))
-             if flag in flags),
+            (
+                name
+                for name, flag in (
+                    ("amx", "amx_bf16"),
+                    ("avx512bf16", "avx512_bf16"),
+                    ("avx512", "avx512f"),
+                    ("avx2", "avx2"),
+                )
+                if flag in flags
+            ),
             platform.machine().lower() or "unknown",
         )
         return f"cpu-{isa}-{os.cpu_count() or 1}core"
@@ -177,7 +185,9 @@ def record(
         "fp8": _bench("fp8", quick, force),
         "verify": _verify(name, notebooks, jobs, force),
     }
-    print(f"recording {', '.join(s for s in STEPS if s in steps)} on {caps.describe()} as '{slug}', profile '{name}', into {root}")
+    print(
+        f"recording {', '.join(s for s in STEPS if s in steps)} on {caps.describe()} as '{slug}', profile '{name}', into {root}"
+    )
     done: list[StepResult] = []
     with _profile(name):
         for step in (s for s in STEPS if s in steps):
@@ -197,9 +207,16 @@ def record(
                 note = "" if status == 0 else f"finished with exit status {status}"
             except Exception:  # noqa: BLE001 - one failed step must not cost the others
                 status, note, raised = 1, traceback.format_exc(limit=3).strip().splitlines()[-1], True
-            written = path.exists() and not raised  # a file there after a raise is not this step's (or not whole)
-            result = StepResult(step, "written" if written and status == 0 else "failed", path if written else None,
-                                round(time.perf_counter() - start, 1), note)
+            written = (
+                path.exists() and not raised
+            )  # a file there after a raise is not this step's (or not whole)
+            result = StepResult(
+                step,
+                "written" if written and status == 0 else "failed",
+                path if written else None,
+                round(time.perf_counter() - start, 1),
+                note,
+            )
             done.append(result)
     print("\n" + summary(done))
     return done
@@ -210,5 +227,7 @@ def summary(results: Sequence[StepResult]) -> str:
     lines = []
     for r in results:
         where = f" -> {r.path}" if r.path else ""
-        lines.append(f"{r.step:<7} {r.status:<8} {r.seconds:>7.1f} s{where}{'  (' + r.note + ')' if r.note else ''}")
+        lines.append(
+            f"{r.step:<7} {r.status:<8} {r.seconds:>7.1f} s{where}{'  (' + r.note + ')' if r.note else ''}"
+        )
     return "\n".join(lines)

@@ -107,7 +107,9 @@ def student_notebook(
     label = None
     for index, cell in enumerate(nb.cells):
         where = f"{name}, cell {index}"
-        cell_id = cell.get("id") or f"cell-{index}"  # the chapter's id: the same chapter writes the same notebook
+        cell_id = (
+            cell.get("id") or f"cell-{index}"
+        )  # the chapter's id: the same chapter writes the same notebook
         if cell.cell_type == "markdown":
             found = _LABEL.search(cell.source)
             if found:
@@ -115,7 +117,9 @@ def student_notebook(
             kinds = _DIRECTIVE.findall(cell.source)
             if kinds:
                 if len(kinds) > 1 or not _is_single_directive(cell.source):
-                    raise SolutionMarkupError(f"{where}: a solution directive must be alone in its markdown cell")
+                    raise SolutionMarkupError(
+                        f"{where}: a solution directive must be alone in its markdown cell"
+                    )
                 kind = kinds[0]
                 if kind == "solution-start":
                     if in_gate:
@@ -128,7 +132,9 @@ def student_notebook(
                 continue
             if in_gate:
                 continue
-            out.cells.append(nbformat.v4.new_markdown_cell(cell.source, metadata=dict(cell.metadata), id=cell_id))
+            out.cells.append(
+                nbformat.v4.new_markdown_cell(cell.source, metadata=dict(cell.metadata), id=cell_id)
+            )
         elif cell.cell_type == "code":
             metadata = dict(cell.metadata)
             has_solution = bool(solution_lines(cell.source))
@@ -137,7 +143,9 @@ def student_notebook(
                 source = cell.source
                 checked = _CHECK_CALL.search(cell.source)
                 if has_solution:
-                    metadata["nbgrader"] = _nbgrader_meta(f"{label or 'exercise'}-answer-{index}", solution=True)
+                    metadata["nbgrader"] = _nbgrader_meta(
+                        f"{label or 'exercise'}-answer-{index}", solution=True
+                    )
                 elif checked:
                     metadata["nbgrader"] = _nbgrader_meta(f"{checked.group(1)}-check", grade=True)
             else:
@@ -187,7 +195,9 @@ def check_folders(source_dir: Path, out_dir: Path) -> list[Path]:
             "or pass --source with the folder that holds them"
         )
     if out_dir.resolve() == source_dir.resolve():
-        raise ValueError("the output folder must differ from the source folder (the chapters would be overwritten)")
+        raise ValueError(
+            "the output folder must differ from the source folder (the chapters would be overwritten)"
+        )
     if out_dir.exists() and not out_dir.is_dir():
         raise NotADirectoryError(f"{out_dir} is a file; give a folder to write the student notebooks into")
     return notebooks
@@ -212,10 +222,16 @@ def write_student_notebooks(
     source_dir, out_dir = Path(source_dir), Path(out_dir)
     notebooks = check_folders(source_dir, out_dir)
     planned = {
-        out_dir / path.name: nbformat.writes(student_notebook(nbformat.read(path, as_version=4), path.name, nbgrader=nbgrader))
+        out_dir / path.name: nbformat.writes(
+            student_notebook(nbformat.read(path, as_version=4), path.name, nbgrader=nbgrader)
+        )
         for path in notebooks
     }
-    changed = [str(target) for target, text in planned.items() if target.exists() and not _same_notebook(target, text)]
+    changed = [
+        str(target)
+        for target, text in planned.items()
+        if target.exists() and not _same_notebook(target, text)
+    ]
     if changed and not force:
         raise OverwriteError(
             f"{', '.join(changed)} {'differs' if len(changed) == 1 else 'differ'} from the student version "

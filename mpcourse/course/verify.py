@@ -35,7 +35,12 @@ if TYPE_CHECKING:
 
 
 def run_chapter(
-    path: Path, profile_name: str, timeout: int = 1800, executed_dir: Path | None = None, *, force: bool = False
+    path: Path,
+    profile_name: str,
+    timeout: int = 1800,
+    executed_dir: Path | None = None,
+    *,
+    force: bool = False,
 ) -> dict[str, object]:
     """Execute one chapter notebook in a fresh kernel; return its record (and save the executed
     notebook into ``executed_dir``, if given: see :func:`verify`)."""
@@ -44,7 +49,12 @@ def run_chapter(
         _executed_path(path, executed_dir, force)
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(nb, timeout=timeout, resources={"metadata": {"path": str(path.parent)}})
-    record: dict[str, object] = {"chapter": path.stem, "profile": profile_name, "status": "passed", "error": None}
+    record: dict[str, object] = {
+        "chapter": path.stem,
+        "profile": profile_name,
+        "status": "passed",
+        "error": None,
+    }
     start = time.perf_counter()
     try:
         # Strict claims: a chapter "passed" only if every sentence it checks held on this machine.
@@ -71,7 +81,9 @@ def _executed_path(chapter: Path, executed_dir: Path, force: bool) -> Path:
     """Where the executed copy of ``chapter`` goes, if that destroys nothing (see :func:`verify`)."""
     target = Path(executed_dir) / Path(chapter).name
     if target.resolve() == Path(chapter).resolve():
-        raise ValueError(f"the executed notebook would replace the chapter {chapter}; give --executed another folder")
+        raise ValueError(
+            f"the executed notebook would replace the chapter {chapter}; give --executed another folder"
+        )
     return ensure_writable(target, overwrite=force, what="executed notebook")
 
 
@@ -82,7 +94,9 @@ def check_notebooks(notebooks: list[Path]) -> None:
         raise FileNotFoundError(f"no such notebook: {', '.join(missing)}")
     other = [str(p) for p in notebooks if Path(p).suffix != ".ipynb"]
     if other:
-        raise ValueError(f"verify runs notebooks (.ipynb), not {', '.join(other)}; each chapter's .md has an .ipynb pair")
+        raise ValueError(
+            f"verify runs notebooks (.ipynb), not {', '.join(other)}; each chapter's .md has an .ipynb pair"
+        )
 
 
 def check_arguments(
@@ -96,7 +110,9 @@ def check_arguments(
 ) -> None:
     """Check the arguments of :func:`verify` (which calls this first), raising what it documents."""
     if not notebooks:
-        raise FileNotFoundError("no chapter notebooks given (run from the repository root, or pass their paths)")
+        raise FileNotFoundError(
+            "no chapter notebooks given (run from the repository root, or pass their paths)"
+        )
     _check_profile(profile_name)
     if jobs < 1:
         raise ValueError(f"jobs must be a positive number of chapters to run at once, got {jobs}")
@@ -107,7 +123,9 @@ def check_arguments(
         names = [Path(p).name for p in notebooks]
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:
-            raise ValueError(f"two notebooks named {', '.join(twice)} would be saved as one file in {executed_dir}")
+            raise ValueError(
+                f"two notebooks named {', '.join(twice)} would be saved as one file in {executed_dir}"
+            )
         if Path(executed_dir).exists() and not Path(executed_dir).is_dir():
             raise NotADirectoryError(f"{executed_dir} is a file; --executed takes a folder")
         for path in notebooks:
@@ -137,17 +155,23 @@ def verify(
     """
     check_arguments(notebooks, profile_name, out=out, executed_dir=executed_dir, jobs=jobs, force=force)
     env = {**environment(), "concurrent_chapters": jobs}
-    print(f"verifying {len(notebooks)} chapters, profile '{profile_name}', {jobs} at a time, on {env['device']}")
+    print(
+        f"verifying {len(notebooks)} chapters, profile '{profile_name}', {jobs} at a time, on {env['device']}"
+    )
 
     def run(path: Path) -> dict[str, object]:
         record = {**run_chapter(Path(path), profile_name, executed_dir=executed_dir, force=force), **env}
-        print(f"  {record['chapter']:<24} {record['status']:<7} {record['seconds']:>7.1f} s  {record['error'] or ''}")
+        print(
+            f"  {record['chapter']:<24} {record['status']:<7} {record['seconds']:>7.1f} s  {record['error'] or ''}"
+        )
         return record
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         records = list(pool.map(run, notebooks))
     if out is not None:
-        out = ensure_writable(out, overwrite=force, what="records file")  # again: it may have appeared meanwhile
+        out = ensure_writable(
+            out, overwrite=force, what="records file"
+        )  # again: it may have appeared meanwhile
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(records, indent=1) + "\n")
     return records
@@ -162,9 +186,12 @@ def summary(records: list[dict[str, object]]) -> pd.DataFrame:
     frame = pd.DataFrame(records)
     frame["commit"] = frame["commit"].fillna("-")
     frame["result"] = [
-        f"{r.status}, {r.seconds:.1f} s" if r.status == "passed" else f"{r.status}: {r.error}" for r in frame.itertuples()
+        f"{r.status}, {r.seconds:.1f} s" if r.status == "passed" else f"{r.status}: {r.error}"
+        for r in frame.itertuples()
     ]
-    table = frame.pivot_table(index="chapter", columns=["device", "profile", "commit"], values="result", aggfunc="last")
+    table = frame.pivot_table(
+        index="chapter", columns=["device", "profile", "commit"], values="result", aggfunc="last"
+    )
     # Within a machine, the profiles from smallest to largest (pivot_table sorts them alphabetically).
     rank = {name: i for i, name in enumerate(sizes.PROFILES)}
     columns = sorted(table.columns, key=lambda c: (c[0], rank.get(c[1], len(rank)), c[2]))

@@ -53,7 +53,9 @@ def register(label: str) -> Callable[[Check], Check]:
 def _split_label(label: str) -> tuple[str, str]:
     slug, sep, name = label.partition("-")
     if not sep or not slug or not name:
-        raise ValueError(f"exercise label {label!r} must look like '<chapter slug>-<name>', e.g. 'bf16-kahan'")
+        raise ValueError(
+            f"exercise label {label!r} must look like '<chapter slug>-<name>', e.g. 'bf16-kahan'"
+        )
     return slug, name
 
 
@@ -120,7 +122,11 @@ def expect_close(
     if got_a.shape != want_a.shape:
         fail(label, f"for {case} the answer has shape {got_a.shape}, expected {want_a.shape}.", hint)
     if not np.allclose(got_a, want_a, rtol=rtol, atol=atol, equal_nan=True):
-        shown = got_a.item() if got_a.size == 1 else f"an array differing at {int((~np.isclose(got_a, want_a, rtol=rtol, atol=atol, equal_nan=True)).sum())} places"
+        shown = (
+            got_a.item()
+            if got_a.size == 1
+            else f"an array differing at {int((~np.isclose(got_a, want_a, rtol=rtol, atol=atol, equal_nan=True)).sum())} places"
+        )
         fail(label, f"for {case} your answer is {shown}, which is not right.", hint)
 
 

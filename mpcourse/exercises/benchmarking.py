@@ -38,7 +38,12 @@ def check_intensity(matmul_intensity: Any) -> None:
         "count the FLOPs (a multiply and an add per term of each dot product) and the bytes: each of "
         "the three matrices, A (m x k), B (k x n) and C (m x n), crosses the memory bus once."
     )
-    for m, n, k, b in [(4096, 4096, 4096, 2), (16, 8192, 8192, 2), (1024, 64, 4096, 4), (8192, 8192, 8192, 1)]:
+    for m, n, k, b in [
+        (4096, 4096, 4096, 2),
+        (16, 8192, 8192, 2),
+        (1024, 64, 4096, 4),
+        (8192, 8192, 8192, 1),
+    ]:
         case = f"m={m}, n={n}, k={k}, {b} bytes per element"
         got = _number(label, call(label, matmul_intensity, m, n, k, b), case)
         precision = {1: "fp8", 2: "bf16", 4: "fp32"}[b]
@@ -65,12 +70,38 @@ def check_speedup(roofline_speedup: Any) -> None:
     )
     # (flops, bytes fp32, bytes bf16, peak fp32, peak bf16, bandwidth): H100-like and T4-like devices.
     cases = {
-        "a large matrix product on an H100": (2 * 8192**3, 3 * 8192**2 * 4, 3 * 8192**2 * 2, 67.0, 989.5, 3350.0),
-        "an elementwise add of 2^28 elements on an H100": (2**28, 3 * 2**28 * 4, 3 * 2**28 * 2, 67.0, 989.5, 3350.0),
-        "a thin product (16 rows) on an H100": (
-            2 * 16 * 8192 * 8192, (16 * 8192 + 8192**2 + 16 * 8192) * 4, (16 * 8192 + 8192**2 + 16 * 8192) * 2, 67.0, 989.5, 3350.0
+        "a large matrix product on an H100": (
+            2 * 8192**3,
+            3 * 8192**2 * 4,
+            3 * 8192**2 * 2,
+            67.0,
+            989.5,
+            3350.0,
         ),
-        "a mid-sized product on a T4 (fp16)": (2 * 2048**3, 3 * 2048**2 * 4, 3 * 2048**2 * 2, 8.1, 65.0, 320.0),
+        "an elementwise add of 2^28 elements on an H100": (
+            2**28,
+            3 * 2**28 * 4,
+            3 * 2**28 * 2,
+            67.0,
+            989.5,
+            3350.0,
+        ),
+        "a thin product (16 rows) on an H100": (
+            2 * 16 * 8192 * 8192,
+            (16 * 8192 + 8192**2 + 16 * 8192) * 4,
+            (16 * 8192 + 8192**2 + 16 * 8192) * 2,
+            67.0,
+            989.5,
+            3350.0,
+        ),
+        "a mid-sized product on a T4 (fp16)": (
+            2 * 2048**3,
+            3 * 2048**2 * 4,
+            3 * 2048**2 * 2,
+            8.1,
+            65.0,
+            320.0,
+        ),
     }
     for case, (f, bh, bl, ph, pl, bw) in cases.items():
         got = _number(label, call(label, roofline_speedup, f, bh, bl, ph, pl, bw), case)
@@ -79,7 +110,9 @@ def check_speedup(roofline_speedup: Any) -> None:
         mistakes = {
             "the ratio of the peaks (assumes every op is compute-bound)": pl / ph,
             "the ratio of the bytes (assumes every op is memory-bound)": bh / bl,
-            "adding the compute and memory times instead of taking the larger": (f / (ph * 1e12) + bh / (bw * 1e9))
+            "adding the compute and memory times instead of taking the larger": (
+                f / (ph * 1e12) + bh / (bw * 1e9)
+            )
             / (f / (pl * 1e12) + bl / (bw * 1e9)),
             "taking the smaller of the two times instead of the larger": min(f / (ph * 1e12), bh / (bw * 1e9))
             / min(f / (pl * 1e12), bl / (bw * 1e9)),
@@ -133,19 +166,32 @@ def check_timing(time_per_call: Callable[..., Any]) -> None:
         gpu = _SimulatedGPU(kernel, launch, first, backlog)
         got = _number(label, call(label, time_per_call, gpu.fn, gpu.sync, gpu.clock), case)
         if gpu.calls == 0:
-            fail(label, f"for {case} your function never called fn.", "call fn() between readings of clock().")
+            fail(
+                label, f"for {case} your function never called fn.", "call fn() between readings of clock()."
+            )
         if gpu.readings < 2:
-            fail(label, f"for {case} your function read clock() {gpu.readings} times.",
-                 "time with the clock() you are given (it is the simulated device's), before and after the calls.")
+            fail(
+                label,
+                f"for {case} your function read clock() {gpu.readings} times.",
+                "time with the clock() you are given (it is the simulated device's), before and after the calls.",
+            )
         what = f"for {case} you measured {got * 1e3:.4g} ms per call; the kernel takes {kernel * 1e3:.4g} ms."
         # Right: the kernel time, plus at most one launch (when each call is synchronised on its own).
         if got < kernel * 0.95:
-            fail(label, what, "fn() only queues the work and returns; call sync() before reading the clock at "
-                 "the end, or you time the launch, not the work.")
+            fail(
+                label,
+                what,
+                "fn() only queues the work and returns; call sync() before reading the clock at "
+                "the end, or you time the launch, not the work.",
+            )
         if got > (kernel + launch) * 1.05:
-            hint = too_long[first] if not backlog else (
-                "work queued before your measurement is still running when you start the clock; call sync() "
-                "before starting it."
+            hint = (
+                too_long[first]
+                if not backlog
+                else (
+                    "work queued before your measurement is still running when you start the clock; call sync() "
+                    "before starting it."
+                )
             )
             fail(label, what, hint)
 
@@ -159,7 +205,11 @@ def check_mfu(mfu: Any) -> None:
         "backward); divide by the step time to get FLOP/s, then by the peak (TFLOP/s are 1e12 FLOP/s). "
         "Return a fraction: 0.4, not 40."
     )
-    for n, t, s, peak in [(124e6, 8 * 1024, 0.05, 989.5), (7e9, 4 * 4096, 1.2, 989.5), (350e6, 512, 0.9, 65.0)]:
+    for n, t, s, peak in [
+        (124e6, 8 * 1024, 0.05, 989.5),
+        (7e9, 4 * 4096, 1.2, 989.5),
+        (350e6, 512, 0.9, 65.0),
+    ]:
         case = f"{n:.3g} parameters, {t} tokens per step, {s} s per step, peak {peak} TFLOP/s"
         got = _number(label, call(label, mfu, n, t, s, peak), case)
         want = 6 * n * t / s / (peak * 1e12)
@@ -170,4 +220,3 @@ def check_mfu(mfu: Any) -> None:
             "multiplying by the step time instead of dividing": 6 * n * t * s / (peak * 1e12),
         }
         _judge(label, got, want, mistakes, case, hint)
-

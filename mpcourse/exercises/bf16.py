@@ -7,14 +7,11 @@ training step under ``torch.autocast`` for the corrected seed loop.
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from .. import formats
 from . import call, fail, register
@@ -27,7 +24,9 @@ BF16 = formats.BF16
 
 def _sr_cases() -> tuple[torch.Tensor, torch.Tensor]:
     """float32 inputs for the neighbour test, and for the statistics: (values, fraction of the gap)."""
-    bf16_values = torch.tensor([1.0, -1.0, 0.0, -0.0, 3.140625, 2.0**-126, 2.0**-133, 6.5e4, -2.0**100, 2.0**127])
+    bf16_values = torch.tensor(
+        [1.0, -1.0, 0.0, -0.0, 3.140625, 2.0**-126, 2.0**-133, 6.5e4, -(2.0**100), 2.0**127]
+    )
     specials = torch.tensor([math.inf, -math.inf])
     gen = torch.Generator().manual_seed(5)
     random = torch.randn(4000, generator=gen) * torch.exp(torch.randn(4000, generator=gen) * 8)
@@ -60,14 +59,24 @@ def check_stochastic_round(stochastic_round_bf16: Any) -> None:
     if not isinstance(got, torch.Tensor):
         fail(label, f"you returned {type(got).__name__}, not a tensor.", "return a torch.bfloat16 tensor.")
     if got.shape != values.shape:
-        fail(label, f"the result has shape {tuple(got.shape)}, the input {tuple(values.shape)}.", "round element-wise.")
+        fail(
+            label,
+            f"the result has shape {tuple(got.shape)}, the input {tuple(values.shape)}.",
+            "round element-wise.",
+        )
     if got.dtype != torch.bfloat16:
-        fail(label, f"the result has dtype {got.dtype}.",
-             "convert the rounded float32 values to torch.bfloat16 at the end (their low 16 bits are zero, so "
-             "this conversion is exact).")
+        fail(
+            label,
+            f"the result has dtype {got.dtype}.",
+            "convert the rounded float32 values to torch.bfloat16 at the end (their low 16 bits are zero, so "
+            "this conversion is exact).",
+        )
     low = formats.round_tensor(values, BF16, rounding="toward_zero")
-    high = torch.where(values == low, low, low + torch.sign(values) * torch.from_numpy(
-        BF16.spacing(values.double().numpy())).float())
+    high = torch.where(
+        values == low,
+        low,
+        low + torch.sign(values) * torch.from_numpy(BF16.spacing(values.double().numpy())).float(),
+    )
     high = torch.where(torch.isinf(values), values, high)
     g = got.float()
     ok = (g == low) | (g == high)
@@ -75,42 +84,67 @@ def check_stochastic_round(stochastic_round_bf16: Any) -> None:
         i = int(torch.nonzero(~ok)[0])
         x = values[i].item()
         if low[i] == high[i]:
-            fail(label, f"{x!r} is already a bf16 value, but you returned {g[i].item()!r}.",
-                 "a value the format holds must come back unchanged: its low 16 bits are zero, so no carry can "
-                 "happen. " + hint)
-        fail(label, f"{x!r} became {g[i].item()!r}, which is not one of its two bf16 neighbours "
-             f"{low[i].item()!r} and {high[i].item()!r}.", hint)
+            fail(
+                label,
+                f"{x!r} is already a bf16 value, but you returned {g[i].item()!r}.",
+                "a value the format holds must come back unchanged: its low 16 bits are zero, so no carry can "
+                "happen. " + hint,
+            )
+        fail(
+            label,
+            f"{x!r} became {g[i].item()!r}, which is not one of its two bf16 neighbours "
+            f"{low[i].item()!r} and {high[i].item()!r}.",
+            hint,
+        )
 
     x, bases, gaps = _statistics_inputs(fractions)
     draws = 4000
     wide = x.repeat(draws, 1, 1)
     out = call(label, stochastic_round_bf16, wide.clone(), torch.Generator().manual_seed(1))
     if not isinstance(out, torch.Tensor) or out.shape != wide.shape:
-        fail(label, "a second call, on a 3-d tensor, did not return a tensor of the same shape.", "round element-wise, for any shape.")
+        fail(
+            label,
+            "a second call, on a 3-d tensor, did not return a tensor of the same shape.",
+            "round element-wise, for any shape.",
+        )
     up = (out.float() != bases[None, :, None]).float().mean(dim=0)  # fraction rounded away from zero
     expected = fractions[None, :].expand_as(up)
     se = torch.sqrt(expected * (1 - expected) / draws)
     if (up == 0).all():
-        fail(label, "no value was ever rounded away from zero: that is truncation (round toward zero), which is "
-             "biased: every result is too small in magnitude.", hint)
+        fail(
+            label,
+            "no value was ever rounded away from zero: that is truncation (round toward zero), which is "
+            "biased: every result is too small in magnitude.",
+            hint,
+        )
     deterministic = ((up == 0) | (up == 1)).all()
     if deterministic:
-        fail(label, "every value is rounded the same way on every draw: that is a deterministic rounding (to "
-             "nearest, or toward zero), not a stochastic one.", hint)
+        fail(
+            label,
+            "every value is rounded the same way on every draw: that is a deterministic rounding (to "
+            "nearest, or toward zero), not a stochastic one.",
+            hint,
+        )
     bad = (up - expected).abs() > 5 * se + 1e-3
     if bad.any():
         negative = bases < 0
-        flipped = ((up - (1 - expected)).abs() <= 5 * se + 1e-3)
+        flipped = (up - (1 - expected)).abs() <= 5 * se + 1e-3
         if bad[negative].any() and flipped[negative].all() and not bad[~negative].any():
-            fail(label, "negative values are rounded away from zero with probability 1 - f instead of f: you "
-                 "rounded toward +infinity rather than in magnitude.",
-                 "a float's sign is a separate bit: adding to the magnitude bits works for both signs.")
+            fail(
+                label,
+                "negative values are rounded away from zero with probability 1 - f instead of f: you "
+                "rounded toward +infinity rather than in magnitude.",
+                "a float's sign is a separate bit: adding to the magnitude bits works for both signs.",
+            )
         r, c = (int(v) for v in torch.nonzero(bad)[0])
-        fail(label, f"a value {fractions[c].item():g} of the way to its upper neighbour (from {bases[r].item()!r}) "
-             f"was rounded away from zero in {up[r, c].item():.1%} of {draws} draws; it should be "
-             f"{fractions[c].item():.1%} (give or take {5 * se[r, c].item():.1%}).",
-             "the probability of rounding up must equal the fraction of the gap covered: the random integer "
-             "must be uniform over all 2^16 values of the low 16 bits. " + hint)
+        fail(
+            label,
+            f"a value {fractions[c].item():g} of the way to its upper neighbour (from {bases[r].item()!r}) "
+            f"was rounded away from zero in {up[r, c].item():.1%} of {draws} draws; it should be "
+            f"{fractions[c].item():.1%} (give or take {5 * se[r, c].item():.1%}).",
+            "the probability of rounding up must equal the fraction of the gap covered: the random integer "
+            "must be uniform over all 2^16 values of the low 16 bits. " + hint,
+        )
     mean_error = ((out.float().double().mean(dim=0) - x.double()) / gaps[:, None].double()).abs().max().item()
     if mean_error > 0.05:
         fail(label, f"the average of many roundings misses the input by {mean_error:.2f} of a gap.", hint)
@@ -121,15 +155,25 @@ def check_stochastic_round(stochastic_round_bf16: Any) -> None:
         call(label, stochastic_round_bf16, inexact.clone(), torch.Generator().manual_seed(seed))
         for seed in (11, 11, 12)
     )
-    generator_hint = ("draw the random integers from the generator you are given: torch.randint(..., "
-                      "generator=generator); do not seed or use torch's global generator inside the "
-                      "function.")
+    generator_hint = (
+        "draw the random integers from the generator you are given: torch.randint(..., "
+        "generator=generator); do not seed or use torch's global generator inside the "
+        "function."
+    )
     if not torch.equal(first, again):
-        fail(label, "two calls with generators seeded alike rounded the same inputs differently: the "
-             "random bits do not come (only) from `generator`.", generator_hint)
+        fail(
+            label,
+            "two calls with generators seeded alike rounded the same inputs differently: the "
+            "random bits do not come (only) from `generator`.",
+            generator_hint,
+        )
     if torch.equal(first, other):
-        fail(label, f"generators with different seeds gave exactly the same roundings of {inexact.numel()} "
-             "inexact values: your function ignores `generator` (a fixed seed inside it?).", generator_hint)
+        fail(
+            label,
+            f"generators with different seeds gave exactly the same roundings of {inexact.numel()} "
+            "inexact values: your function ignores `generator` (a fixed seed inside it?).",
+            generator_hint,
+        )
 
 
 # ---- bf16-update-survives -------------------------------------------------------------------------
@@ -188,25 +232,42 @@ def check_update_survives(update_survives: Any) -> None:
     got = call(label, update_survives, w.copy(), u.copy())
     got_arr = np.asarray(got)
     if got_arr.shape != w.shape or got_arr.dtype != np.bool_:
-        fail(label, f"you returned an array of dtype {got_arr.dtype} and shape {got_arr.shape}.",
-             f"return a boolean numpy array of shape {w.shape}, one answer per (w, u) pair.")
+        fail(
+            label,
+            f"you returned an array of dtype {got_arr.dtype} and shape {got_arr.shape}.",
+            f"return a boolean numpy array of shape {w.shape}, one answer per (w, u) pair.",
+        )
     want = _survives_reference(w, u)
     wrong = got_arr != want
     if not wrong.any():
         return
     explanations = {
-        "tie": ("an update of exactly half a gap is a tie: ties go to the even neighbour, so it survives only "
-                "when w's last mantissa bit is 1.", "look at the last bit of w's mantissa."),
-        "double-rounding": ("an update just above half a gap was judged lost. Adding in float32 first rounds "
-                            "w + u to an exact tie, which then goes back to w: that is double rounding.",
-                            "decide from the exact sum (float64 is exact here), or compare u with half the gap."),
-        "power-of-two-down": ("updates toward zero from a power of two were judged lost, but the gap below a "
-                              "power of two is half the gap above it.", hint),
-        "power-of-two-down-small": ("updates toward zero from a power of two, below half of the (smaller) gap "
-                                    "under it, were judged to survive.", hint),
+        "tie": (
+            "an update of exactly half a gap is a tie: ties go to the even neighbour, so it survives only "
+            "when w's last mantissa bit is 1.",
+            "look at the last bit of w's mantissa.",
+        ),
+        "double-rounding": (
+            "an update just above half a gap was judged lost. Adding in float32 first rounds "
+            "w + u to an exact tie, which then goes back to w: that is double rounding.",
+            "decide from the exact sum (float64 is exact here), or compare u with half the gap.",
+        ),
+        "power-of-two-down": (
+            "updates toward zero from a power of two were judged lost, but the gap below a "
+            "power of two is half the gap above it.",
+            hint,
+        ),
+        "power-of-two-down-small": (
+            "updates toward zero from a power of two, below half of the (smaller) gap "
+            "under it, were judged to survive.",
+            hint,
+        ),
         "zero-update": ("a zero update cannot change a weight.", hint),
-        "zero-weight": ("near zero the gap is the smallest subnormal, 2^-133: an update survives unless it is "
-                        "below half of that.", hint),
+        "zero-weight": (
+            "near zero the gap is the smallest subnormal, 2^-133: an update survives unless it is "
+            "below half of that.",
+            hint,
+        ),
     }
     if not (wrong & groups["random"]).any():  # the rule is right in general: name the special case it misses
         for name, (what, group_hint) in explanations.items():
@@ -215,250 +276,18 @@ def check_update_survives(update_survives: Any) -> None:
     i = int(np.flatnonzero(wrong)[0])
     relative = abs(u[i]) / abs(w[i]) if w[i] else math.inf
     if (wrong & (groups["above-half"] | groups["below-half"])).any():
-        fail(label, f"for w = {w[i]!r}, u = {u[i]!r} (|u|/|w| = {relative:.3g}) you answered {bool(got_arr[i])}. "
-             "Your threshold is off: updates just above half a gap survive, just below it they do not.", hint)
-    fail(label, f"for w = {w[i]!r}, u = {u[i]!r} (|u|/|w| = {relative:.3g}) you answered {bool(got_arr[i])}.", hint)
-
-
-# ---- bf16-kahan -----------------------------------------------------------------------------------
-
-
-def _run_kahan(kahan_update: Any, label: str, w0: torch.Tensor, updates: torch.Tensor) -> torch.Tensor:
-    param = w0.to(torch.bfloat16)
-    comp = torch.zeros_like(param)
-    for k in range(updates.shape[0]):
-        result = call(label, kahan_update, param.clone(), updates[k].clone(), comp.clone())
-        if not (isinstance(result, tuple) and len(result) == 2 and all(isinstance(t, torch.Tensor) for t in result)):
-            fail(label, f"you returned {type(result).__name__}, not a pair of tensors.",
-                 "return (new_param, new_compensation), both bf16 tensors shaped like the parameter.")
-        param, comp = result
-        if param.dtype != torch.bfloat16 or comp.dtype != torch.bfloat16:
-            fail(label, f"you returned tensors of dtypes {param.dtype} and {comp.dtype}.",
-                 "the weight and its compensation both stay bf16: that is the whole point (4 bytes per weight).")
-        if param.shape != w0.shape or comp.shape != w0.shape:
-            fail(label, f"you returned shapes {tuple(param.shape)} and {tuple(comp.shape)}; the parameter has "
-                 f"shape {tuple(w0.shape)}.", "update element-wise.")
-    return param
-
-
-@register("bf16-kahan")
-def check_kahan(kahan_update: Any) -> None:
-    """``kahan_update(param, update, compensation) -> (param, compensation)`` for bf16 weights."""
-    label = "bf16-kahan"
-    hint = (
-        "add the compensation to the update (in fp32), add that to the weight (in fp32), round the result to "
-        "bf16 for the new weight, and keep what the rounding dropped, (fp32 result) - (new bf16 weight), "
-        "as the new compensation."
+        fail(
+            label,
+            f"for w = {w[i]!r}, u = {u[i]!r} (|u|/|w| = {relative:.3g}) you answered {bool(got_arr[i])}. "
+            "Your threshold is off: updates just above half a gap survive, just below it they do not.",
+            hint,
+        )
+    fail(
+        label,
+        f"for w = {w[i]!r}, u = {u[i]!r} (|u|/|w| = {relative:.3g}) you answered {bool(got_arr[i])}.",
+        hint,
     )
-    # 1. A large update with no history is an ordinary rounding to nearest.
-    w0 = torch.tensor([1.0, -3.5, 1000.0, 2.0**-20])
-    big = torch.tensor([[0.25, -0.75, 37.0, 2.0**-22]])
-    got = _run_kahan(kahan_update, label, w0, big)
-    want = (w0.double() + big[0].double()).float().to(torch.bfloat16)
-    if not torch.equal(got, want):
-        fail(label, f"one large update from a zero compensation gave {got.tolist()}, expected {want.tolist()} "
-             "(the sum rounded to nearest bf16).", hint)
-    # 2. Many small updates, each far below half a gap: the compensation must carry them.
-    gen = torch.Generator().manual_seed(2)
-    w0 = torch.tensor([1.0, -2.0, 0.3, 40.0, -0.01])
-    steps = 1000
-    small = (w0.abs() * 2.0**-11).expand(steps, -1).clone()  # each update is 1/16 to 1/8 of a gap
-    exact = w0.to(torch.bfloat16).double() + small.double().sum(dim=0)
-    got = _run_kahan(kahan_update, label, w0, small).double()
-    gap = torch.from_numpy(BF16.spacing(exact.numpy()))
-    naive = w0.to(torch.bfloat16).double()
-    error = ((got - exact).abs() / gap).max().item()
-    if torch.equal(got, naive):
-        fail(label, f"after {steps} updates of an eighth of a gap or less the weights have not moved at all: the "
-             "compensation is not fed back into the next update, or it has the wrong sign (it must be what the "
-             "rounding dropped: the fp32 target minus the new bf16 weight).", hint)
-    if error > 2:
-        overshoot = ((got - naive) / (exact - naive)).mean().item()
-        if overshoot > 1.5:
-            fail(label, f"after {steps} small updates the weights moved {overshoot:.1f} times as far as they "
-                 "should: the compensation has the wrong sign (it must be what was dropped: target - rounded).",
-                 hint)
-        fail(label, f"after {steps} small updates the weights are {error:.1f} gaps from the exact sum "
-             "(at most 2 is expected).", hint)
-    # 3. Random updates of both signs and many sizes.
-    w0 = torch.randn(64, generator=gen)
-    updates = torch.randn(300, 64, generator=gen) * w0.abs() * 2.0 ** torch.randint(-14, -6, (300, 64), generator=gen)
-    exact = w0.to(torch.bfloat16).double() + updates.double().sum(dim=0)
-    got = _run_kahan(kahan_update, label, w0, updates).double()
-    gap = torch.from_numpy(BF16.spacing(exact.numpy()))
-    error = ((got - exact).abs() / gap).max().item()
-    if error > 2:
-        fail(label, f"after 300 random updates of both signs, a weight is {error:.1f} gaps away from the exact "
-             "sum (at most 2 is expected).", hint)
 
 
-# ---- bf16-fix-b2 ----------------------------------------------------------------------------------
-
-
-def _b2_model() -> nn.Module:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(7)
-        return nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 5))
-
-
-def _b2_batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
-    gen = torch.Generator().manual_seed(8)
-    return [(torch.randn(16, 10, generator=gen) * 3, torch.randint(0, 5, (16,), generator=gen)) for _ in range(3)]
-
-
-def _b2_reference(variant: str) -> tuple[list[torch.Tensor], list[float]]:
-    """Parameters and losses after three steps of a training loop, done right or in a known wrong way."""
-    model = _b2_model()
-    opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    loss_fn = nn.CrossEntropyLoss()
-    losses = []
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(variant.removesuffix("-accumulate"), None)
-    for x, y in _b2_batches():
-        with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-            loss = loss_fn(model(x), y)
-        loss.backward()
-        opt.step()
-        if not variant.endswith("-accumulate"):
-            opt.zero_grad()
-        losses.append(loss.item())
-    return [p.detach().clone() for p in model.parameters()], losses
-
-
-def _distance(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
-    return max((x.double() - y.double()).abs().max().item() for x, y in zip(a, b))
-
-
-def _autocast_on() -> bool:
-    """Whether autocast is enabled for the CPU or CUDA on this thread (torch >= 2.4's spelling)."""
-    return any(torch.is_autocast_enabled(device_type) for device_type in ("cpu", "cuda"))
-
-
-class _StepWatch:
-    """What a training step does that its result cannot show: the dtypes the model's inputs arrive in
-    (a forward pre-hook), and whether autocast is still on while gradients are computed (a hook on each
-    parameter's gradient runs inside backward, on the thread that called it for CPU tensors).
-
-    A GradScaler and a backward under autocast leave the parameters exactly as a correct bf16 step does,
-    and casting the inputs changes them by less than any tolerance could separate, so only watching
-    the step tells them apart.
-    """
-
-    def __init__(self, model: nn.Module) -> None:
-        self.input_dtypes: set[torch.dtype] = set()
-        self.backward_under_autocast = False
-        self.handles = [model.register_forward_pre_hook(self._forward)]
-        self.handles += [p.register_hook(self._gradient) for p in model.parameters()]
-
-    def _forward(self, module: nn.Module, args: tuple[Any, ...]) -> None:
-        self.input_dtypes.update(a.dtype for a in args if isinstance(a, torch.Tensor))
-
-    def _gradient(self, grad: torch.Tensor) -> None:
-        self.backward_under_autocast |= _autocast_on()
-
-    def remove(self) -> None:
-        for handle in self.handles:
-            handle.remove()
-
-
-@contextlib.contextmanager
-def _grad_scaler_uses() -> Iterator[list[str]]:
-    """Record every GradScaler built or used meanwhile (torch.amp's class, which the deprecated
-    torch.cuda.amp and torch.cpu.amp ones subclass), however the learner imported it."""
-    from torch.amp.grad_scaler import GradScaler
-
-    used: list[str] = []
-    originals = {name: getattr(GradScaler, name) for name in ("__init__", "scale", "step", "unscale_")}
-
-    def spy(name: str):  # noqa: ANN202
-        def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
-            used.append(name)
-            return originals[name](self, *args, **kwargs)
-
-        return wrapper
-
-    for name in originals:
-        setattr(GradScaler, name, spy(name))
-    try:
-        yield used
-    finally:
-        for name, original in originals.items():
-            setattr(GradScaler, name, original)
-
-
-@register("bf16-fix-b2")
-def check_fix_b2(bf16_train_step: Any) -> None:
-    """``bf16_train_step(model, optimizer, loss_fn, inputs, targets) -> float``: one correct bf16 AMP step."""
-    label = "bf16-fix-b2"
-    hint = (
-        "keep the model in fp32 (no .half(), no .bfloat16()); run the forward pass and the loss under "
-        "torch.autocast(inputs.device.type, dtype=torch.bfloat16); call backward() outside it; step the "
-        "optimizer and zero the gradients; no GradScaler is needed with bf16. Return loss.item()."
-    )
-    model = _b2_model()
-    opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    loss_fn = nn.CrossEntropyLoss()
-    start = [p.detach().clone() for p in model.parameters()]
-    losses = []
-    watch = _StepWatch(model)
-    try:
-        with _grad_scaler_uses() as scaler_uses:
-            for x, y in _b2_batches():
-                losses.append(call(label, bf16_train_step, model, opt, loss_fn, x.clone(), y.clone()))
-    finally:
-        watch.remove()
-    for got in losses:
-        if isinstance(got, torch.Tensor) and got.numel() == 1:
-            fail(label, "you returned the loss as a tensor.", "return loss.item(), a Python float (a tensor would keep "
-                 "the autograd graph alive).")
-        if not isinstance(got, (int, float)):
-            fail(label, f"you returned {type(got).__name__}, not a number.", "return loss.item().")
-    losses = [float(v) for v in losses]
-    params = list(model.parameters())
-    dtypes = {str(p.dtype).removeprefix("torch.") for p in params}
-    if dtypes != {"float32"}:
-        fail(label, f"after your steps the parameters are {'/'.join(sorted(dtypes))}.",
-             "the parameters must stay fp32: they are the master weights. Autocast casts to bf16 on the fly, "
-             "inside each op; .half() (the seed's bug) makes them fp16, not bf16, and drops the fp32 copy.")
-    if scaler_uses:
-        fail(label, f"your step uses a GradScaler (GradScaler.{scaler_uses[0].strip('_')} was called).",
-             "bf16 has fp32's exponent range, so gradients do not underflow and need no loss scaling: "
-             "drop the scaler, call loss.backward() and optimizer.step() directly. (The seed's scaler "
-             "belongs to fp16.)")
-    cast_inputs = sorted(str(d).removeprefix("torch.") for d in watch.input_dtypes - {torch.float32})
-    if cast_inputs:
-        fail(label, f"the model received inputs of dtype {', '.join(cast_inputs)}: you cast them yourself.",
-             "pass the fp32 inputs as they are. Autocast casts to bf16 inside each op that gains from it "
-             "and keeps fp32 where precision matters; casting by hand (the seed's inputs.half(), or "
-             ".bfloat16()) takes that choice away, and .half() is fp16 anyway.")
-    if watch.backward_under_autocast:
-        fail(label, "backward() ran with autocast still on.",
-             "close the autocast block after the loss and call loss.backward() outside it: PyTorch "
-             "recommends against backward passes under autocast; backward already runs each op in the "
-             "dtype its forward used.")
-    got_params = [p.detach().clone() for p in params]
-    if _distance(got_params, start) == 0:
-        fail(label, "the parameters did not change.", "call optimizer.step() after backward().")
-    refs = {v: _b2_reference(v) for v in ("bf16", "fp32", "fp16", "bf16-accumulate")}
-    distances = {v: _distance(got_params, ref[0]) for v, ref in refs.items()}
-    closest = min(distances, key=distances.get)
-    tolerance = 0.1 * min(d for v, d in ((v, _distance(refs["bf16"][0], ref[0])) for v, ref in refs.items()) if v != "bf16")
-    if closest == "bf16" and distances["bf16"] <= tolerance:
-        want_losses = refs["bf16"][1]
-        if not np.allclose(losses, want_losses, rtol=1e-2):
-            fail(label, f"the parameters are right, but you returned the losses {losses}; expected about "
-                 f"{[round(v, 4) for v in want_losses]}.", "return the loss of this step's batch: loss.item().")
-        return
-    messages = {
-        "fp32": ("your steps give exactly what an fp32 loop gives: nothing ran in bf16.",
-                 "wrap the forward pass and the loss in torch.autocast(inputs.device.type, dtype=torch.bfloat16); "
-                 "use the inputs' device type, not a hard-coded 'cuda'."),
-        "fp16": ("your steps match an fp16 autocast loop, not a bf16 one.",
-                 "torch.autocast's default dtype on CUDA is fp16: pass dtype=torch.bfloat16."),
-        "bf16-accumulate": ("your second and third steps used the sum of all gradients so far: they are never "
-                            "zeroed.", "call optimizer.zero_grad() once per step (the seed's loop forgot it)."),
-    }
-    if closest in messages:
-        what, why = messages[closest]
-        fail(label, what, why)
-    fail(label, f"after three steps your parameters differ from a correct bf16 step by up to {distances['bf16']:.3g}.",
-         hint)
+# The checks of the chapter's training-loop exercises live in bf16_training.py; importing it registers them.
+from . import bf16_training  # noqa: E402, F401

@@ -86,9 +86,15 @@ def compare_with_gradscaler(
     :func:`first_divergence` reads it.
     """
     dev = torch.device(device)
-    settings = dict(init_scale=init_scale, growth_factor=growth_factor, backoff_factor=backoff_factor,
-                    growth_interval=growth_interval)
-    events = events if events is not None else event_schedule(steps, seed=seed, growth_interval=growth_interval)
+    settings = dict(
+        init_scale=init_scale,
+        growth_factor=growth_factor,
+        backoff_factor=backoff_factor,
+        growth_interval=growth_interval,
+    )
+    events = (
+        events if events is not None else event_schedule(steps, seed=seed, growth_interval=growth_interval)
+    )
     if len(events) < steps or any(e not in EVENTS for e in events):
         raise ValueError(f"events must hold at least {steps} entries from {EVENTS}")
     with torch.random.fork_rng(devices=[]):
@@ -108,8 +114,14 @@ def compare_with_gradscaler(
     runs = []
     for factory in (make_scaler, reference):
         model = copy.deepcopy(base).to(dev)
-        runs.append({"factory": factory, "scaler": factory(**settings), "model": model,
-                     "opt": optimizers[optimizer](list(model.parameters()))})
+        runs.append(
+            {
+                "factory": factory,
+                "scaler": factory(**settings),
+                "model": model,
+                "opt": optimizers[optimizer](list(model.parameters())),
+            }
+        )
     gen = torch.Generator().manual_seed(seed + 1)
     n_params = len(list(base.parameters()))
     rows = []
@@ -130,7 +142,9 @@ def compare_with_gradscaler(
                 scaler.scale(loss).backward()
                 if event != "clean":
                     flat = list(model.parameters())[which].grad.view(-1)
-                    flat[int(where * flat.numel())] = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}[event]
+                    flat[int(where * flat.numel())] = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}[
+                        event
+                    ]
                 if clip is not None:
                     scaler.unscale_(opt)
                     torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
@@ -138,14 +152,17 @@ def compare_with_gradscaler(
                 scaler.step(opt)
                 scaler.update()
                 record["scale" + suffix] = float(scaler.get_scale())
-                record["skipped" + suffix] = all(torch.equal(a, p) for a, p in zip(before, model.parameters()))
+                record["skipped" + suffix] = all(
+                    torch.equal(a, p) for a, p in zip(before, model.parameters())
+                )
                 state = scaler.state_dict() if callable(getattr(scaler, "state_dict", None)) else {}
                 record["tracker" + suffix] = state.get("_growth_tracker", math.nan)
                 if step in checkpoints:
                     run["scaler"] = run["factory"](**settings)
                     run["scaler"].load_state_dict(state)
             record["params_equal"] = all(
-                torch.equal(a, b) for a, b in zip(runs[0]["model"].parameters(), runs[1]["model"].parameters())
+                torch.equal(a, b)
+                for a, b in zip(runs[0]["model"].parameters(), runs[1]["model"].parameters())
             )
             rows.append(record)
     return pd.DataFrame(rows)
@@ -154,7 +171,7 @@ def compare_with_gradscaler(
 def first_divergence(trace: pd.DataFrame) -> str | None:
     """The first step where a scaler and GradScaler differ, in words; None if they never do."""
     checks = [
-        ("skipped", "skipped the step" , "took the step"),
+        ("skipped", "skipped the step", "took the step"),
         ("scale", None, None),
         ("tracker", None, None),
     ]
@@ -165,11 +182,15 @@ def first_divergence(trace: pd.DataFrame) -> str | None:
                 continue
             if mine != ref:
                 if yes is not None:
-                    return (f"step {row['step']} (event: {row['event']}): your scaler {yes if mine else no}, "
-                            f"GradScaler {yes if ref else no}")
+                    return (
+                        f"step {row['step']} (event: {row['event']}): your scaler {yes if mine else no}, "
+                        f"GradScaler {yes if ref else no}"
+                    )
                 what = "scale" if column == "scale" else "growth tracker"
-                return (f"step {row['step']} (event: {row['event']}): after update() your {what} is {mine!r}, "
-                        f"GradScaler's is {ref!r}")
+                return (
+                    f"step {row['step']} (event: {row['event']}): after update() your {what} is {mine!r}, "
+                    f"GradScaler's is {ref!r}"
+                )
         if not row["params_equal"]:
             return f"step {row['step']} (event: {row['event']}): the parameters differ from GradScaler's run"
     return None

@@ -282,7 +282,7 @@ def _library_bf16_casts() -> Iterator[list[str]]:
     found: list[str] = []
 
     class Spy(TorchFunctionMode):
-        def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        def __torch_function__(self, func, types, args=(), kwargs=None):
             kwargs = kwargs or {}
             name = getattr(func, "__name__", str(func))
             to_bf16 = name == "bfloat16" or any(a is torch.bfloat16 for a in (*args, *kwargs.values()))

@@ -29,8 +29,13 @@ def _tensorwise_inputs() -> dict[str, torch.Tensor]:
     return {
         "a normal tensor (std 3)": normal,
         "a tensor whose largest magnitude is negative (-40)": negative,
-        "tiny values (about 1e-6; unscaled they would all flush to zero in E4M3)": torch.randn(16, 64, generator=gen) * 1e-6,
-        "large bf16 values (about 1e4; unscaled they would saturate)": (torch.randn(16, 64, generator=gen) * 1e4).bfloat16(),
+        "tiny values (about 1e-6; unscaled they would all flush to zero in E4M3)": torch.randn(
+            16, 64, generator=gen
+        )
+        * 1e-6,
+        "large bf16 values (about 1e4; unscaled they would saturate)": (
+            torch.randn(16, 64, generator=gen) * 1e4
+        ).bfloat16(),
         "a tensor of zeros": torch.zeros(8, 8),
     }
 
@@ -49,8 +54,11 @@ def check_tensorwise(tensorwise_fp8: Any) -> None:
             fail(label, f"for {case} you returned {type(out).__name__}; expected a pair (data, scale).", hint)
         data, scale = out
         if not isinstance(data, torch.Tensor) or data.dtype != torch.float8_e4m3fn:
-            fail(label, f"for {case} data is {getattr(data, 'dtype', type(data).__name__)}, not torch.float8_e4m3fn.",
-                 "cast with .to(torch.float8_e4m3fn): the data must really be stored in 8 bits.")
+            fail(
+                label,
+                f"for {case} data is {getattr(data, 'dtype', type(data).__name__)}, not torch.float8_e4m3fn.",
+                "cast with .to(torch.float8_e4m3fn): the data must really be stored in 8 bits.",
+            )
         if data.shape != x.shape:
             fail(label, f"for {case} data has shape {tuple(data.shape)}, expected {tuple(x.shape)}.", hint)
         try:
@@ -64,29 +72,55 @@ def check_tensorwise(tensorwise_fp8: Any) -> None:
         amax = x64.abs().max().item()
         if amax > 0:
             if math.isclose(scale_value, E4M3_MAX / amax, rel_tol=1e-5):
-                fail(label, f"for {case} your scale is 448 / amax: that is the factor applied before the cast "
-                     "(Transformer Engine's 'scale'); the decode scale is its reciprocal.", hint)
+                fail(
+                    label,
+                    f"for {case} your scale is 448 / amax: that is the factor applied before the cast "
+                    "(Transformer Engine's 'scale'); the decode scale is its reciprocal.",
+                    hint,
+                )
             if math.isclose(scale_value, amax / 57344.0, rel_tol=1e-5):
-                fail(label, f"for {case} your scale is amax / 57344, E5M2's maximum; the data is E4M3 (max 448).", hint)
-            if x64.max().item() < amax and math.isclose(scale_value, x64.max().item() / E4M3_MAX, rel_tol=1e-5):
-                fail(label, f"for {case} your scale comes from x.max(), not the largest magnitude |x|: the negative "
-                     "entries overflow.", hint)
+                fail(
+                    label,
+                    f"for {case} your scale is amax / 57344, E5M2's maximum; the data is E4M3 (max 448).",
+                    hint,
+                )
+            if x64.max().item() < amax and math.isclose(
+                scale_value, x64.max().item() / E4M3_MAX, rel_tol=1e-5
+            ):
+                fail(
+                    label,
+                    f"for {case} your scale comes from x.max(), not the largest magnitude |x|: the negative "
+                    "entries overflow.",
+                    hint,
+                )
             if scale_value == 1.0 and not math.isclose(amax, E4M3_MAX, rel_tol=1e-6):
                 fail(label, f"for {case} the scale is 1: the tensor is cast unscaled.", hint)
-            expect_close(label, scale_value, amax / E4M3_MAX, rtol=1e-5, case=f"{case} (the scale)", hint=hint)
+            expect_close(
+                label, scale_value, amax / E4M3_MAX, rtol=1e-5, case=f"{case} (the scale)", hint=hint
+            )
         elif not math.isclose(scale_value, 1.0):
-            fail(label, f"for {case} the scale is {scale_value!r}; a tensor of zeros should get scale 1 "
-                 "(amax / 448 = 0 would divide by zero and give NaN).", hint)
+            fail(
+                label,
+                f"for {case} the scale is {scale_value!r}; a tensor of zeros should get scale 1 "
+                "(amax / 448 = 0 would divide by zero and give NaN).",
+                hint,
+            )
         got = data.float().double()
         if torch.isnan(got).any():
             fail(label, f"for {case} your data contains NaN.", hint)
         # Accept either way of applying the scale (x / s or x * (1/s)): they may differ in the last bit.
         s32 = torch.tensor(scale_value, dtype=torch.float32)
-        candidates = [(x.float() / s32).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn),
-                      (x.float() * (1 / s32)).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)]
+        candidates = [
+            (x.float() / s32).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn),
+            (x.float() * (1 / s32)).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn),
+        ]
         if not any(torch.equal(got, c.float().double()) for c in candidates):
             wrong = int(min((got != c.float().double()).sum().item() for c in candidates))
-            fail(label, f"for {case}, {wrong} element(s) of your data differ from x / scale rounded to E4M3.", hint)
+            fail(
+                label,
+                f"for {case}, {wrong} element(s) of your data differ from x / scale rounded to E4M3.",
+                hint,
+            )
 
 
 # ---- fp8-delayed ------------------------------------------------------------------------------------
@@ -103,7 +137,9 @@ def _delayed_reference(amaxes: list[float], history_len: int, margin: int) -> li
     return used
 
 
-def _simulate(amaxes: list[float], window_of: Any, margin: int, *, sign: int = 1, keep: bool = True) -> list[float]:
+def _simulate(
+    amaxes: list[float], window_of: Any, margin: int, *, sign: int = 1, keep: bool = True
+) -> list[float]:
     """Decode scales used at each step when step t's scale comes from the amaxes ``window_of(t)``."""
     used, scale = [], 1.0
     for t in range(len(amaxes)):
@@ -122,18 +158,25 @@ def _delayed_variants(amaxes: list[float], history_len: int, margin: int) -> dic
     n = history_len
 
     def previous(t: int) -> list[float]:
-        return amaxes[max(0, t - n): t]
+        return amaxes[max(0, t - n) : t]
 
     return {
-        "the current step's amax is included (that is current scaling, not delayed)":
-            _simulate(amaxes, lambda t: amaxes[max(0, t - n + 1): t + 1], margin),
-        "the window is one step too long": _simulate(amaxes, lambda t: amaxes[max(0, t - n - 1): t], margin),
-        "the window is one step too short": _simulate(amaxes, lambda t: amaxes[max(0, t - n + 1): t], margin),
-        "the newest amax only ('most_recent') instead of the max over the window":
-            _simulate(amaxes, lambda t: amaxes[max(0, t - 1): t], margin),
-        "the margin divides instead of multiplies the decode scale": _simulate(amaxes, previous, margin, sign=-1),
-        "the scale resets to 1 when the window has no usable amax, instead of keeping the last one":
-            _simulate(amaxes, previous, margin, keep=False),
+        "the current step's amax is included (that is current scaling, not delayed)": _simulate(
+            amaxes, lambda t: amaxes[max(0, t - n + 1) : t + 1], margin
+        ),
+        "the window is one step too long": _simulate(amaxes, lambda t: amaxes[max(0, t - n - 1) : t], margin),
+        "the window is one step too short": _simulate(
+            amaxes, lambda t: amaxes[max(0, t - n + 1) : t], margin
+        ),
+        "the newest amax only ('most_recent') instead of the max over the window": _simulate(
+            amaxes, lambda t: amaxes[max(0, t - 1) : t], margin
+        ),
+        "the margin divides instead of multiplies the decode scale": _simulate(
+            amaxes, previous, margin, sign=-1
+        ),
+        "the scale resets to 1 when the window has no usable amax, instead of keeping the last one": _simulate(
+            amaxes, previous, margin, keep=False
+        ),
     }
 
 
@@ -201,41 +244,85 @@ def check_mx(mx_quantize: Any) -> None:
     for case, x in _mx_inputs().items():
         out = call(label, mx_quantize, x.clone())
         if not (isinstance(out, tuple) and len(out) == 2):
-            fail(label, f"for {case} you returned {type(out).__name__}; expected a pair (scales, elements).", hint)
+            fail(
+                label,
+                f"for {case} you returned {type(out).__name__}; expected a pair (scales, elements).",
+                hint,
+            )
         scales, elements = out
         rows, cols = x.shape
         if not isinstance(scales, torch.Tensor) or tuple(scales.shape) != (rows, cols // 32):
-            fail(label, f"for {case} scales have shape {tuple(getattr(scales, 'shape', ()))}, expected {(rows, cols // 32)}: "
-                 "one scale per 32 consecutive elements of each row.", hint)
-        if not isinstance(elements, torch.Tensor) or elements.dtype != torch.float8_e4m3fn or elements.shape != x.shape:
-            fail(label, f"for {case} elements must be a torch.float8_e4m3fn tensor shaped like x; got "
-                 f"{getattr(elements, 'dtype', type(elements).__name__)} {tuple(getattr(elements, 'shape', ()))}.", hint)
+            fail(
+                label,
+                f"for {case} scales have shape {tuple(getattr(scales, 'shape', ()))}, expected {(rows, cols // 32)}: "
+                "one scale per 32 consecutive elements of each row.",
+                hint,
+            )
+        if (
+            not isinstance(elements, torch.Tensor)
+            or elements.dtype != torch.float8_e4m3fn
+            or elements.shape != x.shape
+        ):
+            fail(
+                label,
+                f"for {case} elements must be a torch.float8_e4m3fn tensor shaped like x; got "
+                f"{getattr(elements, 'dtype', type(elements).__name__)} {tuple(getattr(elements, 'shape', ()))}.",
+                hint,
+            )
         s = scales.double()
         mantissa, _ = torch.frexp(s)
         if not ((mantissa == 0.5) & (s > 0)).all():
-            fail(label, f"for {case} some scales are not powers of two. MX scales are E8M0: a pure exponent, no "
-                 "mantissa; amax / 448 is not one.", hint)
+            fail(
+                label,
+                f"for {case} some scales are not powers of two. MX scales are E8M0: a pure exponent, no "
+                "mantissa; amax / 448 is not one.",
+                hint,
+            )
         ref = fp8.quantize(x, "mxfp8")
         want_s = ref.scale_values().double()
         amax = x.double().reshape(rows, cols // 32, 32).abs().amax(-1)
         if not torch.equal(s, want_s):
             ratio = (s / want_s)[amax > 0]
-            if (ratio == 2.0 ** 8).all():
-                fail(label, f"for {case} your scales are 2^floor(log2 amax), without subtracting E4M3's emax (8): every "
-                     "element lands in [1, 2) and E4M3's range goes unused.", hint)
+            if (ratio == 2.0**8).all():
+                fail(
+                    label,
+                    f"for {case} your scales are 2^floor(log2 amax), without subtracting E4M3's emax (8): every "
+                    "element lands in [1, 2) and E4M3's range goes unused.",
+                    hint,
+                )
             rceil = fp8.quantize(x, "mxfp8", mx_scale_rounding="rceil").scale_values().double()
             if torch.equal(s, rceil):
-                fail(label, f"for {case} your scales are the smallest powers of two >= amax / 448: that is NVIDIA's "
-                     "'RCEIL' rule (cuBLAS), which never saturates; the OCP spec's rule is floor(log2 amax) - 8.", hint)
+                fail(
+                    label,
+                    f"for {case} your scales are the smallest powers of two >= amax / 448: that is NVIDIA's "
+                    "'RCEIL' rule (cuBLAS), which never saturates; the OCP spec's rule is floor(log2 amax) - 8.",
+                    hint,
+                )
             if ((ratio == 1.0) | (ratio == 2.0)).all():
-                fail(label, f"for {case} some exponents are one too large: round log2(amax) down (floor), then "
-                     "subtract 8.", hint)
-            fail(label, f"for {case}, {int((s != want_s).sum())} of {s.numel()} scales differ from the spec's rule.", hint)
+                fail(
+                    label,
+                    f"for {case} some exponents are one too large: round log2(amax) down (floor), then "
+                    "subtract 8.",
+                    hint,
+                )
+            fail(
+                label,
+                f"for {case}, {int((s != want_s).sum())} of {s.numel()} scales differ from the spec's rule.",
+                hint,
+            )
         if torch.isnan(elements.float()).any():
-            fail(label, f"for {case} some elements are NaN: values between 448 and 512 must saturate to ±448.", hint)
+            fail(
+                label,
+                f"for {case} some elements are NaN: values between 448 and 512 must saturate to ±448.",
+                hint,
+            )
         if not torch.equal(elements.float(), ref.data.float()):
             wrong = int((elements.float() != ref.data.float()).sum())
-            fail(label, f"for {case}, {wrong} element(s) differ from x / X rounded to E4M3 with saturation.", hint)
+            fail(
+                label,
+                f"for {case}, {wrong} element(s) differ from x / X rounded to E4M3 with saturation.",
+                hint,
+            )
 
 
 # ---- fp8-choose-recipe --------------------------------------------------------------------------------
@@ -249,7 +336,9 @@ def _outlier_tensor(rows: int = 128, cols: int = 256, seed: int = 4) -> torch.Te
     return x
 
 
-def _choose_reference(x: torch.Tensor, candidates: list[str], max_bits: float) -> tuple[str | None, dict[str, tuple[float, float]]]:
+def _choose_reference(
+    x: torch.Tensor, candidates: list[str], max_bits: float
+) -> tuple[str | None, dict[str, tuple[float, float]]]:
     numbers = {}
     for name in candidates:
         q = fp8.quantize(x, name)
@@ -273,8 +362,18 @@ def check_choose_recipe(best_recipe: Any) -> None:
     cases = [
         ("an outlier-heavy activation, 8.25 bits allowed", _outlier_tensor(), eight, 8.25),
         ("an outlier-heavy activation, 8.1 bits allowed", _outlier_tensor(), eight, 8.1),
-        ("an outlier-heavy activation, fp4 recipes, 4.3 bits allowed", _outlier_tensor(seed=9), ["mxfp4", "nvfp4", "mxfp8"], 4.3),
-        ("an outlier-heavy activation, fp4 recipes, 4.6 bits allowed", _outlier_tensor(seed=9), ["mxfp4", "nvfp4", "mxfp8"], 4.6),
+        (
+            "an outlier-heavy activation, fp4 recipes, 4.3 bits allowed",
+            _outlier_tensor(seed=9),
+            ["mxfp4", "nvfp4", "mxfp8"],
+            4.3,
+        ),
+        (
+            "an outlier-heavy activation, fp4 recipes, 4.6 bits allowed",
+            _outlier_tensor(seed=9),
+            ["mxfp4", "nvfp4", "mxfp8"],
+            4.6,
+        ),
         ("a plain Gaussian tensor, 9 bits allowed", plain, ["tensorwise", "mxfp4", "nvfp4"], 9.0),
     ]
     for case, x, candidates, max_bits in cases:
@@ -284,19 +383,38 @@ def check_choose_recipe(best_recipe: Any) -> None:
         if got == want:
             continue
         if got not in numbers:
-            fail(label, f"for {case} you returned {got!r}, which is not one of the candidates {candidates}.", hint)
+            fail(
+                label,
+                f"for {case} you returned {got!r}, which is not one of the candidates {candidates}.",
+                hint,
+            )
         bits, snr = numbers[got]
         if bits > max_bits:
-            fail(label, f"for {case} you chose {got!r}, which needs {bits:.3f} bits per element, over the budget of "
-                 f"{max_bits}: scales count too.", hint)
+            fail(
+                label,
+                f"for {case} you chose {got!r}, which needs {bits:.3f} bits per element, over the budget of "
+                f"{max_bits}: scales count too.",
+                hint,
+            )
         if snr == min(v[1] for v in numbers.values()):
-            fail(label, f"for {case} you chose {got!r}, the candidate with the *lowest* SNR ({snr:.1f} dB).", hint)
-        fail(label, f"for {case} you chose {got!r} ({snr:.1f} dB); another candidate within the budget does better.", hint)
+            fail(
+                label,
+                f"for {case} you chose {got!r}, the candidate with the *lowest* SNR ({snr:.1f} dB).",
+                hint,
+            )
+        fail(
+            label,
+            f"for {case} you chose {got!r} ({snr:.1f} dB); another candidate within the budget does better.",
+            hint,
+        )
     try:
         got = call(label, best_recipe, plain.clone(), ["mxfp8", "rowwise"], 3.0)
-    except Exception as exc:  # noqa: BLE001 - the learner's ValueError arrives wrapped by call()
+    except Exception as exc:
         if isinstance(exc.__cause__, ValueError):
             return
         raise
-    fail(label, f"with a budget of 3 bits per element no candidate fits, yet you returned {got!r}.",
-         "raise ValueError when no candidate fits the budget.")
+    fail(
+        label,
+        f"with a budget of 3 bits per element no candidate fits, yet you returned {got!r}.",
+        "raise ValueError when no candidate fits the budget.",
+    )

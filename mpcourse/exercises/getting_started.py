@@ -18,14 +18,21 @@ def check_tflops(matmul_tflops: Any) -> None:
         "an (m x k) @ (k x n) product computes m*n dot products of length k, and each term is "
         "one multiply and one add: two floating-point operations. 1 TFLOP/s is 1e12 FLOP/s."
     )
-    for m, n, k, seconds in [(4096, 4096, 4096, 0.25), (8, 16, 2048, 1e-5), (1000, 3, 70, 2e-6), (1, 1, 1, 1.0)]:
+    for m, n, k, seconds in [
+        (4096, 4096, 4096, 0.25),
+        (8, 16, 2048, 1e-5),
+        (1000, 3, 70, 2e-6),
+        (1, 1, 1, 1.0),
+    ]:
         want = 2 * m * n * k / seconds / 1e12
         got = call(label, matmul_tflops, m, n, k, seconds)
         case = f"m={m}, n={n}, k={k}, seconds={seconds}"
         if isinstance(got, (int, float)) and math.isclose(got, want / 2, rel_tol=1e-9):
             fail(label, f"for {case} you get half the right value.", "a multiply-add counts as two FLOPs.")
         if isinstance(got, (int, float)) and math.isclose(got, want * 1e3, rel_tol=1e-9):
-            fail(label, f"for {case} you are off by a factor of 1000.", "TFLOP/s means 1e12, not 1e9, FLOP/s.")
+            fail(
+                label, f"for {case} you are off by a factor of 1000.", "TFLOP/s means 1e12, not 1e9, FLOP/s."
+            )
         expect_close(label, got, want, rtol=1e-9, case=case, hint=hint)
 
 
@@ -50,12 +57,20 @@ def check_relative_error(relative_error: Any) -> None:
         got = call(label, relative_error, result, ref)
         if isinstance(got, torch.Tensor):
             if got.numel() != 1:
-                fail(label, f"for {case} you returned a tensor of shape {tuple(got.shape)}.", "return one number.")
+                fail(
+                    label,
+                    f"for {case} you returned a tensor of shape {tuple(got.shape)}.",
+                    "return one number.",
+                )
             got = got.item()
         want = (torch.linalg.norm(result.double() - ref) / torch.linalg.norm(ref)).item()
         wrong = _wrong_relative_errors(result, ref)
         for name, value in wrong.items():
-            if isinstance(got, (int, float)) and math.isclose(got, value, rel_tol=1e-6) and not math.isclose(value, want, rel_tol=1e-6):
+            if (
+                isinstance(got, (int, float))
+                and math.isclose(got, value, rel_tol=1e-6)
+                and not math.isclose(value, want, rel_tol=1e-6)
+            ):
                 fail(label, f"for {case} your answer matches a common mistake: {name}.", hint)
         expect_close(label, got, want, rtol=1e-6, case=case, hint=hint)
 

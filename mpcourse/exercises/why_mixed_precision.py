@@ -54,23 +54,36 @@ def _judge(label: str, got: float, want: float, mistakes: dict[str, float], case
 def _measured_cases() -> list[tuple[str, int, int, int, str, int]]:
     """One real training step per recipe, measured exactly: (case, params, matmul params, activation
     elements, recipe, measured total bytes)."""
+
     def loss_of(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(model(x).float(), y)
 
     gen = torch.Generator().manual_seed(0)
     x, y = torch.randn(256, 64, generator=gen), torch.randint(0, 10, (256,), generator=gen)
     cases, fp32_elements = [], None
-    for recipe, autocast, dtype in (("fp32", None, torch.float32), ("amp", torch.bfloat16, torch.float32),
-                                    ("pure_bf16", None, torch.bfloat16)):
+    for recipe, autocast, dtype in (
+        ("fp32", None, torch.float32),
+        ("amp", torch.bfloat16, torch.float32),
+        ("pure_bf16", None, torch.bfloat16),
+    ):
         torch.manual_seed(0)
         model = models.MLP(64, 10, width=96).to(dtype)
-        step = memory.measure_step(model, torch.optim.AdamW(model.parameters()), loss_of, x.to(dtype), y,
-                                   autocast_dtype=autocast)
+        step = memory.measure_step(
+            model, torch.optim.AdamW(model.parameters()), loss_of, x.to(dtype), y, autocast_dtype=autocast
+        )
         if fp32_elements is None:
             fp32_elements = int(step["activations"]) // 4  # elements saved for backward, counted in fp32
         n_params = sum(p.numel() for p in model.parameters())
-        cases.append((f"a real step of a {n_params:,}-parameter MLP under {recipe!r}, measured exactly", n_params,
-                      memory.matmul_parameter_count(model), fp32_elements, recipe, int(step["total"])))
+        cases.append(
+            (
+                f"a real step of a {n_params:,}-parameter MLP under {recipe!r}, measured exactly",
+                n_params,
+                memory.matmul_parameter_count(model),
+                fp32_elements,
+                recipe,
+                int(step["total"]),
+            )
+        )
     return cases
 
 
@@ -85,25 +98,40 @@ def check_memory(training_step_bytes: Callable[..., Any]) -> None:
         "activations (in the dtype the ops ran in). What dtype are the parameters under AMP?"
     )
     synthetic = [
-        ("a 7B model (6.5B in matmul layers), 2e9 saved activation elements", 7_000_000_000, 6_500_000_000, 2_000_000_000),
-        ("a 125M model (85M in matmul layers), 3e8 saved activation elements", 125_000_000, 85_000_000, 300_000_000),
+        (
+            "a 7B model (6.5B in matmul layers), 2e9 saved activation elements",
+            7_000_000_000,
+            6_500_000_000,
+            2_000_000_000,
+        ),
+        (
+            "a 125M model (85M in matmul layers), 3e8 saved activation elements",
+            125_000_000,
+            85_000_000,
+            300_000_000,
+        ),
     ]
     for case, n, n_mm, acts in synthetic:
         for recipe in MEMORY_RECIPES:
-            got = _number(label, call(label, training_step_bytes, n, n_mm, acts, recipe), f"{case}, {recipe!r}")
+            got = _number(
+                label, call(label, training_step_bytes, n, n_mm, acts, recipe), f"{case}, {recipe!r}"
+            )
             want = float(memory.estimate(recipe, n, n_matmul_params=n_mm, activation_elements=acts)["total"])
             per = memory.bytes_per_parameter(recipe)
             act_bytes = memory.SCHEMES[recipe].activation_bytes * acts
             copies = per["low-precision weight copies"] * n_mm
             mistakes = {}
-            if recipe == "amp":  # first: it coincides with leaving out AdamW's state, and is the likelier mistake
+            if (
+                recipe == "amp"
+            ):  # first: it coincides with leaving out AdamW's state, and is the likelier mistake
                 pure = memory.estimate("pure_bf16", n, activation_elements=acts)["total"]
-                mistakes["treating AMP like pure bf16: under AMP the weights, gradients and AdamW moments stay fp32"] = (
-                    float(pure + copies)
-                )
+                mistakes[
+                    "treating AMP like pure bf16: under AMP the weights, gradients and AdamW moments stay fp32"
+                ] = float(pure + copies)
             mistakes |= {
                 "leaving out the 16-bit copy autocast makes of each matmul weight": want - copies,
-                "making 16-bit copies of every parameter, not only of the matmul layers'": want - copies
+                "making 16-bit copies of every parameter, not only of the matmul layers'": want
+                - copies
                 + per["low-precision weight copies"] * n,
                 "counting the saved activations at 4 bytes, as in fp32": want - act_bytes + 4 * acts,
                 "leaving out AdamW's state (two moments per parameter)": want - per["optimizer state"] * n,
@@ -115,8 +143,11 @@ def check_memory(training_step_bytes: Callable[..., Any]) -> None:
     for case, n, n_mm, acts, recipe, measured in _measured_cases():
         got = _number(label, call(label, training_step_bytes, n, n_mm, acts, recipe), case)
         if abs(got - measured) > 0.1 * measured:
-            fail(label, f"for {case} you predict {got:,.0f} bytes, but the step held {measured:,} (more than 10% apart).",
-                 hint)
+            fail(
+                label,
+                f"for {case} you predict {got:,.0f} bytes, but the step held {measured:,} (more than 10% apart).",
+                hint,
+            )
 
 
 # --- why_mixed_precision-bound ------------------------------------------------------------------
@@ -135,22 +166,41 @@ def _bound_cases() -> list[tuple[str, float, float, float, float]]:
                 "a 4096^3 matrix product": roofline.matmul_cost(4096, 4096, 4096, precision),
                 "a 512^3 matrix product": roofline.matmul_cost(512, 512, 512, precision),
                 "a 256^3 matrix product": roofline.matmul_cost(256, 256, 256, precision),
-                "a matrix-vector product (1 x 8192 @ 8192 x 8192)": roofline.matmul_cost(1, 8192, 8192, precision),
+                "a matrix-vector product (1 x 8192 @ 8192 x 8192)": roofline.matmul_cost(
+                    1, 8192, 8192, precision
+                ),
                 "an elementwise add of 2^26 elements": roofline.elementwise_cost(2**26, precision),
             }
             for op, (flops, nbytes) in ops.items():
-                cases.append((f"{op} in {precision} on an {gpu.name}", flops, nbytes, peak, gpu.bandwidth_gb_s))
+                cases.append(
+                    (f"{op} in {precision} on an {gpu.name}", flops, nbytes, peak, gpu.bandwidth_gb_s)
+                )
     for record in reference.records("matmul"):
         tables = record["tables"]
-        best = max((r["tflops"] for r in tables.get("matmul", []) if r.get("precision") == "fp32" and r.get("tflops")),
-                   default=None)
+        best = max(
+            (
+                r["tflops"]
+                for r in tables.get("matmul", [])
+                if r.get("precision") == "fp32" and r.get("tflops")
+            ),
+            default=None,
+        )
         bandwidth = (tables.get("bandwidth") or [{}])[0].get("gb_per_s")
-        adds = [r for r in tables.get("elementwise", []) if r.get("precision") == "fp32" and r.get("op") == "add"]
+        adds = [
+            r for r in tables.get("elementwise", []) if r.get("precision") == "fp32" and r.get("op") == "add"
+        ]
         if best and bandwidth and adds:
             add = max(adds, key=lambda r: r["elements"])
             where = record["environment"].get("device", "a stored machine")
-            cases.append((f"the fp32 add of {add['elements']:,} elements measured on {where} (its measured roofs)",
-                          add["flops"], add["bytes"], best, bandwidth))
+            cases.append(
+                (
+                    f"the fp32 add of {add['elements']:,} elements measured on {where} (its measured roofs)",
+                    add["flops"],
+                    add["bytes"],
+                    best,
+                    bandwidth,
+                )
+            )
     return cases
 
 
@@ -187,7 +237,11 @@ def check_bound(bound: Callable[..., Any]) -> None:
     for case, f, b, p, bw in cases:
         got = call(label, bound, f, b, p, bw)
         if got not in BOUNDS:
-            fail(label, f"for {case} you returned {got!r}.", f"return one of the strings {BOUNDS[0]!r} or {BOUNDS[1]!r}.")
+            fail(
+                label,
+                f"for {case} you returned {got!r}.",
+                f"return one of the strings {BOUNDS[0]!r} or {BOUNDS[1]!r}.",
+            )
         answers.append(got)
     expected = {name: [rule(f, b, p, bw) for _, f, b, p, bw in cases] for name, rule in rules.items()}
     if answers == expected["right"]:
@@ -236,7 +290,9 @@ def check_step_speedup(step_speedup: Callable[..., Any]) -> None:
                 f * s + (1 - f)
             ),
             "the matmul speed-up alone, as if the whole step were matrix products": s,
-            "the limit for infinitely fast matrix products, 1 / (1 - share)": 1 / (1 - f) if f < 1 else math.inf,
+            "the limit for infinitely fast matrix products, 1 / (1 - share)": 1 / (1 - f)
+            if f < 1
+            else math.inf,
             "speeding up the part that is not matrix products": 1 / (f + (1 - f) / s),
         }
         _judge(label, got, want, mistakes, case, hint)
@@ -272,9 +328,12 @@ def check_energy(energy_breakeven_rows: Callable[..., Any]) -> None:
         got = _number(label, call(label, energy_breakeven_rows, d_in, d_out, b, e_f, e_b), case)
         want = _breakeven(d_in, d_out, b, e_f, e_b)
         if got < 0:
-            fail(label, f"for {case} you returned a negative number of rows, {got:.4g}.",
-                 "when the arithmetic energy can never exceed the DRAM energy, whatever the number of rows, "
-                 "there is no break-even point: return math.inf.")
+            fail(
+                label,
+                f"for {case} you returned a negative number of rows, {got:.4g}.",
+                "when the arithmetic energy can never exceed the DRAM energy, whatever the number of rows, "
+                "there is no break-even point: return math.inf.",
+            )
         mistakes = {
             "counting 2 * m * d_in * d_out multiply-adds (that is the FLOP count: one multiply-add is two FLOPs)": (
                 _breakeven(d_in, d_out, b, 2 * e_f, e_b)

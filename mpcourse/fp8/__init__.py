@@ -8,9 +8,12 @@
   :class:`DelayedScaler` (Transformer Engine's amax history).
 - :mod:`~mpcourse.fp8.gemm`: :func:`fp8_mm` (a scaled fp8 GEMM, emulated exactly) and
   :func:`scaled_mm` (``torch._scaled_mm`` with its rules checked and explained).
-- :mod:`~mpcourse.fp8.linear`: :class:`FP8Linear`, :func:`convert_to_fp8`, the fp8 training
-  recipes (in :data:`mpcourse.train.RECIPES`, whatever was imported first: ``fp8_tensorwise``, ``fp8_delayed``,
-  ``fp8_rowwise``, ``fp8_blockwise``, ``mxfp8``, and ``torchao_*`` for sm_89+), and torchao's path.
+- :mod:`~mpcourse.fp8.linear`: :class:`FP8Linear` (three fp8 GEMMs, straight-through) and
+  :func:`convert_to_fp8`, which swaps a model's linear layers for it.
+- :mod:`~mpcourse.fp8.torchao`: torchao's fp8 training where it can run (sm_89+), and why not elsewhere.
+- :mod:`~mpcourse.fp8.training`: the fp8 training recipes (in :data:`mpcourse.train.RECIPES`,
+  whatever was imported first: ``fp8_tensorwise``, ``fp8_delayed``, ``fp8_rowwise``,
+  ``fp8_blockwise``, ``mxfp8``, and ``torchao_*`` for sm_89+).
 - :mod:`~mpcourse.bench.fp8`: ``mpcourse bench fp8`` (fp8 vs bf16 speed on a GPU) and the stored results.
 
 Example::
@@ -40,10 +43,6 @@ from .linear import (
     convert_to_fp8,
     get_config,
     plan,
-    register_training_recipes,
-    torchao_convert,
-    torchao_plan,
-    torchao_status,
 )
 from .quantized import Quantized, dequantize, error_stats, expand_blocks, pow2
 from .recipes import (
@@ -56,12 +55,43 @@ from .recipes import (
     quantize,
     resolve,
 )
+from .torchao import TORCHAO_RECIPES, torchao_convert, torchao_plan, torchao_status
+from .training import register_training_recipes, training_recipes
 
 __all__ = [
-    "ALIASES", "CONFIGS", "ELEMENT_FORMATS", "RECIPES", "SCALED_MM_DTYPES", "SCALED_MM_RECIPES",
-    "DelayedScaler", "DelayedScaling", "FP8Config", "FP8Linear", "Quantized", "ScalingRecipe",
-    "UnsupportedFP8Error", "cast", "convert_to_fp8", "dequantize", "error_stats", "expand_blocks",
-    "fake_quantize", "flops", "fp8_mm", "get_config", "plan", "pow2", "quantize", "register_training_recipes",
-    "relative_error", "resolve", "scaled_mm", "scaled_mm_problems", "torchao_convert", "torchao_plan",
+    "ALIASES",
+    "CONFIGS",
+    "ELEMENT_FORMATS",
+    "RECIPES",
+    "SCALED_MM_DTYPES",
+    "SCALED_MM_RECIPES",
+    "TORCHAO_RECIPES",
+    "DelayedScaler",
+    "DelayedScaling",
+    "FP8Config",
+    "FP8Linear",
+    "Quantized",
+    "ScalingRecipe",
+    "UnsupportedFP8Error",
+    "cast",
+    "convert_to_fp8",
+    "dequantize",
+    "error_stats",
+    "expand_blocks",
+    "fake_quantize",
+    "flops",
+    "fp8_mm",
+    "get_config",
+    "plan",
+    "pow2",
+    "quantize",
+    "register_training_recipes",
+    "relative_error",
+    "resolve",
+    "scaled_mm",
+    "scaled_mm_problems",
+    "torchao_convert",
+    "torchao_plan",
     "torchao_status",
+    "training_recipes",
 ]

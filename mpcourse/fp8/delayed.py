@@ -55,8 +55,10 @@ class DelayedScaling:
         if not isinstance(self.amax_history_len, int) or self.amax_history_len < 1:
             raise ValueError(f"amax_history_len must be a positive integer, got {self.amax_history_len!r}")
         if not callable(self.amax_compute_algo) and self.amax_compute_algo not in AMAX_COMPUTE_ALGOS:
-            raise ValueError(f"amax_compute_algo={self.amax_compute_algo!r}; accepted: "
-                             f"{', '.join(AMAX_COMPUTE_ALGOS)} or a function history -> amax")
+            raise ValueError(
+                f"amax_compute_algo={self.amax_compute_algo!r}; accepted: "
+                f"{', '.join(AMAX_COMPUTE_ALGOS)} or a function history -> amax"
+            )
 
     @property
     def forward_format(self) -> formats.FloatFormat:
@@ -91,13 +93,20 @@ class DelayedScaler(nn.Module):
     amax_history: torch.Tensor
     scale: torch.Tensor
 
-    def __init__(self, fmt: Any = "e4m3", amax_history_len: int = 1024,
-                 amax_compute_algo: str | Callable[[torch.Tensor], torch.Tensor] = "max", margin: int = 0) -> None:
+    def __init__(
+        self,
+        fmt: Any = "e4m3",
+        amax_history_len: int = 1024,
+        amax_compute_algo: str | Callable[[torch.Tensor], torch.Tensor] = "max",
+        margin: int = 0,
+    ) -> None:
         super().__init__()
         DelayedScaling(margin, "hybrid", amax_history_len, amax_compute_algo)  # validates the arguments
         self.fmt = formats.get(fmt)
         if self.fmt.name not in FP8_FORMATS:
-            raise ValueError(f"delayed scaling stores fp8; accepted formats: {', '.join(FP8_FORMATS)}, got {self.fmt.name!r}")
+            raise ValueError(
+                f"delayed scaling stores fp8; accepted formats: {', '.join(FP8_FORMATS)}, got {self.fmt.name!r}"
+            )
         self.amax_compute_algo = amax_compute_algo
         self.margin = margin
         self.register_buffer("amax_history", torch.zeros(amax_history_len))
@@ -129,7 +138,9 @@ class DelayedScaler(nn.Module):
         rolled[0] = 0.0
         h.copy_(rolled)
 
-    def quantize(self, x: torch.Tensor, *, saturate: bool = True, record: bool = True, update: bool = True) -> Quantized:
+    def quantize(
+        self, x: torch.Tensor, *, saturate: bool = True, record: bool = True, update: bool = True
+    ) -> Quantized:
         """Cast ``x`` with the *current* scale; record its amax (``record``) and :meth:`update` (``update``).
 
         One call per tensor per step, with the defaults, is Transformer Engine's cycle: this step is
@@ -145,5 +156,7 @@ class DelayedScaler(nn.Module):
         return q
 
     def extra_repr(self) -> str:
-        return (f"{self.fmt.name}, history {self.amax_history.numel()}, algo {self.amax_compute_algo!r}, "
-                f"margin {self.margin}")
+        return (
+            f"{self.fmt.name}, history {self.amax_history.numel()}, algo {self.amax_compute_algo!r}, "
+            f"margin {self.margin}"
+        )

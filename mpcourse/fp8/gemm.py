@@ -71,12 +71,16 @@ def fp8_mm(a: Quantized, b: Quantized, *, out_dtype: torch.dtype = torch.float32
     """
     for name, q in (("a", a), ("b", b)):
         if not isinstance(q, Quantized):
-            raise TypeError(f"{name} must be a Quantized (from mpcourse.fp8.quantize), got {type(q).__name__}")
+            raise TypeError(
+                f"{name} must be a Quantized (from mpcourse.fp8.quantize), got {type(q).__name__}"
+            )
         if q.data.dim() != 2:
             raise ValueError(f"{name} must be 2-D, got shape {tuple(q.data.shape)}")
         if q.recipe not in ("tensorwise", "delayed") and q.axis != 1:
-            raise ValueError(f"{name} is quantised along axis {q.axis}; a GEMM operand must be quantised along K "
-                             "(its last axis): quantize(..., axis=-1)")
+            raise ValueError(
+                f"{name} is quantised along axis {q.axis}; a GEMM operand must be quantised along K "
+                "(its last axis): quantize(..., axis=-1)"
+            )
     (m, k), (n, kb_) = a.data.shape, b.data.shape
     if k != kb_:
         raise ValueError(f"inner dimensions differ: a is {m}x{k}, b is {n}x{kb_} (b is (N, K): C = a @ b.T)")
@@ -116,18 +120,23 @@ def cpu_rowwise_scaled_mm() -> bool:
         return False
     one = torch.ones(16, 16).to(torch.float8_e4m3fn)
     try:
-        torch._scaled_mm(one, one.t(), scale_a=torch.ones(16, 1), scale_b=torch.ones(1, 16), out_dtype=torch.bfloat16)
+        torch._scaled_mm(
+            one, one.t(), scale_a=torch.ones(16, 1), scale_b=torch.ones(1, 16), out_dtype=torch.bfloat16
+        )
     except (RuntimeError, NotImplementedError):
         return False
     return True
 
 
-_CPU_ROWWISE = ("this PyTorch's CPU torch._scaled_mm takes only per-tensor (tensorwise) scales; rowwise needs a "
-                "newer PyTorch on the CPU, or a GPU; fp8_mm emulates it anywhere")
+_CPU_ROWWISE = (
+    "this PyTorch's CPU torch._scaled_mm takes only per-tensor (tensorwise) scales; rowwise needs a "
+    "newer PyTorch on the CPU, or a GPU; fp8_mm emulates it anywhere"
+)
 
 
-def scaled_mm_problems(a: Quantized, b: Quantized, device_kind: str = "cuda",
-                       out_dtype: torch.dtype = torch.bfloat16) -> list[str]:
+def scaled_mm_problems(
+    a: Quantized, b: Quantized, device_kind: str = "cuda", out_dtype: torch.dtype = torch.bfloat16
+) -> list[str]:
     """Why ``torch._scaled_mm`` would refuse ``a @ b.T`` on a ``device_kind`` device (empty: it accepts).
 
     The rules are those of PyTorch's ``Blas.cpp`` for CUDA (``"cuda"``); on the CPU (``"cpu"``),
@@ -149,27 +158,41 @@ def scaled_mm_problems(a: Quantized, b: Quantized, device_kind: str = "cuda",
                 "use fp8_mm for the others"
             )
     if names == ("float8_e5m2", "float8_e5m2") and device_kind == "cuda":
-        problems.append("E5M2 x E5M2 is not supported (cuBLASLt); accepted pairs: E4M3 x E4M3, E4M3 x E5M2, "
-                        "E5M2 x E4M3 (gradients in E5M2 meet E4M3 weights or activations)")
+        problems.append(
+            "E5M2 x E5M2 is not supported (cuBLASLt); accepted pairs: E4M3 x E4M3, E4M3 x E5M2, "
+            "E5M2 x E4M3 (gradients in E5M2 meet E4M3 weights or activations)"
+        )
     rowwise = {a.recipe == "rowwise", b.recipe == "rowwise"}
     if device_kind == "cpu" and True in rowwise and not cpu_rowwise_scaled_mm():
         problems.append(_CPU_ROWWISE)
     if rowwise == {True, False}:
-        problems.append("one operand is rowwise and the other tensorwise; _scaled_mm takes both tensorwise "
-                        "(scalar scales) or both rowwise ((M, 1) and (1, N) scales)")
+        problems.append(
+            "one operand is rowwise and the other tensorwise; _scaled_mm takes both tensorwise "
+            "(scalar scales) or both rowwise ((M, 1) and (1, N) scales)"
+        )
     if a.data.dim() != 2 or b.data.dim() != 2:
         problems.append(f"operands must be 2-D; got {tuple(a.data.shape)} and {tuple(b.data.shape)}")
         return problems
     if a.data.shape[1] != b.data.shape[1]:
-        problems.append(f"inner dimensions differ: a is {tuple(a.data.shape)}, b is {tuple(b.data.shape)} (C = a @ b.T)")
+        problems.append(
+            f"inner dimensions differ: a is {tuple(a.data.shape)}, b is {tuple(b.data.shape)} (C = a @ b.T)"
+        )
     if device_kind == "cuda":
         k, n = a.data.shape[1], b.data.shape[0]
         bad = [f"{d}={v}" for d, v in (("K", k), ("N", n)) if v % 16]
         if bad:
-            problems.append(f"on CUDA, K and N must be divisible by 16; got {', '.join(bad)} (pad the operands "
-                            "or keep this layer in bf16)")
-        if a.recipe == "rowwise" and b.recipe == "rowwise" and out_dtype not in (torch.bfloat16, torch.float16):
-            problems.append(f"rowwise scaling on CUDA outputs bf16 or fp16 (on sm_89, and older cuBLAS); got {out_dtype}")
+            problems.append(
+                f"on CUDA, K and N must be divisible by 16; got {', '.join(bad)} (pad the operands "
+                "or keep this layer in bf16)"
+            )
+        if (
+            a.recipe == "rowwise"
+            and b.recipe == "rowwise"
+            and out_dtype not in (torch.bfloat16, torch.float16)
+        ):
+            problems.append(
+                f"rowwise scaling on CUDA outputs bf16 or fp16 (on sm_89, and older cuBLAS); got {out_dtype}"
+            )
     return problems
 
 
@@ -203,7 +226,11 @@ def scaled_mm(
     if not hasattr(torch, "_scaled_mm"):
         raise UnsupportedFP8Error(f"this PyTorch ({torch.__version__}) has no torch._scaled_mm; use fp8_mm")
     if dev.type == "cuda" or native:
-        caps = device_mod.capabilities(kind="cuda") if dev.type == "cuda" else device_mod.capabilities(kind=dev.type)
+        caps = (
+            device_mod.capabilities(kind="cuda")
+            if dev.type == "cuda"
+            else device_mod.capabilities(kind=dev.type)
+        )
         if not caps.fp8_native:
             raise UnsupportedFP8Error(
                 f"native fp8 needs an NVIDIA GPU of compute capability 8.9 (Ada: L4, RTX 40xx) or 9.0+ (Hopper: "
@@ -221,8 +248,9 @@ def scaled_mm(
         scale_a, scale_b = a.scale.float().reshape(()), b.scale.float().reshape(())
     mat1 = a.data.contiguous()
     mat2 = b.data.contiguous().t()  # (K, N), column-major
-    return torch._scaled_mm(mat1, mat2, scale_a=scale_a, scale_b=scale_b, out_dtype=out_dtype,
-                            use_fast_accum=use_fast_accum)
+    return torch._scaled_mm(
+        mat1, mat2, scale_a=scale_a, scale_b=scale_b, out_dtype=out_dtype, use_fast_accum=use_fast_accum
+    )
 
 
 def flops(m: int, k: int, n: int) -> float:

@@ -38,10 +38,8 @@ from torch import nn
 
 from .. import device as device_mod
 from .. import formats
-from ..train import RECIPES as TRAIN_RECIPES
-from ..train import Recipe, register_recipe
 from .delayed import DelayedScaling
-from .gemm import UnsupportedFP8Error, fp8_mm, scaled_mm, scaled_mm_problems
+from .gemm import fp8_mm, scaled_mm, scaled_mm_problems
 from .recipes import Quantized, quantize, resolve
 
 Gemm = Literal["auto", "emulated", "scaled_mm"]
@@ -70,21 +68,31 @@ class FP8Config:
     sources: tuple[str, ...] = field(default=())
 
     def __post_init__(self) -> None:
-        for _role, recipe, fmt in (("input", self.input_recipe, self.forward_format),
-                                  ("weight", self.weight_recipe, self.forward_format),
-                                  ("grad", self.grad_recipe, self.backward_format)):
-            resolve(recipe, fmt, self.block_size if self._blocked(recipe) else None)  # raises for bad combinations
+        for _role, recipe, fmt in (
+            ("input", self.input_recipe, self.forward_format),
+            ("weight", self.weight_recipe, self.forward_format),
+            ("grad", self.grad_recipe, self.backward_format),
+        ):
+            resolve(
+                recipe, fmt, self.block_size if self._blocked(recipe) else None
+            )  # raises for bad combinations
         roles = (self.input_recipe, self.weight_recipe, self.grad_recipe)
         if "delayed" in roles:
             if set(roles) != {"delayed"}:
-                raise ValueError(f"configuration {self.name!r}: delayed scaling applies to every tensor of the layer "
-                                 f"(as in Transformer Engine); got input/weight/grad recipes {roles}")
+                raise ValueError(
+                    f"configuration {self.name!r}: delayed scaling applies to every tensor of the layer "
+                    f"(as in Transformer Engine); got input/weight/grad recipes {roles}"
+                )
             if self.delayed is None:
                 object.__setattr__(self, "delayed", DelayedScaling())
-            if (formats.get(self.forward_format), formats.get(self.backward_format)) != \
-                    (self.delayed.forward_format, self.delayed.backward_format):
-                raise ValueError(f"configuration {self.name!r}: formats {self.forward_format}/{self.backward_format} "
-                                 f"differ from the DelayedScaling's fp8_format {self.delayed.fp8_format!r}")
+            if (formats.get(self.forward_format), formats.get(self.backward_format)) != (
+                self.delayed.forward_format,
+                self.delayed.backward_format,
+            ):
+                raise ValueError(
+                    f"configuration {self.name!r}: formats {self.forward_format}/{self.backward_format} "
+                    f"differ from the DelayedScaling's fp8_format {self.delayed.fp8_format!r}"
+                )
 
     @staticmethod
     def _blocked(recipe: str) -> bool:
@@ -101,20 +109,54 @@ class FP8Config:
 CONFIGS: dict[str, FP8Config] = {
     c.name: c
     for c in (
-        FP8Config("fp8_tensorwise", "current per-tensor scaling, E4M3 forward and E5M2 gradients (TE Float8CurrentScaling, "
-                  "torchao 'tensorwise')", sources=("nvidia-te-recipes", "torchao-float8")),
-        FP8Config("fp8_delayed", "delayed per-tensor scaling from a 1024-step amax history, E4M3 forward, E5M2 gradients "
-                  "(TE DelayedScaling defaults)", "delayed", "delayed", "delayed", delayed=DelayedScaling(),
-                  sources=("nvidia-te-recipes",)),
-        FP8Config("fp8_rowwise", "per-row scales (rounded to powers of two), E4M3 for every tensor (torchao 'rowwise')",
-                  "rowwise", "rowwise", "rowwise", backward_format="float8_e4m3fn", pow2_scales=True,
-                  sources=("torchao-float8",)),
-        FP8Config("fp8_blockwise", "1x128 blocks for activations and gradients, 128x128 tiles for weights, E4M3 for every "
-                  "tensor (DeepSeek-V3)", "blockwise", "blockwise_2d", "blockwise", backward_format="float8_e4m3fn",
-                  block_size=128, sources=("deepseek2024v3", "nvidia-te-blockwise")),
-        FP8Config("mxfp8", "MX: one power-of-two (E8M0) scale per 32 elements, E4M3 for every tensor (OCP MX; TE "
-                  "MXFP8BlockScaling)", "mx", "mx", "mx", backward_format="float8_e4m3fn", block_size=32,
-                  sources=("ocp2023mx", "nvidia-te-recipes")),
+        FP8Config(
+            "fp8_tensorwise",
+            "current per-tensor scaling, E4M3 forward and E5M2 gradients (TE Float8CurrentScaling, "
+            "torchao 'tensorwise')",
+            sources=("nvidia-te-recipes", "torchao-float8"),
+        ),
+        FP8Config(
+            "fp8_delayed",
+            "delayed per-tensor scaling from a 1024-step amax history, E4M3 forward, E5M2 gradients "
+            "(TE DelayedScaling defaults)",
+            "delayed",
+            "delayed",
+            "delayed",
+            delayed=DelayedScaling(),
+            sources=("nvidia-te-recipes",),
+        ),
+        FP8Config(
+            "fp8_rowwise",
+            "per-row scales (rounded to powers of two), E4M3 for every tensor (torchao 'rowwise')",
+            "rowwise",
+            "rowwise",
+            "rowwise",
+            backward_format="float8_e4m3fn",
+            pow2_scales=True,
+            sources=("torchao-float8",),
+        ),
+        FP8Config(
+            "fp8_blockwise",
+            "1x128 blocks for activations and gradients, 128x128 tiles for weights, E4M3 for every "
+            "tensor (DeepSeek-V3)",
+            "blockwise",
+            "blockwise_2d",
+            "blockwise",
+            backward_format="float8_e4m3fn",
+            block_size=128,
+            sources=("deepseek2024v3", "nvidia-te-blockwise"),
+        ),
+        FP8Config(
+            "mxfp8",
+            "MX: one power-of-two (E8M0) scale per 32 elements, E4M3 for every tensor (OCP MX; TE "
+            "MXFP8BlockScaling)",
+            "mx",
+            "mx",
+            "mx",
+            backward_format="float8_e4m3fn",
+            block_size=32,
+            sources=("ocp2023mx", "nvidia-te-recipes"),
+        ),
     )
 }
 
@@ -124,7 +166,9 @@ def get_config(config: str | FP8Config) -> FP8Config:
     if isinstance(config, FP8Config):
         return config
     if config not in CONFIGS:
-        raise ValueError(f"unknown fp8 configuration {config!r}; accepted: {', '.join(CONFIGS)} or an FP8Config")
+        raise ValueError(
+            f"unknown fp8 configuration {config!r}; accepted: {', '.join(CONFIGS)} or an FP8Config"
+        )
     return CONFIGS[config]
 
 
@@ -153,7 +197,9 @@ class FP8LinearFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, layer: FP8Linear) -> torch.Tensor:
+    def forward(
+        ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, layer: FP8Linear
+    ) -> torch.Tensor:
         dev = x.device.type
         out_dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
         with torch.autocast(dev, enabled=False):  # the layer chooses its own formats
@@ -183,8 +229,10 @@ class FP8LinearFunction(torch.autograd.Function):
             dx = layer.matmul(q_dy, layer.quantize_transposed("weight", w, qw))
             # weight-gradient GEMM: dw = dy^T x, inner dimension the tokens (padded to whole blocks)
             pad = layer.wgrad_block()
-            dw = layer.matmul(layer.quantize_transposed("grad_output", dy, q_dy, pad=pad),
-                              layer.quantize_transposed("input", x2, qx, pad=pad))
+            dw = layer.matmul(
+                layer.quantize_transposed("grad_output", dy, q_dy, pad=pad),
+                layer.quantize_transposed("input", x2, qx, pad=pad),
+            )
         db = dy.sum(0) if has_bias else None
         # Straight through: dx and dw are the gradients of x and w, as if quantising were the identity.
         return dx.reshape(x_shape).to(x_dtype), dw.to(w_dtype), db, None
@@ -203,9 +251,17 @@ class FP8Linear(nn.Linear):
             fp8 units for tensor/row scaling and shapes it accepts, the emulation otherwise).
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
-                 config: str | FP8Config = "fp8_tensorwise", gemm: Gemm = "auto",
-                 device: Any = None, dtype: Any = None) -> None:
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        config: str | FP8Config = "fp8_tensorwise",
+        gemm: Gemm = "auto",
+        device: Any = None,
+        dtype: Any = None,
+    ) -> None:
         super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
         if gemm not in GEMMS:
             raise ValueError(f"gemm={gemm!r}; accepted: {', '.join(GEMMS)}")
@@ -214,8 +270,11 @@ class FP8Linear(nn.Linear):
         self.scalers = nn.ModuleDict()
         cfg = self.config
         if cfg.delayed is not None:
-            for role, recipe, backward in (("input", cfg.input_recipe, False), ("weight", cfg.weight_recipe, False),
-                                           ("grad_output", cfg.grad_recipe, True)):
+            for role, recipe, backward in (
+                ("input", cfg.input_recipe, False),
+                ("weight", cfg.weight_recipe, False),
+                ("grad_output", cfg.grad_recipe, True),
+            ):
                 if recipe == "delayed":
                     scaler = cfg.delayed.scaler(backward)
                     self.scalers[role] = scaler.to(self.weight.device)
@@ -223,10 +282,18 @@ class FP8Linear(nn.Linear):
         self._native: bool | None = None
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, config: str | FP8Config = "fp8_tensorwise", gemm: Gemm = "auto") -> FP8Linear:
+    def from_linear(
+        cls, linear: nn.Linear, config: str | FP8Config = "fp8_tensorwise", gemm: Gemm = "auto"
+    ) -> FP8Linear:
         """An FP8Linear sharing ``linear``'s parameters (the same Parameter objects)."""
-        new = cls(linear.in_features, linear.out_features, linear.bias is not None, config=config, gemm=gemm,
-                  device="meta")
+        new = cls(
+            linear.in_features,
+            linear.out_features,
+            linear.bias is not None,
+            config=config,
+            gemm=gemm,
+            device="meta",
+        )
         new.weight = linear.weight
         new.bias = linear.bias
         for scaler in new.scalers.values():
@@ -258,7 +325,9 @@ class FP8Linear(nn.Linear):
         """``q`` if backward can reuse it transposed (one scale per tensor), else None (not kept)."""
         return q if self.tensor_scaled(role) else None
 
-    def quantize_transposed(self, role: str, t: torch.Tensor, cast: Quantized | None, *, pad: int = 1) -> Quantized:
+    def quantize_transposed(
+        self, role: str, t: torch.Tensor, cast: Quantized | None, *, pad: int = 1
+    ) -> Quantized:
         """Operand ``t.T`` of a backward GEMM, quantised along its last axis (``t``'s first).
 
         A tensor-scaled ``cast`` of ``t`` is reused: transposing changes neither its fp8 data nor
@@ -280,8 +349,14 @@ class FP8Linear(nn.Linear):
         if recipe == "delayed":
             record = record and self.training
             return self.scalers[role].quantize(t, record=record, update=record)
-        return quantize(t, recipe, fmt, block_size=self.config.block_of(recipe), axis=-1,
-                        pow2_scales=self.config.pow2_scales)
+        return quantize(
+            t,
+            recipe,
+            fmt,
+            block_size=self.config.block_of(recipe),
+            axis=-1,
+            pow2_scales=self.config.pow2_scales,
+        )
 
     def _fp8_native(self, dev: torch.device) -> bool:
         if self._native is None:
@@ -312,8 +387,13 @@ class FP8Linear(nn.Linear):
 # ---- converting a model -------------------------------------------------------------------------
 
 
-def plan(model: nn.Module, config: str | FP8Config = "fp8_tensorwise", *, skip_first_last: bool = True,
-         module_filter: Callable[[str, nn.Linear], bool] | None = None) -> pd.DataFrame:
+def plan(
+    model: nn.Module,
+    config: str | FP8Config = "fp8_tensorwise",
+    *,
+    skip_first_last: bool = True,
+    module_filter: Callable[[str, nn.Linear], bool] | None = None,
+) -> pd.DataFrame:
     """Which linear layers :func:`convert_to_fp8` would convert, and why the others stay as they are.
 
     One row per ``nn.Linear``: name, in/out features, and ``fp8`` (True/False) with the reason.
@@ -328,23 +408,52 @@ def plan(model: nn.Module, config: str | FP8Config = "fp8_tensorwise", *, skip_f
     for i, (name, m) in enumerate(linears):
         reason = "converted"
         fp8 = True
-        blocks = {b for b in (cfg.block_of(cfg.input_recipe), cfg.block_of(cfg.weight_recipe), cfg.block_of(cfg.grad_recipe)) if b}
+        blocks = {
+            b
+            for b in (
+                cfg.block_of(cfg.input_recipe),
+                cfg.block_of(cfg.weight_recipe),
+                cfg.block_of(cfg.grad_recipe),
+            )
+            if b
+        }
         if isinstance(m, FP8Linear):
             fp8, reason = True, "already fp8"
         elif skip_first_last and len(linears) > 1 and i in (0, len(linears) - 1):
-            fp8, reason = False, "first linear layer: kept in higher precision" if i == 0 else \
-                "last linear layer (output head): kept in higher precision"
+            fp8, reason = (
+                False,
+                "first linear layer: kept in higher precision"
+                if i == 0
+                else "last linear layer (output head): kept in higher precision",
+            )
         elif any(m.in_features % b or m.out_features % b for b in blocks):
-            fp8, reason = False, f"in/out features ({m.in_features}, {m.out_features}) not divisible by the block size {sorted(blocks)}"
+            fp8, reason = (
+                False,
+                f"in/out features ({m.in_features}, {m.out_features}) not divisible by the block size {sorted(blocks)}",
+            )
         elif module_filter is not None and not module_filter(name, m):
             fp8, reason = False, "rejected by module_filter"
-        rows.append({"layer": name, "in_features": m.in_features, "out_features": m.out_features, "fp8": fp8, "reason": reason})
+        rows.append(
+            {
+                "layer": name,
+                "in_features": m.in_features,
+                "out_features": m.out_features,
+                "fp8": fp8,
+                "reason": reason,
+            }
+        )
     return pd.DataFrame(rows, columns=["layer", "in_features", "out_features", "fp8", "reason"])
 
 
-def convert_to_fp8(model: nn.Module, config: str | FP8Config = "fp8_tensorwise", *, gemm: Gemm = "auto",
-                   skip_first_last: bool = True, module_filter: Callable[[str, nn.Linear], bool] | None = None,
-                   verbose: bool = False) -> nn.Module:
+def convert_to_fp8(
+    model: nn.Module,
+    config: str | FP8Config = "fp8_tensorwise",
+    *,
+    gemm: Gemm = "auto",
+    skip_first_last: bool = True,
+    module_filter: Callable[[str, nn.Linear], bool] | None = None,
+    verbose: bool = False,
+) -> nn.Module:
     """Swap the eligible ``nn.Linear`` layers of ``model`` for :class:`FP8Linear`, in place; returns ``model``.
 
     The swapped layers keep their Parameter objects, so an optimizer built before or after sees the
@@ -360,119 +469,20 @@ def convert_to_fp8(model: nn.Module, config: str | FP8Config = "fp8_tensorwise",
                 setattr(module, child_name, FP8Linear.from_linear(child, cfg, gemm))
     if verbose:
         kept = table[~table["fp8"]]
-        print(f"[{cfg.name}] {len(chosen)} linear layer(s) in fp8; kept in higher precision: "
-              + ("; ".join(f"{r.layer} ({r.reason})" for r in kept.itertuples()) or "none"))
+        print(
+            f"[{cfg.name}] {len(chosen)} linear layer(s) in fp8; kept in higher precision: "
+            + ("; ".join(f"{r.layer} ({r.reason})" for r in kept.itertuples()) or "none")
+        )
     return model
 
-
-# ---- torchao (real fp8 training on sm_89+) ---------------------------------------------------------
-
-TORCHAO_RECIPES: tuple[str, ...] = ("tensorwise", "rowwise", "rowwise_with_gw_hp")
-
-
-def torchao_status(caps: device_mod.Capabilities | None = None) -> tuple[bool, str]:
-    """Whether torchao's fp8 training can run here, and why not if it cannot."""
-    caps = caps or device_mod.capabilities()
-    if caps.kind != "cuda" or not caps.fp8_native:
-        return False, (f"torchao's float8 training needs fp8 tensor cores (NVIDIA sm_89+, AMD MI300+); this is "
-                       f"{caps.describe()}, so the course emulates fp8 instead")
-    try:
-        import torchao
-        from torchao.float8 import Float8LinearConfig, convert_to_float8_training  # noqa: F401
-    except ImportError as err:
-        return False, f"torchao is not installed or too old ({err}); `pip install torchao` to use it"
-    except Exception as err:  # noqa: BLE001 - a torchao built for another torch fails in many ways at import
-        return False, (f"torchao is installed but does not load with torch {torch.__version__} "
-                       f"({type(err).__name__}: {err}); install the torchao release made for this torch")
-    return True, f"torchao {getattr(torchao, '__version__', '?')} on {caps.describe()}"
-
-
-def torchao_plan(model: nn.Module, *, skip_first_last: bool = True) -> pd.DataFrame:
-    """Which linear layers :func:`torchao_convert` converts, in the format of :func:`plan`: the first
-    and last stay in higher precision, and so does a layer with in/out features not divisible by 16
-    (``torch._scaled_mm`` needs that)."""
-    table = plan(model, "fp8_tensorwise", skip_first_last=skip_first_last)
-    odd = table["fp8"] & ((table["in_features"] % 16 != 0) | (table["out_features"] % 16 != 0))
-    table.loc[odd, "fp8"] = False
-    table.loc[odd, "reason"] = [f"in/out features ({i}, {o}) not divisible by 16 (torch._scaled_mm)"
-                                for i, o in zip(table.loc[odd, "in_features"], table.loc[odd, "out_features"])]
-    return table
-
-
-def torchao_convert(model: nn.Module, recipe: str = "tensorwise", *, skip_first_last: bool = True) -> nn.Module:
-    """``torchao.float8.convert_to_float8_training`` with a recipe name, keeping first/last layers and
-    layers with dimensions not divisible by 16 in higher precision (what ``torch._scaled_mm`` needs).
-
-    Raises:
-        UnsupportedFP8Error: where torchao's fp8 training cannot run (see :func:`torchao_status`).
-        ValueError: for an unknown recipe name.
-    """
-    if recipe not in TORCHAO_RECIPES:
-        raise ValueError(f"unknown torchao recipe {recipe!r}; accepted: {', '.join(TORCHAO_RECIPES)}")
-    ok, why = torchao_status()
-    if not ok:
-        raise UnsupportedFP8Error(why)
-    from torchao.float8 import Float8LinearConfig, convert_to_float8_training
-
-    table = torchao_plan(model, skip_first_last=skip_first_last)
-    chosen = set(table.loc[table["fp8"], "layer"])
-
-    def keep(module: nn.Module, fqn: str) -> bool:
-        return not isinstance(module, nn.Linear) or fqn in chosen
-
-    return convert_to_float8_training(model, config=Float8LinearConfig.from_recipe_name(recipe), module_filter_fn=keep)
-
-
-# ---- training recipes ---------------------------------------------------------------------------
-
-
-def _prepare(config: str) -> Callable[[nn.Module], nn.Module]:
-    def prepare(model: nn.Module) -> nn.Module:
-        return convert_to_fp8(model, config, verbose=True)
-
-    return prepare
-
-
-def _prepare_torchao(recipe: str) -> Callable[[nn.Module], nn.Module]:
-    def prepare(model: nn.Module) -> nn.Module:
-        return torchao_convert(model, recipe)
-
-    return prepare
-
-
-def training_recipes() -> tuple[Recipe, ...]:
-    """The fp8 training recipes: :data:`CONFIGS` (emulated anywhere, real GEMMs where possible) and
-    torchao's (sm_89+ only). :data:`mpcourse.train.RECIPES` loads them on first use."""
-    ours = tuple(Recipe(cfg.name, f"fp8 linear layers: {cfg.description}; the rest under bf16 autocast, fp32 master "
-                        "weights", autocast_dtype=torch.bfloat16, precision="fp8", prepare_model=_prepare(cfg.name))
-                 for cfg in CONFIGS.values())
-    torchao = tuple(Recipe(f"torchao_{name}", f"torchao's float8 training, recipe '{name}' (needs sm_89+), the rest under "
-                           "bf16 autocast", autocast_dtype=torch.bfloat16, precision="fp8",
-                           prepare_model=_prepare_torchao(name))
-                    for name in ("tensorwise", "rowwise"))
-    return ours + torchao
-
-
-def register_training_recipes() -> None:
-    """Register any of :func:`training_recipes` missing from :data:`mpcourse.train.RECIPES` (after a
-    test removed some, say: the registry loads them by itself). Idempotent."""
-    for recipe in training_recipes():
-        if recipe.name not in TRAIN_RECIPES:
-            register_recipe(recipe)
 
 __all__ = [
     "CONFIGS",
     "GEMMS",
-    "TORCHAO_RECIPES",
     "FP8Config",
     "FP8Linear",
     "FP8LinearFunction",
     "convert_to_fp8",
     "get_config",
     "plan",
-    "register_training_recipes",
-    "torchao_convert",
-    "torchao_plan",
-    "torchao_status",
-    "training_recipes",
 ]

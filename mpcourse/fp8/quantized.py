@@ -17,7 +17,14 @@ import torch
 from .. import formats
 
 __all__ = [
-    "E8M0_DTYPE", "Quantized", "dequantize", "e8m0_to_float", "error_stats", "expand_blocks", "float_to_e8m0", "pow2",
+    "E8M0_DTYPE",
+    "Quantized",
+    "dequantize",
+    "e8m0_to_float",
+    "error_stats",
+    "expand_blocks",
+    "float_to_e8m0",
+    "pow2",
 ]
 
 #: torch's dtype for E8M0 scales (None in a PyTorch without it: MX scales are then kept as float32).
@@ -84,8 +91,10 @@ class Quantized:
 
     def __repr__(self) -> str:
         block = f", block {self.block_size}" if self.block_size else ""
-        return (f"Quantized({self.recipe}, {self.fmt.name}{block}, shape {tuple(self.data.shape)}, "
-                f"{self.scale.numel()} scale(s), {self.bits_per_element:.3f} bits/element)")
+        return (
+            f"Quantized({self.recipe}, {self.fmt.name}{block}, shape {tuple(self.data.shape)}, "
+            f"{self.scale.numel()} scale(s), {self.bits_per_element:.3f} bits/element)"
+        )
 
 
 def expand_blocks(scale: torch.Tensor, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
@@ -125,7 +134,11 @@ def float_to_e8m0(scale: torch.Tensor) -> torch.Tensor:
     if E8M0_DTYPE is None:
         return scale
     _, e = torch.frexp(scale)
-    biased = torch.where(torch.isfinite(scale), (e.to(torch.int32) - 1 + 127).clamp(0, 254), torch.full_like(e, 255, dtype=torch.int32))
+    biased = torch.where(
+        torch.isfinite(scale),
+        (e.to(torch.int32) - 1 + 127).clamp(0, 254),
+        torch.full_like(e, 255, dtype=torch.int32),
+    )
     return biased.to(torch.uint8).view(E8M0_DTYPE)
 
 
@@ -161,9 +174,13 @@ def error_stats(x: torch.Tensor, q: Quantized | torch.Tensor) -> dict[str, float
     diff = torch.where(finite, xhat - x64, torch.zeros_like(x64))
     signal, noise = torch.linalg.norm(x64).item(), torch.linalg.norm(diff).item()
     nonzero = x64 != 0
-    if isinstance(q, Quantized):  # stored at ±max although the scaled value was beyond the rounding tie above max
+    if isinstance(
+        q, Quantized
+    ):  # stored at ±max although the scaled value was beyond the rounding tie above max
         tie = q.fmt.max + float(q.fmt.spacing(q.fmt.max)) / 2
-        saturated = ((data.abs() == q.fmt.max) & (x64.abs() > tie * scale.double())).sum().item() / max(x64.numel(), 1)
+        saturated = ((data.abs() == q.fmt.max) & (x64.abs() > tie * scale.double())).sum().item() / max(
+            x64.numel(), 1
+        )
     else:
         saturated = math.nan
     return {

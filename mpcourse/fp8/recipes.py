@@ -50,11 +50,22 @@ Granularity = Literal["tensor", "row", "block", "block2d"]
 
 #: Element formats a recipe can store into (every signed format of at most 8 bits).
 ELEMENT_FORMATS: tuple[str, ...] = (
-    "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz",
-    "float6_e2m3fn", "float6_e3m2fn", "float4_e2m1fn",
+    "float8_e4m3fn",
+    "float8_e5m2",
+    "float8_e4m3fnuz",
+    "float8_e5m2fnuz",
+    "float6_e2m3fn",
+    "float6_e3m2fn",
+    "float4_e2m1fn",
 )
 FP8_FORMATS: tuple[str, ...] = ELEMENT_FORMATS[:4]
-MX_FORMATS: tuple[str, ...] = ("float8_e4m3fn", "float8_e5m2", "float6_e2m3fn", "float6_e3m2fn", "float4_e2m1fn")
+MX_FORMATS: tuple[str, ...] = (
+    "float8_e4m3fn",
+    "float8_e5m2",
+    "float6_e2m3fn",
+    "float6_e3m2fn",
+    "float4_e2m1fn",
+)
 
 E4M3 = formats.get("e4m3")
 E5M2 = formats.get("e5m2")
@@ -85,33 +96,74 @@ RECIPES: dict[str, ScalingRecipe] = {
     r.name: r
     for r in (
         ScalingRecipe(
-            "tensorwise", "one fp32 scale per tensor, from the tensor's own amax (\"current\" or \"dynamic\" scaling)",
-            "tensor", None, "float32", "float8_e4m3fn", ELEMENT_FORMATS,
+            "tensorwise",
+            'one fp32 scale per tensor, from the tensor\'s own amax ("current" or "dynamic" scaling)',
+            "tensor",
+            None,
+            "float32",
+            "float8_e4m3fn",
+            ELEMENT_FORMATS,
             ("micikevicius2022fp8", "nvidia-te-recipes", "torchao-float8"),
         ),
         ScalingRecipe(
-            "delayed", "one fp32 scale per tensor, from the largest amax of the previous steps (an amax history)",
-            "tensor", None, "float32", "float8_e4m3fn", FP8_FORMATS, ("nvidia-te-recipes",),
+            "delayed",
+            "one fp32 scale per tensor, from the largest amax of the previous steps (an amax history)",
+            "tensor",
+            None,
+            "float32",
+            "float8_e4m3fn",
+            FP8_FORMATS,
+            ("nvidia-te-recipes",),
         ),
         ScalingRecipe(
-            "rowwise", "one fp32 scale per row: per slice along the GEMM's inner (K) dimension",
-            "row", None, "float32", "float8_e4m3fn", ELEMENT_FORMATS, ("torchao-float8",),
+            "rowwise",
+            "one fp32 scale per row: per slice along the GEMM's inner (K) dimension",
+            "row",
+            None,
+            "float32",
+            "float8_e4m3fn",
+            ELEMENT_FORMATS,
+            ("torchao-float8",),
         ),
         ScalingRecipe(
-            "blockwise", "one fp32 scale per 1 x B block along K (DeepSeek-V3: 1 x 128 for activations and gradients)",
-            "block", 128, "float32", "float8_e4m3fn", ELEMENT_FORMATS, ("deepseek2024v3", "nvidia-te-blockwise"),
+            "blockwise",
+            "one fp32 scale per 1 x B block along K (DeepSeek-V3: 1 x 128 for activations and gradients)",
+            "block",
+            128,
+            "float32",
+            "float8_e4m3fn",
+            ELEMENT_FORMATS,
+            ("deepseek2024v3", "nvidia-te-blockwise"),
         ),
         ScalingRecipe(
-            "blockwise_2d", "one fp32 scale per B x B tile (DeepSeek-V3: 128 x 128 for weights)",
-            "block2d", 128, "float32", "float8_e4m3fn", ELEMENT_FORMATS, ("deepseek2024v3", "nvidia-te-blockwise"),
+            "blockwise_2d",
+            "one fp32 scale per B x B tile (DeepSeek-V3: 128 x 128 for weights)",
+            "block2d",
+            128,
+            "float32",
+            "float8_e4m3fn",
+            ELEMENT_FORMATS,
+            ("deepseek2024v3", "nvidia-te-blockwise"),
         ),
         ScalingRecipe(
-            "mx", "OCP microscaling: one E8M0 (power-of-two) scale per 32 consecutive elements along K",
-            "block", 32, "float8_e8m0fnu", "float8_e4m3fn", MX_FORMATS, ("ocp2023mx",),
+            "mx",
+            "OCP microscaling: one E8M0 (power-of-two) scale per 32 consecutive elements along K",
+            "block",
+            32,
+            "float8_e8m0fnu",
+            "float8_e4m3fn",
+            MX_FORMATS,
+            ("ocp2023mx",),
         ),
         ScalingRecipe(
-            "nvfp4", "NVIDIA's NVFP4: E2M1 elements, one E4M3 scale per 16 elements along K, one fp32 scale per tensor",
-            "block", 16, "float8_e4m3fn x float32", "float4_e2m1fn", ("float4_e2m1fn",), ("nvidia-te-nvfp4",),
+            "nvfp4",
+            "NVIDIA's NVFP4: E2M1 elements, one E4M3 scale per 16 elements along K, one fp32 scale per tensor",
+            "block",
+            16,
+            "float8_e4m3fn x float32",
+            "float4_e2m1fn",
+            ("float4_e2m1fn",),
+            ("nvidia-te-nvfp4",),
         ),
     )
 }
@@ -133,7 +185,9 @@ ALIASES: dict[str, tuple[str, str | None, int | None]] = {
 MX_SCALE_ROUNDINGS: tuple[str, ...] = ("floor", "rceil")
 
 
-def resolve(recipe: str, fmt: Any = None, block_size: int | None = None) -> tuple[ScalingRecipe, formats.FloatFormat, int | None]:
+def resolve(
+    recipe: str, fmt: Any = None, block_size: int | None = None
+) -> tuple[ScalingRecipe, formats.FloatFormat, int | None]:
     """The recipe, element format and block size that ``quantize(x, recipe, fmt, block_size=...)`` uses.
 
     Raises:
@@ -153,8 +207,10 @@ def resolve(recipe: str, fmt: Any = None, block_size: int | None = None) -> tupl
         )
     spec = RECIPES[key]
     if alias_fmt is not None and fmt is not None and formats.get(fmt).name != alias_fmt:
-        raise ValueError(f"recipe {recipe!r} means {alias_fmt} elements; got fmt={formats.get(fmt).name!r}. "
-                         f"Use recipe {key!r} to choose the format yourself.")
+        raise ValueError(
+            f"recipe {recipe!r} means {alias_fmt} elements; got fmt={formats.get(fmt).name!r}. "
+            f"Use recipe {key!r} to choose the format yourself."
+        )
     chosen = formats.get(fmt if fmt is not None else (alias_fmt or spec.default_format))
     if chosen.name not in spec.formats:
         raise ValueError(
@@ -165,7 +221,9 @@ def resolve(recipe: str, fmt: Any = None, block_size: int | None = None) -> tupl
     size = block_size if block_size is not None else (alias_block or spec.block_size)
     if spec.granularity in ("tensor", "row"):
         if block_size is not None:
-            raise ValueError(f"recipe {spec.name!r} has no blocks; block_size is only for blockwise, blockwise_2d, mx, nvfp4")
+            raise ValueError(
+                f"recipe {spec.name!r} has no blocks; block_size is only for blockwise, blockwise_2d, mx, nvfp4"
+            )
         size = None
     elif not isinstance(size, int) or size < 1:
         raise ValueError(f"block_size must be a positive integer, got {size!r}")
@@ -207,8 +265,10 @@ def _moved(x: torch.Tensor, axis: int, granularity: str) -> tuple[torch.Tensor, 
     if axis == x.dim() - 1:
         return x.reshape(-1, x.shape[-1]), axis
     if x.dim() != 2:
-        raise ValueError(f"blocks along axis {axis} need a 2-D tensor (got {x.dim()}-D); "
-                         "use axis=-1, or reshape to 2-D first")
+        raise ValueError(
+            f"blocks along axis {axis} need a 2-D tensor (got {x.dim()}-D); "
+            "use axis=-1, or reshape to 2-D first"
+        )
     return x.t(), axis
 
 
@@ -234,16 +294,22 @@ def _check_divides(length: int, block: int, what: str, recipe: str, padded_name:
     if length % block == 0:
         return
     padded = -(-length // block) * block
-    pad = (f"pad {padded_name} with zeros to {padded}, the next multiple of {block} (zeros change no block's scale "
-           "and add nothing to a GEMM)")
+    pad = (
+        f"pad {padded_name} with zeros to {padded}, the next multiple of {block} (zeros change no block's scale "
+        "and add nothing to a GEMM)"
+    )
     if recipe in SPEC_BLOCKS:
         fixed, spec = SPEC_BLOCKS[recipe]
         size = f"fixed by {spec}" if block == fixed else f"{spec} fixes {fixed}"
-        raise ValueError(f"recipe {recipe!r} uses blocks of {block} elements ({size}), which do not divide {what} "
-                         f"({length}): {pad}")
+        raise ValueError(
+            f"recipe {recipe!r} uses blocks of {block} elements ({size}), which do not divide {what} "
+            f"({length}): {pad}"
+        )
     divisors = [b for b in (16, 32, 64, 128, 256) if length % b == 0]
     if divisors:
-        other = f"choose a block size that divides {length}, such as {' or '.join(map(str, divisors))}, or {pad}"
+        other = (
+            f"choose a block size that divides {length}, such as {' or '.join(map(str, divisors))}, or {pad}"
+        )
     else:
         other = f"{pad} (no power of two from 16 to 256 divides {length})"
     raise ValueError(f"recipe {recipe!r}: block size {block} does not divide {what} ({length}); {other}")
@@ -312,32 +378,47 @@ def quantize(
     """
     spec, fmt, block = resolve(recipe, fmt, block_size)
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-        raise TypeError(f"quantize expects a floating-point tensor, got {type(x).__name__} {getattr(x, 'dtype', '')}")
+        raise TypeError(
+            f"quantize expects a floating-point tensor, got {type(x).__name__} {getattr(x, 'dtype', '')}"
+        )
     if mx_scale_rounding not in MX_SCALE_ROUNDINGS:
-        raise ValueError(f"mx_scale_rounding={mx_scale_rounding!r}; accepted: {', '.join(MX_SCALE_ROUNDINGS)}")
+        raise ValueError(
+            f"mx_scale_rounding={mx_scale_rounding!r}; accepted: {', '.join(MX_SCALE_ROUNDINGS)}"
+        )
     if x.dim() and (isinstance(axis, bool) or not isinstance(axis, int) or not -x.dim() <= axis < x.dim()):
-        raise ValueError(f"axis={axis!r} is not a dimension of a {x.dim()}-D tensor (shape {tuple(x.shape)}); "
-                         f"accepted: {-x.dim()} to {x.dim() - 1}")
+        raise ValueError(
+            f"axis={axis!r} is not a dimension of a {x.dim()}-D tensor (shape {tuple(x.shape)}); "
+            f"accepted: {-x.dim()} to {x.dim() - 1}"
+        )
     if spec.granularity != "tensor" and x.dim() and x.shape[axis] == 0:
-        raise ValueError(f"recipe {spec.name!r} scales along axis {axis}, which is empty (shape {tuple(x.shape)}): "
-                         "no elements to choose a scale from")
+        raise ValueError(
+            f"recipe {spec.name!r} scales along axis {axis}, which is empty (shape {tuple(x.shape)}): "
+            "no elements to choose a scale from"
+        )
     x = x.detach().float()
     if spec.name == "delayed":
         if scaler is None:
-            raise ValueError("recipe 'delayed' needs scaler=DelayedScaler(...): its scale comes from the amax "
-                             "history of earlier steps, which a single tensor does not have")
+            raise ValueError(
+                "recipe 'delayed' needs scaler=DelayedScaler(...): its scale comes from the amax "
+                "history of earlier steps, which a single tensor does not have"
+            )
         return scaler.quantize(x, saturate=saturate)
     if spec.granularity == "tensor":
-        scale = _amax_scale(x.abs().amax() if x.numel() else torch.zeros((), device=x.device), fmt, pow2_scales)
-        return Quantized(cast(x / scale, fmt, saturate=saturate), scale, spec.name, fmt, None, axis % max(x.dim(), 1))
+        scale = _amax_scale(
+            x.abs().amax() if x.numel() else torch.zeros((), device=x.device), fmt, pow2_scales
+        )
+        return Quantized(
+            cast(x / scale, fmt, saturate=saturate), scale, spec.name, fmt, None, axis % max(x.dim(), 1)
+        )
 
     x2, ax = _moved(x, axis, spec.granularity)
     rows, length = x2.shape
     if spec.granularity == "row":
         scale2 = _amax_scale(x2.abs().amax(dim=1, keepdim=True), fmt, pow2_scales)
         data2 = cast(x2 / scale2, fmt, saturate=saturate)
-        return Quantized(_restore(data2, x.shape, ax, length), _restore(scale2, x.shape, ax, 1),
-                         spec.name, fmt, None, ax)
+        return Quantized(
+            _restore(data2, x.shape, ax, length), _restore(scale2, x.shape, ax, 1), spec.name, fmt, None, ax
+        )
 
     assert block is not None
     if spec.granularity == "block2d":
@@ -348,8 +429,9 @@ def quantize(
         tiles = x2.reshape(rows // block, block, length // block, block)
         scale2 = _amax_scale(tiles.abs().amax(dim=(1, 3)), fmt, pow2_scales)
         data2 = cast(x2 / expand_blocks(scale2, x2.shape), fmt, saturate=saturate)
-        return Quantized(_restore(data2, x.shape, ax, length), scale2 if ax == 1 else scale2.t(),
-                         spec.name, fmt, block, ax)
+        return Quantized(
+            _restore(data2, x.shape, ax, length), scale2 if ax == 1 else scale2.t(), spec.name, fmt, block, ax
+        )
 
     _check_divides(length, block, "K, the length along the scaled axis", spec.name)
     blocks = x2.reshape(rows, length // block, block)
@@ -362,20 +444,32 @@ def quantize(
     elif spec.name == "nvfp4":
         global_amax = x.abs().amax() if x.numel() else torch.zeros((), device=x.device)
         tensor_scale = global_amax / (E4M3.max * fmt.max)  # TE: s_global = amax / (448 * 6)
-        tensor_scale = torch.where(torch.isfinite(tensor_scale) & (tensor_scale > 0), tensor_scale,
-                                   torch.ones_like(tensor_scale))
+        tensor_scale = torch.where(
+            torch.isfinite(tensor_scale) & (tensor_scale > 0), tensor_scale, torch.ones_like(tensor_scale)
+        )
         stored = cast((amax / fmt.max) / tensor_scale, E4M3, saturate=True)  # s_block, stored in E4M3
         divisor = expand_blocks(stored.float() * tensor_scale, x2.shape)
     else:
         scale2 = _amax_scale(amax, fmt, pow2_scales)
         divisor = expand_blocks(scale2, x2.shape)
         stored = scale2
-    scaled = torch.where(divisor > 0, x2 / divisor, torch.zeros_like(x2))  # an E4M3 block scale can round to 0
+    scaled = torch.where(
+        divisor > 0, x2 / divisor, torch.zeros_like(x2)
+    )  # an E4M3 block scale can round to 0
     data2 = cast(scaled, fmt, saturate=saturate)
-    return Quantized(_restore(data2, x.shape, ax, length), _restore(stored, x.shape, ax, length // block),
-                     spec.name, fmt, block, ax, tensor_scale)
+    return Quantized(
+        _restore(data2, x.shape, ax, length),
+        _restore(stored, x.shape, ax, length // block),
+        spec.name,
+        fmt,
+        block,
+        ax,
+        tensor_scale,
+    )
 
 
-def fake_quantize(x: torch.Tensor, recipe: str = "tensorwise", fmt: Any = None, **kwargs: Any) -> torch.Tensor:
+def fake_quantize(
+    x: torch.Tensor, recipe: str = "tensorwise", fmt: Any = None, **kwargs: Any
+) -> torch.Tensor:
     """Quantize then dequantize: what ``x`` looks like after a trip through the recipe (x's dtype)."""
     return quantize(x, recipe, fmt, **kwargs).dequantize(x.dtype)

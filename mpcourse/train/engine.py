@@ -51,7 +51,12 @@ from .resolve import (
 from .step import ScalerLike, train_step
 
 __all__ = [
-    "ON_UNSUPPORTED", "OPTIMIZERS", "SINGLE_THREAD_WORK", "UnsupportedRecipeError", "evaluate", "matmul_precision",
+    "ON_UNSUPPORTED",
+    "OPTIMIZERS",
+    "SINGLE_THREAD_WORK",
+    "UnsupportedRecipeError",
+    "evaluate",
+    "matmul_precision",
     "train",
 ]
 
@@ -122,7 +127,10 @@ def evaluate(
     was_training = model.training
     model.eval()
     total_loss, hits, count = 0.0, 0, 0
-    with torch.no_grad(), torch.autocast(dev.type, dtype=recipe.autocast_dtype, enabled=recipe.autocast_dtype is not None):
+    with (
+        torch.no_grad(),
+        torch.autocast(dev.type, dtype=recipe.autocast_dtype, enabled=recipe.autocast_dtype is not None),
+    ):
         for x, y in data.eval_batches(batch_size, max_items):
             if recipe.pure and x.is_floating_point():
                 x = x.to(recipe.param_dtype)
@@ -214,7 +222,9 @@ def train(
     if eval_items is None and data.items_per_sample > 1:
         eval_items = sizes.pick(ci=64, small=256, full=1024)
     label = label or recipe.name
-    threads = resolve_threads(threads, dev, sum(p.numel() for p in params) * batch_size * data.items_per_sample, notes)
+    threads = resolve_threads(
+        threads, dev, sum(p.numel() for p in params) * batch_size * data.items_per_sample, notes
+    )
     if verbose:
         for note in notes:
             print(f"[{label}] {note}")
@@ -232,8 +242,15 @@ def train(
             if recipe.pure and x.is_floating_point():
                 x = x.to(recipe.param_dtype)
             result = train_step(
-                net, x, y, data.loss, opt, autocast_dtype=recipe.autocast_dtype, scaler=active_scaler,
-                grad_clip=grad_clip, forward_context=meter.forward_context(step),
+                net,
+                x,
+                y,
+                data.loss,
+                opt,
+                autocast_dtype=recipe.autocast_dtype,
+                scaler=active_scaler,
+                grad_clip=grad_clip,
+                forward_context=meter.forward_context(step),
             )
             meter.after_step(opt)
             if step == 1:
@@ -243,14 +260,25 @@ def train(
             loss_value = result.loss.item()  # waits for the device, so the wall clock below is honest
             hits, count = data.correct(result.logits, y)
             elapsed = time.perf_counter() - start
-            row = step_row(step, loss_value, hits / count, batch_size, data.items_per_sample, elapsed,
-                           meter.read_peak(), result, skipped)
+            row = step_row(
+                step,
+                loss_value,
+                hits / count,
+                batch_size,
+                data.items_per_sample,
+                elapsed,
+                meter.read_peak(),
+                result,
+                skipped,
+            )
             finite = math.isfinite(loss_value)
             if step % eval_every == 0 or step == steps or (not finite and active_scaler is None):
                 row["eval_loss"], row["eval_accuracy"] = evaluate(net, data, recipe, max_items=eval_items)
             rows.append(row)
             if step % 10 == 0 or step == steps:
-                bar.set_postfix(loss=f"{loss_value:.3f}", **({"scale": f"{result.scale:.0f}"} if active_scaler else {}))
+                bar.set_postfix(
+                    loss=f"{loss_value:.3f}", **({"scale": f"{result.scale:.0f}"} if active_scaler else {})
+                )
             if not finite and active_scaler is None:
                 notes.append(
                     f"The loss became {loss_value} at step {step} and no scaler can skip the update: "
@@ -263,11 +291,24 @@ def train(
     status = _status_after(net, status, notes, label if verbose else None)
     frame = pd.DataFrame(rows, columns=list(COLUMNS))
     config = {
-        "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "optimizer": type(opt).__name__,
-        "scaler": type(active_scaler).__name__ if active_scaler is not None else None, "data": data.name,
+        "steps": steps,
+        "batch_size": batch_size,
+        "lr": lr,
+        "seed": seed,
+        "optimizer": type(opt).__name__,
+        "scaler": type(active_scaler).__name__ if active_scaler is not None else None,
+        "data": data.name,
         "threads": threads or (torch.get_num_threads() if dev.type == "cpu" else None),
     }
     return History(
-        label=label, recipe=recipe, frame=frame, notes=notes, status=status, device=str(dev),
-        dtypes=dtypes, config=config, memory_note=meter.note, model=net,
+        label=label,
+        recipe=recipe,
+        frame=frame,
+        notes=notes,
+        status=status,
+        device=str(dev),
+        dtypes=dtypes,
+        config=config,
+        memory_note=meter.note,
+        model=net,
     )

@@ -155,9 +155,15 @@ def plot_histories(
             if metric == "peak_memory_bytes":
                 y = y / 1e6
             fig.add_scatter(
-                x=f["step"], y=y, mode="lines+markers" if metric.startswith("eval") else "lines",
-                name=h.label, legendgroup=h.label, showlegend=j == 0, line_color=color,
-                row=j // cols + 1, col=j % cols + 1,
+                x=f["step"],
+                y=y,
+                mode="lines+markers" if metric.startswith("eval") else "lines",
+                name=h.label,
+                legendgroup=h.label,
+                showlegend=j == 0,
+                line_color=color,
+                row=j // cols + 1,
+                col=j % cols + 1,
                 hovertemplate=f"{h.label}, step %{{x}}: %{{y:.4g}}<extra></extra>",
             )
     for j, metric in enumerate(shown):

@@ -54,7 +54,9 @@ class MemoryMeter:
 
     def forward_context(self, step: int) -> AbstractContextManager[Any]:
         """What to wrap step ``step``'s forward pass in: the saved-tensor meter on a metered step."""
-        self._saved = memory.SavedTensorMeter(self.net) if not self.on_cuda and step <= METERED_STEPS else None
+        self._saved = (
+            memory.SavedTensorMeter(self.net) if not self.on_cuda and step <= METERED_STEPS else None
+        )
         return self._saved if self._saved is not None else contextlib.nullcontext()
 
     def after_step(self, optimizer: torch.optim.Optimizer) -> None:
@@ -62,7 +64,9 @@ class MemoryMeter:
         if self._saved is not None:
             state = memory.state_bytes(self.net, optimizer)
             saved = self._saved.bytes
-            self.peak = max(self.peak, sum(state.values()) + saved["activations"] + saved["low-precision weight copies"])
+            self.peak = max(
+                self.peak, sum(state.values()) + saved["activations"] + saved["low-precision weight copies"]
+            )
             self._saved = None
 
     def read_peak(self) -> int:
@@ -78,7 +82,9 @@ def dtypes_of(tensors: Iterable[torch.Tensor | None]) -> str:
     return "/".join(names) or "none"
 
 
-def step_dtypes(params: list[nn.Parameter], result: StepResult, optimizer: torch.optim.Optimizer) -> dict[str, str]:
+def step_dtypes(
+    params: list[nn.Parameter], result: StepResult, optimizer: torch.optim.Optimizer
+) -> dict[str, str]:
     """Which dtype each part of a step kept, read right after the step (gradients still in place)."""
     return {
         "parameters": dtypes_of(params),
@@ -90,8 +96,15 @@ def step_dtypes(params: list[nn.Parameter], result: StepResult, optimizer: torch
 
 
 def step_row(
-    step: int, loss: float, accuracy: float, batch_size: int, items_per_sample: int, elapsed: float,
-    peak: int, result: StepResult, skipped: int,
+    step: int,
+    loss: float,
+    accuracy: float,
+    batch_size: int,
+    items_per_sample: int,
+    elapsed: float,
+    peak: int,
+    result: StepResult,
+    skipped: int,
 ) -> dict[str, float]:
     """One row of :attr:`mpcourse.train.History.frame` (evaluation columns NaN until an evaluation fills them)."""
     return {

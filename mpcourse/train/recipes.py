@@ -81,7 +81,7 @@ class Recipe:
 #: Modules that define recipes next to the machinery they need (pure-bf16 optimizers, fp8 layers), each
 #: with a function ``training_recipes()`` that returns them. They import this module, so it cannot
 #: import them at its top: :class:`RecipeRegistry` imports them on first use.
-PROVIDERS: tuple[str, ...] = ("mpcourse.bf16", "mpcourse.fp8.linear")
+PROVIDERS: tuple[str, ...] = ("mpcourse.bf16", "mpcourse.fp8.training")
 
 
 class RecipeRegistry(MutableMapping[str, Recipe]):
@@ -156,7 +156,9 @@ def register_recipe(recipe: Recipe, *, replace: bool = False) -> Recipe:
     if not isinstance(recipe, Recipe):
         raise TypeError(f"expected a Recipe, got {type(recipe).__name__}")
     if recipe.name in RECIPES and not replace:
-        raise ValueError(f"a recipe named {recipe.name!r} is already registered; pass replace=True to overwrite it")
+        raise ValueError(
+            f"a recipe named {recipe.name!r} is already registered; pass replace=True to overwrite it"
+        )
     RECIPES[recipe.name] = recipe
     return recipe
 

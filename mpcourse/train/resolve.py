@@ -45,7 +45,9 @@ def check_run(on_unsupported: str, data: object, steps: int, batch_size: int) ->
     if on_unsupported not in ON_UNSUPPORTED:
         raise ValueError(f"on_unsupported={on_unsupported!r}; accepted: {', '.join(ON_UNSUPPORTED)}")
     if not isinstance(data, DataBundle):
-        raise TypeError(f"data must be a bundle from mpcourse.data (load_images, load_text), got {type(data).__name__}")
+        raise TypeError(
+            f"data must be a bundle from mpcourse.data (load_images, load_text), got {type(data).__name__}"
+        )
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be positive, got steps={steps}, batch_size={batch_size}")
 
@@ -104,7 +106,9 @@ def build_model(
     """
     if isinstance(model, nn.Module):
         net = model
-        notes.append("The model was passed as a module: it is trained in place. Pass a factory for fresh, seeded weights.")
+        notes.append(
+            "The model was passed as a module: it is trained in place. Pass a factory for fresh, seeded weights."
+        )
     elif callable(model):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -135,11 +139,15 @@ def build_optimizer(
         optimizer = "adamw"
     if isinstance(optimizer, str):
         if optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {optimizer!r}; accepted: {', '.join(OPTIMIZERS)} or a function")
+            raise ValueError(
+                f"unknown optimizer {optimizer!r}; accepted: {', '.join(OPTIMIZERS)} or a function"
+            )
         return OPTIMIZERS[optimizer](params, lr)
     if callable(optimizer):
         return optimizer(params, lr)
-    raise TypeError(f"optimizer must be a name, a function (params, lr) -> Optimizer, or None; got {optimizer!r}")
+    raise TypeError(
+        f"optimizer must be a name, a function (params, lr) -> Optimizer, or None; got {optimizer!r}"
+    )
 
 
 def resolve_scaler(
@@ -154,7 +162,9 @@ def resolve_scaler(
         active = torch.amp.GradScaler(device_type) if recipe.loss_scaling else None
     elif scaler is False:
         if recipe.loss_scaling:
-            notes.append(f"Loss scaling is off (scaler=False), although recipe '{recipe.name}' normally uses it.")
+            notes.append(
+                f"Loss scaling is off (scaler=False), although recipe '{recipe.name}' normally uses it."
+            )
         active = None
     else:
         try:
@@ -162,7 +172,9 @@ def resolve_scaler(
         except TypeError as err:
             raise TypeError(f"{err} (or pass None for the recipe's default, False for none)") from None
         if recipe.compute_dtype == torch.bfloat16:
-            notes.append("A loss scaler is in use with bf16, which has fp32's exponent range: harmless, but unnecessary.")
+            notes.append(
+                "A loss scaler is in use with bf16, which has fp32's exponent range: harmless, but unnecessary."
+            )
         active = scaler
     if isinstance(active, torch.amp.GradScaler) and any(p.dtype == torch.float16 for p in params):
         raise ValueError(
@@ -173,9 +185,7 @@ def resolve_scaler(
     return active
 
 
-def resolve_threads(
-    threads: int | None, dev: torch.device, work: int, notes: list[str]
-) -> int | None:
+def resolve_threads(threads: int | None, dev: torch.device, work: int, notes: list[str]) -> int | None:
     """CPU threads for the run (None: leave PyTorch's setting); ``work`` is parameters x predictions per batch."""
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be a positive number of CPU threads (or None), got {threads}")
@@ -183,6 +193,8 @@ def resolve_threads(
         return None
     if threads is None and work < SINGLE_THREAD_WORK:
         if torch.get_num_threads() > 1:
-            notes.append("A small model on a CPU: training on one thread, faster here than coordinating several (threads= overrides).")
+            notes.append(
+                "A small model on a CPU: training on one thread, faster here than coordinating several (threads= overrides)."
+            )
         return 1
     return threads

@@ -101,7 +101,9 @@ def train_step(
     scaler.update()  # then no optimizer.step() and S halves; after growth_interval clean steps S doubles
     after = float(scaler.get_scale())
     skipped = getattr(scaler, "last_step_skipped", None)
-    return StepResult(loss, logits, skipped=bool(skipped if skipped is not None else after < before), scale=after)
+    return StepResult(
+        loss, logits, skipped=bool(skipped if skipped is not None else after < before), scale=after
+    )
 
 
 def check_scaler(scaler: object) -> None:
@@ -115,8 +117,13 @@ def check_scaler(scaler: object) -> None:
 
 
 def _check_arguments(
-    model: object, loss_fn: object, optimizer: object, autocast_dtype: object, scaler: object,
-    grad_clip: object, x: object,
+    model: object,
+    loss_fn: object,
+    optimizer: object,
+    autocast_dtype: object,
+    scaler: object,
+    grad_clip: object,
+    x: object,
 ) -> None:
     """The errors a step would otherwise raise deep inside PyTorch, or not at all, said plainly."""
     if not callable(model):
@@ -132,7 +139,9 @@ def _check_arguments(
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a tensor (the batch's inputs), got {type(x).__name__}")
     if autocast_dtype not in _AUTOCAST_DTYPES:
-        raise ValueError(f"autocast_dtype must be None, torch.float16 or torch.bfloat16, got {autocast_dtype}")
+        raise ValueError(
+            f"autocast_dtype must be None, torch.float16 or torch.bfloat16, got {autocast_dtype}"
+        )
     if scaler is not None:
         check_scaler(scaler)
     if grad_clip is not None and (
