@@ -19,8 +19,8 @@ it. So a claim has two behaviours:
   happen (or, for a claim that should hold everywhere, that the course or a library changed and
   that it is worth reporting), and the chapter goes on.
 
-Either way :func:`claim` returns whether the claim held, so a chapter can branch on it, and every
-note shown in this process is kept (:func:`disagreements`) for a summary to report.
+:func:`claim` returns nothing, so a cell that ends with a claim shows no stray ``True`` on the page;
+every note shown in this process is kept (:func:`disagreements`) for a summary to report.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def mode() -> str:
     return value
 
 
-def claim(holds: Any, statement: str, may_differ: str | None = None) -> bool:
+def claim(holds: Any, statement: str, may_differ: str | None = None) -> None:
     """Check one sentence of the text; raise in strict mode, show a note otherwise.
 
     Args:
@@ -82,9 +82,6 @@ def claim(holds: Any, statement: str, may_differ: str | None = None) -> bool:
             library version, GPU versus CPU). Leave it out for a claim that holds everywhere, such
             as an exact property of a format: a note then says the course or a library changed.
 
-    Returns:
-        True if the claim holds; False if it does not and a note was shown.
-
     Raises:
         ClaimFailed: in strict mode, if the claim does not hold.
         TypeError, ValueError: for a condition that is not a truth value, or an empty statement.
@@ -94,12 +91,11 @@ def claim(holds: Any, statement: str, may_differ: str | None = None) -> bool:
     if may_differ is not None:
         may_differ = _text(may_differ, "may_differ")
     if ok:
-        return True
+        return
     if mode() == "strict":
         raise ClaimFailed(_plain(statement, may_differ, heading="This claim of the text does not hold here"))
     _NOTED.append(Disagreement(statement, may_differ))
     _show(statement, may_differ)
-    return False
 
 
 def disagreements() -> list[Disagreement]:
