@@ -210,7 +210,9 @@ def test_the_wall_clock_agreement_fails_with_a_wrong_timer(monkeypatch) -> None:
 
     monkeypatch.setattr(timing, "_perf_counter_block", fast_clock)
     paired, _ = _wall_clock_agreement("fp32", attempts=2)
-    assert len(paired) == 2 and all(abs(r - 0.8) < 0.1 for r in paired), paired
+    # Caught means what the acceptance test above checks: every attempt misses agreement (|r - 1| >= 0.10).
+    # The ratio sits near 1 / 1.25 = 0.8 on a quiet machine; a loaded one spreads it (0.54 was seen under load).
+    assert len(paired) == 2 and all(abs(r - 1) >= 0.10 for r in paired), paired
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
