@@ -31,13 +31,31 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-__all__ = ["COMPUTE_CAPABILITY_SOURCE", "GPU", "GPUS", "PRECISIONS", "native_precisions"]
+__all__ = [
+    "ARCHITECTURES",
+    "COMPUTE_CAPABILITY_SOURCE",
+    "GPU",
+    "GPUS",
+    "PRECISIONS",
+    "native_precisions",
+    "one_per_generation",
+]
 
 #: Precisions the course reports on, in the order they are shown.
 PRECISIONS: tuple[str, ...] = ("fp32", "tf32", "fp16", "bf16", "fp8")
 
 #: The bibliography key of the compute capabilities.
 COMPUTE_CAPABILITY_SOURCE = "nvidia-cuda-gpus"
+
+#: Architecture names by compute capability, from NVIDIA's list of CUDA GPUs (``nvidia-cuda-gpus``).
+ARCHITECTURES: dict[tuple[int, int], str] = {
+    (7, 0): "Volta",
+    (7, 5): "Turing",
+    (8, 0): "Ampere",
+    (8, 9): "Ada",
+    (9, 0): "Hopper",
+    (10, 0): "Blackwell",
+}
 
 #: The architecture that added each precision's units: fp16 tensor cores with Volta (sm_70), TF32 and
 #: bf16 with Ampere (sm_80), fp8 with Ada (sm_89). fp32 runs on the CUDA cores of every GPU.
@@ -94,6 +112,11 @@ class GPU:
     def sm(self) -> str:
         """The compute capability as NVIDIA's ``sm_XY`` architecture name."""
         return "sm_{}{}".format(*self.compute_capability)
+
+    @property
+    def architecture(self) -> str:
+        """The architecture's name (``"Hopper"``), from :data:`ARCHITECTURES`; ``sm_XY`` if not listed."""
+        return ARCHITECTURES.get(self.compute_capability, self.sm)
 
     @property
     def native(self) -> frozenset[str]:
@@ -269,3 +292,12 @@ def _check(rows: tuple[GPU, ...]) -> None:
 
 
 _check(GPUS)
+
+
+def one_per_generation() -> list[GPU]:
+    """One GPU for each distinct compute capability and set of peaks, oldest first: the rows a
+    comparison across generations needs (the H200, which has the H100's compute, is left out)."""
+    shown: dict[tuple[tuple[int, int], tuple[tuple[str, float], ...]], GPU] = {}
+    for gpu in sorted(GPUS, key=lambda g: g.compute_capability):
+        shown.setdefault((gpu.compute_capability, tuple(sorted(gpu.dense_tflops.items()))), gpu)
+    return list(shown.values())

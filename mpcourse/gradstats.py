@@ -92,7 +92,7 @@ class GradientSnapshot:
         """The dtypes the gradients were computed in, per kind (e.g. activations float16, weights float32)."""
 
         def names(d: dict[str, torch.Tensor]) -> str:
-            return "/".join(sorted({str(t.dtype).removeprefix("torch.") for t in d.values()})) or "none"
+            return "/".join(sorted({formats.dtype_name(t.dtype) for t in d.values()})) or "none"
 
         return {"activations": names(self.activations), "weights": names(self.weights)}
 

@@ -30,6 +30,8 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from .formats import dtype_name
+
 #: PyTorch's autocast op lists, from docs/source/amp.md ("Autocast Op Reference"), as of PyTorch
 #: 2.9-2.14. ``lower``: ops that autocast to the low-precision dtype; ``fp32``: ops that autocast
 #: to float32; ``widest``: ops that promote to the widest input type; ``banned``: ops that raise in
@@ -92,13 +94,6 @@ SHAPE_OPS: frozenset[str] = frozenset(
     "select narrow unbind view_as expand_as unflatten".split()
 )
 
-DTYPE_NAMES: dict[torch.dtype, str] = {
-    torch.float32: "float32",
-    torch.bfloat16: "bfloat16",
-    torch.float16: "float16",
-    torch.float64: "float64",
-}
-
 EFFECTS: tuple[str, ...] = (
     "to low precision (autocast)",
     "to fp32 (autocast)",
@@ -123,10 +118,6 @@ def documented_category(op: str, device_type: str) -> str:
         if name in ops:
             return category
     return "unlisted"
-
-
-def _name(dtype: torch.dtype) -> str:
-    return DTYPE_NAMES.get(dtype, str(dtype).removeprefix("torch."))
 
 
 def _tensors(obj: Any) -> Iterable[torch.Tensor]:
@@ -243,8 +234,8 @@ class _FunctionRecorder(TorchFunctionMode):
             {
                 "module": self.modules.current,
                 "op": name,
-                "inputs": ", ".join(_name(d) for d in inputs) or "(none)",
-                "output": _name(outputs[0]),
+                "inputs": ", ".join(dtype_name(d) for d in inputs) or "(none)",
+                "output": dtype_name(outputs[0]),
                 "effect": "explicit dtype" if explicit else effect_of(inputs, outputs[0], plain),
                 "_inputs": inputs,
                 "_output": outputs[0],
@@ -309,7 +300,7 @@ class XRay:
         fig.update_yaxes(categoryorder="array", categoryarray=list(dict.fromkeys(t["module"]))[::-1])
         fig.update_layout(
             title=title
-            or f"Autocast x-ray ({self.device_type}, {_name(self.dtype)}): ▼ cast down, ▲ cast up to fp32, ● left alone",
+            or f"Autocast x-ray ({self.device_type}, {dtype_name(self.dtype)}): ▼ cast down, ▲ cast up to fp32, ● left alone",
             xaxis_title="op, in the order it ran",
             height=max(300, 28 * t["module"].nunique() + 150),
             legend_title_text="dtype",
@@ -374,8 +365,10 @@ def xray(
         for p in params.values():
             p.grad = None
         loss.backward()  # outside autocast, as the recipe says
-        grads = {n: _name(p.grad.dtype) for n, p in params.items() if p.grad is not None}
-    return XRay(recorder.frame(), device_type, dtype, {n: _name(p.dtype) for n, p in params.items()}, grads)
+        grads = {n: dtype_name(p.grad.dtype) for n, p in params.items() if p.grad is not None}
+    return XRay(
+        recorder.frame(), device_type, dtype, {n: dtype_name(p.dtype) for n, p in params.items()}, grads
+    )
 
 
 def expected_output(
@@ -413,7 +406,7 @@ def check_against_docs(result: XRay) -> pd.DataFrame:
             bad.append(
                 {
                     **row[["module", "op", "inputs", "output", "documented"]],
-                    "expected": _name(want) if want else "an input's type",
+                    "expected": dtype_name(want) if want else "an input's type",
                 }
             )
     return pd.DataFrame(bad, columns=["module", "op", "inputs", "output", "documented", "expected"])
@@ -441,8 +434,8 @@ class _KernelRecorder(TorchDispatchMode):
                     "phase": self.phase,
                     "module": self.modules.current if self.phase == "forward" else "",
                     "kernel": func.overloadpacket.__name__,
-                    "inputs": ", ".join(_name(d) for d in _float_dtypes((args, kwargs))) or "(none)",
-                    "output": _name(outputs[0]),
+                    "inputs": ", ".join(dtype_name(d) for d in _float_dtypes((args, kwargs))) or "(none)",
+                    "output": dtype_name(outputs[0]),
                 }
             )
         return out

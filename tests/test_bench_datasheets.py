@@ -128,3 +128,17 @@ def test_bad_input_is_named() -> None:
         datasheets.Datasheet(
             "x", "x", "X", "X", "X", (8, 0), 1.0, 1.0, {"fp32": 1.0}, frozenset({"fp16"}), "src"
         )
+
+
+def test_one_gpu_per_generation_names_its_architecture() -> None:
+    """The cross-generation comparison keeps one row per compute capability and set of peaks, oldest first."""
+    shown = gpus.one_per_generation()
+    keys = [g.preset for g in shown]
+    assert (
+        keys[0] == "v100" and keys[-1] == "b200" and "h100" in keys and "h200" not in keys
+    )  # H200: H100's compute
+    assert [g.compute_capability for g in shown] == sorted(g.compute_capability for g in shown)
+    assert all(
+        g.architecture in gpus.ARCHITECTURES.values() for g in gpus.GPUS
+    )  # every row's architecture is named
+    assert next(g for g in gpus.GPUS if g.preset == "h100").architecture == "Hopper"

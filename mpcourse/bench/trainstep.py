@@ -41,13 +41,8 @@ EXCLUDED = ("pure_fp16",)
 
 
 def default_recipes() -> list[str]:
-    """The registered recipes worth benchmarking (``pure_fp16`` diverges by design), fp8 ones included.
-
-    Importing :mod:`mpcourse.fp8` registers its fp8 training recipes (emulated anywhere, and
-    torchao's for sm_89+ GPUs); without the import a benchmark would silently leave fp8 out.
-    """
-    from .. import fp8  # noqa: F401 - registers the fp8 recipes with mpcourse.train
-
+    """The registered recipes worth benchmarking (``pure_fp16`` diverges by design), fp8 ones included
+    (:data:`mpcourse.train.RECIPES` loads them on first use: emulated anywhere, torchao's for sm_89+)."""
     return [name for name in engine.RECIPES if name not in EXCLUDED]
 
 

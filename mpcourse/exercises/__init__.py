@@ -130,6 +130,13 @@ def expect_close(
         fail(label, f"for {case} your answer is {shown}, which is not right.", hint)
 
 
+def is_tensor_pair(result: Any) -> bool:
+    """True for a tuple of exactly two tensors: what the exercises that return (new value, state) give."""
+    import torch
+
+    return isinstance(result, tuple) and len(result) == 2 and all(isinstance(t, torch.Tensor) for t in result)
+
+
 def _to_numpy(x: Any) -> Any:
     if hasattr(x, "detach"):  # a torch tensor, in any dtype (bf16 has no numpy equivalent)
         return x.detach().cpu().double().numpy()

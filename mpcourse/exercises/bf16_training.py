@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .. import formats
-from . import call, fail, register
+from . import call, fail, is_tensor_pair, register
 
 BF16 = formats.BF16
 
@@ -28,11 +28,7 @@ def _run_kahan(kahan_update: Any, label: str, w0: torch.Tensor, updates: torch.T
     comp = torch.zeros_like(param)
     for k in range(updates.shape[0]):
         result = call(label, kahan_update, param.clone(), updates[k].clone(), comp.clone())
-        if not (
-            isinstance(result, tuple)
-            and len(result) == 2
-            and all(isinstance(t, torch.Tensor) for t in result)
-        ):
+        if not is_tensor_pair(result):
             fail(
                 label,
                 f"you returned {type(result).__name__}, not a pair of tensors.",
@@ -256,7 +252,7 @@ def check_fix_b2(bf16_train_step: Any) -> None:
             fail(label, f"you returned {type(got).__name__}, not a number.", "return loss.item().")
     losses = [float(v) for v in losses]
     params = list(model.parameters())
-    dtypes = {str(p.dtype).removeprefix("torch.") for p in params}
+    dtypes = {formats.dtype_name(p.dtype) for p in params}
     if dtypes != {"float32"}:
         fail(
             label,
@@ -272,7 +268,7 @@ def check_fix_b2(bf16_train_step: Any) -> None:
             "drop the scaler, call loss.backward() and optimizer.step() directly. (The seed's scaler "
             "belongs to fp16.)",
         )
-    cast_inputs = sorted(str(d).removeprefix("torch.") for d in watch.input_dtypes - {torch.float32})
+    cast_inputs = sorted(formats.dtype_name(d) for d in watch.input_dtypes - {torch.float32})
     if cast_inputs:
         fail(
             label,

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import memory
-from . import ExerciseFailed, call, expect_close, fail, register
+from . import ExerciseFailed, call, expect_close, fail, is_tensor_pair, register
 
 SLUG = "mixed_precision_recipe"
 
@@ -137,11 +137,7 @@ def check_master_weights(master_weight_step: Any) -> None:
     }
     for case, (m, g, lr, low) in cases.items():
         result = call(label, master_weight_step, m.clone(), g.clone(), lr, low)
-        if not (
-            isinstance(result, tuple)
-            and len(result) == 2
-            and all(isinstance(t, torch.Tensor) for t in result)
-        ):
+        if not is_tensor_pair(result):
             fail(
                 label,
                 f"for {case} you returned {type(result).__name__}; expected a tuple (new_master, low_copy).",

@@ -75,7 +75,7 @@ class Quantized:
     def scale_bits(self) -> int:
         """Storage bits of all scales together."""
         bits = {"float32": 32, "float8_e8m0fnu": 8, "float8_e4m3fn": 8}
-        total = self.scale.numel() * bits.get(str(self.scale.dtype).removeprefix("torch."), 32)
+        total = self.scale.numel() * bits.get(formats.dtype_name(self.scale.dtype), 32)
         return total + (32 if self.tensor_scale is not None else 0)
 
     @property
