@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from .. import gpus, memory, models, reference
 from ..bench import roofline
+from ..energy import HOROWITZ_45NM_PJ
 from . import call, expect_close, fail, register
 
 #: The memory schemes the memory exercise asks about (names of :data:`mpcourse.memory.SCHEMES`).
@@ -316,13 +317,15 @@ def check_energy(energy_breakeven_rows: Callable[..., Any]) -> None:
         "(d_in x d_out) and y (m x d_out) once each. Set the two energies equal and solve for m; "
         "if the arithmetic can never catch up, whatever m, return math.inf."
     )
-    fp32 = 3.7 + 0.9  # Horowitz (ISSCC 2014), 45 nm: fp32 multiply + add, in pJ
-    fp16 = 1.1 + 0.4
+    pj = HOROWITZ_45NM_PJ  # Horowitz (ISSCC 2014), 45 nm
+    fp32 = pj["fp32 multiply"] + pj["fp32 add"]
+    fp16 = pj["fp16 multiply"] + pj["fp16 add"]
+    dram = (pj["DRAM, 64-bit read (low)"] / 8, pj["DRAM, 64-bit read (high)"] / 8)  # per byte
     cases = []
-    for e_byte in (1300 / 8, 2600 / 8):  # a 64-bit DRAM access: 1.3 to 2.6 nJ
+    for e_byte in dram:
         for d in ((4096, 4096), (1024, 4096), (12288, 49152), (64, 64)):
             cases += [(*d, 4, fp32, e_byte), (*d, 2, fp16, e_byte)]
-    cases.append((8192, 8192, 1, 0.5, 1300 / 8))
+    cases.append((8192, 8192, 1, 0.5, dram[0]))
     for d_in, d_out, b, e_f, e_b in cases:
         case = f"d_in={d_in}, d_out={d_out}, {b} bytes per element, {e_f:.2g} pJ per multiply-add, {e_b:.4g} pJ per byte"
         got = _number(label, call(label, energy_breakeven_rows, d_in, d_out, b, e_f, e_b), case)
