@@ -127,10 +127,19 @@ def _clean(nb: nbformat.NotebookNode) -> None:
             cell.execution_count = None
 
 
-def sync(root: Path = ROOT) -> list[Path]:
-    """Stamp every chapter and write its paired, output-free ``.ipynb``; returns the files changed."""
+def sync(root: Path = ROOT, only: list[str] | None = None) -> list[Path]:
+    """Stamp every chapter (those named in ``only``) and write its paired, output-free ``.ipynb``.
+
+    Returns the files changed.
+    """
     changed = []
-    for md in chapters(root):
+    known = chapters(root)
+    unknown = sorted(set(only or ()) - {md.stem for md in known})
+    if unknown:
+        raise ValueError(f"no chapter {', '.join(unknown)}; chapters are {', '.join(md.stem for md in known)}")
+    for md in known:
+        if only and md.stem not in only:
+            continue
         if stamp(md, root):
             changed.append(md)
         nb = jupytext.read(md)
@@ -215,7 +224,10 @@ def main(argv: list[str] | None = None) -> int:
         choices=["sync", "check", "cache"],
         help="sync: stamp and pair; check: list problems; cache: drop the website's stale execution cache",
     )
+    parser.add_argument("chapters", nargs="*", help="sync: only these chapters (slugs); default: all")
     args = parser.parse_args(argv)
+    if args.chapters and args.command != "sync":
+        parser.error("chapters can be named only with sync")
     if args.command == "cache":
         if refresh_execution_cache():
             print(
@@ -223,7 +235,11 @@ def main(argv: list[str] | None = None) -> int:
             )
         return 0
     if args.command == "sync":
-        for path in sync():
+        try:
+            paths = sync(only=args.chapters or None)
+        except ValueError as exc:
+            parser.error(str(exc))
+        for path in paths:
             print(f"updated {path.relative_to(ROOT)}")
         return 0
     found = problems()

@@ -77,7 +77,9 @@ def solution_lines(source: str) -> list[str]:
     return lines
 
 
-_CHECK_CALL = re.compile(r"\bcheck\(\s*[\"']([\w-]+)[\"']")
+# A graded check is a top-level call, the cell's own statement; an indented one (the demo of a
+# rejected answer inside try/except in getting_started) only shows how checks behave.
+_CHECK_CALL = re.compile(r"^check\(\s*[\"']([\w-]+)[\"']", re.MULTILINE)
 _LABEL = re.compile(r"^:label:[ \t]*(\S+)|\{(?:solution-start|solution)\}[ \t]+(\S+)", re.MULTILINE)
 
 
@@ -90,6 +92,10 @@ def student_notebook(
     dropped, the solution markers stay for ``nbgrader generate_assignment`` to strip, and cells
     carry nbgrader's metadata (schema 3): solution cells are autograded answers, check cells are
     autograder tests worth one point each.
+
+    Grade ids come from the exercise labels (``<label>-answer``, ``<label>-check``), never from cell
+    positions, so editing a chapter keeps every id and an assignment can be regraded. Two cells with
+    one id, or a solution before any exercise label, raise :class:`SolutionMarkupError`.
     """
     import nbformat
 
@@ -105,6 +111,21 @@ def student_notebook(
         )
     in_gate = False
     label = None
+    grade_ids: dict[str, str] = {}
+
+    def grade_id(base: str, where: str, *, numbered: bool) -> str:
+        found, n = base, 1
+        while found in grade_ids:
+            if not numbered:
+                raise SolutionMarkupError(
+                    f"{where}: a second graded check of the same exercise (grade id {base!r}, first in "
+                    f"{grade_ids[base]}); make one of them a demonstration inside a function or a try block"
+                )
+            n += 1
+            found = f"{base}-{n}"
+        grade_ids[found] = where
+        return found
+
     for index, cell in enumerate(nb.cells):
         where = f"{name}, cell {index}"
         cell_id = (
@@ -143,11 +164,17 @@ def student_notebook(
                 source = cell.source
                 checked = _CHECK_CALL.search(cell.source)
                 if has_solution:
+                    if label is None:
+                        raise SolutionMarkupError(f"{where}: a solution before any exercise's :label:")
                     metadata["nbgrader"] = _nbgrader_meta(
-                        f"{label or 'exercise'}-answer-{index}", solution=True
+                        grade_id(f"{label}-answer", where, numbered=True), solution=True
                     )
                 elif checked:
-                    metadata["nbgrader"] = _nbgrader_meta(f"{checked.group(1)}-check", grade=True)
+                    if len(_CHECK_CALL.findall(cell.source)) > 1:
+                        raise SolutionMarkupError(f"{where}: one graded check per cell, so each has its points")
+                    metadata["nbgrader"] = _nbgrader_meta(
+                        grade_id(f"{checked.group(1)}-check", where, numbered=False), grade=True
+                    )
             else:
                 source = strip_solutions(cell.source, where)
             out.cells.append(nbformat.v4.new_code_cell(source, metadata=metadata, id=cell_id))

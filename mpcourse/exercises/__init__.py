@@ -1,15 +1,26 @@
-"""Automatic checks for the course's exercises.
+"""Automatic checks for the course's exercises, with hints that come one step at a time.
 
 Every exercise has a label (the sphinx-exercise label in the chapter, ``<chapter slug>-<name>``)
-and a check registered under it. A chapter's check cell reads::
+and a check registered under it, with a ladder of hints. A chapter's check cell reads::
 
     check("getting_started-tflops", matmul_tflops)
 
-A check accepts a correct answer with a short confirmation and rejects a wrong one by raising
-:class:`ExerciseFailed`, an ``AssertionError`` subclass, so that graders (nbgrader, pytest, nbval)
-see a failure. Its message says what was wrong and gives a hint, never the answer. A function that
-still raises ``NotImplementedError`` (the stub in student notebooks) gets :class:`NotDoneYet`,
-whose message says the exercise is not done yet rather than wrong.
+and does one of three things:
+
+- a correct answer prints a short confirmation;
+- a wrong one raises :class:`ExerciseFailed`, an ``AssertionError`` subclass, so that graders
+  (nbgrader, pytest, nbval) see a failure. Its message says what was wrong and on which input,
+  with a first hint that points at the mistake without giving the answer;
+- an unanswered one (the learner's function still raises ``NotImplementedError``, the stub of
+  student notebooks) prints a "not done yet" note on standard error and returns, so that "Run all"
+  goes through the whole chapter and the learner can come back to the exercises. nbgrader gives
+  no points to a test cell that wrote to standard error, so a grader still sees the failure; with
+  ``MPCOURSE_GRADING=1`` in the environment the note is raised instead, as :class:`NotDoneYet`,
+  for graders that only count exceptions.
+
+``hint(label)`` shows the next step of the exercise's ladder: the first steps say where to look,
+the last ones come close to the method, none is the answer. An instructor switches hints off
+for graded work with ``MPCOURSE_HINTS=off``: failures then say only what was wrong.
 
 The checks for chapter ``slug`` live in ``mpcourse.exercises.<slug>`` and are imported on first use:
 ``check(label, ...)`` finds any chapter's check without that module having been imported before.
@@ -18,15 +29,32 @@ The checks for chapter ``slug`` live in ``mpcourse.exercises.<slug>`` and are im
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 Check = Callable[..., None]
 
-_REGISTRY: dict[str, Check] = {}
+GRADING_ENV = "MPCOURSE_GRADING"
+HINTS_ENV = "MPCOURSE_HINTS"
+
+
+@dataclass(frozen=True)
+class Exercise:
+    """A registered exercise: its check and its hints, from the gentlest to the most specific."""
+
+    label: str
+    check: Check
+    hints: tuple[str, ...]
+
+
+_REGISTRY: dict[str, Exercise] = {}
+_HINTS_SHOWN: dict[str, int] = {}
 
 
 class ExerciseFailed(AssertionError):
@@ -37,14 +65,20 @@ class NotDoneYet(ExerciseFailed):
     """The answer still raises ``NotImplementedError``: the exercise has not been attempted."""
 
 
-def register(label: str) -> Callable[[Check], Check]:
-    """Register ``fn`` as the check of exercise ``label`` (``<chapter slug>-<name>``)."""
+def register(label: str, *, hints: Sequence[str] = ()) -> Callable[[Check], Check]:
+    """Register ``fn`` as the check of exercise ``label`` (``<chapter slug>-<name>``).
+
+    ``hints`` is the ladder :func:`hint` walks down, one step per call: start with where to look
+    and what to compare, end with the method, and never write the solution itself.
+    """
     _split_label(label)
+    if isinstance(hints, str):
+        raise TypeError(f"hints for {label!r} must be a sequence of strings, not one string")
 
     def decorator(fn: Check) -> Check:
         if label in _REGISTRY:
             raise ValueError(f"a check for exercise {label!r} is already registered")
-        _REGISTRY[label] = fn
+        _REGISTRY[label] = Exercise(label, fn, tuple(hints))
         return fn
 
     return decorator
@@ -78,16 +112,76 @@ def _load(slug: str) -> None:
         raise KeyError(f"no checks exist for chapter {slug!r} (no module {__name__}.{slug})") from None
 
 
-def check(label: str, answer: Any, **context: Any) -> None:
-    """Check ``answer`` for exercise ``label``; print a confirmation or raise :class:`ExerciseFailed`."""
+def _exercise(label: str) -> Exercise:
     slug, _ = _split_label(label)
     if label not in _REGISTRY:
         _load(slug)
     if label not in _REGISTRY:
         known = ", ".join(labels(slug)) or "none"
         raise KeyError(f"no check is registered for exercise {label!r}; chapter {slug!r} has: {known}")
-    _REGISTRY[label](answer, **context)
+    return _REGISTRY[label]
+
+
+def grading() -> bool:
+    """Whether an unanswered exercise raises :class:`NotDoneYet` (``MPCOURSE_GRADING=1``) rather than noting it."""
+    return _flag(GRADING_ENV, default=False)
+
+
+def hints_on() -> bool:
+    """Whether failures carry hints and :func:`hint` gives them (``MPCOURSE_HINTS=off`` switches them off)."""
+    return _flag(HINTS_ENV, default=True)
+
+
+def _flag(name: str, *, default: bool) -> bool:
+    value = os.environ.get(name, "").strip().lower()
+    if not value:
+        return default
+    if value in {"1", "on", "true", "yes"}:
+        return True
+    if value in {"0", "off", "false", "no"}:
+        return False
+    raise ValueError(f"{name}={os.environ[name]!r} is not understood; use {name}=1 (on) or {name}=0 (off)")
+
+
+def check(label: str, answer: Any, **context: Any) -> None:
+    """Check ``answer`` for exercise ``label``: confirm it, reject it, or note that it is not done yet.
+
+    Raises:
+        ExerciseFailed: the answer is wrong.
+        NotDoneYet: the answer is a stub and :func:`grading` is on (otherwise a note goes to stderr).
+        KeyError: no exercise has this label.
+    """
+    exercise = _exercise(label)
+    try:
+        exercise.check(answer, **context)
+    except NotDoneYet as not_done:
+        if grading():
+            raise
+        print(f"\u25cb {not_done}", file=sys.stderr)
+        return
     print(f"\u2714 {label}: correct.")
+
+
+def hint(label: str) -> None:
+    """Print the next hint of exercise ``label``; each call goes one step further down its ladder."""
+    exercise = _exercise(label)
+    if not hints_on():
+        print(f"{label}: hints are switched off for this assignment ({HINTS_ENV}=off).")
+        return
+    if not exercise.hints:
+        print(f"{label}: this exercise has no further hints; the failure message says what to look at.")
+        return
+    shown = _HINTS_SHOWN.get(label, 0)
+    step = min(shown, len(exercise.hints) - 1)
+    _HINTS_SHOWN[label] = step + 1
+    total = len(exercise.hints)
+    last = " (the last one)" if step == total - 1 else f"; hint(\"{label}\") again for the next"
+    print(f"{label}, hint {step + 1} of {total}{last}:\n{exercise.hints[step]}")
+
+
+def hints(label: str) -> tuple[str, ...]:
+    """Every hint of exercise ``label``, in order (for instructors and tests)."""
+    return _exercise(label).hints
 
 
 def call(label: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -106,8 +200,17 @@ def call(label: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
 
 
 def fail(label: str, what: str, hint: str) -> None:
-    """Reject an answer: ``what`` says what was wrong, ``hint`` how to think about it."""
-    raise ExerciseFailed(f"{label}: {what}\nHint: {hint}")
+    """Reject an answer: ``what`` says what was wrong and on which input, ``hint`` where to look.
+
+    The hint is the first rung of the exercise's ladder, tied to the mistake the check recognised;
+    it must not contain the answer. With hints off (``MPCOURSE_HINTS=off``) only ``what`` is shown.
+    """
+    message = f"{label}: {what}"
+    if hints_on():
+        message += f"\nHint: {hint}"
+        if label in _REGISTRY and _REGISTRY[label].hints:
+            message += f'\nMore help, one step at a time: hint("{label}").'
+    raise ExerciseFailed(message)
 
 
 def expect_close(
@@ -125,9 +228,18 @@ def expect_close(
         shown = (
             got_a.item()
             if got_a.size == 1
-            else f"an array differing at {int((~np.isclose(got_a, want_a, rtol=rtol, atol=atol, equal_nan=True)).sum())} places"
+            else _places(int((~np.isclose(got_a, want_a, rtol=rtol, atol=atol, equal_nan=True)).sum()))
         )
         fail(label, f"for {case} your answer is {shown}, which is not right.", hint)
+
+
+def _places(count: int) -> str:
+    return f"an array differing at {count} {'place' if count == 1 else 'places'}"
+
+
+def plural(count: int, noun: str, plural_form: str | None = None) -> str:
+    """``"1 parameter"``, ``"3 parameters"``: for messages that count things."""
+    return f"{count} {noun if count == 1 else (plural_form or noun + 's')}"
 
 
 def is_tensor_pair(result: Any) -> bool:
