@@ -8,12 +8,13 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 BOOK_FLAGS  := -W -n --keep-going
 
-.PHONY: venv book test test-fast lint sync student lab browser colab-check versions-check versions-check-oldest \
+.PHONY: venv book test chapters test-fast lint sync student lab browser colab-check versions-check versions-check-oldest \
         versions-check-newest clean help
 
 help:
 	@echo "make book     build the website into _build/html (executes every chapter)"
-	@echo "make test     run every test: lint, package, chapters (nbval), pairs, website build, browser"
+	@echo "make test     run every test: lint, package, chapters (graded by nbgrader), pairs, website build, browser"
+	@echo "make chapters  run each chapter under nbval, cell by cell (the tests run them through nbgrader)"
 	@echo "make test-fast  the package's unit tests only (no chapters, no website, no browser): for quick iteration"
 	@echo "make lint     ruff: the lint rules of pyproject.toml, and formatting (checked, never rewritten)"
 	@echo "make sync     pair each notebooks/*.md with its .ipynb and stamp the setup cells"
@@ -25,7 +26,7 @@ help:
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	set -o pipefail; $(BIN)/python -m pip install --quiet -e ".[book,test]" 2>&1 | sed '/is ignored: it is neither a file nor a directory/d'
-	$(BIN)/python -c "import mpcourse, jupyter_book, nbval, playwright"
+	$(BIN)/python -c "import mpcourse, jupyter_book, nbval, nbgrader, playwright"
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -34,9 +35,15 @@ book: $(STAMP)
 	$(BIN)/python -m mpcourse.course.authoring cache
 	$(BIN)/jupyter-book build . --toc book/_toc.yml $(BOOK_FLAGS)
 
-# The smallest problem sizes, so each chapter runs in well under a minute on two CPU cores.
+# The smallest problem sizes, so each chapter runs in well under a minute on two CPU cores. The chapters
+# run inside the tests: graded by nbgrader with the reference solutions (tests/test_nbgrader.py, every cell
+# must run and every check pass), as student notebooks with nothing answered, and in the website build.
 test: $(STAMP) lint browser
-	MPCOURSE_PROFILE=ci MPCOURSE_CLAIMS=strict $(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider
+	MPCOURSE_PROFILE=ci MPCOURSE_CLAIMS=strict $(BIN)/python -m pytest tests -p no:cacheprovider
+
+# Each chapter on its own under nbval, cell by cell: the quickest way to find a failing cell while writing.
+chapters: $(STAMP)
+	MPCOURSE_PROFILE=ci MPCOURSE_CLAIMS=strict $(BIN)/python -m pytest notebooks --nbval-lax --nbval-current-env -p no:cacheprovider
 
 # The unit tests of tests/ without the ones that execute chapters, build the website or drive a browser.
 test-fast: $(STAMP)
@@ -66,7 +73,7 @@ colab-check:
 	test -d $(COLAB_VENV) || $(PYTHON) -m venv $(COLAB_VENV)
 	set -o pipefail; $(COLAB_VENV)/bin/python -m pip install --quiet -e ".[test]" $(COLAB_PINS) 2>&1 \
 	  | sed '/is ignored: it is neither a file nor a directory/d'
-	MPCOURSE_PROFILE=ci MPCOURSE_CLAIMS=strict $(COLAB_VENV)/bin/python -m pytest notebooks tests --nbval-lax --nbval-current-env \
+	MPCOURSE_PROFILE=ci MPCOURSE_CLAIMS=strict $(COLAB_VENV)/bin/python -m pytest tests \
 	  -p no:cacheprovider -m "not book and not browser"
 
 # The torch versions the course is tested with: the oldest supported (the floor in pyproject.toml and
@@ -82,7 +89,7 @@ versions-check-oldest versions-check-newest: versions-check-%:
 	set -o pipefail; $(VERSIONS_VENV)/$*/bin/python -m pip install --quiet --upgrade -e ".[test]" \
 	  $(if $(filter oldest,$*),torch==$(TORCH_OLDEST),torch) 2>&1 | sed '/is ignored: it is neither a file nor a directory/d'
 	$(VERSIONS_VENV)/$*/bin/python -c "import torch; print('$@: torch', torch.__version__)"
-	MPCOURSE_PROFILE=ci MPCOURSE_CLAIMS=strict $(VERSIONS_VENV)/$*/bin/python -m pytest notebooks tests --nbval-lax --nbval-current-env \
+	MPCOURSE_PROFILE=ci MPCOURSE_CLAIMS=strict $(VERSIONS_VENV)/$*/bin/python -m pytest tests \
 	  -p no:cacheprovider -m "not book and not browser"
 
 # Headless Chromium for the browser test of the website: Debian's package, never a downloaded browser.

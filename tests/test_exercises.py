@@ -5,8 +5,21 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mpcourse import exercises
 from mpcourse.course.authoring import chapters
-from mpcourse.exercises import ExerciseFailed, NotDoneYet, check, labels, register
+from mpcourse.exercises import (
+    GRADING_ENV,
+    HINTS_ENV,
+    ExerciseFailed,
+    NotDoneYet,
+    check,
+    expect_close,
+    hint,
+    hints,
+    labels,
+    plural,
+    register,
+)
 
 
 def test_failures_are_assertion_errors() -> None:
@@ -68,9 +81,110 @@ def test_every_chapter_has_checks() -> None:
 
 
 @pytest.mark.parametrize("label", EVERY_LABEL)
-def test_a_stub_is_not_done_yet(label: str) -> None:
+def test_a_stub_is_noted_not_done_and_the_notebook_goes_on(
+    label: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(GRADING_ENV, raising=False)
+    check(label, STUBS.get(label, _stub))  # no exception: "Run all" reaches the next cell
+    out, err = capsys.readouterr()
+    assert "not done yet" in err and label in err and "correct" not in out
+
+
+@pytest.mark.parametrize("label", EVERY_LABEL)
+def test_a_stub_fails_when_grading(label: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(GRADING_ENV, "1")
     with pytest.raises(NotDoneYet, match="not done yet"):
         check(label, STUBS.get(label, _stub))
+
+
+def test_grading_and_hint_switches_reject_what_they_do_not_understand(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(GRADING_ENV, "maybe")
+    with pytest.raises(ValueError, match="MPCOURSE_GRADING='maybe' is not understood"):
+        check("getting_started-tflops", _stub)
+
+
+# --- hints: a ladder per exercise, never the answer -------------------------------------------------
+
+
+@pytest.mark.parametrize("label", EVERY_LABEL)
+def test_every_exercise_has_a_ladder_of_hints(label: str) -> None:
+    ladder = hints(label)
+    assert 2 <= len(ladder) <= 4, f"{label} has {len(ladder)} hints; give 2 to 4, gentlest first"
+    assert len(set(ladder)) == len(ladder) and all(len(step) > 20 for step in ladder)
+
+
+def _solution_code() -> dict[str, list[str]]:
+    """Each label's reference-solution lines that carry content (at least 12 characters once stripped)."""
+    import nbformat
+
+    from mpcourse.course.student import solution_lines
+
+    found: dict[str, list[str]] = {}
+    for md in chapters():
+        nb = nbformat.read(md.with_suffix(".ipynb"), as_version=4)
+        label = None
+        for cell in nb.cells:
+            if cell.cell_type == "markdown" and ":label:" in cell.source:
+                label = cell.source.split(":label:")[1].split()[0]
+            elif cell.cell_type == "code" and label:
+                lines = [line.strip() for line in solution_lines(cell.source)]
+                found.setdefault(label, []).extend(
+                    line for line in lines if len(line) >= 12 and not line.startswith("#")
+                )
+    return found
+
+
+SOLUTION_CODE = _solution_code()
+
+
+@pytest.mark.parametrize("label", EVERY_LABEL)
+def test_no_hint_contains_a_line_of_the_solution(label: str) -> None:
+    def squash(text: str) -> str:
+        return "".join(text.split())
+
+    text = squash(" ".join(hints(label)))
+    leaked = [line for line in SOLUTION_CODE.get(label, []) if squash(line) in text]
+    assert not leaked, f"the hints of {label} contain solution code: {leaked}"
+
+
+def test_hint_walks_down_the_ladder_and_stops_at_the_last(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(HINTS_ENV, raising=False)
+    monkeypatch.setattr(exercises, "_HINTS_SHOWN", {})
+    label = "getting_started-relative-error"
+    ladder = hints(label)
+    for step in [*ladder, ladder[-1]]:
+        hint(label)
+        assert step in capsys.readouterr().out
+    monkeypatch.setenv(HINTS_ENV, "off")
+    hint(label)
+    assert "switched off" in capsys.readouterr().out
+
+
+def test_hints_off_leaves_only_what_was_wrong(monkeypatch: pytest.MonkeyPatch) -> None:
+    def half(m, n, k, s):
+        return m * n * k / s / 1e12
+
+    with pytest.raises(ExerciseFailed) as with_hints:
+        check("getting_started-tflops", half)
+    assert "Hint:" in str(with_hints.value) and 'hint("getting_started-tflops")' in str(with_hints.value)
+    monkeypatch.setenv(HINTS_ENV, "off")
+    with pytest.raises(ExerciseFailed, match="half the right value") as without:
+        check("getting_started-tflops", half)
+    assert "Hint" not in str(without.value) and "hint(" not in str(without.value)
+
+
+def test_counts_in_messages_are_plural_only_when_more_than_one() -> None:
+    assert plural(1, "parameter") == "1 parameter" and plural(3, "parameter") == "3 parameters"
+    assert plural(2, "entry", "entries") == "2 entries"
+    with pytest.raises(ExerciseFailed, match="differing at 1 place,"):
+        expect_close("getting_started-x", [1.0, 2.0], [1.0, 3.0], rtol=0, case="a case", hint="h")
+
+
+def test_a_registered_ladder_must_be_several_strings() -> None:
+    with pytest.raises(TypeError, match="sequence of strings"):
+        register("getting_started-one-string", hints="a single string")
 
 
 # --- getting_started-tflops -------------------------------------------------------------------

@@ -77,11 +77,27 @@ def _student(args: argparse.Namespace) -> int:
     from .student import check_folders, write_student_notebooks
 
     with _arguments():
-        check_folders(Path(args.source), Path(args.outdir))
+        check_folders(Path(args.source), Path(args.outdir), args.chapter)
     for path in write_student_notebooks(
-        Path(args.source), Path(args.outdir), nbgrader=args.nbgrader, force=args.force
+        Path(args.source), Path(args.outdir), nbgrader=args.nbgrader, force=args.force, only=args.chapter
     ):
         print(f"wrote {path}")
+    return 0
+
+
+def _nbgrader_course(args: argparse.Namespace) -> int:
+    from .student import check_folders, write_nbgrader_course
+
+    with _arguments():
+        check_folders(Path(args.source), Path(args.course_dir) / "source", args.chapter)
+    for path in write_nbgrader_course(
+        Path(args.course_dir), Path(args.source), only=args.chapter, force=args.force
+    ):
+        print(f"wrote {path}")
+    print(
+        f"next: cd {args.course_dir} && nbgrader generate_assignment SLUG --create "
+        "(book/instructors.md has the whole cycle)"
+    )
     return 0
 
 
@@ -186,6 +202,12 @@ def parser() -> argparse.ArgumentParser:
         "--source", default="notebooks", help="folder of instructor notebooks (default: notebooks)"
     )
     student.add_argument(
+        "--chapter",
+        action="append",
+        metavar="SLUG",
+        help="only this chapter (repeat for several; default: every chapter), e.g. --chapter fp8",
+    )
+    student.add_argument(
         "--nbgrader",
         action="store_true",
         help="write nbgrader source notebooks instead (markers kept, nbgrader cell metadata added)",
@@ -196,6 +218,23 @@ def parser() -> argparse.ArgumentParser:
         help="replace notebooks in OUTDIR that differ from their student version (answers are lost)",
     )
     student.set_defaults(run=_student)
+    course = sub.add_parser(
+        "nbgrader-course",
+        help="lay out an nbgrader course folder: one assignment per chapter, and nbgrader_config.py",
+    )
+    course.add_argument("course_dir", help="the course folder (created if missing)")
+    course.add_argument(
+        "--source", default="notebooks", help="folder of instructor notebooks (default: notebooks)"
+    )
+    course.add_argument(
+        "--chapter", action="append", metavar="SLUG", help="only this chapter (repeat for several)"
+    )
+    course.add_argument(
+        "--force",
+        action="store_true",
+        help="replace source notebooks that differ from the chapters' nbgrader version (edits are lost)",
+    )
+    course.set_defaults(run=_nbgrader_course)
     doctor = sub.add_parser("doctor", help="print the device, precision support and package versions")
     doctor.set_defaults(run=_doctor)
     verify = sub.add_parser("verify", help="run every chapter and record where and how it ran")

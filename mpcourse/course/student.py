@@ -105,7 +105,9 @@ def student_notebook(
         out.cells.append(
             nbformat.v4.new_markdown_cell(
                 "*Student version: the reference solutions are removed. Complete each function marked "
-                "`# YOUR CODE HERE`, then run the check cell below it.*",
+                "`# YOUR CODE HERE`, then run the check cell below it. Until you do, its check only notes "
+                '"not done yet", so Run all still goes through the whole chapter; `hint("label")` gives '
+                "the exercise's hints one at a time.*",
                 id="mpcourse-student-note",
             )
         )
@@ -206,11 +208,11 @@ def _is_single_directive(source: str) -> bool:
     return bool(match) and text.rstrip().endswith(match.group(1)) and text.count(match.group(1)) == 2
 
 
-def check_folders(source_dir: Path, out_dir: Path) -> list[Path]:
-    """The chapter notebooks in ``source_dir``, if student versions of them can go into ``out_dir``.
+def check_folders(source_dir: Path, out_dir: Path, only: list[str] | None = None) -> list[Path]:
+    """The chapter notebooks in ``source_dir`` (those named in ``only``), if student versions can go into ``out_dir``.
 
     Raises:
-        FileNotFoundError: ``source_dir`` holds no notebooks.
+        FileNotFoundError: ``source_dir`` holds no notebooks, or none named ``only``.
         NotADirectoryError: ``out_dir`` is a file.
         ValueError: ``out_dir`` is ``source_dir`` (the chapters would be replaced).
     """
@@ -221,6 +223,14 @@ def check_folders(source_dir: Path, out_dir: Path) -> list[Path]:
             f"no chapter notebooks (*.ipynb) in {source_dir}; run this from the course repository's root "
             "or pass --source with the folder that holds them"
         )
+    if only:
+        unknown = sorted(set(only) - {path.stem for path in notebooks})
+        if unknown:
+            raise FileNotFoundError(
+                f"no chapter {', '.join(unknown)} in {source_dir}; the chapters are "
+                + ", ".join(path.stem for path in notebooks)
+            )
+        notebooks = [path for path in notebooks if path.stem in only]
     if out_dir.resolve() == source_dir.resolve():
         raise ValueError(
             "the output folder must differ from the source folder (the chapters would be overwritten)"
@@ -231,7 +241,12 @@ def check_folders(source_dir: Path, out_dir: Path) -> list[Path]:
 
 
 def write_student_notebooks(
-    source_dir: Path, out_dir: Path, *, nbgrader: bool = False, force: bool = False
+    source_dir: Path,
+    out_dir: Path,
+    *,
+    nbgrader: bool = False,
+    force: bool = False,
+    only: list[str] | None = None,
 ) -> list[Path]:
     """Write the student (or, with ``nbgrader``, nbgrader source) version of every chapter into ``out_dir``.
 
@@ -247,24 +262,14 @@ def write_student_notebooks(
     import nbformat
 
     source_dir, out_dir = Path(source_dir), Path(out_dir)
-    notebooks = check_folders(source_dir, out_dir)
+    notebooks = check_folders(source_dir, out_dir, only)
     planned = {
         out_dir / path.name: nbformat.writes(
             student_notebook(nbformat.read(path, as_version=4), path.name, nbgrader=nbgrader)
         )
         for path in notebooks
     }
-    changed = [
-        str(target)
-        for target, text in planned.items()
-        if target.exists() and not _same_notebook(target, text)
-    ]
-    if changed and not force:
-        raise OverwriteError(
-            f"{', '.join(changed)} {'differs' if len(changed) == 1 else 'differ'} from the student version "
-            "(answers filled in, or an older chapter), so no notebook was written; pass --force to replace "
-            f"{'it (its' if len(changed) == 1 else 'them (their'} changes are lost), or write into another folder"
-        )
+    _refuse_changed(planned, force, "the student version (answers filled in, or an older chapter)")
     out_dir.mkdir(parents=True, exist_ok=True)
     for target, text in planned.items():
         target.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
@@ -277,3 +282,69 @@ def _same_notebook(path: Path, text: str) -> bool:
         return json.loads(path.read_text(encoding="utf-8")) == json.loads(text)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return False
+
+
+NBGRADER_CONFIG = '''\
+# nbgrader's configuration for the mpcourse chapters (written by `mpcourse nbgrader-course`).
+# Run every nbgrader command from this folder, in the environment that has torch and mpcourse
+# installed: the autograder executes each notebook with that environment's "python3" kernel.
+import os
+
+c = get_config()  # noqa: F821 (nbgrader defines it when it reads this file)
+c.CourseDirectory.root = os.path.dirname(os.path.abspath(__file__))
+c.CourseDirectory.course_id = "mpcourse"
+# A chapter's longest cell, on a slow machine, in the smallest problem size.
+c.Execute.timeout = 900
+os.environ.setdefault("MPCOURSE_PROFILE", "ci")
+# Unanswered exercises already score zero (their check writes "not done yet" to stderr); this makes
+# them raise NotDoneYet as well, so the feedback shows them as failures.
+os.environ.setdefault("MPCOURSE_GRADING", "1")
+# Uncomment for graded work without hints: failures then say only what was wrong.
+# os.environ["MPCOURSE_HINTS"] = "off"
+'''
+
+
+def write_nbgrader_course(
+    course_dir: Path, source_dir: Path, *, only: list[str] | None = None, force: bool = False
+) -> list[Path]:
+    """Lay out an nbgrader course: one assignment per chapter, ``source/<slug>/<slug>.ipynb``.
+
+    Writes ``nbgrader_config.py`` too, unless one exists (an instructor's own settings are kept).
+    The source notebooks follow :func:`write_student_notebooks`'s rule: if one differs from what
+    would be written (edited by the instructor, or from an older chapter), nothing is written
+    unless ``force``. Returns the files written.
+    """
+    import nbformat
+
+    course_dir, source_dir = Path(course_dir), Path(source_dir)
+    if course_dir.exists() and not course_dir.is_dir():
+        raise NotADirectoryError(f"{course_dir} is a file; give a folder for the nbgrader course")
+    notebooks = check_folders(source_dir, course_dir / "source", only)
+    planned = {
+        course_dir / "source" / path.stem / path.name: nbformat.writes(
+            student_notebook(nbformat.read(path, as_version=4), path.name, nbgrader=True)
+        )
+        for path in notebooks
+    }
+    _refuse_changed(planned, force, "the chapter's nbgrader version (edited by hand, or an older chapter)")
+    for target, text in planned.items():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
+    written = list(planned)
+    config = course_dir / "nbgrader_config.py"
+    if not config.exists():
+        config.write_text(NBGRADER_CONFIG, encoding="utf-8")
+        written.append(config)
+    return written
+
+
+def _refuse_changed(planned: dict[Path, str], force: bool, version: str) -> None:
+    """Raise :class:`OverwriteError` naming every planned file that exists with other content, unless ``force``."""
+    changed = [str(target) for target, text in planned.items() if target.exists() and not _same_notebook(target, text)]
+    if changed and not force:
+        one = len(changed) == 1
+        raise OverwriteError(
+            f"{', '.join(changed)} {'differs' if one else 'differ'} from {version}, so no notebook was "
+            f"written; pass --force to replace {'it (its' if one else 'them (their'} changes are lost), "
+            "or write into another folder"
+        )
