@@ -97,7 +97,9 @@ def test_a_stub_fails_when_grading(label: str, monkeypatch: pytest.MonkeyPatch) 
         check(label, STUBS.get(label, _stub))
 
 
-def test_grading_and_hint_switches_reject_what_they_do_not_understand(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_grading_and_hint_switches_reject_what_they_do_not_understand(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv(GRADING_ENV, "maybe")
     with pytest.raises(ValueError, match="MPCOURSE_GRADING='maybe' is not understood"):
         check("getting_started-tflops", _stub)
@@ -194,19 +196,30 @@ def tflops_reference(m, n, k, seconds):
     return 2 * m * n * k / seconds / 1e12
 
 
-def test_tflops_accepts_the_reference(capsys: pytest.CaptureFixture[str]) -> None:
+def test_tflops_accepts_the_reference_and_other_ways_to_write_it(capsys: pytest.CaptureFixture[str]) -> None:
     check("getting_started-tflops", tflops_reference)
-    assert "correct" in capsys.readouterr().out
+    check("getting_started-tflops", lambda m, n, k, s: 2.0 * m * n * k / (s * 1e12))
+    check(
+        "getting_started-tflops",
+        lambda m, n, k, s: torch.tensor(2 * m * n * k, dtype=torch.float64) / s * 1e-12,
+    )
+    out = capsys.readouterr()
+    assert out.out.count("correct") == 3 and out.err == ""
 
 
 @pytest.mark.parametrize(
     "wrong, message",
     [
         (lambda m, n, k, s: m * n * k / s / 1e12, "half the right value"),
-        (lambda m, n, k, s: 2 * m * n * k / s / 1e9, "factor of 1000"),
-        (lambda m, n, k, s: 2 * n**3 / s / 1e12, "not right"),  # assumes square matrices
-        (lambda m, n, k, s: 2 * m * n * k * s / 1e12, "not right"),  # multiplies by the time
-        (lambda m, n, k, s: 2 * m * n / s / 1e12, "not right"),  # forgets the inner dimension
+        (lambda m, n, k, s: m * n * (2 * k - 1) / s / 1e12, r"m\*n\*\(2k-1\)"),
+        (lambda m, n, k, s: 2 * m * n * k / s / 1e9, "GFLOP/s"),
+        (lambda m, n, k, s: 2 * m * n * k / (s * 1e3) / 1e12, "1000 times too low"),
+        (lambda m, n, k, s: 2 * m * n * k / s / 2**40, "2\\^40"),
+        (lambda m, n, k, s: 2 * n**3 / s / 1e12, "assumed square matrices"),
+        (lambda m, n, k, s: 2 * m * n * k * s / 1e12, "multiplied by the time"),
+        (lambda m, n, k, s: 2 * m * n / s / 1e12, "left out the inner dimension"),
+        (lambda m, n, k, s: 2 * m * n * k // s // 10**12, "not right"),  # floor division
+        (lambda m, n, k, s: f"{2 * m * n * k / s / 1e12:.3f} TFLOP/s", "not a number"),
     ],
 )
 def test_tflops_rejects_realistic_mistakes(wrong, message: str) -> None:
@@ -222,12 +235,30 @@ def relative_error_reference(result, reference):
     return (torch.linalg.norm(result - reference) / torch.linalg.norm(reference)).item()
 
 
-def test_relative_error_accepts_the_reference_and_a_tensor_result() -> None:
+def relative_error_in_numpy(result, reference):
+    import numpy as np
+
+    r, f = result.double().numpy(), reference.double().numpy()
+    return float(np.sqrt(((r - f) ** 2).sum() / (f**2).sum()))
+
+
+def test_relative_error_accepts_the_reference_and_other_methods(capsys: pytest.CaptureFixture[str]) -> None:
     check("getting_started-relative-error", relative_error_reference)
     check(
         "getting_started-relative-error",
         lambda r, f: torch.linalg.norm(r.double() - f.double()) / torch.linalg.norm(f.double()),
     )
+    check("getting_started-relative-error", relative_error_in_numpy)
+    check(
+        "getting_started-relative-error",
+        lambda r, f: (torch.dist(r.double(), f.double()) / f.double().norm()).item(),
+    )
+    out = capsys.readouterr()
+    assert out.out.count("correct") == 4 and out.err == ""
+
+
+def _no_conversion(r, f):
+    return (torch.linalg.norm(r - f) / torch.linalg.norm(f)).item()
 
 
 @pytest.mark.parametrize(
@@ -249,9 +280,18 @@ def test_relative_error_accepts_the_reference_and_a_tensor_result() -> None:
             lambda r, f: (
                 torch.linalg.norm((r - f.to(r.dtype)).float()) / torch.linalg.norm(f.float())
             ).item(),
-            "low precision",
+            "difference computed in bfloat16",
+        ),
+        (  # float32 instead of float64: caught on the fp32 product
+            lambda r, f: (torch.linalg.norm(r.float() - f.float()) / torch.linalg.norm(f.float())).item(),
+            "fp32 product .* difference computed in float32",
         ),
         (lambda r, f: torch.linalg.norm(r.double() - f.double()).item(), "absolute"),
+        (
+            lambda r, f: (((r.double() - f.double()) ** 2).sum() / (f.double() ** 2).sum()).item(),
+            "squared norms",
+        ),
+        (_no_conversion, "bf16 reference .* norms computed in bfloat16"),
         (
             lambda r, f: (
                 torch.linalg.norm(r.double() - f.double(), ord=2).item()
@@ -265,3 +305,15 @@ def test_relative_error_accepts_the_reference_and_a_tensor_result() -> None:
 def test_relative_error_rejects_realistic_mistakes(wrong, message: str) -> None:
     with pytest.raises(ExerciseFailed, match=message):
         check("getting_started-relative-error", wrong)
+
+
+def test_relative_error_catches_a_norm_that_overflows_in_fp16() -> None:
+    """Without conversion, the fp16 reference's norm (about 2.4e5) overflows to inf: the answer is 0."""
+
+    def no_conversion_except_bf16(r, f):
+        if r.dtype == torch.bfloat16:
+            return relative_error_reference(r, f)
+        return _no_conversion(r, f)
+
+    with pytest.raises(ExerciseFailed, match="fp16 activations .* norms computed in float16.*overflows"):
+        check("getting_started-relative-error", no_conversion_except_bf16)

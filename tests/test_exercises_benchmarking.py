@@ -1,4 +1,4 @@
-"""The checks of chapter benchmarking: reference solutions pass, realistic mistakes fail."""
+"""The checks of chapter benchmarking: reference solutions and valid alternatives pass, realistic mistakes fail."""
 
 from __future__ import annotations
 
@@ -6,74 +6,20 @@ import statistics
 
 import pytest
 
-from mpcourse.exercises import ExerciseFailed, check
-
-# --- benchmarking-intensity -------------------------------------------------------------------
-
-
-def intensity(m, n, k, b):
-    return 2 * m * n * k / (b * (m * k + k * n + m * n))
+from mpcourse.bench import roofline
+from mpcourse.exercises import ExerciseFailed, check, hints, labels
+from mpcourse.exercises.benchmarking import _matmul_devices, simulated_matmul_gpu, step_log
 
 
-def test_intensity_accepts_the_reference() -> None:
-    check("benchmarking-intensity", intensity)
-
-
-@pytest.mark.parametrize(
-    "wrong, message",
-    [
-        (lambda m, n, k, b: m * n * k / (b * (m * k + k * n + m * n)), "one FLOP per multiply-add"),
-        (lambda m, n, k, b: 2 * m * n * k / (b * (m * k + k * n)), "result matrix C"),
-        (lambda m, n, k, b: 2 * m * n * k / (8 * b * (m * k + k * n + m * n)), "bits instead of bytes"),
-        (lambda m, n, k, b: 2 * n / (3 * b), "square matrices"),
-        (lambda m, n, k, b: 2 * m * n * k / (m * k + k * n + m * n), "elements instead of bytes"),
-        (lambda m, n, k, b: 2 * m * n * k / (b * (m + n + k)), "not right"),
-        (lambda m, n, k, b: "high", "one number"),
-    ],
-)
-def test_intensity_rejects_realistic_mistakes(wrong, message: str) -> None:
-    with pytest.raises(ExerciseFailed, match=message):
-        check("benchmarking-intensity", wrong)
-
-
-# --- benchmarking-speedup ---------------------------------------------------------------------
-
-
-def speedup(flops, bytes_high, bytes_low, peak_high, peak_low, bandwidth):
-    high = max(flops / (peak_high * 1e12), bytes_high / (bandwidth * 1e9))
-    low = max(flops / (peak_low * 1e12), bytes_low / (bandwidth * 1e9))
-    return high / low
-
-
-def test_speedup_accepts_the_reference() -> None:
-    check("benchmarking-speedup", speedup)
-
-
-@pytest.mark.parametrize(
-    "wrong, message",
-    [
-        (lambda f, bh, bl, ph, pl, bw: pl / ph, "ratio of the peaks"),
-        (lambda f, bh, bl, ph, pl, bw: bh / bl, "ratio of the bytes"),
-        (
-            lambda f, bh, bl, ph, pl, bw: (f / ph / 1e12 + bh / bw / 1e9) / (f / pl / 1e12 + bl / bw / 1e9),
-            "adding",
-        ),
-        (
-            lambda f, bh, bl, ph, pl, bw: (
-                min(f / ph / 1e12, bh / bw / 1e9) / min(f / pl / 1e12, bl / bw / 1e9)
-            ),
-            "ratio of the (peaks|bytes)|smaller",
-        ),
-        (lambda *a: 1 / speedup(*a), "inverse"),
-        (
-            lambda f, bh, bl, ph, pl, bw: max(f / ph, bh / bw) / max(f / pl, bl / bw),
-            "not right",
-        ),  # units mixed up
-    ],
-)
-def test_speedup_rejects_realistic_mistakes(wrong, message: str) -> None:
-    with pytest.raises(ExerciseFailed, match=message):
-        check("benchmarking-speedup", wrong)
+def test_the_chapter_has_these_exercises() -> None:
+    assert labels("benchmarking") == [
+        "benchmarking-fair-speedup",
+        "benchmarking-mfu",
+        "benchmarking-speedup",
+        "benchmarking-timing",
+    ]
+    for label in labels("benchmarking"):
+        assert 2 <= len(hints(label)) <= 4, label
 
 
 # --- benchmarking-timing ----------------------------------------------------------------------
@@ -103,9 +49,22 @@ def time_per_call_blocked(fn, sync, clock, warmup=3, repeats=50):
     return (clock() - start) / repeats
 
 
-def test_timing_accepts_both_correct_designs() -> None:
-    check("benchmarking-timing", time_per_call)
-    check("benchmarking-timing", time_per_call_blocked)
+def time_per_call_best_of(fn, sync, clock):  # the minimum of synchronised single calls, after one warm-up
+    fn()
+    best = float("inf")
+    for _ in range(5):
+        sync()
+        start = clock()
+        fn()
+        sync()
+        best = min(best, clock() - start)
+    return best
+
+
+@pytest.mark.parametrize("answer", [time_per_call, time_per_call_blocked, time_per_call_best_of])
+def test_timing_accepts_correct_designs(answer, capsys: pytest.CaptureFixture[str]) -> None:
+    check("benchmarking-timing", answer)
+    assert capsys.readouterr().err == ""
 
 
 def broken(fn, sync, clock, warmup=3, repeats=10):  # the loop shown in the chapter
@@ -172,14 +131,15 @@ def wall_clock(fn, sync, clock, warmup=3, repeats=10):
 @pytest.mark.parametrize(
     "wrong, message",
     [
-        (broken, "sync\\(\\) before reading the clock at the end"),
-        (no_final_sync, "sync\\(\\) before reading the clock at the end"),
+        (broken, "wait for the device before reading the clock at the end"),
+        (no_final_sync, "wait for the device before reading the clock at the end"),
         (no_warmup, "one-off costs"),
-        (no_initial_sync, "sync\\(\\) before starting"),
+        (no_initial_sync, "wait for the device before starting"),
         (mean_with_first_call, "one-off costs"),
         (total_not_per_call, "ms per call"),
-        (wall_clock, "clock\\(\\) you are given"),
+        (wall_clock, r"read clock\(\) 0 times"),
         (lambda fn, sync, clock: 0.002, "never called fn"),
+        (lambda fn, sync, clock: "2 ms", "expected one number"),
     ],
 )
 def test_timing_rejects_the_classic_bugs(wrong, message: str) -> None:
@@ -187,27 +147,344 @@ def test_timing_rejects_the_classic_bugs(wrong, message: str) -> None:
         check("benchmarking-timing", wrong)
 
 
-# --- benchmarking-mfu -------------------------------------------------------------------------
+# --- benchmarking-fair-speedup ------------------------------------------------------------------
 
 
-def mfu(n_params, tokens, seconds, peak_tflops):
-    return 6 * n_params * tokens / seconds / (peak_tflops * 1e12)
+def seconds_per_call(run, sync, clock, n, precision, repeats=5):
+    run(n, precision)
+    sync()
+    start = clock()
+    for _ in range(repeats):
+        run(n, precision)
+    sync()
+    return (clock() - start) / repeats
 
 
-def test_mfu_accepts_the_reference() -> None:
-    check("benchmarking-mfu", mfu)
+def bf16_speedup(run, sync, clock, max_n):
+    n, previous = 256, None
+    while n <= max_n:
+        ratio = seconds_per_call(run, sync, clock, n, "fp32") / seconds_per_call(run, sync, clock, n, "bf16")
+        if previous is not None and abs(ratio - previous) < 0.02 * ratio:
+            return ratio
+        previous, n = ratio, 2 * n
+    return previous
+
+
+def largest_that_fits(run, sync, clock, max_n):  # no search: the largest product, warmed up, median of calls
+    def median_call(precision):
+        run(max_n, precision)
+        times = []
+        for _ in range(3):
+            sync()
+            start = clock()
+            run(max_n, precision)
+            sync()
+            times.append(clock() - start)
+        return statistics.median(times)
+
+    return median_call("fp32") / median_call("bf16")
+
+
+def interleaved(run, sync, clock, max_n):  # alternate the precisions at a large size, as timing.compare does
+    n = max_n // 2
+    totals = {"fp32": 0.0, "bf16": 0.0}
+    for p in totals:
+        run(n, p)
+    for _ in range(4):
+        for p in totals:
+            sync()
+            start = clock()
+            run(n, p)
+            sync()
+            totals[p] += clock() - start
+    return totals["fp32"] / totals["bf16"]
+
+
+@pytest.mark.parametrize("answer", [bf16_speedup, largest_that_fits, interleaved])
+def test_fair_speedup_accepts_valid_measurements(answer, capsys: pytest.CaptureFixture[str]) -> None:
+    check("benchmarking-fair-speedup", answer)
+    assert capsys.readouterr().err == ""
+
+
+def flawed_speedup(run, sync, clock, max_n):  # the chapter's flawed benchmark
+    start = clock()
+    run(256, "fp32")
+    sync()
+    t32 = clock() - start
+    start = clock()
+    run(256, "bf16")
+    sync()
+    t16 = clock() - start
+    return t32 / t16
+
+
+def warm_but_small(run, sync, clock, max_n):
+    return seconds_per_call(run, sync, clock, 1024, "fp32") / seconds_per_call(run, sync, clock, 1024, "bf16")
+
+
+def large_but_cold(run, sync, clock, max_n):
+    start = clock()
+    run(max_n, "fp32")
+    sync()
+    t32 = clock() - start
+    start = clock()
+    run(max_n, "bf16")
+    sync()
+    return t32 / (clock() - start)
+
+
+def never_synchronised(run, sync, clock, max_n):
+    def total(p):
+        start = clock()
+        for _ in range(10):
+            run(max_n, p)
+        return clock() - start
+
+    return total("fp32") / total("bf16")
+
+
+def no_final_sync_sweep(run, sync, clock, max_n):
+    def per_call(p):
+        run(max_n, p)
+        sync()
+        start = clock()
+        for _ in range(10):
+            run(max_n, p)
+        return (clock() - start) / 10
+
+    return per_call("fp32") / per_call("bf16")
+
+
+def different_shapes(
+    run, sync, clock, max_n
+):  # bf16 "needs less memory", so a bigger... or a smaller product
+    return seconds_per_call(run, sync, clock, max_n, "fp32") / seconds_per_call(
+        run, sync, clock, max_n // 2, "bf16"
+    )
+
+
+def inverted(run, sync, clock, max_n):
+    return 1 / largest_that_fits(run, sync, clock, max_n)
+
+
+def runs_out_of_memory(run, sync, clock, max_n):
+    n = 256
+    while True:
+        seconds_per_call(run, sync, clock, n, "fp32")
+        n *= 2
 
 
 @pytest.mark.parametrize(
     "wrong, message",
     [
-        (lambda n, t, s, p: 2 * n * t / s / (p * 1e12), "only the forward"),
-        (lambda n, t, s, p: 100 * mfu(n, t, s, p), "percentage"),
-        (lambda n, t, s, p: 6 * n * t / s / p, "TFLOP/s"),
-        (lambda n, t, s, p: 6 * n * t * s / (p * 1e12), "multiplying by the step time"),
-        (lambda n, t, s, p: 4 * n * t / s / (p * 1e12), "not right"),
+        (
+            flawed_speedup,
+            r"device A your answer is 1.00; the largest product you timed in both precisions is n = 256.*"
+            r"and you ran fp32 and bf16 at n = 256 only once",
+        ),
+        (
+            warm_but_small,
+            r"largest product you timed in both precisions is n = 1024, where the launch is 70%",
+        ),
+        (large_but_cold, r"ran fp32 and bf16 at n = 16384 only once.*one-off set-up"),
+        (never_synchronised, "never synchronised"),
+        (no_final_sync_sweep, r"readings of the clock came while the device was still busy"),
+        (different_shapes, r"fp32 products of n = \[16384\] and bf16 products of n = \[8192\]"),
+        (inverted, "inverse of a speed-up"),
+        (runs_out_of_memory, "out of memory"),
+        (lambda run, sync, clock, max_n: seconds_per_call(run, sync, clock, max_n, "bf16"), "only in bf16"),
+        (lambda run, sync, clock, max_n: 14.8, "never called run"),
+    ],
+)
+def test_fair_speedup_rejects_flawed_benchmarks(wrong, message: str) -> None:
+    with pytest.raises(ExerciseFailed, match=message):
+        check("benchmarking-fair-speedup", wrong)
+
+
+def test_a_hard_coded_answer_fails_on_another_device() -> None:
+    with pytest.raises(ExerciseFailed, match="device B"):
+        check(
+            "benchmarking-fair-speedup",
+            lambda run, sync, clock, max_n: 14.8 + 0 * bf16_speedup(run, sync, clock, max_n),
+        )
+
+
+def test_the_simulated_devices_settle_within_the_tolerance_at_max_n() -> None:
+    for gpu in _matmul_devices():
+        assert abs(gpu.ratio(gpu.max_n) / gpu.truth() - 1) < 0.01
+        assert abs(gpu.ratio(256) / gpu.truth() - 1) > 0.05  # a small product does not give the answer
+    demo = simulated_matmul_gpu()
+    assert abs(flawed_speedup(demo.run, demo.sync, demo.clock, demo.max_n) - 1) < 0.05
+
+
+# --- benchmarking-speedup ---------------------------------------------------------------------
+
+BYTES = {"fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2}
+
+
+def make_predictor(
+    bytes_per=None,
+    write_c=True,
+    flops_per_fma=2,
+    peaks="dense_tflops",
+    gb=1e9,
+    combine=max,
+    layer_norm_flops=5,
+):
+    """The roofline prediction written out by hand, with switches for the usual mistakes."""
+    bytes_per = bytes_per or BYTES
+
+    def predicted_speedup(op, gpu, precision):
+        def seconds(p):
+            b = bytes_per[p]
+            if op["op"] == "matmul":
+                m, n, k = op["m"], op["n"], op["k"]
+                flops, nbytes = flops_per_fma * m * n * k, (m * k + k * n + (m * n if write_c else 0)) * b
+            elif op["op"] == "add":
+                flops, nbytes = op["elements"], 3 * op["elements"] * b
+            else:
+                elements = op["rows"] * op["cols"]
+                flops, nbytes = layer_norm_flops * elements, (2 * elements + 2 * op["cols"]) * b
+            return combine(flops / (getattr(gpu, peaks)[p] * 1e12), nbytes / (gpu.bandwidth_gb_s * gb))
+
+        return seconds("fp32") / seconds(precision)
+
+    return predicted_speedup
+
+
+def with_the_course_roofline(op, gpu, precision):
+    costs = {}
+    for p in ("fp32", precision):
+        if op["op"] == "matmul":
+            costs[p] = roofline.matmul_cost(op["m"], op["n"], op["k"], p)
+        elif op["op"] == "add":
+            costs[p] = roofline.elementwise_cost(op["elements"], p)
+        else:  # a layer norm: one input, one output, a couple of dozen FLOPs per element
+            costs[p] = roofline.elementwise_cost(op["rows"] * op["cols"], p, inputs=1, flops_per_element=24)
+    return roofline.predicted_speedup(costs, roofline.Roofs.from_datasheet(gpu), "fp32", precision)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [make_predictor(), make_predictor(layer_norm_flops=30), with_the_course_roofline],
+    ids=["by-hand", "layer-norm-with-30-flops-and-its-weights", "course-roofline"],
+)
+def test_speedup_accepts_valid_predictions(answer, capsys: pytest.CaptureFixture[str]) -> None:
+    check("benchmarking-speedup", answer)
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize(
+    "wrong, message",
+    [
+        (make_predictor(gb=2**30), "GiB/s"),  # used to pass: no case crossed a regime boundary
+        (make_predictor(bytes_per=dict(BYTES, tf32=2)), "TF32 stored in 2 bytes"),
+        (make_predictor(peaks="printed_tflops"), "2:4 sparsity"),
+        (make_predictor(write_c=False), "leaving out the result matrix"),
+        (make_predictor(flops_per_fma=1), "one FLOP per multiply-add"),
+        (make_predictor(combine=lambda a, b: a + b), "adding the compute time and the memory time"),
+        (make_predictor(combine=min), "ratio of the bytes|smaller of the compute and memory times"),
+        (lambda op, gpu, p: gpu.dense_tflops[p] / gpu.dense_tflops["fp32"], "ratio of the peaks"),
+        (lambda op, gpu, p: 4 / BYTES[p], "ratio of the bytes"),
+        (lambda op, gpu, p: 1 / make_predictor()(op, gpu, p), "inverse ratio"),
+        (make_predictor(gb=1e12), "not right"),  # GB/s read as TB/s
+        (lambda op, gpu, p: "2x", "expected one number"),
+    ],
+)
+def test_speedup_rejects_realistic_mistakes(wrong, message: str) -> None:
+    with pytest.raises(ExerciseFailed, match=message):
+        check("benchmarking-speedup", wrong)
+
+
+def test_the_gib_mistake_fails_on_the_case_that_crosses_a_regime() -> None:
+    with pytest.raises(
+        ExerciseFailed, match=r"128 rows times an 8192 x 8192 matrix.*in bf16 on the NVIDIA H100"
+    ):
+        check("benchmarking-speedup", make_predictor(gb=2**30))
+
+
+# --- benchmarking-mfu -------------------------------------------------------------------------
+
+
+def mfu(step_seconds, n_params, tokens_per_step, gpu, precision):
+    peak = gpu.dense_tflops.get(precision)
+    if peak is None:
+        return None
+    return 6 * n_params * tokens_per_step / statistics.median(step_seconds) / (peak * 1e12)
+
+
+def mfu_trimmed_mean(step_seconds, n_params, tokens_per_step, gpu, precision):
+    if gpu.peak_tflops(precision) is None:
+        return None
+    steady = step_seconds[10:]
+    flops_per_s = 6 * n_params * tokens_per_step * len(steady) / sum(steady)
+    return flops_per_s / (gpu.peak_tflops(precision) * 1e12)
+
+
+def mfu_best_step(step_seconds, n_params, tokens_per_step, gpu, precision):
+    if precision not in gpu.dense_tflops:
+        return None
+    return 6 * n_params * tokens_per_step / min(step_seconds) / gpu.dense_tflops[precision] / 1e12
+
+
+@pytest.mark.parametrize("answer", [mfu, mfu_trimmed_mean, mfu_best_step])
+def test_mfu_accepts_valid_answers(answer, capsys: pytest.CaptureFixture[str]) -> None:
+    check("benchmarking-mfu", answer)
+    assert capsys.readouterr().err == ""
+
+
+def _with_step(summary):
+    def answer(step_seconds, n_params, tokens_per_step, gpu, precision):
+        if precision not in gpu.dense_tflops:
+            return None
+        return 6 * n_params * tokens_per_step / summary(step_seconds) / (gpu.dense_tflops[precision] * 1e12)
+
+    return answer
+
+
+def _with_peak(peak_of):
+    def answer(step_seconds, n_params, tokens_per_step, gpu, precision):
+        if precision not in gpu.dense_tflops:
+            return None
+        return (
+            6
+            * n_params
+            * tokens_per_step
+            / statistics.median(step_seconds)
+            / (peak_of(gpu, precision) * 1e12)
+        )
+
+    return answer
+
+
+@pytest.mark.parametrize(
+    "wrong, message",
+    [
+        (_with_step(statistics.fmean), "mean of every step"),
+        (_with_step(lambda s: statistics.fmean(s[1:])), "mean of the steps after the first"),
+        (_with_step(lambda s: s[0]), "first step's time"),
+        (_with_step(sum), "whole run"),
+        (_with_peak(lambda gpu, p: gpu.printed_tflops[p]), "2:4 sparsity"),
+        (_with_peak(lambda gpu, p: gpu.dense_tflops["fp32"]), "the fp32 peak"),
+        (
+            lambda s, n, t, g, p: mfu(s, n, t, g, p) / 3 if p in g.dense_tflops else None,
+            "only the forward pass",
+        ),
+        (lambda s, n, t, g, p: mfu(s, n, t, g, p) * 100 if p in g.dense_tflops else None, "percentage"),
+        (
+            lambda s, n, t, g, p: 6 * n * t / statistics.median(s) / (g.dense_tflops[p] * 1e12),
+            r"KeyError: 'bf16'. The NVIDIA V100",
+        ),
+        (lambda s, n, t, g, p: mfu(s, n, t, g, p) or 0.0, r"V100 SXM2 32GB has no bf16 units.*expected None"),
+        (lambda s, n, t, g, p: "12%", "expected one number"),
     ],
 )
 def test_mfu_rejects_realistic_mistakes(wrong, message: str) -> None:
     with pytest.raises(ExerciseFailed, match=message):
         check("benchmarking-mfu", wrong)
+
+
+def test_step_logs_are_reproducible_and_start_slow() -> None:
+    assert step_log(0.05, seed=1) == step_log(0.05, seed=1)
+    log = step_log(0.05, seed=1)
+    assert log[0] > 10 * statistics.median(log) and abs(statistics.median(log) / 0.05 - 1) < 0.01

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import warnings
+import math
 
+import ml_dtypes
 import numpy as np
 import pytest
 import torch
@@ -63,23 +64,56 @@ def sr_wrong(variant: str):
     return fn
 
 
-def test_stochastic_round_accepts_the_reference() -> None:
+def test_stochastic_round_accepts_the_reference_quietly(capsys: pytest.CaptureFixture[str]) -> None:
     check("bf16-stochastic-round", sr_reference)
+    assert capsys.readouterr().err == ""
 
 
-def test_stochastic_round_accepts_the_package_implementation() -> None:
+def sr_by_value(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Another valid method: find both neighbours by value and choose with a Bernoulli draw."""
+    low = (x.view(torch.int32) & -65536).view(torch.float32)  # toward zero
+    gap = torch.from_numpy(BF16.spacing(x.double().numpy())).float()
+    fraction = ((x - low).abs() / gap).nan_to_num(0.0)
+    away = torch.rand(x.shape, generator=generator) < fraction
+    out = torch.where(away, low + torch.sign(x) * gap, low)
+    return torch.where(torch.isinf(x), x, out).to(torch.bfloat16)
+
+
+def test_stochastic_round_accepts_a_value_based_method() -> None:
+    check("bf16-stochastic-round", sr_by_value)
+
+
+def test_stochastic_round_refuses_a_library_rounding() -> None:
+    """The course's own function (shown just above the exercise) and formats' exact stochastic rounding give
+    right results; the exercise is to write the rounding."""
+    from mpcourse import bf16
     from mpcourse.bf16 import stochastic_round_bf16
 
-    check("bf16-stochastic-round", lambda x, g: stochastic_round_bf16(x, generator=g))
+    def through_module(x, generator):
+        return bf16.stochastic_round_bf16(x, generator=generator)
+
+    def imported(x, generator):
+        return stochastic_round_bf16(x, generator=generator)
+
+    def with_formats(x, generator):
+        return formats.round_tensor(x, "bf16", rounding="stochastic", generator=generator).to(torch.bfloat16)
+
+    for fn, message in (
+        (through_module, "mpcourse.bf16.stochastic_round_bf16"),
+        (imported, "mpcourse.bf16.stochastic_round_bf16"),
+        (with_formats, "mpcourse.formats"),
+    ):
+        with pytest.raises(ExerciseFailed, match="lets a library do the rounding: " + message):
+            check("bf16-stochastic-round", fn)
 
 
 @pytest.mark.parametrize(
     "variant, message",
     [
-        ("truncate", "truncation"),
+        ("truncate", "(?s)truncation.*never carries into bit 16"),
         ("nearest", "deterministic"),
         ("float32-result", "dtype"),
-        ("15-bit-noise", "should be"),
+        ("15-bit-noise", "(?s)should be.*range your random integers"),
         ("toward-plus-infinity", "negative values"),
         ("noise-on-value", "already a bf16 value"),
         ("global-generator", "seeded alike rounded the same inputs differently"),
@@ -116,9 +150,8 @@ def survives_wrong(variant: str):
             _, _, mantissa = BF16.fields(BF16.encode(w))
             half = BF16.spacing(w) / 2
             return (np.abs(u) > half) | ((np.abs(u) == half) & (np.asarray(mantissa) % 2 == 1))
-        if variant == "fp32-double-rounding":
-            wt = torch.from_numpy(w).to(torch.bfloat16)
-            return ((wt.float() + torch.from_numpy(u).float()).to(torch.bfloat16) != wt).numpy()
+        if variant == "u-in-float32":  # the gap reasoning, but u rounded to float32 first: double rounding
+            return survives_reference(w, np.asarray(u).astype(np.float32).astype(np.float64))
         if variant == "floats":
             return survives_reference(w, u).astype(np.float64)
         raise AssertionError(variant)
@@ -126,12 +159,29 @@ def survives_wrong(variant: str):
     return fn
 
 
-def test_update_survives_accepts_the_reference() -> None:
+def survives_by_bits(w: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Another valid method: the neighbour in the direction of u from w's bit pattern (w is a bf16 value, so
+    converting it with torch rounds nothing), then half the distance to it; ties by the last bit."""
+    bits = (
+        torch.from_numpy(np.asarray(w, dtype=np.float64)).to(torch.bfloat16).view(torch.int16).to(torch.int32)
+    )
+    code, sign_bit = bits & 0x7FFF, bits & 0x8000
+    uu = torch.from_numpy(np.asarray(u, dtype=np.float64))
+    away = (code == 0) | ((uu > 0) == (sign_bit == 0))
+    neighbour = (torch.where(away, code + 1, code - 1) | sign_bit).to(torch.int16).view(torch.bfloat16)
+    half = (neighbour.double() - torch.from_numpy(np.asarray(w, dtype=np.float64))).abs() / 2
+    odd = (code & 1) == 1
+    moves = (uu.abs() > half) | ((uu.abs() == half) & odd)
+    return (moves & (uu != 0)).numpy()
+
+
+def test_update_survives_accepts_the_reference_quietly(capsys: pytest.CaptureFixture[str]) -> None:
     check("bf16-update-survives", survives_reference)
+    assert capsys.readouterr().err == ""
 
 
-def test_update_survives_accepts_the_exact_formats_answer() -> None:
-    check("bf16-update-survives", lambda w, u: BF16.round(w + u) != w)
+def test_update_survives_accepts_reasoning_on_the_bit_pattern() -> None:
+    check("bf16-update-survives", survives_by_bits)
 
 
 @pytest.mark.parametrize(
@@ -140,13 +190,98 @@ def test_update_survives_accepts_the_exact_formats_answer() -> None:
         ("relative-threshold", "threshold|answered"),
         ("ties-survive", "tie"),
         ("gap-above-only", "power of two"),
-        ("fp32-double-rounding", "double rounding"),
+        ("u-in-float32", "double rounding"),
         ("floats", "boolean numpy array"),
     ],
 )
 def test_update_survives_rejects_realistic_mistakes(variant: str, message: str) -> None:
     with pytest.raises(ExerciseFailed, match=message):
         check("bf16-update-survives", survives_wrong(variant))
+
+
+def _formats_round(w, u):
+    return BF16.round(w + u) != w
+
+
+def _formats_encode(w, u):
+    return BF16.encode(w + u) != BF16.encode(w)
+
+
+def _round_tensor(w, u):
+    return formats.round_tensor(torch.from_numpy(np.asarray(w + u, dtype=np.float64)), "bf16").numpy() != w
+
+
+def _torch_cast(w, u):
+    return torch.from_numpy(np.asarray(w) + np.asarray(u)).to(torch.bfloat16).double().numpy() != w
+
+
+def _torch_bf16_add(w, u):  # w and u both made bf16 tensors, added in bf16
+    wt = torch.tensor(np.asarray(w), dtype=torch.bfloat16)
+    return ((wt + torch.tensor(np.asarray(u), dtype=torch.bfloat16)) != wt).numpy()
+
+
+def _torch_fp32_add(w, u):  # and wrong too: w + u rounded to float32 first
+    wt = torch.from_numpy(np.asarray(w)).to(torch.bfloat16)
+    return ((wt.float() + torch.from_numpy(np.asarray(u)).float()).to(torch.bfloat16) != wt).numpy()
+
+
+def _ml_dtypes(w, u):
+    return (np.asarray(w) + np.asarray(u)).astype(ml_dtypes.bfloat16).astype(np.float64) != w
+
+
+_BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
+
+
+def _ml_dtypes_on_input(w, u):  # ml_dtypes's type reached through a global that does not name it
+    return (w + u).astype(_BFLOAT16).astype(np.float64) != w
+
+
+SHORTCUTS = {
+    "formats": _formats_round,
+    "formats-encode": _formats_encode,
+    "round-tensor": _round_tensor,
+    "torch-cast": _torch_cast,
+    "torch-bf16-add": _torch_bf16_add,
+    "torch-fp32-add": _torch_fp32_add,
+    "ml_dtypes": _ml_dtypes,
+    "ml_dtypes-on-input": _ml_dtypes_on_input,
+}
+
+
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("formats", r"mpcourse.formats \(a bf16 rounding"),
+        ("formats-encode", r"mpcourse.formats \(a bf16 rounding"),
+        ("round-tensor", r"mpcourse.formats \((a bf16 rounding|round_tensor)"),
+        ("torch-cast", None),  # torch converts float64 to bf16 through float32
+        ("torch-bf16-add", None),  # u rounded to bf16 first
+        ("torch-fp32-add", None),
+        ("ml_dtypes", r"ml_dtypes \(named in your function\)"),
+        ("ml_dtypes-on-input", r"ml_dtypes \(astype\(bfloat16\)"),
+    ],
+)
+def test_update_survives_refuses_a_library_rounding(kind: str, message: str | None) -> None:
+    """Issue 15: the check accepted the rounding-function shortcut its prompt forbids. (A shortcut that is
+    also wrong is told what is wrong first: torch's conversions round w + u, or u, to float32 or bf16
+    before the final rounding, which is double rounding.)"""
+    expected = "double rounding" if message is None else "lets a library round w \\+ u to bf16: " + message
+    with pytest.raises(ExerciseFailed, match=expected):
+        check("bf16-update-survives", SHORTCUTS[kind])
+
+
+def test_the_rounding_watch_leaves_no_spies_behind() -> None:
+    from mpcourse.exercises.bf16 import watch_bf16_rounding
+
+    before = (formats.FloatFormat._round_numpy, formats._round_with_torch)
+    with watch_bf16_rounding() as seen:
+        torch.tensor([1.0, 0.5]).to(torch.bfloat16)  # bf16 values: nothing is rounded
+        BF16.round(np.array([1.0, 2.0**-133]))
+        assert seen == []
+        torch.tensor([0.1]).bfloat16()
+        BF16.round(np.array([0.1]))
+        assert len(seen) == 2
+    assert (formats.FloatFormat._round_numpy, formats._round_with_torch) == before
 
 
 # ---- Kahan-compensated update ----------------------------------------------------------------------
@@ -181,28 +316,43 @@ def kahan_wrong(variant: str):
             return target, (target - new.float()).to(torch.bfloat16)
         if variant == "single-tensor":
             return new
+        if variant == "compensation-kept":  # adds what was dropped to the old compensation: counted twice
+            return new, (compensation.float() + (target - new.float())).to(torch.bfloat16)
         raise AssertionError(variant)
 
     return fn
 
 
-def test_kahan_accepts_the_reference() -> None:
+def test_kahan_accepts_the_reference_quietly(capsys: pytest.CaptureFixture[str]) -> None:
     check("bf16-kahan", kahan_reference)
+    assert capsys.readouterr().err == ""
+
+
+def test_kahan_accepts_the_update_added_to_the_weight_first() -> None:
+    def fn(param, update, compensation):
+        target = (param.float() + update.float()) + compensation.float()
+        new = target.bfloat16()
+        return new, (target - new.float()).bfloat16()
+
+    check("bf16-kahan", fn)
 
 
 def test_kahan_accepts_the_all_bf16_formulation() -> None:
     check("bf16-kahan", kahan_all_bf16)
 
 
-def test_kahan_accepts_the_package_update() -> None:
-    from mpcourse.bf16 import kahan_add_
+def test_kahan_refuses_the_package_update() -> None:
+    from mpcourse import bf16
 
     def fn(param, update, compensation):
         param, compensation = param.clone(), compensation.clone()
-        kahan_add_(param, update, compensation)
+        bf16.kahan_add_(param, update, compensation)
         return param, compensation
 
-    check("bf16-kahan", fn)
+    with pytest.raises(
+        ExerciseFailed, match="the course's own implementation do the update: mpcourse.bf16.kahan_add_"
+    ):
+        check("bf16-kahan", fn)
 
 
 @pytest.mark.parametrize(
@@ -213,6 +363,7 @@ def test_kahan_accepts_the_package_update() -> None:
         ("compensation-ignored", "not moved"),
         ("fp32-weights", "dtypes"),
         ("single-tensor", "pair of tensors"),
+        ("compensation-kept", "gaps from the exact sum|times as far"),
     ],
 )
 def test_kahan_rejects_realistic_mistakes(variant: str, message: str) -> None:
@@ -220,164 +371,123 @@ def test_kahan_rejects_realistic_mistakes(variant: str, message: str) -> None:
         check("bf16-kahan", kahan_wrong(variant))
 
 
-# ---- the seed's B.2 loop, fixed ----------------------------------------------------------------------
+# ---- the learning-rate floor of pure bf16 ------------------------------------------------------------
 
 
-def step_reference(model, optimizer, loss_fn, inputs, targets) -> float:
-    with torch.autocast(inputs.device.type, dtype=torch.bfloat16):
-        loss = loss_fn(model(inputs), targets)
-    loss.backward()
-    optimizer.step()
-    optimizer.zero_grad()
-    return loss.item()
+def lr_floor_reference(weight: torch.Tensor, grad: torch.Tensor, share: float) -> float:
+    w = weight.double().numpy().ravel()
+    g = grad.float().numpy().ravel()
+    gap = np.asarray(BF16.spacing(w))  # the gap above |w| (the smallest subnormal at zero)
+    magnitude = np.abs(w)
+    exponent = np.floor(np.log2(np.where(w == 0, 1.0, magnitude)))
+    power_of_two = (w != 0) & (magnitude == np.exp2(exponent)) & (magnitude > BF16.tiny)
+    toward_zero = np.sign(g) == np.sign(w)  # the update -lr * sign(g) points at zero
+    half = np.where(power_of_two & toward_zero, gap / 2, gap) / 2
+    thresholds = np.sort(np.where(g == 0, np.inf, half))
+    return float(thresholds[math.ceil(share * thresholds.size) - 1])
 
 
-def step_loss_outside_autocast(model, optimizer, loss_fn, inputs, targets) -> float:
-    with torch.autocast(inputs.device.type, dtype=torch.bfloat16):
-        logits = model(inputs)
-    loss = loss_fn(logits.float(), targets)
-    loss.backward()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return loss.item()
+def lr_floor_by_bisection(weight: torch.Tensor, grad: torch.Tensor, share: float) -> float:
+    """Another valid method: measure the share that moves with torch's own rounding, and bisect on log2(lr)."""
+    w, s = weight.float(), torch.sign(grad.float())
+
+    def moved(lr: float) -> float:
+        return ((w - lr * s).bfloat16() != weight).float().mean().item()
+
+    if moved(1e30) < share:
+        return math.inf
+    lo, hi = -160.0, 100.0
+    for _ in range(80):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if moved(2.0**mid) >= share else (mid, hi)
+    return 2.0**hi
 
 
-def step_zero_grad_first(model, optimizer, loss_fn, inputs, targets) -> float:
-    optimizer.zero_grad()
-    with torch.autocast(device_type=inputs.device.type, dtype=torch.bfloat16):
-        loss = loss_fn(model(inputs), targets)
-    loss.backward()
-    optimizer.step()
-    return loss.item()
+def lr_floor_by_bits(weight: torch.Tensor, grad: torch.Tensor, share: float) -> float:
+    """Another valid method: the neighbour toward which each weight moves, one code away in its bit pattern."""
+    bits = weight.view(torch.int16).to(torch.int32)
+    code, sign_bit = bits & 0x7FFF, bits & 0x8000
+    step = -torch.sign(grad.float())
+    away = (code == 0) | ((step > 0) == (sign_bit == 0))
+    neighbour = (torch.where(away, code + 1, code - 1) | sign_bit).to(torch.int16).view(torch.bfloat16)
+    t = ((neighbour.double() - weight.double()).abs() / 2).where(
+        step != 0, torch.tensor(math.inf, dtype=torch.float64)
+    )
+    k = math.ceil(share * t.numel())
+    return t.flatten().kthvalue(k).values.item()
 
 
-def step_with_scaler(model, optimizer, loss_fn, inputs, targets) -> float:
-    """Gives the right parameters (a scale of 2^16 is undone exactly), but bf16 needs no scaler."""
-    scaler = torch.amp.GradScaler(inputs.device.type)
-    optimizer.zero_grad()
-    with torch.autocast(inputs.device.type, dtype=torch.bfloat16):
-        loss = loss_fn(model(inputs), targets)
-    scaler.scale(loss).backward()
-    scaler.step(optimizer)
-    scaler.update()
-    return loss.item()
+@pytest.mark.parametrize("fn", [lr_floor_reference, lr_floor_by_bisection, lr_floor_by_bits])
+def test_lr_floor_accepts_correct_methods(fn, capsys: pytest.CaptureFixture[str]) -> None:
+    check("bf16-lr-floor", fn)
+    assert capsys.readouterr().err == ""
 
 
-_SHARED_SCALER: list = []  # filled by the test before the check runs: the scaler exists before the step
+def test_lr_floor_cases_are_confirmed_by_rounding_and_by_adamw() -> None:
+    """Each reference answer is a boundary of the exact measurement, and a real AdamW step in pure bf16 moves
+    the weights the measurement says (the chapter's claim that the first step is lr * sign(g))."""
+    from mpcourse.exercises.bf16_training import _lr_floor, _lr_floor_cases, _moved
+
+    for case, weight, grad, share in _lr_floor_cases():
+        tau = _lr_floor(weight, grad, share)
+        if math.isinf(tau):
+            assert _moved(weight, grad, 1e30) < share, case
+            continue
+        assert _moved(weight, grad, tau * 1.001) >= share > _moved(weight, grad, tau * 0.999), case
+        for lr in (tau * 1.01, tau * 0.99):
+            p = torch.nn.Parameter(weight.clone())
+            p.grad = grad.clone()
+            torch.optim.AdamW([p], lr=lr, weight_decay=0.0).step()
+            assert (p.detach() != weight).double().mean().item() == pytest.approx(_moved(weight, grad, lr)), (
+                case,
+                lr,
+            )
 
 
-def step_with_scaler_built_outside(model, optimizer, loss_fn, inputs, targets) -> float:
-    """The scaler is made once, before the loop (as in the seed), and only used inside the step."""
-    scaler = _SHARED_SCALER[0]
-    with torch.autocast(inputs.device.type, dtype=torch.bfloat16):
-        loss = loss_fn(model(inputs), targets)
-    scaler.scale(loss).backward()
-    scaler.step(optimizer)
-    scaler.update()
-    optimizer.zero_grad()
-    return loss.item()
+def _lr_floor_wrong(variant: str):
+    from mpcourse.exercises.bf16_training import _lr_floor
 
-
-def step_backward_inside_autocast(model, optimizer, loss_fn, inputs, targets) -> float:
-    """The same parameters as a correct step; PyTorch recommends against backward under autocast."""
-    with torch.autocast(inputs.device.type, dtype=torch.bfloat16):
-        loss = loss_fn(model(inputs), targets)
-        loss.backward()
-    optimizer.step()
-    optimizer.zero_grad()
-    return loss.item()
-
-
-def step_inputs_cast_to_bf16(model, optimizer, loss_fn, inputs, targets) -> float:
-    """Casting the inputs by hand: within rounding of a correct step, but autocast's job."""
-    with torch.autocast(inputs.device.type, dtype=torch.bfloat16):
-        loss = loss_fn(model(inputs.bfloat16()), targets)
-    loss.backward()
-    optimizer.step()
-    optimizer.zero_grad()
-    return loss.item()
-
-
-def step_wrong(variant: str):
-    def fn(model, optimizer, loss_fn, inputs, targets):
-        if variant == "seed-half":
-            model.half()
-            with torch.autocast(inputs.device.type):
-                loss = loss_fn(model(inputs.half()), targets)
-        elif variant == "no-autocast":
-            loss = loss_fn(model(inputs), targets)
-        elif variant == "fp16-autocast":
-            with torch.autocast(inputs.device.type, dtype=torch.float16):
-                loss = loss_fn(model(inputs), targets)
-        elif variant == "hard-coded-cuda":
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                with torch.autocast("cuda", dtype=torch.bfloat16):
-                    loss = loss_fn(model(inputs), targets)
-        else:
-            with torch.autocast(inputs.device.type, dtype=torch.bfloat16):
-                loss = loss_fn(model(inputs), targets)
-        loss.backward()
-        if variant != "no-step":
-            optimizer.step()
-        if variant not in ("no-zero-grad",):
-            optimizer.zero_grad()
-        if variant == "returns-tensor":
-            return loss
-        if variant == "bfloat16-model":
-            model.bfloat16()
-        return loss.item()
-
-    return fn
-
-
-@pytest.mark.parametrize("fn", [step_reference, step_loss_outside_autocast, step_zero_grad_first])
-def test_fix_b2_accepts_correct_loops(fn) -> None:
-    check("bf16-fix-b2", fn)
-
-
-@pytest.mark.parametrize(
-    "fn, message",
-    [
-        (step_with_scaler, r"uses a GradScaler \(GradScaler.init was called\)"),
-        (step_with_scaler_built_outside, r"uses a GradScaler \(GradScaler.scale was called\)"),
-        (step_backward_inside_autocast, "backward\\(\\) ran with autocast still on"),
-        (step_inputs_cast_to_bf16, "received inputs of dtype bfloat16: you cast them yourself"),
-    ],
-)
-def test_fix_b2_rejects_what_the_parameters_cannot_show(fn, message: str) -> None:
-    """Each of these leaves the parameters as a correct step does (or within rounding of it); the
-    check must see the step itself."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the deprecated torch.cuda.amp spelling of the seed
-        _SHARED_SCALER[:] = [torch.cuda.amp.GradScaler(enabled=False)]
-    with pytest.raises(ExerciseFailed, match=message):
-        check("bf16-fix-b2", fn)
-
-
-def test_fix_b2_check_leaves_no_spies_behind() -> None:
-    from torch.amp.grad_scaler import GradScaler
-
-    before = {name: getattr(GradScaler, name) for name in ("__init__", "scale", "step", "unscale_")}
-    with pytest.raises(ExerciseFailed):
-        check("bf16-fix-b2", step_with_scaler)
-    assert {name: getattr(GradScaler, name) for name in before} == before
-    check("bf16-fix-b2", step_reference)  # and a correct answer still passes afterwards
+    return lambda weight, grad, share: _lr_floor(weight, grad, share, variant=variant)
 
 
 @pytest.mark.parametrize(
     "variant, message",
     [
-        ("seed-half", "float16"),
-        ("no-autocast", "nothing ran in bf16"),
-        ("fp16-autocast", "fp16 autocast"),
-        ("hard-coded-cuda", "nothing ran in bf16"),
-        ("no-zero-grad", "never zeroed"),
-        ("no-step", "did not change"),
-        ("returns-tensor", "as a tensor"),
-        ("bfloat16-model", "bfloat16"),
+        ("whole-gap", "a whole gap"),
+        ("gap-above", "the gap above \\|w\\| everywhere"),
+        ("sign-flipped", "moved along the gradient's sign"),
+        ("zero-grad-moves", "zero gradient counted as movable"),
+        ("relative", "proportional to \\|w\\|"),
+        ("relative-eps", "proportional to \\|w\\|"),
+        ("index-off-by-one", "one weight too many"),
+        ("quantile", "interpolated quantile"),
     ],
 )
-def test_fix_b2_rejects_realistic_mistakes(variant: str, message: str) -> None:
+def test_lr_floor_rejects_realistic_mistakes(variant: str, message: str) -> None:
     with pytest.raises(ExerciseFailed, match=message):
-        check("bf16-fix-b2", step_wrong(variant))
+        check("bf16-lr-floor", _lr_floor_wrong(variant))
+
+
+def test_lr_floor_names_the_zero_gradient_mistake_however_it_is_made() -> None:
+    def nonzero_only(weight, grad, share):  # the share taken among the weights that can move
+        return lr_floor_reference(weight[grad != 0], grad[grad != 0], share)
+
+    with pytest.raises(ExerciseFailed, match="left out of the count"):
+        check("bf16-lr-floor", nonzero_only)
+
+
+@pytest.mark.parametrize(
+    "answer, message",
+    [
+        (lambda w, g, s: lr_floor_reference(w, g, s) * 1.5, "not the smallest"),
+        (lambda w, g, s: lr_floor_reference(w, g, s) / 1.5, "just above it only"),
+        (lambda w, g, s: None, "returned NoneType"),
+        (
+            lambda w, g, s: 1.0 if math.isinf(lr_floor_reference(w, g, s)) else lr_floor_reference(w, g, s),
+            "no learning rate changes 87.5%",
+        ),
+    ],
+)
+def test_lr_floor_other_wrong_answers_say_what_a_right_one_satisfies(answer, message: str) -> None:
+    with pytest.raises(ExerciseFailed, match=message):
+        check("bf16-lr-floor", answer)

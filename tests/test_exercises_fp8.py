@@ -1,13 +1,16 @@
-"""The checks of chapter fp8: reference solutions pass, realistic mistakes fail."""
+"""The checks of chapter fp8: correct answers (the reference and other ways of writing it) pass,
+realistic mistakes fail, each with the diagnosis of that mistake."""
 
 from __future__ import annotations
 
 import math
+from collections import deque
 
+import numpy as np
 import pytest
 import torch
 
-from mpcourse import formats, fp8
+from mpcourse import fp8
 from mpcourse.exercises import ExerciseFailed, check
 
 FP8 = torch.float8_e4m3fn
@@ -31,32 +34,56 @@ def tensorwise_reciprocal(x):  # multiplying by 448 / amax is as right as dividi
     return (x * (448.0 / amax)).clamp(-448, 448).to(FP8), amax / 448.0
 
 
-def test_tensorwise_accepts_the_reference_and_the_reciprocal_form(capsys) -> None:
-    check("fp8-tensorwise", tensorwise_reference)
-    check("fp8-tensorwise", tensorwise_reciprocal)
-    assert "correct" in capsys.readouterr().out
+def tensorwise_tiny_floor(x):  # any positive scale is right for zeros; no clamp is needed either:
+    x = x.float()  # with the tensor's own amax, x / scale exceeds 448 by at most a rounding error
+    scale = x.abs().max().clamp_min(torch.finfo(torch.float32).tiny) / torch.finfo(FP8).max
+    return (x / scale).to(FP8), scale
+
+
+def tensorwise_python_scale(x):  # numpy for the amax, a Python float for the scale
+    values = x.float()
+    amax = float(np.abs(values.numpy()).max())
+    scale = amax / 448.0 if amax else 1.0
+    return (values / scale).clamp(-448, 448).to(FP8), scale
+
+
+@pytest.mark.parametrize(
+    "answer", [tensorwise_reference, tensorwise_reciprocal, tensorwise_tiny_floor, tensorwise_python_scale]
+)
+@pytest.mark.filterwarnings("error")  # a correct answer writes nothing to stderr, warnings included
+def test_tensorwise_accepts_correct_answers(answer, capsys) -> None:
+    check("fp8-tensorwise", answer)
+    out, err = capsys.readouterr()
+    assert "correct" in out and err == ""
 
 
 def _tensorwise_wrong(variant):
     def fn(x):
+        if variant == "bf16-scale":  # amax and scale computed in x's dtype
+            amax = x.abs().max()
+            scale = amax / 448.0 if amax > 0 else torch.tensor(1.0)
+            return (x.float() / scale.float()).clamp(-448, 448).to(FP8), scale
+        if variant == "bf16-division":  # the scale is right, the division rounds in bf16 first
+            amax = x.float().abs().max()
+            scale = amax / 448.0 if amax > 0 else torch.tensor(1.0)
+            return (x / scale).float().clamp(-448, 448).to(FP8), scale
+        if variant == "course-quantize":
+            q = fp8.quantize(x, "tensorwise", "e4m3")
+            return q.data, q.scale
         x = x.float()
         amax = x.abs().max()
         if variant == "max-not-abs":
             amax = x.max()
-        if variant == "e5m2-max":
-            scale = amax / 57344.0
-        elif variant == "inverted":
+        fmt_max = {"e5m2-max": 57344.0, "fnuz-max": 240.0}.get(variant, 448.0)
+        if variant == "inverted":
             scale = 448.0 / amax if amax > 0 else torch.tensor(1.0)
             return (x * scale).clamp(-448, 448).to(FP8), scale
-        elif variant == "unscaled":
+        if variant == "unscaled":
             return x.clamp(-448, 448).to(FP8), torch.tensor(1.0)
-        else:
-            scale = amax / 448.0
+        scale = amax / fmt_max
         if variant != "zero-division" and amax == 0:
             scale = torch.tensor(1.0)
-        data = x / scale
-        if variant != "no-clamp":
-            data = data.clamp(-448, 448)
+        data = (x / scale).clamp(-448, 448)
         if variant == "float32-data":
             return data, scale
         if variant == "per-row":
@@ -70,13 +97,17 @@ def _tensorwise_wrong(variant):
 @pytest.mark.parametrize(
     "variant, message",
     [
-        ("max-not-abs", "x.max"),
-        ("e5m2-max", "57344"),
-        ("inverted", "reciprocal"),
-        ("unscaled", "unscaled"),
-        ("zero-division", "zeros"),
-        ("float32-data", "float8_e4m3fn"),
-        ("per-row", "entries"),
+        ("max-not-abs", "largest value, .* not the largest magnitude"),
+        ("e5m2-max", "E5M2's largest value"),
+        ("fnuz-max", "E4M3FNUZ"),
+        ("inverted", "decode scale, which multiplies"),
+        ("unscaled", "cast unscaled"),
+        ("zero-division", "a tensor of zeros your scale is 0.0: the amax is 0"),
+        ("float32-data", "not torch.float8_e4m3fn"),
+        ("per-row", "tensorwise means one"),
+        ("bf16-scale", "rounded to torch.bfloat16"),
+        ("bf16-division", "rounds every value a first time"),
+        ("course-quantize", "course's own tensorwise quantisation"),
     ],
 )
 def test_tensorwise_rejects_mistakes(variant, message) -> None:
@@ -98,12 +129,44 @@ def delayed_reference(amaxes, history_len, margin=0):
     return used
 
 
-def test_delayed_accepts_the_reference() -> None:
-    check("fp8-delayed", delayed_reference)
+def delayed_with_a_history(amaxes, history_len, margin=0):
+    """Another correct solution: Transformer Engine's shape, an encode scale and a bounded history."""
+    history, encode, used = deque(maxlen=history_len), 1.0, []
+    for amax in amaxes:
+        used.append(1.0 / encode)
+        history.append(amax)
+        top = max(history)
+        if math.isfinite(top) and top > 0:
+            encode = 448.0 / top / 2**margin
+    return used
+
+
+def delayed_numpy(amaxes, history_len, margin=0):
+    """Another correct solution: numpy, returning an array."""
+    a = np.asarray(amaxes, dtype=np.float64)
+    out = np.ones(len(a))
+    for t in range(1, len(a)):
+        top = a[max(0, t - history_len) : t].max()
+        out[t] = top * 2.0**margin / 448.0 if np.isfinite(top) and top > 0 else out[t - 1]
+    return out
+
+
+@pytest.mark.parametrize("answer", [delayed_reference, delayed_with_a_history, delayed_numpy])
+@pytest.mark.filterwarnings("error")  # a correct answer writes nothing to stderr, warnings included
+def test_delayed_accepts_correct_answers(answer, capsys) -> None:
+    check("fp8-delayed", answer)
+    assert capsys.readouterr().err == ""
 
 
 def _delayed_wrong(variant):
     def fn(amaxes, history_len, margin=0):
+        if variant == "course-scaler":
+            scaler, used = fp8.DelayedScaler("e4m3", amax_history_len=history_len, margin=margin), []
+            for amax in amaxes:
+                used.append(float(scaler.scale_inv))
+                scaler.record(amax)
+                scaler.update()
+            return used
         used, scale = [], 1.0
         for t in range(len(amaxes)):
             lo, hi = max(0, t - history_len), t
@@ -111,19 +174,26 @@ def _delayed_wrong(variant):
                 lo, hi = max(0, t - history_len + 1), t + 1
             elif variant == "too-long":
                 lo = max(0, t - history_len - 1)
+            elif variant == "too-short":
+                lo = max(0, t - history_len + 1)
             elif variant == "most-recent":
                 lo = max(0, t - 1)
+            elif variant == "step0-own" and t == 0:
+                hi = 1
             window = amaxes[lo:hi]
+            if variant == "drop-inf":
+                window = [a for a in window if math.isfinite(a)]
             amax = max(window) if window else 0.0
-            if 0 < amax < math.inf:
-                sign = -1 if variant == "margin-divides" else 1
-                scale = amax * 2.0 ** (sign * margin) / 448.0
+            usable = 0 < amax < math.inf
+            if usable or (variant == "update-always" and window):
+                factor = {"margin-divides": 2.0**-margin, "margin-factor": margin}.get(variant, 2.0**margin)
+                scale = amax * factor / (57344.0 if variant == "e5m2" else 448.0)
                 if variant == "encode-scale":
                     scale = 448.0 / (amax * 2.0**margin)
             elif variant == "reset":
                 scale = 1.0
             used.append(scale)
-        return used
+        return used[1:] if variant == "no-step-0" else used
 
     return fn
 
@@ -132,16 +202,34 @@ def _delayed_wrong(variant):
     "variant, message",
     [
         ("current", "current scaling"),
-        ("too-long", "too long"),
+        ("step0-own", "step 0 is cast with a scale from its own amax"),
+        ("too-long", "one step too long"),
+        ("too-short", "one step too short"),
         ("most-recent", "most_recent"),
-        ("margin-divides", "margin"),
-        ("reset", "resets"),
-        ("encode-scale", "not right"),
+        ("encode-scale", "encode scales"),
+        ("margin-divides", "margin divides"),
+        ("margin-factor", "not by 2\\*\\*margin"),
+        ("e5m2", "E5M2's largest value"),
+        ("reset", "resets to 1"),
+        ("update-always", "changed when the window's maximum is 0 or infinite"),
+        ("drop-inf", "infinite amax is left out"),
+        ("no-step-0", "one scale per step"),
+        ("course-scaler", "course's own delayed scaling \\(fp8.DelayedScaler\\)"),
     ],
 )
 def test_delayed_rejects_mistakes(variant, message) -> None:
     with pytest.raises(ExerciseFailed, match=message):
         check("fp8-delayed", _delayed_wrong(variant))
+
+
+def test_delayed_names_the_step_of_an_unrecognised_mistake() -> None:
+    def off_at_step_two(amaxes, history_len, margin=0):
+        used = delayed_reference(amaxes, history_len, margin)
+        used[2] *= 1.5
+        return used
+
+    with pytest.raises(ExerciseFailed, match="the scale you give step 2 is"):
+        check("fp8-delayed", off_at_step_two)
 
 
 # ---- fp8-mx --------------------------------------------------------------------------------------------
@@ -158,53 +246,94 @@ def mx_reference(x):
     return scales.float(), elements
 
 
-def mx_with_log2(x):  # the obvious solution, in float64 so floor(log2) is exact enough
+def mx_with_log2_in_float64(x):  # the obvious solution, in float64, where floor(log2) of a float32 is exact
     rows, cols = x.shape
     blocks = x.double().reshape(rows, cols // 32, 32)
     amax = blocks.abs().amax(dim=-1)
-    exponent = torch.where(amax > 0, torch.floor(torch.log2(amax)) - 8, torch.full_like(amax, -127)).clamp(
-        -127, 127
-    )
-    scales = torch.exp2(exponent)
+    exponent = torch.where(amax > 0, torch.floor(torch.log2(amax)) - 8, torch.full_like(amax, -127))
+    scales = torch.exp2(exponent.clamp(-127, 127))
     elements = (blocks / scales[..., None]).clamp(-448, 448).float().to(FP8).reshape(rows, cols)
     return scales, elements
 
 
-def test_mx_accepts_the_reference_and_a_log2_solution() -> None:
-    check("fp8-mx", mx_reference)
-    check("fp8-mx", mx_with_log2)
+def mx_with_log2_corrected(x):  # float32 log2, then one step down wherever 2^e overshoots amax
+    rows, cols = x.shape
+    blocks = x.float().reshape(rows, cols // 32, 32)
+    amax = blocks.abs().amax(dim=-1)
+    e = torch.floor(torch.log2(amax))
+    e = torch.where(torch.exp2(e.double()) > amax.double(), e - 1, e)
+    exponent = torch.where(amax > 0, e - 8, torch.full_like(e, -127)).clamp(-127, 127)
+    scales = torch.exp2(exponent.double())
+    elements = (blocks.double() / scales[..., None]).clamp(-448, 448).float().to(FP8).reshape(rows, cols)
+    return scales.float(), elements
+
+
+def mx_block_by_block(x):  # a loop over the blocks with math.frexp, scales returned as E8M0
+    rows, cols = x.shape
+    scales = torch.empty(rows, cols // 32, dtype=torch.float64)
+    elements = torch.empty(rows, cols, dtype=torch.float32)
+    for r in range(rows):
+        for b in range(cols // 32):
+            block = x[r, 32 * b : 32 * (b + 1)].double()
+            amax = float(block.abs().max())
+            exponent = max(-127, min(127, math.frexp(amax)[1] - 1 - 8)) if amax > 0 else -127
+            scales[r, b] = math.ldexp(1.0, exponent)
+            elements[r, 32 * b : 32 * (b + 1)] = (block / scales[r, b]).clamp(-448, 448).float()
+    return scales.to(torch.float8_e8m0fnu), elements.to(FP8)
+
+
+@pytest.mark.parametrize(
+    "answer", [mx_reference, mx_with_log2_in_float64, mx_with_log2_corrected, mx_block_by_block]
+)
+@pytest.mark.filterwarnings("error")  # a correct answer writes nothing to stderr, warnings included
+def test_mx_accepts_correct_answers(answer, capsys) -> None:
+    check("fp8-mx", answer)
+    assert capsys.readouterr().err == ""
 
 
 def _mx_wrong(variant):
     def fn(x):
+        if variant == "course-quantize":
+            q = fp8.quantize(x, "mxfp8")
+            return q.scale_values(), q.data
         rows, cols = x.shape
         block = 16 if variant == "block16" else 32
-        blocks = x.double().reshape(rows, cols // block, block)
+        dtype = torch.float32 if variant == "log2-float32" else torch.float64
+        blocks = x.to(dtype).reshape(rows, cols // block, block)
         if variant == "columns":
             blocks = x.double().t().reshape(cols, rows // 32 if rows % 32 == 0 else 1, -1)
-        amax = blocks.abs().amax(dim=-1)
+        amax = blocks.amax(dim=-1) if variant == "signed-max" else blocks.abs().amax(dim=-1)
         log2 = torch.log2(amax)
         if variant == "not-pow2":
             scales = torch.where(amax > 0, amax / 448, torch.full_like(amax, 2.0**-127))
         else:
             if variant == "ceil":
                 e = torch.ceil(torch.log2(amax / 448))
+            elif variant == "ceil-minus-one":
+                e = torch.ceil(log2) - 1 - 8
+            elif variant == "frexp-exponent":
+                e = torch.frexp(amax)[1].double() - 8
+            elif variant == "round":
+                e = torch.round(log2) - 8
             elif variant == "no-emax":
                 e = torch.floor(log2)
             else:
                 e = torch.floor(log2) - 8
-            e = torch.where(amax > 0, e, torch.full_like(amax, -127))
+            e = torch.where(amax > 0, e, torch.full_like(amax, 0 if variant == "zero-block-one" else -127))
             if variant != "no-clamp-exponent":
                 e = e.clamp(-127, 127)
-            scales = torch.exp2(e)
-        data = blocks / scales[..., None]
-        if variant != "no-saturation":
-            data = data.clamp(-448, 448)
+            scales = torch.exp2(e.double())
+        data = blocks.double() / scales[..., None]
+        data = data.clamp(-448, 448)
         elements = (
             data.float().to(FP8).reshape(rows, cols)
             if variant != "columns"
             else data.float().to(FP8).reshape(cols, rows).t()
         )
+        if variant == "exponents":
+            return torch.log2(scales), elements
+        if variant == "biased-exponents":
+            return (torch.log2(scales) + 127).to(torch.uint8), elements
         return scales, elements
 
     return fn
@@ -213,12 +342,21 @@ def _mx_wrong(variant):
 @pytest.mark.parametrize(
     "variant, message",
     [
-        ("not-pow2", "powers of two"),
+        ("log2-float32", "float32 log2 pitfall"),  # issue 15: this answer used to pass
+        ("frexp-exponent", "every exponent is one too large"),
+        ("ceil-minus-one", "exactly a power of two"),
+        ("round", "off by one power of two"),
+        ("not-pow2", "not powers of two"),
         ("ceil", "RCEIL"),
         ("no-emax", "without subtracting"),
+        ("no-clamp-exponent", "not clamped to E8M0's range"),
+        ("zero-block-one", "block of zeros"),
+        ("signed-max", "negative element|not powers of two"),
         ("block16", "shape"),
         ("columns", "shape"),
-        ("no-clamp-exponent", "scales differ"),
+        ("course-quantize", "course's own MX quantisation"),
+        ("exponents", "exponents of the scales"),
+        ("biased-exponents", "E8M0 bias 127"),
     ],
 )
 def test_mx_rejects_mistakes(variant, message) -> None:
@@ -226,15 +364,31 @@ def test_mx_rejects_mistakes(variant, message) -> None:
         check("fp8-mx", _mx_wrong(variant))
 
 
-def test_mx_rejects_unsaturated_elements() -> None:
-    """Without saturation, values in (448, 512) become NaN (older torch) or must be clamped: either way it fails
-    unless the cast itself saturates, as torch >= 2.12's eager cast does (PR 178817; then the answer is right)."""
-    wrong = _mx_wrong("no-saturation")
-    if formats.torch_e4m3fn_saturates():  # this torch saturates by itself: the answer is then correct
-        check("fp8-mx", wrong)
-    else:
-        with pytest.raises(ExerciseFailed, match="NaN|differ"):
-            check("fp8-mx", wrong)
+def test_mx_log2_pitfall_is_real_and_named_with_an_example() -> None:
+    """float32 log2 of the float32 just below 8 is 3.0, so floor gives 3 where the exponent is 2; the
+    check's edge blocks contain such amaxes, with either sign, and the message shows them."""
+    below_8 = torch.nextafter(torch.tensor(8.0), torch.tensor(0.0))
+    assert torch.log2(below_8).item() == 3.0 and torch.frexp(below_8)[1].item() - 1 == 2
+    with pytest.raises(ExerciseFailed) as err:
+        check("fp8-mx", _mx_wrong("log2-float32"))
+    text = str(err.value)
+    assert "just below a power of two" in text and "7.99999952" in text
+    assert "amaxes at, just below and just above powers of two" in text  # the new case caught it
+
+
+def test_mx_saturates_where_the_floor_rule_overflows() -> None:
+    """Without a clamp, an element in (448, 512) becomes NaN on a torch whose cast does not saturate;
+    the check says so, and an answer that clamps passes either way."""
+
+    def unclamped(x):
+        scales, _ = mx_reference(x)
+        rows, cols = x.shape
+        blocks = x.float().reshape(rows, cols // 32, 32) / scales.double()[..., None]
+        values = blocks.float().reshape(rows, cols)
+        return scales, torch.where(values.abs() > 448, torch.nan, values).to(FP8)  # a non-saturating cast
+
+    with pytest.raises(ExerciseFailed, match="NaN: a block's largest element"):
+        check("fp8-mx", unclamped)
 
 
 # ---- fp8-choose-recipe ---------------------------------------------------------------------------------
@@ -254,8 +408,21 @@ def choose_reference(x, candidates, max_bits):
     return best
 
 
-def test_choose_recipe_accepts_the_reference() -> None:
-    check("fp8-choose-recipe", choose_reference)
+def choose_by_error_energy(x, candidates, max_bits):
+    """Another correct solution: the smallest squared error is the highest SNR (same x); max() of an empty
+    sequence raises the ValueError."""
+    fitting = [(name, fp8.quantize(x, name)) for name in candidates]
+    errors = {
+        n: float(((q.dequantize() - x) ** 2).sum()) for n, q in fitting if q.bits_per_element <= max_bits
+    }
+    return max(errors, key=lambda n: -errors[n])
+
+
+@pytest.mark.parametrize("answer", [choose_reference, choose_by_error_energy])
+@pytest.mark.filterwarnings("error")  # a correct answer writes nothing to stderr, warnings included
+def test_choose_recipe_accepts_correct_answers(answer, capsys) -> None:
+    check("fp8-choose-recipe", answer)
+    assert capsys.readouterr().err == ""
 
 
 def _choose_wrong(variant):
@@ -266,12 +433,13 @@ def _choose_wrong(variant):
             bits = q.fmt.bits if variant == "ignore-scales" else q.bits_per_element
             if variant != "ignore-budget" and (bits >= max_bits if variant == "strict" else bits > max_bits):
                 continue
-            scored.append((fp8.error_stats(x, q)["snr_db"], name))
+            scored.append((fp8.error_stats(x, q)["snr_db"], name, q))
         if not scored:
             if variant == "no-error":
                 return candidates[0]
             raise ValueError("none fits")
-        return (min if variant == "lowest" else max)(scored)[1]
+        best = (min if variant == "lowest" else max)(scored, key=lambda s: s[0])
+        return best[2] if variant == "quantized" else best[1]
 
     return fn
 
@@ -280,12 +448,32 @@ def _choose_wrong(variant):
     "variant, message",
     [
         ("ignore-budget", "over the budget"),
-        ("ignore-scales", "over the budget"),
+        ("ignore-scales", "Scales are stored too"),
         ("lowest", "lowest"),
-        ("strict", "does better"),
-        ("no-error", "raise ValueError"),
+        ("strict", "costs exactly 8.25 bits per element"),
+        ("no-error", "no candidate fits"),
+        ("quantized", "not one of the candidates"),
     ],
 )
 def test_choose_recipe_rejects_mistakes(variant, message) -> None:
     with pytest.raises(ExerciseFailed, match=message):
         check("fp8-choose-recipe", _choose_wrong(variant))
+
+
+# ---- hints ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "label, leak",
+    [
+        ("fp8-tensorwise", "amax / 448"),
+        ("fp8-delayed", "2**margin / 448"),
+        ("fp8-mx", "floor(log2(amax)) - 8"),
+        ("fp8-choose-recipe", "error_stats(x, q)['snr_db']"),
+    ],
+)
+def test_hints_do_not_give_the_formula(label, leak) -> None:
+    """The hints of issue 15 (fp8.py:43, :197, :267) spelled out the solution; the ladders do not."""
+    from mpcourse.exercises import hints
+
+    assert all(leak not in step for step in hints(label))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,7 +12,7 @@ from torch import nn
 
 from mpcourse import formats
 from mpcourse.exercises import ExerciseFailed, check
-from mpcourse.exercises.loss_scaling_loops import _clipped_step_variant, _loop_variant
+from mpcourse.exercises.loss_scaling_loops import _loop_variant
 
 # ---- dynamic scaler ------------------------------------------------------------------------------
 
@@ -30,7 +31,7 @@ def make_scaler_class(mistake: str | None = None):
             return loss * self.scale_factor
 
         def unscale_(self, optimizer):
-            if self.unscaled and mistake != "unscale-twice":
+            if self.unscaled and mistake not in ("unscale-twice", "no-refusal"):
                 raise RuntimeError(
                     "unscale_() has already been called on this optimizer since the last update()."
                 )
@@ -57,10 +58,13 @@ def make_scaler_class(mistake: str | None = None):
                     self.growth_tracker = 0
             else:
                 self.growth_tracker += 1
-                limit = self.growth_interval - 1 if mistake == "off-by-one" else self.growth_interval
+                limit = {"off-by-one": self.growth_interval - 1, "late-growth": self.growth_interval + 1}.get(
+                    mistake, self.growth_interval
+                )
                 if self.growth_tracker >= limit:
-                    self.scale_factor *= self.growth_factor
-                    self.growth_tracker = 0
+                    self.scale_factor *= 2.0 if mistake == "hard-coded-double" else self.growth_factor
+                    if mistake != "no-reset-after-growth":
+                        self.growth_tracker = 0
             if mistake != "sticky-flag":
                 self.found_inf = False
             self.unscaled = False
@@ -71,30 +75,140 @@ def make_scaler_class(mistake: str | None = None):
     return MyDynamicScaler
 
 
-def test_dynamic_scaler_reference_passes() -> None:
+def test_dynamic_scaler_reference_passes_quietly(capsys: pytest.CaptureFixture[str]) -> None:
     check("loss_scaling-dynamic-scaler", make_scaler_class())
+    out, err = capsys.readouterr()
+    assert "correct" in out and err == ""
+
+
+class TensorScaler:
+    """Another valid design: the scale a float32 tensor (as GradScaler keeps it), one flat finiteness test
+    over all gradients, division instead of multiplication, a tracker that counts down."""
+
+    def __init__(self, init_scale=2.0**16, growth_factor=2.0, backoff_factor=0.5, growth_interval=2000):
+        self.s = torch.tensor(float(init_scale))
+        self.factors = (growth_factor, backoff_factor)
+        self.interval = growth_interval
+        self.left = growth_interval
+        self.bad, self.done = False, False
+
+    def scale(self, loss):
+        return loss * self.s
+
+    def unscale_(self, optimizer):
+        if self.done:
+            raise RuntimeError("already unscaled")
+        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        self.bad = not bool(torch.cat([g.reshape(-1) for g in grads]).isfinite().all())
+        for g in grads:
+            g.div_(self.s)
+        self.done = True
+
+    def step(self, optimizer):
+        if not self.done:
+            self.unscale_(optimizer)
+        if not self.bad:
+            optimizer.step()
+
+    def update(self):
+        if self.bad:
+            self.s = self.s * self.factors[1]
+            self.left = self.interval
+        else:
+            self.left -= 1
+            if self.left == 0:
+                self.s = self.s * self.factors[0]
+                self.left = self.interval
+        self.bad = self.done = False
+
+    def get_scale(self):
+        return self.s.item()
+
+
+def test_dynamic_scaler_accepts_another_valid_design() -> None:
+    check("loss_scaling-dynamic-scaler", TensorScaler)
+
+
+class DelegatingScaler:
+    """Right behaviour, no algorithm: every method forwards to a GradScaler built inside."""
+
+    def __init__(self, **settings):
+        self.inner = torch.amp.GradScaler("cpu", **settings)
+
+    def scale(self, loss):
+        return self.inner.scale(loss)
+
+    def unscale_(self, optimizer):
+        self.inner.unscale_(optimizer)
+
+    def step(self, optimizer):
+        self.inner.step(optimizer)
+
+    def update(self):
+        self.inner.update()
+
+    def get_scale(self):
+        return self.inner.get_scale()
+
+
+def test_the_course_scaler_and_a_wrapped_gradscaler_are_refused() -> None:
+    from mpcourse.loss_scaling import DynamicLossScaler
+
+    with pytest.raises(ExerciseFailed, match="this is the course's DynamicLossScaler itself"):
+        check("loss_scaling-dynamic-scaler", DynamicLossScaler)
+    with pytest.raises(
+        ExerciseFailed, match="your scaler builds a torch.amp.GradScaler and lets it do the work"
+    ):
+        check("loss_scaling-dynamic-scaler", DelegatingScaler)
+
+    class Delegating2(DelegatingScaler):
+        def __init__(self, **settings):
+            self.inner = DynamicLossScaler(**settings)
+
+    with pytest.raises(ExerciseFailed, match="builds the course's DynamicLossScaler"):
+        check("loss_scaling-dynamic-scaler", Delegating2)
 
 
 @pytest.mark.parametrize(
     "mistake, message",
     [
-        ("no-skip", "must not call optimizer.step"),
-        ("isinf", "torch.isfinite"),
-        ("off-by-one", "growth_interval"),
-        ("keep-tracker", "growth_interval"),
-        ("sticky-flag", "Forget the inf/NaN flag"),
-        ("unscale-twice", "exactly once"),
-        ("hard-coded-half", "backoff_factor"),
+        ("no-skip", "look at when step\\(\\) may call the optimizer"),
+        ("isinf", "Does it see NaN as well as inf"),
+        ("off-by-one", "compares the count with growth_interval"),
+        ("keep-tracker", "when the count starts again"),
+        ("sticky-flag", "what each iteration leaves behind"),
+        ("unscale-twice", "how many times one iteration divides"),
+        ("hard-coded-half", "the factor update\\(\\) applies then"),
+        ("hard-coded-double", "when update\\(\\) counts a clean step"),
+        ("late-growth", "when update\\(\\) counts a clean step"),
+        ("no-reset-after-growth", "when the count starts again"),
     ],
 )
 def test_dynamic_scaler_mistakes_fail_with_a_hint(mistake: str, message: str) -> None:
     with pytest.raises(ExerciseFailed, match=message) as err:
         check("loss_scaling-dynamic-scaler", make_scaler_class(mistake))
-    assert "first divergence" in str(err.value) and "seed" in str(err.value)
+    assert "first divergence" in str(err.value) and "sequence" in str(err.value)
+
+
+def test_a_scaler_that_unscales_twice_in_one_iteration_is_refused() -> None:
+    # The comparisons never call unscale_ twice; the check asks for GradScaler's RuntimeError itself.
+    with pytest.raises(ExerciseFailed, match="a second unscale_\\(\\) in the same iteration went through"):
+        check("loss_scaling-dynamic-scaler", make_scaler_class("no-refusal"))
+
+
+@pytest.mark.parametrize("mistake", ["off-by-one", "isinf", "hard-coded-half"])
+def test_dynamic_scaler_verdicts_are_reproducible(mistake: str) -> None:
+    """Issue 15: the sequences were drawn afresh on every run. Now the same answer gets the same message."""
+    messages = []
+    for _ in range(2):
+        with pytest.raises(ExerciseFailed) as err:
+            check("loss_scaling-dynamic-scaler", make_scaler_class(mistake))
+        messages.append(str(err.value))
+    assert messages[0] == messages[1]
 
 
 def test_gradscaler_itself_is_refused() -> None:
-    with pytest.raises(ExerciseFailed, match="build your own"):
+    with pytest.raises(ExerciseFailed, match="torch.amp.GradScaler itself"):
         check("loss_scaling-dynamic-scaler", lambda **kw: torch.amp.GradScaler("cpu", **kw))
 
 
@@ -117,8 +231,25 @@ def choose_static_scale(hist, fmt="fp16", margin=1):
     return math.floor(math.log2(formats.get(fmt).max)) - margin - top - 1
 
 
-def test_static_scale_reference_passes() -> None:
+def test_static_scale_reference_passes_quietly(capsys: pytest.CaptureFixture[str]) -> None:
     check("loss_scaling-static-scale", choose_static_scale)
+    assert capsys.readouterr().err == ""
+
+
+def choose_static_scale_by_search(hist, fmt="fp16", margin=1):
+    """Another valid method: try scales downwards until the largest value fits, with frexp for the exponents."""
+    if hist.above > 0:
+        raise ValueError("unknown sizes above the last binade")
+    limit = formats.get(fmt).max / 2**margin
+    top = max(int(k) for k, c in zip(hist.exponents, hist.counts) if c)
+    s = 300
+    while 2.0 ** (top + 1 + s) > limit:
+        s -= 1
+    return s
+
+
+def test_static_scale_accepts_a_search() -> None:
+    check("loss_scaling-static-scale", choose_static_scale_by_search)
 
 
 def _static_wrong(kind: str):
@@ -149,8 +280,8 @@ def _static_wrong(kind: str):
 @pytest.mark.parametrize(
     "kind, message",
     [
-        ("ceil", "rounded up"),
-        ("upper-edge", "rounded up"),
+        ("ceil", "log2\\(max\\) rounded up"),
+        ("upper-edge", "upper edge forgotten"),
         ("no-margin", "margin ignored"),
         ("last-bin", "whether or not it holds any value"),
         ("lowest", "lowest non-empty binade"),
@@ -164,57 +295,96 @@ def test_static_scale_mistakes_fail(kind: str, message: str) -> None:
         check("loss_scaling-static-scale", _static_wrong(kind))
 
 
-# ---- clipping ------------------------------------------------------------------------------------
+# ---- reading a scaler's log -----------------------------------------------------------------------
+
+FP16 = formats.get("fp16")
+OVERFLOW = FP16.max + FP16.spacing(FP16.max) / 2  # 65520: halfway to 2^16, a tie that goes to inf
 
 
-def clipped_step(model, optimizer, scaler, x, y, max_norm):
-    optimizer.zero_grad(set_to_none=True)
-    with torch.autocast(x.device.type, dtype=torch.float16):
-        logits = model(x)
-    loss = F.cross_entropy(logits.float(), y)
-    scaler.scale(loss).backward()
-    scaler.unscale_(optimizer)
-    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-    scaler.step(optimizer)
-    scaler.update()
-    return norm.item()
+def read_scaler_log(init_scale, scales):
+    used = [init_scale, *scales[:-1]]
+    skipped = [t for t, (s, after) in enumerate(zip(used, scales), 1) if after < s]
+    low = max((OVERFLOW / used[t - 1] for t in skipped), default=0.0)
+    high = min((OVERFLOW / s for t, s in enumerate(used, 1) if t not in skipped), default=math.inf)
+    return skipped, low, high
 
 
-def test_clip_reference_passes() -> None:
-    check("loss_scaling-clip", clipped_step)
+def read_scaler_log_numpy(init_scale, scales):
+    """Another valid method: numpy arrays, and the threshold found by asking torch which fp16 value is inf."""
+    candidates = torch.arange(65504, 65537, dtype=torch.float32)
+    threshold = candidates[torch.isinf(candidates.half())][0].item()  # 65520
+    after = np.asarray(scales, dtype=float)
+    used = np.concatenate([[init_scale], after[:-1]])
+    skip = after < used
+    low = (threshold / used[skip]).max() if skip.any() else 0.0
+    high = (threshold / used[~skip]).min() if (~skip).any() else np.inf
+    return (np.flatnonzero(skip) + 1).tolist(), float(low), float(high)
 
 
-def clipped_step_returning_the_scaled_norm(model, optimizer, scaler, x, y, max_norm):
-    optimizer.zero_grad(set_to_none=True)
-    with torch.autocast(x.device.type, dtype=torch.float16):
-        logits = model(x)
-    scaler.scale(F.cross_entropy(logits.float(), y)).backward()
-    norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()]))  # still scaled
-    scaler.unscale_(optimizer)
-    torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-    scaler.step(optimizer)
-    scaler.update()
-    return float(norm)
+@pytest.mark.parametrize("fn", [read_scaler_log, read_scaler_log_numpy])
+def test_read_log_accepts_correct_readings(fn, capsys: pytest.CaptureFixture[str]) -> None:
+    check("loss_scaling-read-log", fn)
+    assert capsys.readouterr().err == ""
 
 
-def test_returning_the_scaled_norm_fails() -> None:
-    with pytest.raises(ExerciseFailed, match="norm of the scaled gradients"):
-        check("loss_scaling-clip", clipped_step_returning_the_scaled_norm)
+def test_the_log_cases_come_from_real_gradscaler_runs() -> None:
+    from mpcourse.exercises.loss_scaling import _LOG_CASES, _gradscaler_log
+
+    for case in _LOG_CASES:
+        _, low, high = read_scaler_log(case["init_scale"], _gradscaler_log(case))
+        assert low <= case["g"] < high
+    at_threshold = next(c for c in _LOG_CASES if c["g"] * 2**12 == OVERFLOW)
+    assert read_scaler_log(at_threshold["init_scale"], _gradscaler_log(at_threshold))[1] == at_threshold["g"]
+
+
+def _misread(kind: str):
+    def fn(init_scale, scales):
+        threshold = {"max": 65504.0, "2^16": 65536.0}.get(kind, OVERFLOW)
+        used = list(scales) if kind == "own-entry" else [init_scale, *scales[:-1]]
+        before = [init_scale, *scales[:-1]]
+        if kind == "changed":
+            skipped = [t for t, (s, a) in enumerate(zip(before, scales), 1) if a != s]
+        elif kind == "no-first":
+            skipped = [t for t in range(2, len(scales) + 1) if scales[t - 1] < scales[t - 2]]
+        else:
+            skipped = [t for t, (s, a) in enumerate(zip(before, scales), 1) if a < s]
+        lows = [threshold / used[t - 1] for t in skipped]
+        highs = [threshold / s for t, s in enumerate(used, 1) if t not in skipped]
+        if kind == "weakest":
+            low, high = min(lows, default=0.0), max(highs, default=math.inf)
+        else:
+            low, high = max(lows, default=0.0), min(highs, default=math.inf)
+        if kind == "zero-based":
+            skipped = [t - 1 for t in skipped]
+        if kind == "mask":
+            return [t in skipped for t in range(1, len(scales) + 1)], low, high
+        if kind == "swapped":
+            return skipped, high, low
+        if kind == "two-values":
+            return low, high
+        return skipped, low, high
+
+    return fn
 
 
 @pytest.mark.parametrize(
     "kind, message",
     [
-        ("clip-then-unscale", "clip threshold is then max_norm / scale"),
-        ("no-unscale", "clipping the scaled gradients"),
-        ("no-zero-grad", "not zeroing the gradients"),
-        ("optimizer-step", "not skipped"),
+        ("max", "fp16's max used as the overflow threshold"),
+        ("2^16", "2\\^16 used as the overflow threshold"),
+        ("own-entry", "each step paired with the scale logged after it"),
+        ("weakest", "not the tightest"),
+        ("changed", "were clean: the scale did not go down"),
+        ("no-first", "step 1 is missing"),
+        ("zero-based", "one lower than the steps"),
+        ("mask", "booleans, one per step"),
+        ("swapped", "above high"),
+        ("two-values", "return three things"),
     ],
 )
-def test_clip_mistakes_are_named(kind: str, message: str) -> None:
-    # The check's own generator of the usual mistakes; each must be recognised and named.
+def test_read_log_rejects_realistic_misreadings(kind: str, message: str) -> None:
     with pytest.raises(ExerciseFailed, match=message):
-        check("loss_scaling-clip", _clipped_step_variant(kind))
+        check("loss_scaling-read-log", _misread(kind))
 
 
 # ---- broken loop ---------------------------------------------------------------------------------
@@ -234,8 +404,60 @@ def fixed_epoch(model, optimizer, scaler, batches, max_norm=1.0):
         scaler.update()
 
 
-def test_broken_loop_reference_passes() -> None:
+def test_broken_loop_reference_passes_quietly(capsys: pytest.CaptureFixture[str]) -> None:
     check("loss_scaling-broken-loop", fixed_epoch)
+    assert capsys.readouterr().err == ""
+
+
+def test_another_valid_fix_passes() -> None:
+    def other(model, optimizer, scaler, batches, max_norm=1.0):
+        for x, y in batches:
+            model.zero_grad(set_to_none=False)  # zeroes the same gradients as optimizer.zero_grad()
+            with torch.autocast(device_type=x.device.type, dtype=torch.float16):
+                loss = F.cross_entropy(model(x), y)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(optimizer.param_groups[0]["params"], max_norm=max_norm)
+            scaler.step(optimizer)
+            scaler.update()
+
+    check("loss_scaling-broken-loop", other)
+
+
+def test_deleting_the_clipping_is_named() -> None:
+    with pytest.raises(ExerciseFailed, match="your loop clips nothing: either the clipping is gone"):
+        check("loss_scaling-broken-loop", _loop_variant(frozenset({"no_clip"})))
+    with pytest.raises(ExerciseFailed, match="1 bug remained.*never zeroed.*; and your loop clips nothing"):
+        check("loss_scaling-broken-loop", _loop_variant(frozenset({"no_clip", "zero_grad"})))
+
+
+@pytest.mark.parametrize(
+    "set_to_none, message",
+    [(False, "parameters have not changed at all"), (True, "no parameter had a gradient")],
+)
+def test_zeroing_between_backward_and_step_is_named(set_to_none: bool, message: str) -> None:
+    def zeroed_too_late(model, optimizer, scaler, batches, max_norm=1.0):
+        loss_fn = nn.CrossEntropyLoss()
+        for x, y in batches:
+            with torch.autocast(x.device.type, dtype=torch.float16):
+                loss = loss_fn(model(x), y)
+            scaler.scale(loss).backward()
+            optimizer.zero_grad(set_to_none=set_to_none)  # wrong place: the step below sees no gradient
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+            scaler.step(optimizer)
+            scaler.update()
+
+    with pytest.raises(ExerciseFailed, match=message):
+        check("loss_scaling-broken-loop", zeroed_too_late)
+
+
+def test_a_hard_coded_clipping_threshold_is_caught() -> None:
+    def hard_coded(model, optimizer, scaler, batches, max_norm=1.0):
+        fixed_epoch(model, optimizer, scaler, batches, 1.0)  # ignores the max_norm it was given
+
+    with pytest.raises(ExerciseFailed, match="ignores the max_norm it is given"):
+        check("loss_scaling-broken-loop", hard_coded)
 
 
 def test_an_equivalent_fix_passes_too() -> None:
@@ -278,7 +500,7 @@ def test_the_unfixed_loop_is_told_all_four_bugs() -> None:
     [
         ({"softmax"}, "log-softmax"),
         ({"zero_grad"}, "never zeroed"),
-        ({"clip"}, "still scaled"),
+        ({"clip"}, "still multiplied by the scale"),
         ({"double_step"}, "taken twice"),
         ({"clip", "double_step"}, "2 bugs"),
     ],
@@ -361,8 +583,8 @@ def _epoch_calling(order: str):
     [
         ("no-scaler", "never called the scaler it was given"),
         ("own-scaler", "never called the scaler it was given"),
-        ("optimizer-step", r"never calls scaler.step\(\)"),
-        ("no-update", r"before scaler.update\(\) ended"),
+        ("optimizer-step", r"never calls the scaler's step\(\)"),
+        ("no-update", r"scaled a second loss before the scaler's update\(\) ended"),
         ("step-then-unscale", "in the order scale -> step -> unscale_"),
         ("clip-after-update", "in the order unscale_ -> scale -> step -> update"),
         ("pinned-scale", "first steps overflow"),

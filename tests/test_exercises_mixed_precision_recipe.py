@@ -1,227 +1,605 @@
-"""The checks of chapter mixed_precision_recipe: reference solutions pass, realistic mistakes fail."""
+"""The checks of chapter mixed_precision_recipe: reference solutions and valid alternatives pass,
+realistic mistakes fail with a diagnosis that names them, and the checks are reproducible."""
 
 from __future__ import annotations
 
+import itertools
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from mpcourse import formats, memory
 from mpcourse.exercises import ExerciseFailed, check
+from mpcourse.exercises import mixed_precision_recipe as checks
 
 SLUG = "mixed_precision_recipe"
-
-
-# --- lost-update ----------------------------------------------------------------------------------
-
-
-def survives(w, u, dtype):
-    w_low = w.to(dtype)
-    return (w_low + u.to(dtype)) != w_low
-
-
-def test_lost_update_accepts_the_reference() -> None:
-    check(f"{SLUG}-lost-update", survives)
-
-
-@pytest.mark.parametrize(
-    "wrong, message",
-    [
-        (lambda w, u, d: (w + u) != w, "everything was computed in fp32"),
-        (lambda w, u, d: (w.to(d) + u) != w.to(d), "u stayed fp32, so adding it"),
-        (
-            lambda w, u, d: (w.to(d) + u.to(d)) != w,
-            "compared with the fp32 w",
-        ),  # the sum was rounded: not "kept in fp32"
-        (lambda w, u, d: u.abs() > torch.finfo(d).eps * w.abs(), "eps"),
-        (lambda w, u, d: u.abs() >= torch.finfo(d).eps / 2 * w.abs(), "eps"),
-        (lambda w, u, d: (w.to(d) + u.to(d)) == w.to(d), "answers are wrong"),  # inverted
-        (lambda w, u, d: ((w.to(d) + u.to(d)) != w.to(d)).float(), "bool tensor"),
-        (lambda w, u, d: (w.to(d).float() + u.to(d).float()).to(d) != w.to(d), None),  # also right
-    ],
+MOVED, PROMOTE, LARGEST, STEP = (
+    f"{SLUG}-{name}" for name in ("moved-fraction", "promote-interval", "largest-model", "train-step")
 )
-def test_lost_update_rejects_mistakes(wrong, message) -> None:
-    if message is None:  # an equivalent formulation: rounding the fp32 sum of two low-precision numbers once
-        check(f"{SLUG}-lost-update", wrong)
-        return
-    with pytest.raises(ExerciseFailed, match=message):
-        check(f"{SLUG}-lost-update", wrong)
+NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / f"{SLUG}.ipynb"
 
 
-# --- master-weights ---------------------------------------------------------------------------------
+def _solution_lines() -> list[str]:
+    """The reference solutions' lines (at least 12 characters, not comments), as the hint test reads them."""
+    import nbformat
+
+    from mpcourse.course.student import solution_lines
+
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    lines = [
+        line.strip() for cell in nb.cells if cell.cell_type == "code" for line in solution_lines(cell.source)
+    ]
+    return ["".join(line.split()) for line in lines if len(line) >= 12 and not line.startswith("#")]
 
 
-def master_weight_step(master, grad, lr, low_dtype):
-    new_master = master - lr * grad.float()
-    return new_master, new_master.to(low_dtype)
+SOLUTION_LINES = _solution_lines()
 
 
-def test_master_weights_accepts_the_reference_and_an_in_place_variant() -> None:
-    check(f"{SLUG}-master-weights", master_weight_step)
+def rejects(label: str, answer, match: str) -> str:
+    """Check that ``answer`` fails with a message matching ``match`` that gives away no solution line."""
+    with pytest.raises(ExerciseFailed, match=match) as failure:
+        check(label, answer)
+    message = "".join(str(failure.value).split())
+    leaked = [line for line in SOLUTION_LINES if line in message]
+    assert not leaked, f"the failure message of {label} contains solution code: {leaked}"
+    return str(failure.value)
 
-    def in_place(master, grad, lr, low_dtype):
-        master.add_(grad.float(), alpha=-lr)
-        return master, master.to(low_dtype)
 
-    check(f"{SLUG}-master-weights", in_place)
+def accepts(label: str, answer, capsys: pytest.CaptureFixture[str]) -> None:
+    """Check that ``answer`` passes, printing the confirmation and nothing on stderr, without warnings
+    (a warning in a notebook goes to stderr, which nbgrader scores as a failure)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check(label, answer)
+    out, err = capsys.readouterr()
+    assert "correct" in out and err == ""
+    assert not caught, [str(w.message) for w in caught]
+
+
+def test_the_chapter_has_these_four_exercises() -> None:
+    from mpcourse.exercises import labels
+
+    assert labels(SLUG) == sorted([MOVED, PROMOTE, LARGEST, STEP])
+    assert len(SOLUTION_LINES) > 20  # the notebook was read
+
+
+# --- moved-fraction ---------------------------------------------------------------------------------
+
+
+def moved_fraction(bound, lr, dtype):
+    u = torch.tensor(lr, dtype=dtype).item()
+    if u == 0.0:
+        return 0.0
+    m = -int(math.log2(torch.finfo(dtype).eps))
+    limit = 2.0 ** math.ceil(math.log2(2.0 ** (m + 1) * u))
+    return min(1.0, limit / bound)
+
+
+def moved_by_binade_loop(bound, lr, dtype):
+    """Another method: walk up the binades while half their gap is below the stored update."""
+    info = torch.finfo(dtype)
+    u = float(torch.tensor(lr, dtype=dtype))
+    e = int(math.log2(info.tiny))  # the lowest normal binade; below it the gap is the same
+    while 2.0 ** (e - (-int(math.log2(info.eps)))) / 2 < u and 2.0**e < bound:
+        e += 1
+    limit = 2.0**e if u > 2.0 ** (int(math.log2(info.tiny)) + math.log2(info.eps)) / 2 else 0.0
+    return torch.tensor(min(1.0, limit / bound))  # a one-element tensor is accepted too
+
+
+def moved_on_a_grid(bound, lr, dtype):
+    """Another method: integrate over an evenly spaced grid of weights (no random numbers)."""
+    w = (torch.linspace(0, bound, 2**21, dtype=torch.float64)[1:]).to(dtype)
+    u = torch.tensor(lr, dtype=dtype)
+    return float((((w + u) != w).double().mean() + ((w - u) != w).double().mean()) / 2)
+
+
+@pytest.mark.parametrize("answer", [moved_fraction, moved_by_binade_loop, moved_on_a_grid])
+def test_moved_fraction_accepts_the_reference_and_other_methods(answer, capsys) -> None:
+    accepts(MOVED, answer, capsys)
+
+
+def sampled(bound, lr, dtype):
+    w = ((torch.rand(2**20) * 2 - 1) * bound).to(dtype)
+    return float(((w + torch.tensor(lr, dtype=dtype)) != w).double().mean())
+
+
+def sampled_with_numpy(bound, lr, dtype):
+    w = torch.from_numpy(np.random.uniform(-bound, bound, 2**16)).to(dtype)
+    return float(((w + torch.tensor(lr, dtype=dtype)) != w).double().mean())
+
+
+def unclipped_fraction(bound, lr, dtype):
+    """The reference without its min(1, ...): wrong where every weight moves."""
+    u = torch.tensor(lr, dtype=dtype).item()
+    m = -int(math.log2(torch.finfo(dtype).eps))
+    return 2.0 ** math.ceil(math.log2(2.0 ** (m + 1) * u)) / bound if u else 0.0
 
 
 @pytest.mark.parametrize(
-    "wrong, message",
+    "wrong, match",
     [
+        # the gap taken as eps * |w|, growing smoothly instead of by binades
+        (lambda b, lr, d: min(1.0, 2 * lr / (torch.finfo(d).eps * b)), "grew smoothly"),
+        # a whole gap instead of half of it
+        (lambda b, lr, d: moved_fraction(b, lr, d) / 2, "half the right fraction"),
+        # mantissa bits counted with the hidden bit: every gap taken half as large
+        (lambda b, lr, d: min(1.0, 2 * moved_fraction(b, lr, d)), "twice the right fraction"),
+        # the update used in fp32: in fp16, 2e-8 is stored as zero
         (
-            lambda m, g, lr, d: ((m.to(d) - lr * g).float(), (m.to(d) - lr * g)),
-            "applied to the low-precision",
+            lambda b, lr, d: min(
+                1.0, 2.0 ** math.ceil(math.log2(2.0 ** (-math.log2(torch.finfo(d).eps) + 1) * lr)) / b
+            ),
+            "never reaches the weights",
         ),
-        (lambda m, g, lr, d: (m - (lr * g).float(), (m - (lr * g).float()).to(d)), "computed in"),
+        (lambda b, lr, d: 1 - moved_fraction(b, lr, d), "leaves unchanged"),
+        (lambda b, lr, d: 100 * moved_fraction(b, lr, d), "percentage"),
+        (sampled, "drew random numbers .*torch"),
+        (sampled_with_numpy, "drew random numbers .*NumPy"),
+        (lambda b, lr, d: {"fraction": moved_fraction(b, lr, d)}, "expected one number"),
+        (lambda b, lr, d: 0.25, "you predict 0.25"),
+        (unclipped_fraction, "more than 1"),
+    ],
+)
+def test_moved_fraction_rejects_mistakes(wrong, match) -> None:
+    rejects(MOVED, wrong, match)
+
+
+def test_moved_fraction_restores_the_random_state_a_sampling_answer_used() -> None:
+    torch.manual_seed(123)
+    state = torch.random.get_rng_state()
+    rejects(MOVED, sampled, "drew random numbers")
+    assert torch.equal(torch.random.get_rng_state(), state)
+
+
+def test_moved_fraction_reference_agrees_with_a_simulation() -> None:
+    for _, bound, lr, dtype in checks.MOVED_CASES:
+        exact = checks._moved_fraction(bound, lr, dtype)
+        measured = checks._simulated_moved_fraction(bound, lr, dtype)
+        # binomial noise of 2^20 draws, four standard deviations
+        assert abs(exact - measured) <= 4 * math.sqrt(max(exact * (1 - exact), 1e-6) / 2**20) + 1e-9
+
+
+# --- promote-interval ---------------------------------------------------------------------------------
+
+
+def promote_interval(products, acc_dtype, budget):
+    rows, n = products.shape
+    exact = products.double().sum(dim=1)
+    best, chunk = 0, 1
+    while chunk <= n:
+        terms = products.reshape(rows, n // chunk, chunk)
+        acc = torch.zeros(rows, n // chunk, dtype=acc_dtype)
+        for i in range(chunk):
+            acc = (acc.float() + terms[..., i]).to(acc_dtype)
+        total = acc.float().sum(dim=1)
+        worst = ((total.double() - exact).abs() / exact).max().item()
+        if worst <= budget:
+            best = chunk
+        chunk *= 2
+    return best
+
+
+def _emulate(products, acc_dtype, chunk, *, round_products=False, exact_rounding=False, outer=torch.float32):
+    rows, n = products.shape
+    terms = products.double().reshape(rows, n // chunk, chunk)
+    acc = torch.zeros(rows, n // chunk, dtype=torch.float64)
+    fmt = formats.get(acc_dtype)
+    for i in range(chunk):
+        if round_products:  # the chapter's accumulate: each product rounded to the format, then the sum
+            acc = (acc.to(acc_dtype) + terms[..., i].to(acc_dtype)).double()
+        elif exact_rounding:  # one correct rounding of the exact sum
+            acc = formats.round_tensor(acc + terms[..., i], fmt).double()
+        else:
+            acc = (acc + terms[..., i]).to(acc_dtype).double()
+    if outer == torch.float32:
+        return acc.float().sum(dim=1).double()
+    total = torch.zeros(rows, dtype=torch.float64)
+    for j in range(n // chunk):
+        total = (total + acc[:, j]).to(outer).double()
+    return total
+
+
+def promote_by(error=lambda got, exact: ((got - exact).abs() / exact).max(), descending=False, **how):
+    """An answer built from one emulation and one error measure, searching up or down."""
+
+    def answer(products, acc_dtype, budget):
+        exact = products.double().sum(dim=1)
+        n = products.shape[1]
+        chunks = [2**k for k in range(int(math.log2(n)) + 1)]
+        if descending:  # another search: the first chunk from the top that meets the budget
+            for c in reversed(chunks):
+                if float(error(_emulate(products, acc_dtype, c, **how), exact)) <= budget:
+                    return c
+            return 0
+        fits = [c for c in chunks if float(error(_emulate(products, acc_dtype, c, **how), exact)) <= budget]
+        return max(fits, default=0)
+
+    return answer
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        promote_interval,
+        promote_by(round_products=True),  # products rounded to the format before each addition
+        promote_by(exact_rounding=True, descending=True),  # correctly rounded sums, searched from the top
+    ],
+)
+def test_promote_interval_accepts_the_reference_and_other_emulations(answer, capsys) -> None:
+    accepts(PROMOTE, answer, capsys)
+
+
+def summed_by_torch(products, acc_dtype, budget):
+    """The shortcut: PyTorch's sum of a bf16 tensor adds in fp32 and rounds only its result."""
+    rows, n = products.shape
+    exact = products.double().sum(dim=1)
+    fits = []
+    for k in range(int(math.log2(n)) + 1):
+        c = 2**k
+        partial = products.reshape(rows, n // c, c).to(acc_dtype).sum(-1)
+        if ((partial.float().sum(1).double() - exact).abs() / exact).max() <= budget:
+            fits.append(c)
+    return max(fits, default=0)
+
+
+@pytest.mark.parametrize(
+    "wrong, match",
+    [
+        (summed_by_torch, "rounded once, as torch.sum"),
+        (promote_by(outer=torch.bfloat16), "added in the low-precision format too"),
+        (lambda p, d, b: p.shape[1] // promote_interval(p, d, b), "number of chunks"),
         (
-            lambda m, g, lr, d: ((m - lr * g.float()).to(d), (m - lr * g.float()).to(d)),
-            "master weights are torch",
+            lambda p, d, b: min(2 * promote_interval(p, d, b), p.shape[1] * 2),
+            "over the budget|not a power of two",
         ),
-        (lambda m, g, lr, d: (m - lr * g.float(), m.to(d)), "old weights"),
-        (lambda m, g, lr, d: (m - lr * g.float(), m - lr * g.float()), "copy is torch.float32"),
-        (lambda m, g, lr, d: (m + lr * g.float(), (m + lr * g.float()).to(d)), "not master - lr"),
-        (lambda m, g, lr, d: m - lr * g.float(), "expected a tuple"),
+        (promote_by(error=lambda got, exact: ((got - exact).abs() / exact).mean()), "over the budget"),
+        (promote_by(error=lambda got, exact: (got - exact).abs().max()), "no chunk within the budget"),
+        (lambda p, d, b: promote_interval(p, d, b) // 2, "not the largest chunk"),
+        (lambda p, d, b: 100, "not a power of two"),
+        (lambda p, d, b: "128", "expected one number"),
     ],
 )
-def test_master_weights_rejects_mistakes(wrong, message) -> None:
-    with pytest.raises(ExerciseFailed, match=message):
-        check(f"{SLUG}-master-weights", wrong)
+def test_promote_interval_rejects_mistakes(wrong, match) -> None:
+    rejects(PROMOTE, wrong, match)
 
 
-# --- fp32-accumulate ---------------------------------------------------------------------------------
+def test_promote_cases_are_unambiguous_for_every_faithful_emulation() -> None:
+    """The budget lies well away from the errors at the answer and at twice it, however one emulates."""
+    for case, products, acc_dtype, budget in checks.promote_cases():
+        exact = products.double().sum(dim=1)
+        n = products.shape[1]
+        for how in ({}, {"round_products": True}):
+            errors = {
+                2**k: float(((_emulate(products, acc_dtype, 2**k, **how) - exact).abs() / exact).max())
+                for k in range(int(math.log2(n)) + 1)
+            }
+            answer = checks._largest_within(errors, budget)
+            assert answer == checks._largest_within(
+                checks._case_errors(
+                    checks.promote_cases().index(next(c for c in checks.promote_cases() if c[0] == case))
+                ),
+                budget,
+            )
+            assert all(e <= budget / 1.4 for c, e in errors.items() if c <= answer), (case, how)
+            if 2 * answer <= n:
+                assert errors[2 * answer] >= 1.4 * budget, (case, how)
 
 
-def dot_fp32_accumulate(a, b):
-    return (a.float() * b.float()).sum()
+# --- largest-model ----------------------------------------------------------------------------------
 
 
-def test_fp32_accumulate_accepts_the_reference_and_torch_dot() -> None:
-    check(f"{SLUG}-fp32-accumulate", dot_fp32_accumulate)
-    check(f"{SLUG}-fp32-accumulate", lambda a, b: torch.dot(a.float(), b.float()))
+def largest_model(budget_gb, optimizer, activation_elements):
+    budget = budget_gb * 1e9
+    states = memory.OPTIMIZER_STATES[optimizer]
+    largest = {}
+    for recipe, param_bytes, act_bytes, copy_bytes in (
+        ("fp32", 4, 4, 0),
+        ("amp", 4, 2, 2),
+        ("pure_bf16", 2, 2, 0),
+    ):
+        held = param_bytes * (1 + states)
+        temporaries = param_bytes if optimizer.startswith("adam") else 0
+        at_step = budget // (held + param_bytes + temporaries)
+        at_forward = (budget - act_bytes * activation_elements) // (held + copy_bytes)
+        largest[recipe] = max(0, int(min(at_step, at_forward)))
+    return largest
 
 
-def sequential_low_precision(a, b):
-    acc = torch.zeros((), dtype=a.dtype)
-    for p in a * b:
-        acc = acc + p
-    return acc.float()
+def largest_by_bisection(budget_gb, optimizer, activation_elements):
+    """Another method: bisect on a peak written out per recipe, in exact integers."""
+    budget = round(budget_gb * 10**9)
+    k = {"adamw": 2, "adam": 2, "sgd_momentum": 1, "sgd": 0}[optimizer]
+
+    def peak(recipe, n):
+        p = 2 if recipe == "pure_bf16" else 4
+        held = (1 + k) * p * n
+        step = p * n + (p * n if optimizer in ("adam", "adamw") else 0)
+        forward = (4 if recipe == "fp32" else 2) * activation_elements + (2 * n if recipe == "amp" else 0)
+        return held + max(step, forward)
+
+    out = {}
+    for recipe in ("pure_bf16", "amp", "fp32"):
+        lo, hi = -1, budget
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if peak(recipe, mid) <= budget else (lo, mid - 1)
+        out[recipe] = max(lo, 0)
+    return out
+
+
+@pytest.mark.parametrize("answer", [largest_model, largest_by_bisection])
+def test_largest_model_accepts_the_reference_and_a_bisection(answer, capsys) -> None:
+    accepts(LARGEST, answer, capsys)
+
+
+def unclipped_count(budget_gb, optimizer, activation_elements):
+    """The reference without its max(0, ...): negative where the activations alone exceed the budget."""
+    budget = budget_gb * 1e9
+    states = memory.OPTIMIZER_STATES[optimizer]
+    largest = {}
+    for recipe, param_bytes, act_bytes, copy_bytes in (
+        ("fp32", 4, 4, 0),
+        ("amp", 4, 2, 2),
+        ("pure_bf16", 2, 2, 0),
+    ):
+        held = param_bytes * (1 + states)
+        temporaries = param_bytes if optimizer.startswith("adam") else 0
+        at_step = budget // (held + param_bytes + temporaries)
+        at_forward = (budget - act_bytes * activation_elements) // (held + copy_bytes)
+        largest[recipe] = int(min(at_step, at_forward))
+    return largest
+
+
+def largest_with(**mistake):
+    def answer(budget_gb, optimizer, activation_elements):
+        return {
+            r: checks._largest_closed_form(budget_gb * 1e9, r, optimizer, activation_elements, **mistake)
+            for r in checks.RECIPES
+        }
+
+    return answer
+
+
+def using_the_calculator(budget_gb, optimizer, activation_elements):
+    est = memory.estimate("fp32", 1, activation_elements=activation_elements, optimizer=optimizer)
+    return {r: int(budget_gb * 1e9 // est["total"]) for r in checks.RECIPES}
 
 
 @pytest.mark.parametrize(
-    "wrong, message",
+    "wrong, match",
     [
-        (lambda a, b: (a * b).sum(), "rounded to low precision at the end"),
-        (lambda a, b: torch.dot(a, b), "rounded to low precision at the end"),
-        (lambda a, b: (a * b).float().sum(), "each product was rounded"),
-        (lambda a, b: torch.dot(a, b).float(), "differs from the exact"),
-        (sequential_low_precision, "differs from the exact"),
-        (lambda a, b: (a.float() * b.float()).sum().item(), "expected a one-element tensor"),
-        (lambda a, b: a.float() * b.float(), "expected a one-element tensor"),
+        (largest_with(everything_at_once=True), "as if both were held at once"),
+        (largest_with(no_temporaries=True), "AdamW's temporaries"),
+        (largest_with(no_copies=True), "16-bit copies"),
+        (largest_with(fp32_activations=True), "activations at 4 bytes"),
+        (largest_with(amp_like_pure=True), "giving AMP 16-bit weights"),
+        (largest_with(only_optimizer_step=True), "only at the optimizer step"),
+        (largest_with(only_forward=True), "only at the end of the forward pass"),
+        (lambda gb, o, a: largest_model(gb * 2**30 / 1e9, o, a), "GiB"),
+        (lambda gb, o, a: {r: n + 1 for r, n in largest_model(gb, o, a).items()}, "round down"),
+        (lambda gb, o, a: {r: n - 1000 for r, n in largest_model(gb, o, a).items()}, "more would still fit"),
+        (lambda gb, o, a: {r: n / 3 for r, n in largest_model(gb, o, a).items()}, "not a whole number"),
+        (unclipped_count, "negative count"),
+        (using_the_calculator, r"called mpcourse\.memory\.estimate"),
+        (lambda gb, o, a: list(largest_model(gb, o, a).values()), "expected a dict"),
+        (lambda gb, o, a: {"fp32": 1, "bf16": 2, "pure_bf16": 3}, "with keys"),
     ],
 )
-def test_fp32_accumulate_rejects_mistakes(wrong, message) -> None:
-    with pytest.raises(ExerciseFailed, match=message):
-        check(f"{SLUG}-fp32-accumulate", wrong)
+def test_largest_model_rejects_mistakes(wrong, match) -> None:
+    rejects(LARGEST, wrong, match)
 
 
-# --- memory --------------------------------------------------------------------------------------------
+def test_largest_model_switches_the_calculator_back_on() -> None:
+    rejects(LARGEST, using_the_calculator, "called mpcourse")
+    assert memory.estimate("fp32", 10)["total"] == 160
 
 
-def persistent_bytes(n_params, recipe):
-    return n_params * {"fp32": 16, "amp": 16, "pure_bf16": 8}[recipe]
-
-
-def test_memory_accepts_the_reference() -> None:
-    check(f"{SLUG}-memory", persistent_bytes)
-
-
-@pytest.mark.parametrize(
-    "table, message",
-    [
-        ({"fp32": 16, "amp": 8, "pure_bf16": 8}, "does not halve"),
-        ({"fp32": 16, "amp": 18, "pure_bf16": 8}, "temporary"),
-        ({"fp32": 16, "amp": 20, "pure_bf16": 8}, "no separate fp16 weights"),
-        ({"fp32": 8, "amp": 16, "pure_bf16": 8}, "optimizer state"),
-        ({"fp32": 12, "amp": 16, "pure_bf16": 8}, "two"),
-        ({"fp32": 16, "amp": 16, "pure_bf16": 16}, "optimizer state included"),
-        ({"fp32": 16, "amp": 16, "pure_bf16": 4}, "two moments"),
-        ({"fp32": 16, "amp": 16, "pure_bf16": 6}, "not right"),
-    ],
-)
-def test_memory_rejects_mistakes(table, message) -> None:
-    with pytest.raises(ExerciseFailed, match=message):
-        check(f"{SLUG}-memory", lambda n, r: n * table[r])
+def test_largest_model_reference_agrees_with_the_closed_form() -> None:
+    for _, budget_gb, optimizer, activations in checks.LARGEST_CASES:
+        for recipe in checks.RECIPES:
+            budget = int(budget_gb * 1e9)
+            assert checks._largest_by_calculator(budget, recipe, optimizer, activations) == (
+                checks._largest_closed_form(budget, recipe, optimizer, activations)
+            )
 
 
 # --- train-step -----------------------------------------------------------------------------------------
 
 
-def amp_train_step(model, optimizer, scaler, x, y, device_type, dtype):
+def _choose(support):
+    if support["bf16"].status == "native":
+        return torch.bfloat16
+    if support["fp16"].status == "native":
+        return torch.float16
+    return None
+
+
+def amp_train_step(model, optimizer, scaler, x, y, device_type, support):
+    dtype = _choose(support)
     optimizer.zero_grad(set_to_none=True)
-    with torch.autocast(device_type, dtype=dtype):
+    with torch.autocast(device_type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
         loss = F.cross_entropy(model(x), y)
-    scaler.scale(loss).backward()
-    scaler.step(optimizer)
-    scaler.update()
+    if dtype == torch.float16:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
     return loss
 
 
-def test_train_step_accepts_the_reference_and_backward_inside_autocast() -> None:
-    check(f"{SLUG}-train-step", amp_train_step)
+def scaler_everywhere(model, optimizer, scaler, x, y, device_type, support):
+    """Valid too: the scaler for every format, unscaling first (as for clipping); loss.item() returned."""
+    dtype = {"native": torch.bfloat16}.get(support["bf16"].status) or (
+        torch.float16 if support["fp16"].status == "native" else torch.float32
+    )
+    model.zero_grad()
+    with torch.amp.autocast(device_type=device_type, dtype=dtype):  # fp32 on a CPU: autocast switches off
+        loss = torch.nn.CrossEntropyLoss()(model(x).float(), y)
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.item()
 
-    def backward_inside(model, optimizer, scaler, x, y, device_type, dtype):
-        optimizer.zero_grad()
-        with torch.autocast(device_type, dtype=dtype):
-            loss = F.cross_entropy(model(x), y)
-            scaler.scale(loss).backward()  # not recommended, but the same numbers
+
+def fp32_loss_outside_autocast(model, optimizer, scaler, x, y, device_type, support):
+    """Valid too: the loss computed after the autocast block, from the logits cast to fp32."""
+    dtype = _choose(support)
+    for p in model.parameters():
+        p.grad = None
+    with torch.autocast(device_type, dtype=dtype or torch.float16, enabled=dtype is not None):
+        logits = model(x)
+    loss = F.cross_entropy(logits.float(), y)
+    if dtype == torch.float16:
+        scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
-        return loss.item()
+    else:
+        loss.backward()
+        optimizer.step()
+    return loss
 
-    check(f"{SLUG}-train-step", backward_inside)
+
+@pytest.mark.parametrize("answer", [amp_train_step, scaler_everywhere, fp32_loss_outside_autocast])
+def test_train_step_accepts_the_reference_and_other_valid_steps(answer, capsys) -> None:
+    accepts(STEP, answer, capsys)
 
 
 def step_with(
     *,
-    autocast=True,
+    choose=_choose,
+    no_dtype=False,
     zero_grad=True,
+    backward_inside=False,
     scaled_backward=True,
     through_scaler=True,
     update=True,
+    low_precision_loss=False,
     return_scaled=False,
+    convert_model=False,
+    own_scaler=False,
+    zero_grad_late=False,
+    step_twice=False,
 ):
-    """A training step with one part of the recipe changed: the realistic mistakes the check must catch."""
+    """The reference step with one part changed: the realistic mistakes the check must catch."""
 
-    def step(model, optimizer, scaler, x, y, device_type, dtype):
+    def step(model, optimizer, scaler, x, y, device_type, support):
+        dtype = choose(support)
+        if own_scaler:
+            scaler = torch.amp.GradScaler(device_type)
+        if convert_model and dtype is not None:
+            model.to(dtype)
+            x = x.to(dtype)
         if zero_grad:
             optimizer.zero_grad()
-        with torch.autocast(device_type, dtype=dtype, enabled=autocast):
-            loss = F.cross_entropy(model(x), y)
-        scaled = scaler.scale(loss)
-        (scaled if scaled_backward else loss).backward()
-        if through_scaler:
+        context = (
+            torch.autocast(device_type)
+            if no_dtype
+            else torch.autocast(device_type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
+        )
+        with context:
+            logits = model(x)
+            loss = None if low_precision_loss else F.cross_entropy(logits, y)
+            if backward_inside:
+                (scaler.scale(loss) if dtype == torch.float16 else loss).backward()
+        if low_precision_loss:
+            loss = F.cross_entropy(logits, y)  # outside autocast, on 16-bit logits: a 16-bit loss
+        use_scaler = dtype == torch.float16 or no_dtype
+        scaled = scaler.scale(loss) if use_scaler else loss
+        if not backward_inside:
+            (scaled if scaled_backward else loss).backward()
+        if zero_grad_late:
+            optimizer.zero_grad()
+        if use_scaler and through_scaler:
             scaler.step(optimizer)
+            if step_twice:
+                optimizer.step()
         else:
             optimizer.step()
-        if update:
+        if use_scaler and update:
             scaler.update()
         return scaled if return_scaled else loss
 
     return step
 
 
+def engine_step(model, optimizer, scaler, x, y, device_type, support):
+    from mpcourse.train import train_step
+
+    dtype = _choose(support)
+    return train_step(
+        model,
+        x,
+        y,
+        F.cross_entropy,
+        optimizer,
+        autocast_dtype=dtype,
+        scaler=scaler if dtype == torch.float16 else None,
+    ).loss
+
+
 @pytest.mark.parametrize(
-    "wrong, message",
+    "wrong, match",
     [
-        (step_with(autocast=False), "did not run under autocast"),
+        (step_with(no_dtype=True), "bfloat16, which this hardware only emulates"),  # torch.autocast(device)
+        (step_with(choose=lambda s: torch.float16), "ran in torch.float16, expected torch.bfloat16"),
+        (step_with(choose=lambda s: torch.bfloat16), "only emulates"),
+        (
+            step_with(choose=lambda s: torch.bfloat16 if s["bf16"].status == "native" else torch.float16),
+            r"expected fp32 \(no autocast\)",
+        ),
+        (step_with(backward_inside=True), "backward ran inside the autocast block"),
+        (step_with(zero_grad=False), "gradients accumulated across steps"),
         (step_with(through_scaler=False), "no inf checks were recorded"),
-        (step_with(through_scaler=False, update=False), r"never called scaler.step\(\)"),
-        (step_with(scaled_backward=False), "differ from a correct step"),
-        (step_with(zero_grad=False), "differ from a correct step"),
-        (step_with(update=False), r"never called scaler.update\(\)"),
+        (step_with(through_scaler=False, update=False), r"order \['scale'\]"),
+        (step_with(update=False), r"order \['scale', 'step'\]"),
+        (step_with(scaled_backward=False), "yours did not overflow"),
+        (step_with(low_precision_loss=True), "cross-entropy ran in low precision"),
         (step_with(return_scaled=True), "scaled loss"),
+        (step_with(convert_model=True), "you converted the model"),
+        (step_with(own_scaler=True), "scaler you were given never scaled the loss"),
+        (step_with(zero_grad_late=True), "moved .* times as far"),
+        (step_with(step_twice=True), "inf or NaN|twice as far"),
+        (engine_step, "course engine's train_step"),
     ],
 )
-def test_train_step_rejects_mistakes(wrong, message) -> None:
-    with pytest.raises(ExerciseFailed, match=message):
-        check(f"{SLUG}-train-step", wrong)
+def test_train_step_rejects_mistakes(wrong, match) -> None:
+    rejects(STEP, wrong, match)
+
+
+def test_train_step_overflows_and_skips_in_fp16() -> None:
+    """The fp16 case is a real test of the scaler: some steps overflow and must be skipped."""
+    model = checks._step_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler(
+        "cpu", init_scale=checks.STEP_INIT_SCALE, growth_interval=checks.STEP_GROWTH_INTERVAL
+    )
+    scales = []
+    for x, y in checks._step_batches():
+        checks._reference_step(model, opt, scaler, x, y, torch.float16)
+        scales.append(scaler.get_scale())
+    assert any(b < a for a, b in zip([checks.STEP_INIT_SCALE, *scales], scales))  # skipped at least once
+    assert any(b > a for a, b in itertools.pairwise(scales))  # and grew again after clean steps
+
+
+# --- reproducibility ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "label, wrong",
+    [
+        (MOVED, lambda b, lr, d: 0.3),
+        (PROMOTE, lambda p, d, b: 64),
+        (LARGEST, largest_with(no_copies=True)),
+        (STEP, step_with(zero_grad=False)),
+    ],
+)
+def test_the_same_wrong_answer_gets_the_same_message(label, wrong) -> None:
+    assert rejects(label, wrong, ".") == rejects(label, wrong, ".")

@@ -65,7 +65,9 @@ def grades(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], di
         timeout=3600,
     )
     found = [line for line in result.stdout.splitlines() if line.startswith("GRADES=")]
-    assert result.returncode == 0 and found, f"the nbgrader cycle failed:\n{result.stdout[-4000:]}\n{result.stderr[-8000:]}"
+    assert result.returncode == 0 and found, (
+        f"the nbgrader cycle failed:\n{result.stdout[-4000:]}\n{result.stderr[-8000:]}"
+    )
     return {(g["student"], g["assignment"]): g for g in json.loads(found[0].removeprefix("GRADES="))}
 
 
@@ -76,13 +78,21 @@ def test_reference_solutions_get_full_marks_and_every_cell_runs(grades, slug: st
     assert not grade["errors"], f"cells of {slug} raised under the autograder: {grade['errors']}"
     lost = {name: score for name, score in grade["per_check"].items() if score < 1}
     assert not lost, f"reference solutions of {slug} lost points: {lost}"
-    assert grade["score"] == grade["max_score"] == len(grade["per_check"]) >= (2 if slug == "getting_started" else 4)
+    assert (
+        grade["score"]
+        == grade["max_score"]
+        == len(grade["per_check"])
+        >= (2 if slug == "getting_started" else 4)
+    )
 
 
 @pytest.mark.notebooks
 def test_a_wrong_and_an_unanswered_exercise_score_nothing(grades) -> None:
     grade = grades[("bob", "getting_started")]
-    assert grade["per_check"] == {"getting_started-tflops-check": 0.0, "getting_started-relative-error-check": 0.0}
+    assert grade["per_check"] == {
+        "getting_started-tflops-check": 0.0,
+        "getting_started-relative-error-check": 0.0,
+    }
     assert grade["score"] == 0 < grade["max_score"] == 2
     assert not grade["errors"], "outside the checks, an unanswered chapter must still run"
 
@@ -136,3 +146,45 @@ def test_the_course_folder_keeps_an_instructors_config_and_edits(tmp_path) -> No
 
 def _grade_ids(nb: nbformat.NotebookNode) -> list[str]:
     return [c.metadata["nbgrader"]["grade_id"] for c in nb.cells if "nbgrader" in c.metadata]
+
+
+def test_nbgrader_check_grades_a_scratch_copy_and_leaves_the_course_alone(tmp_path, monkeypatch) -> None:
+    from mpcourse.course import grading
+
+    write_nbgrader_course(tmp_path, ROOT / "notebooks", only=["getting_started", "fp8"])
+    before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    seen = {}
+
+    def fake_round_trip(scratch, submissions):
+        seen["scratch"] = scratch
+        seen["files"] = sorted(str(p.relative_to(scratch)) for p in scratch.rglob("*"))
+        seen["submissions"] = submissions
+        return []
+
+    monkeypatch.setattr(grading, "round_trip", fake_round_trip)
+    grading.check_course(tmp_path, ["fp8"])
+    assert seen["submissions"] == {"reference": {"fp8": None}}
+    assert seen["files"] == ["nbgrader_config.py", "source", "source/fp8", "source/fp8/fp8.ipynb"]
+    assert not seen["scratch"].exists()
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before
+
+
+def test_nbgrader_check_names_what_is_missing(tmp_path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "mpcourse.course.cli", "nbgrader-check", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "has no nbgrader_config.py" in result.stderr and "mpcourse nbgrader-course" in result.stderr
+    write_nbgrader_course(tmp_path, ROOT / "notebooks", only=["getting_started"])
+    result = subprocess.run(
+        [sys.executable, "-m", "mpcourse.course.cli", "nbgrader-check", str(tmp_path), "--chapter", "bf16"],
+        capture_output=True,
+        text=True,
+    )
+    assert (
+        result.returncode == 2
+        and "no assignment bf16" in result.stderr
+        and "it has: getting_started" in result.stderr
+    )

@@ -136,7 +136,9 @@ def sync(root: Path = ROOT, only: list[str] | None = None) -> list[Path]:
     known = chapters(root)
     unknown = sorted(set(only or ()) - {md.stem for md in known})
     if unknown:
-        raise ValueError(f"no chapter {', '.join(unknown)}; chapters are {', '.join(md.stem for md in known)}")
+        raise ValueError(
+            f"no chapter {', '.join(unknown)}; chapters are {', '.join(md.stem for md in known)}"
+        )
     for md in known:
         if only and md.stem not in only:
             continue

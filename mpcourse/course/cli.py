@@ -101,6 +101,32 @@ def _nbgrader_course(args: argparse.Namespace) -> int:
     return 0
 
 
+def _nbgrader_check(args: argparse.Namespace) -> int:
+    from .grading import check_course
+
+    with _arguments():
+        if not (Path(args.course_dir) / "nbgrader_config.py").is_file():
+            raise FileNotFoundError(
+                f"{args.course_dir} has no nbgrader_config.py; lay it out with `mpcourse nbgrader-course`"
+            )
+    import warnings
+
+    with warnings.catch_warnings():  # nbgrader's gradebook trips SQLAlchemy 2's session warnings
+        warnings.simplefilter("ignore")
+        grades = check_course(Path(args.course_dir), args.chapter)
+    failed = 0
+    for grade in grades:
+        full = grade.score == grade.max_score and not grade.errors
+        failed += not full
+        print(f"{'ok ' if full else 'BAD'} {grade.assignment}: {grade.score:g} of {grade.max_score:g} points")
+        for name, score in grade.per_check.items():
+            if score < 1:
+                print(f"    {name}: no points for the reference solution")
+        for error in grade.errors:
+            print(f"    {error}")
+    return 1 if failed else 0
+
+
 def _doctor(args: argparse.Namespace) -> int:
     import importlib.metadata as md
 
@@ -235,6 +261,13 @@ def parser() -> argparse.ArgumentParser:
         help="replace source notebooks that differ from the chapters' nbgrader version (edits are lost)",
     )
     course.set_defaults(run=_nbgrader_course)
+    grading = sub.add_parser(
+        "nbgrader-check",
+        help="autograde the reference solutions of an nbgrader course folder, in a scratch copy of it",
+    )
+    grading.add_argument("course_dir", help="a folder written by `mpcourse nbgrader-course`")
+    grading.add_argument("--chapter", action="append", metavar="SLUG", help="only this assignment (repeat)")
+    grading.set_defaults(run=_nbgrader_check)
     doctor = sub.add_parser("doctor", help="print the device, precision support and package versions")
     doctor.set_defaults(run=_doctor)
     verify = sub.add_parser("verify", help="run every chapter and record where and how it ran")

@@ -17,9 +17,10 @@ import copy
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import nbformat
@@ -41,7 +42,9 @@ class Grade:
     errors: list[str] = field(default_factory=list)
 
 
-def reference_submission(release: nbformat.NotebookNode, source: nbformat.NotebookNode) -> nbformat.NotebookNode:
+def reference_submission(
+    release: nbformat.NotebookNode, source: nbformat.NotebookNode
+) -> nbformat.NotebookNode:
     """``release`` with every answer cell replaced by the source notebook's cell of the same grade id."""
     solutions = {
         cell.metadata["nbgrader"]["grade_id"]: cell.source
@@ -85,7 +88,11 @@ def round_trip(course_dir: Path, submissions: dict[str, dict[str, Edit | None]])
         api = _api(course_dir)
         assignments = sorted({a for work in submissions.values() for a in work})
         for assignment in assignments:
-            _ok(api.generate_assignment(assignment, force=True, create=True), "generate_assignment", assignment)
+            _ok(
+                api.generate_assignment(assignment, force=True, create=True),
+                "generate_assignment",
+                assignment,
+            )
         grades = []
         for student, work in submissions.items():
             for assignment, edit in work.items():
@@ -109,7 +116,9 @@ def round_trip(course_dir: Path, submissions: dict[str, dict[str, Edit | None]])
 
 def _ok(result: dict, step: str, assignment: str) -> None:
     if not result.get("success"):
-        raise RuntimeError(f"nbgrader {step} {assignment} failed:\n{result.get('log', '')}{result.get('error', '')}")
+        raise RuntimeError(
+            f"nbgrader {step} {assignment} failed:\n{result.get('log', '')}{result.get('error', '')}"
+        )
 
 
 def _grade(course_dir: Path, api, student: str, assignment: str) -> Grade:  # type: ignore[no-untyped-def]
@@ -121,7 +130,9 @@ def _grade(course_dir: Path, api, student: str, assignment: str) -> Grade:  # ty
         notebook = gradebook.find_submission_notebook(assignment, assignment, student)
         per_check = {g.name: float(g.score) for g in notebook.grades if g.auto_score is not None}
         grade = Grade(student, assignment, float(submission.score), float(submission.max_score), per_check)
-    graded = nbformat.read(course_dir / "autograded" / student / assignment / f"{assignment}.ipynb", as_version=4)
+    graded = nbformat.read(
+        course_dir / "autograded" / student / assignment / f"{assignment}.ipynb", as_version=4
+    )
     for index, cell in enumerate(graded.cells):
         if cell.cell_type != "code" or cell.metadata.get("nbgrader", {}).get("grade"):
             continue
@@ -129,3 +140,34 @@ def _grade(course_dir: Path, api, student: str, assignment: str) -> Grade:  # ty
             if output.output_type == "error":
                 grade.errors.append(f"cell {index}: {output.ename}: {output.evalue}")
     return grade
+
+
+def check_course(course_dir: Path, only: list[str] | None = None) -> list[Grade]:
+    """Autograde the reference solutions of ``course_dir``'s assignments in a scratch copy of it.
+
+    The instructor's gradebook, releases and submissions are never touched: the source notebooks
+    and ``nbgrader_config.py`` are copied into a temporary folder and graded there, for a student
+    named ``reference``. A grade below full marks means this grading environment (its kernel,
+    packages or machine) would fail correct work.
+    """
+    import tempfile
+
+    course_dir = Path(course_dir)
+    config = course_dir / "nbgrader_config.py"
+    if not config.is_file():
+        raise FileNotFoundError(
+            f"{config} does not exist; lay out the course first with `mpcourse nbgrader-course {course_dir}`"
+        )
+    found = sorted(p.name for p in (course_dir / "source").glob("*") if (p / f"{p.name}.ipynb").is_file())
+    chosen = only or found
+    missing = sorted(set(chosen) - set(found))
+    if missing or not chosen:
+        raise FileNotFoundError(
+            f"no assignment {', '.join(missing) or 'at all'} in {course_dir / 'source'}; "
+            f"it has: {', '.join(found) or 'none'}"
+        )
+    with tempfile.TemporaryDirectory(prefix="mpcourse-grading-") as scratch:
+        shutil.copy(config, Path(scratch) / "nbgrader_config.py")
+        for name in chosen:
+            shutil.copytree(course_dir / "source" / name, Path(scratch) / "source" / name)
+        return round_trip(Path(scratch), {"reference": dict.fromkeys(chosen)})

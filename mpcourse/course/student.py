@@ -173,7 +173,9 @@ def student_notebook(
                     )
                 elif checked:
                     if len(_CHECK_CALL.findall(cell.source)) > 1:
-                        raise SolutionMarkupError(f"{where}: one graded check per cell, so each has its points")
+                        raise SolutionMarkupError(
+                            f"{where}: one graded check per cell, so each has its points"
+                        )
                     metadata["nbgrader"] = _nbgrader_meta(
                         grade_id(f"{checked.group(1)}-check", where, numbered=False), grade=True
                     )
@@ -284,7 +286,7 @@ def _same_notebook(path: Path, text: str) -> bool:
         return False
 
 
-NBGRADER_CONFIG = '''\
+NBGRADER_CONFIG = """\
 # nbgrader's configuration for the mpcourse chapters (written by `mpcourse nbgrader-course`).
 # Run every nbgrader command from this folder, in the environment that has torch and mpcourse
 # installed: the autograder executes each notebook with that environment's "python3" kernel.
@@ -301,7 +303,7 @@ os.environ.setdefault("MPCOURSE_PROFILE", "ci")
 os.environ.setdefault("MPCOURSE_GRADING", "1")
 # Uncomment for graded work without hints: failures then say only what was wrong.
 # os.environ["MPCOURSE_HINTS"] = "off"
-'''
+"""
 
 
 def write_nbgrader_course(
@@ -340,7 +342,11 @@ def write_nbgrader_course(
 
 def _refuse_changed(planned: dict[Path, str], force: bool, version: str) -> None:
     """Raise :class:`OverwriteError` naming every planned file that exists with other content, unless ``force``."""
-    changed = [str(target) for target, text in planned.items() if target.exists() and not _same_notebook(target, text)]
+    changed = [
+        str(target)
+        for target, text in planned.items()
+        if target.exists() and not _same_notebook(target, text)
+    ]
     if changed and not force:
         one = len(changed) == 1
         raise OverwriteError(

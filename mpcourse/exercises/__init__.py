@@ -175,7 +175,7 @@ def hint(label: str) -> None:
     step = min(shown, len(exercise.hints) - 1)
     _HINTS_SHOWN[label] = step + 1
     total = len(exercise.hints)
-    last = " (the last one)" if step == total - 1 else f"; hint(\"{label}\") again for the next"
+    last = " (the last one)" if step == total - 1 else f'; hint("{label}") again for the next'
     print(f"{label}, hint {step + 1} of {total}{last}:\n{exercise.hints[step]}")
 
 

@@ -1,13 +1,17 @@
 """Checks for the exercises of chapter ``bf16``.
 
 References are independent of the learner's code: :mod:`mpcourse.formats` (exact float64 rounding,
-for neighbours and for "does this update survive?"), float64 sums of the updates, and torch's own
-training step under ``torch.autocast`` for the corrected seed loop.
+for neighbours and for "does this update survive?"), float64 sums of the updates, and bf16 bit
+patterns for the learning-rate floor. :func:`watch_bf16_rounding` sees a library round values that
+bf16 cannot hold, for exercises whose point is to reason without one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import types
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -17,6 +21,187 @@ from .. import formats
 from . import call, fail, register
 
 BF16 = formats.BF16
+
+__all__ = ["WatchedArray", "package_use", "watch_bf16_rounding", "watched_calls"]
+
+
+# ---- seeing a library round to bf16 ---------------------------------------------------------------
+
+
+def _inexact_in_bf16(values: Any) -> bool:
+    """Whether any finite value is not a bf16 value (so converting it to bf16 rounds). Bit test only:
+    a float32 whose low 16 bits are zero is a bf16 value; no rounding function is called."""
+    try:
+        x = np.asarray(
+            values.detach().cpu().double() if isinstance(values, torch.Tensor) else values, np.float64
+        )
+    except (TypeError, ValueError):
+        return False
+    x = x[np.isfinite(x)]
+    with np.errstate(over="ignore"):
+        x32 = x.astype(np.float32)
+    exact = (x32.astype(np.float64) == x) & ((x32.view(np.uint32) & 0xFFFF) == 0)
+    return not bool(exact.all())
+
+
+def _floats(value: Any) -> list[Any]:
+    """The floating-point inputs among a torch call's arguments, lists and tuples opened."""
+    if isinstance(value, (list, tuple)):
+        return [v for item in value for v in _floats(item)]
+    if isinstance(value, torch.Tensor):
+        return [value] if value.is_floating_point() and value.dtype != torch.bfloat16 else []
+    if isinstance(value, np.ndarray):
+        return [value] if value.dtype.kind == "f" else []
+    if isinstance(value, float):
+        return [value]
+    return []
+
+
+class WatchedArray(np.ndarray):
+    """A float array that notes any array derived from it being converted to ml_dtypes's bfloat16 from
+    values bf16 cannot hold (numpy calls ``__array_finalize__`` for ``astype`` results, whose ``obj`` is
+    the array converted)."""
+
+    roundings: list[str]
+
+    def __array_finalize__(self, obj: Any) -> None:
+        if not isinstance(obj, np.ndarray):
+            return
+        self.roundings = getattr(obj, "roundings", [])
+        if self.dtype.name == "bfloat16" and obj.dtype.kind == "f" and self.base is not obj:
+            if _inexact_in_bf16(np.asarray(obj)):
+                self.roundings.append("ml_dtypes (astype(bfloat16) of values bf16 cannot hold)")
+
+
+def _names_in(fn: Any) -> set[str]:
+    """Every global, free and attribute name ``fn``'s code (and the code of functions defined inside it) uses."""
+    code = getattr(fn, "__code__", None)
+    names: set[str] = set()
+    stack = [code] if code is not None else []
+    while stack:
+        c = stack.pop()
+        names.update(c.co_names, c.co_freevars)
+        stack.extend(k for k in c.co_consts if isinstance(k, types.CodeType))
+    return names
+
+
+def _uses_ml_dtypes(fn: Any) -> bool:
+    """Whether ``fn`` refers to ml_dtypes (the module, one of its types, or a format's ``ml_dtype``)."""
+    scope = dict(getattr(fn, "__globals__", {}))
+    for name, cell in zip(getattr(getattr(fn, "__code__", None), "co_freevars", ()), fn.__closure__ or ()):
+        with contextlib.suppress(ValueError):
+            scope[name] = cell.cell_contents
+    for name in _names_in(fn):
+        if name in ("ml_dtypes", "ml_dtype"):
+            return True
+        obj = scope.get(name)
+        module = obj.__name__ if isinstance(obj, types.ModuleType) else getattr(obj, "__module__", None)
+        if isinstance(module, str) and module.split(".")[0] == "ml_dtypes":
+            return True
+    return False
+
+
+@contextlib.contextmanager
+def watch_bf16_rounding(fn: Any = None) -> Iterator[list[str]]:
+    """Record every rounding to bf16 of values bf16 cannot hold that a library does meanwhile.
+
+    Seen: torch calls whose result is bf16 and whose floating-point inputs are not all bf16 values
+    (``.to(torch.bfloat16)``, ``.bfloat16()``, ``torch.tensor(..., dtype=torch.bfloat16)``, ``copy_``
+    into a bf16 tensor, a bf16 tensor plus a Python float, ...); :mod:`mpcourse.formats`'s bf16
+    rounding (``BF16.round``, ``encode``, ``round_tensor``); and, given ``fn``, a function that names
+    ml_dtypes. Converting values bf16 already holds (to read their bit patterns, say) rounds nothing
+    and is not recorded. Arrays passed as :class:`WatchedArray` also report ml_dtypes conversions.
+    """
+    from torch.overrides import TorchFunctionMode
+
+    found: list[str] = []
+
+    class Spy(TorchFunctionMode):
+        def __torch_function__(self, func, types_, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            result = func(*args, **kwargs)
+            if isinstance(result, torch.Tensor) and result.dtype == torch.bfloat16:
+                if any(_inexact_in_bf16(v) for v in _floats([*args, *kwargs.values()])):
+                    found.append(
+                        f"torch's {getattr(func, '__name__', str(func))}() gave bf16 from values bf16 cannot hold"
+                    )
+            return result
+
+    round_numpy, round_with_torch = formats.FloatFormat._round_numpy, formats._round_with_torch
+
+    def watched_round_numpy(self: formats.FloatFormat, values: Any, *args: Any, **kwargs: Any) -> Any:
+        if self.name == BF16.name and _inexact_in_bf16(values):
+            found.append("mpcourse.formats (a bf16 rounding: round, encode, neighbours)")
+        return round_numpy(self, values, *args, **kwargs)
+
+    def watched_round_with_torch(t: Any, fmt: formats.FloatFormat, **kwargs: Any) -> Any:
+        if fmt.name == BF16.name and _inexact_in_bf16(t):
+            found.append("mpcourse.formats (round_tensor to bf16)")
+        return round_with_torch(t, fmt, **kwargs)
+
+    if fn is not None and _uses_ml_dtypes(fn):
+        found.append("ml_dtypes (named in your function)")
+    formats.FloatFormat._round_numpy = watched_round_numpy  # type: ignore[method-assign]
+    formats._round_with_torch = watched_round_with_torch
+    try:
+        with Spy():
+            yield found
+    finally:
+        formats.FloatFormat._round_numpy = round_numpy  # type: ignore[method-assign]
+        formats._round_with_torch = round_with_torch
+
+
+@contextlib.contextmanager
+def package_use(fn: Any, names: tuple[str, ...]) -> Iterator[list[str]]:
+    """Record uses of the course's own :mod:`mpcourse.bf16` functions ``names`` meanwhile (the chapter
+    demonstrates them just before the exercises that ask for them): calls through the module, and, given
+    ``fn``, any of them that ``fn`` refers to directly (``from mpcourse.bf16 import ...``)."""
+    from .. import bf16 as package
+
+    originals = {name: getattr(package, name) for name in names}
+    found: list[str] = []
+    scope = dict(getattr(fn, "__globals__", {}))
+    for name, cell in zip(
+        getattr(getattr(fn, "__code__", None), "co_freevars", ()), getattr(fn, "__closure__", None) or ()
+    ):
+        with contextlib.suppress(ValueError):
+            scope[name] = cell.cell_contents
+    for name in _names_in(fn):
+        if any(scope.get(name) is original for original in originals.values()):
+            found.append(f"mpcourse.bf16.{scope[name].__name__}")
+
+    def spy(name: str) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            found.append(f"mpcourse.bf16.{name}")
+            return originals[name](*args, **kwargs)
+
+        return wrapper
+
+    for name in names:
+        setattr(package, name, spy(name))
+    try:
+        yield found
+    finally:
+        for name, original in originals.items():
+            setattr(package, name, original)
+
+
+def watched_calls(fn: Any, names: tuple[str, ...], *, rounding: bool) -> tuple[Any, list[str]]:
+    """``fn`` wrapped so that each call runs under :func:`package_use` (and, with ``rounding``, under
+    :func:`watch_bf16_rounding`), and the list that collects what they saw. Only the learner's calls are
+    watched: the check's own references, computed between them, may round as they please."""
+    used: list[str] = []
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with contextlib.ExitStack() as stack:
+            used_here = stack.enter_context(package_use(fn, names))
+            rounded = stack.enter_context(watch_bf16_rounding()) if rounding else []
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                used.extend(used_here + rounded)
+
+    return wrapper, used
 
 
 # ---- bf16-stochastic-round ------------------------------------------------------------------------
@@ -44,15 +229,35 @@ def _statistics_inputs(fractions: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     return x.float(), bases, gaps
 
 
-@register("bf16-stochastic-round")
+@register(
+    "bf16-stochastic-round",
+    hints=(
+        "bf16 is the top 16 bits of a float32: the low 16 bits of x's pattern say how far x lies from the "
+        "bf16 value below it in magnitude, as a fraction of the gap between the two neighbours.",
+        "Adding an integer to the whole pattern carries into bit 16 with a probability that depends on the "
+        "low bits: make that probability equal to the fraction they hold, then drop the low bits.",
+        "Draw the random integers uniformly over every possible value of the low 16 bits, from the generator "
+        "you are given, and convert to bf16 only at the end: with the low bits cleared, that is exact.",
+    ),
+)
 def check_stochastic_round(stochastic_round_bf16: Any) -> None:
     """``stochastic_round_bf16(x, generator)``: fp32 -> bf16, rounding away from zero with probability f."""
     label = "bf16-stochastic-round"
-    hint = (
-        "view the float32 tensor as int32, add a random integer drawn uniformly from [0, 2^16) (randint's "
-        "upper bound is exclusive), clear the low 16 bits with & -65536 (0xFFFF0000), view the result as "
-        "float32 and convert it to bf16 (exact, since the low bits are now zero)."
+    watched, used = watched_calls(
+        stochastic_round_bf16, ("stochastic_round_bf16", "stochastic_add_"), rounding=True
     )
+    _check_stochastic_round(watched, label)
+    if used:
+        fail(
+            label,
+            f"your function lets a library do the rounding: {used[0]}. Its results are "
+            "right, but the exercise is to round with integer operations on the bit pattern yourself.",
+            "work on x's int32 view; the only conversion to bf16 is the last one, of values whose low 16 bits "
+            "are already zero.",
+        )
+
+
+def _check_stochastic_round(stochastic_round_bf16: Any, label: str) -> None:
     values, fractions = _sr_cases()
     gen = torch.Generator().manual_seed(0)
     got = call(label, stochastic_round_bf16, values.clone(), gen)
@@ -68,8 +273,7 @@ def check_stochastic_round(stochastic_round_bf16: Any) -> None:
         fail(
             label,
             f"the result has dtype {got.dtype}.",
-            "convert the rounded float32 values to torch.bfloat16 at the end (their low 16 bits are zero, so "
-            "this conversion is exact).",
+            "the result must be a bf16 tensor: convert at the end, once the low bits are cleared.",
         )
     low = formats.round_tensor(values, BF16, rounding="toward_zero")
     high = torch.where(
@@ -87,14 +291,15 @@ def check_stochastic_round(stochastic_round_bf16: Any) -> None:
             fail(
                 label,
                 f"{x!r} is already a bf16 value, but you returned {g[i].item()!r}.",
-                "a value the format holds must come back unchanged: its low 16 bits are zero, so no carry can "
-                "happen. " + hint,
+                "a value the format holds has its low 16 bits zero: nothing you add to them may carry it to "
+                "another value.",
             )
         fail(
             label,
             f"{x!r} became {g[i].item()!r}, which is not one of its two bf16 neighbours "
             f"{low[i].item()!r} and {high[i].item()!r}.",
-            hint,
+            "each result must be one of the two bf16 values around x: only a carry out of the low 16 bits "
+            "may change what you keep.",
         )
 
     x, bases, gaps = _statistics_inputs(fractions)
@@ -115,7 +320,7 @@ def check_stochastic_round(stochastic_round_bf16: Any) -> None:
             label,
             "no value was ever rounded away from zero: that is truncation (round toward zero), which is "
             "biased: every result is too small in magnitude.",
-            hint,
+            "the random number you add never carries into bit 16: look at its range and where you add it.",
         )
     deterministic = ((up == 0) | (up == 1)).all()
     if deterministic:
@@ -123,7 +328,7 @@ def check_stochastic_round(stochastic_round_bf16: Any) -> None:
             label,
             "every value is rounded the same way on every draw: that is a deterministic rounding (to "
             "nearest, or toward zero), not a stochastic one.",
-            hint,
+            "the random numbers never reach the result: look at where they enter.",
         )
     bad = (up - expected).abs() > 5 * se + 1e-3
     if bad.any():
@@ -142,12 +347,16 @@ def check_stochastic_round(stochastic_round_bf16: Any) -> None:
             f"a value {fractions[c].item():g} of the way to its upper neighbour (from {bases[r].item()!r}) "
             f"was rounded away from zero in {up[r, c].item():.1%} of {draws} draws; it should be "
             f"{fractions[c].item():.1%} (give or take {5 * se[r, c].item():.1%}).",
-            "the probability of rounding up must equal the fraction of the gap covered: the random integer "
-            "must be uniform over all 2^16 values of the low 16 bits. " + hint,
+            "the probability of rounding away from zero must equal the fraction of the gap covered: look at "
+            "the range your random integers are drawn from.",
         )
     mean_error = ((out.float().double().mean(dim=0) - x.double()) / gaps[:, None].double()).abs().max().item()
     if mean_error > 0.05:
-        fail(label, f"the average of many roundings misses the input by {mean_error:.2f} of a gap.", hint)
+        fail(
+            label,
+            f"the average of many roundings misses the input by {mean_error:.2f} of a gap.",
+            "stochastic rounding is unbiased: look at the range your random integers are drawn from.",
+        )
     # The randomness must come from `generator`: reproducible with it, different across seeds. (A
     # global generator, or one seeded inside the function, passes every statistical test above.)
     inexact = values[low != high].clone()
@@ -156,9 +365,7 @@ def check_stochastic_round(stochastic_round_bf16: Any) -> None:
         for seed in (11, 11, 12)
     )
     generator_hint = (
-        "draw the random integers from the generator you are given: torch.randint(..., "
-        "generator=generator); do not seed or use torch's global generator inside the "
-        "function."
+        "draw every random number from the generator you are given, and seed nothing inside the function."
     )
     if not torch.equal(first, again):
         fail(
@@ -218,18 +425,47 @@ def _survives_reference(w: np.ndarray, u: np.ndarray) -> np.ndarray:
     return BF16.round(w + u) != w  # w + u is exact in float64 for these cases; one rounding to bf16
 
 
-@register("bf16-update-survives")
+@register(
+    "bf16-update-survives",
+    hints=(
+        "Round to nearest moves w exactly when w + u lies closer to a neighbour of w than to w itself: "
+        "compare |u| with half the distance from w to its neighbour in the direction of u.",
+        "That distance is the gap of w's binade, except toward zero from an exact power of two, where the "
+        "binade below has half the gap, and at zero, where it is the smallest subnormal.",
+        "At exactly half a gap the sum is a tie, which goes to the neighbour whose last mantissa bit is 0: "
+        "read w's last mantissa bit from its bit pattern. Decide from the exact values: rounding w + u to "
+        "float32 first can turn a sum just past half a gap into a tie.",
+    ),
+)
 def check_update_survives(update_survives: Any) -> None:
-    """``update_survives(w, u)``: does the bf16 weight ``w`` change when ``u`` is added and rounded once?"""
+    """``update_survives(w, u)``: does the bf16 weight ``w`` change when ``u`` is added and rounded once?
+
+    The answer must come from reasoning about the gap: a library that rounds ``w + u`` to bf16 gives the
+    right booleans but skips the exercise, so :func:`watch_bf16_rounding` looks and such an answer is
+    refused. Reading ``w``'s own bit pattern (a bf16 value, so nothing is rounded) is allowed.
+    """
     label = "bf16-update-survives"
-    hint = (
-        "the update survives when w + u is closer to another bf16 value than to w: compare |u| with half the "
-        "gap between w and its neighbour in the direction of u (formats.get('bf16').spacing(w) gives the gap "
-        "above |w|; the gap below a power of two is half of it). Exactly half a gap is a tie, which goes to "
-        "the neighbour with an even last mantissa bit."
-    )
     w, u, groups = _survival_cases()
-    got = call(label, update_survives, w.copy(), u.copy())
+    w_in, u_in = w.copy().view(WatchedArray), u.copy().view(WatchedArray)
+    w_in.roundings = u_in.roundings = []
+    with watch_bf16_rounding(update_survives) as roundings:
+        got = call(label, update_survives, w_in, u_in)
+    roundings += w_in.roundings
+    _judge_survival(label, got, w, u, groups)
+    if roundings:
+        fail(
+            label,
+            f"your function lets a library round w + u to bf16: {roundings[0]}. That gives the right answers, "
+            "but the exercise is to predict them from the gap, without a rounding function.",
+            "decide from |u| and the distance from w to its neighbour. Reading w's bit pattern is fine (w is a "
+            "bf16 value, so converting it rounds nothing), and so is BF16.spacing.",
+        )
+
+
+def _judge_survival(
+    label: str, got: Any, w: np.ndarray, u: np.ndarray, groups: dict[str, np.ndarray]
+) -> None:
+    hint = "compare |u| with half the distance from w to its neighbour in the direction of u."
     got_arr = np.asarray(got)
     if got_arr.shape != w.shape or got_arr.dtype != np.bool_:
         fail(
@@ -245,28 +481,28 @@ def check_update_survives(update_survives: Any) -> None:
         "tie": (
             "an update of exactly half a gap is a tie: ties go to the even neighbour, so it survives only "
             "when w's last mantissa bit is 1.",
-            "look at the last bit of w's mantissa.",
+            "look at the pairs where |u| is exactly half a gap.",
         ),
         "double-rounding": (
-            "an update just above half a gap was judged lost. Adding in float32 first rounds "
-            "w + u to an exact tie, which then goes back to w: that is double rounding.",
-            "decide from the exact sum (float64 is exact here), or compare u with half the gap.",
+            "an update just above half a gap was judged lost. Rounding w + u (or u) to float32 first makes it "
+            "an exact tie, which then goes back to w: that is double rounding.",
+            "decide from the exact values (float64 holds them exactly here).",
         ),
         "power-of-two-down": (
             "updates toward zero from a power of two were judged lost, but the gap below a "
             "power of two is half the gap above it.",
-            hint,
+            "look at the weights that are exact powers of two, and at the direction of their update.",
         ),
         "power-of-two-down-small": (
             "updates toward zero from a power of two, below half of the (smaller) gap "
             "under it, were judged to survive.",
-            hint,
+            "look at the weights that are exact powers of two, and at the direction of their update.",
         ),
-        "zero-update": ("a zero update cannot change a weight.", hint),
+        "zero-update": ("a zero update cannot change a weight.", "look at the pairs where u is 0."),
         "zero-weight": (
             "near zero the gap is the smallest subnormal, 2^-133: an update survives unless it is "
             "below half of that.",
-            hint,
+            "look at the weights that are 0.",
         ),
     }
     if not (wrong & groups["random"]).any():  # the rule is right in general: name the special case it misses
@@ -289,5 +525,5 @@ def check_update_survives(update_survives: Any) -> None:
     )
 
 
-# The checks of the chapter's training-loop exercises live in bf16_training.py; importing it registers them.
+# The checks of the chapter's training exercises live in bf16_training.py; importing it registers them.
 from . import bf16_training  # noqa: E402, F401

@@ -1,18 +1,18 @@
-"""Checks for the training exercises of chapter ``bf16``: Kahan-compensated updates and the fixed seed loop.
+"""Checks for the training exercises of chapter ``bf16``: Kahan-compensated updates, and the learning rate
+below which pure bf16's first AdamW step leaves a tensor's weights where they are.
 
-Registered when :mod:`mpcourse.exercises.bf16` loads. The references are float64 sums of the updates and
-torch's own training step under ``torch.autocast`` for the corrected loop.
+Registered when :mod:`mpcourse.exercises.bf16` loads. The references are float64 sums of the updates for
+Kahan, and for the learning-rate floor the bf16 neighbours of each weight read from its bit pattern, with
+the share of weights that move measured by rounding ``w - lr * sign(g)`` exactly (:mod:`mpcourse.formats`).
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
+import math
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from .. import formats
 from . import call, fail, is_tensor_pair, register
@@ -51,15 +51,23 @@ def _run_kahan(kahan_update: Any, label: str, w0: torch.Tensor, updates: torch.T
     return param
 
 
-@register("bf16-kahan")
+@register(
+    "bf16-kahan",
+    hints=(
+        "Compare the weight after many small updates with their exact sum: rounded to nearest alone, every "
+        "update below half a gap is lost. The compensation is where what was lost waits for its turn.",
+        "Work in fp32: bring together this update and what the last rounding dropped, add them to the "
+        "weight, and round once to bf16 for the new weight.",
+        "The new compensation is what this rounding dropped: the difference between the fp32 result and the "
+        "bf16 weight you keep, in that order. Both outputs stay bf16.",
+    ),
+)
 def check_kahan(kahan_update: Any) -> None:
     """``kahan_update(param, update, compensation) -> (param, compensation)`` for bf16 weights."""
     label = "bf16-kahan"
-    hint = (
-        "add the compensation to the update (in fp32), add that to the weight (in fp32), round the result to "
-        "bf16 for the new weight, and keep what the rounding dropped, (fp32 result) - (new bf16 weight), "
-        "as the new compensation."
-    )
+    from .bf16 import watched_calls  # bf16 imports this module at its end; by now it is complete
+
+    kahan_update, used = watched_calls(kahan_update, ("kahan_add_", "BF16AdamW"), rounding=False)
     # 1. A large update with no history is an ordinary rounding to nearest.
     w0 = torch.tensor([1.0, -3.5, 1000.0, 2.0**-20])
     big = torch.tensor([[0.25, -0.75, 37.0, 2.0**-22]])
@@ -70,7 +78,7 @@ def check_kahan(kahan_update: Any) -> None:
             label,
             f"one large update from a zero compensation gave {got.tolist()}, expected {want.tolist()} "
             "(the sum rounded to nearest bf16).",
-            hint,
+            "with a zero compensation, one update is an ordinary rounding of the weight plus the update.",
         )
     # 2. Many small updates, each far below half a gap: the compensation must carry them.
     gen = torch.Generator().manual_seed(2)
@@ -87,8 +95,8 @@ def check_kahan(kahan_update: Any) -> None:
             label,
             f"after {steps} updates of an eighth of a gap or less the weights have not moved at all: the "
             "compensation is not fed back into the next update, or it has the wrong sign (it must be what the "
-            "rounding dropped: the fp32 target minus the new bf16 weight).",
-            hint,
+            "rounding dropped).",
+            "look at what you store in the compensation, and whether the next update gets it back.",
         )
     if error > 2:
         overshoot = ((got - naive) / (exact - naive)).mean().item()
@@ -96,14 +104,14 @@ def check_kahan(kahan_update: Any) -> None:
             fail(
                 label,
                 f"after {steps} small updates the weights moved {overshoot:.1f} times as far as they "
-                "should: the compensation has the wrong sign (it must be what was dropped: target - rounded).",
-                hint,
+                "should: the compensation has the wrong sign.",
+                "the compensation is what the rounding dropped: check the order of your subtraction.",
             )
         fail(
             label,
             f"after {steps} small updates the weights are {error:.1f} gaps from the exact sum "
             "(at most 2 is expected).",
-            hint,
+            "look at the order in which you add the three numbers, and at which of them stay in fp32.",
         )
     # 3. Random updates of both signs and many sizes.
     w0 = torch.randn(64, generator=gen)
@@ -121,209 +129,251 @@ def check_kahan(kahan_update: Any) -> None:
             label,
             f"after 300 random updates of both signs, a weight is {error:.1f} gaps away from the exact "
             "sum (at most 2 is expected).",
-            hint,
+            "updates of both signs and many sizes: look at the order of the additions and at the sign of "
+            "the compensation.",
+        )
+    if used:
+        fail(
+            label,
+            f"your function lets the course's own implementation do the update: {used[0]}. Its results are "
+            "right, but the exercise is to write the compensated update yourself.",
+            "compute with fp32 tensors and one rounding to bf16; no function of mpcourse.bf16.",
         )
 
 
-# ---- bf16-fix-b2 ----------------------------------------------------------------------------------
+# ---- bf16-lr-floor --------------------------------------------------------------------------------
 
 
-def _b2_model() -> nn.Module:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(7)
-        return nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 5))
+def _half_gaps(weight: torch.Tensor, grad: torch.Tensor) -> np.ndarray:
+    """For each bf16 weight, half the distance to its bf16 neighbour in the direction of ``-sign(grad)``
+    (inf where the gradient is zero): the update AdamW's first step must exceed to move it.
 
-
-def _b2_batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
-    gen = torch.Generator().manual_seed(8)
-    return [
-        (torch.randn(16, 10, generator=gen) * 3, torch.randint(0, 5, (16,), generator=gen)) for _ in range(3)
-    ]
-
-
-def _b2_reference(variant: str) -> tuple[list[torch.Tensor], list[float]]:
-    """Parameters and losses after three steps of a training loop, done right or in a known wrong way."""
-    model = _b2_model()
-    opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    loss_fn = nn.CrossEntropyLoss()
-    losses = []
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(variant.removesuffix("-accumulate"), None)
-    for x, y in _b2_batches():
-        with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-            loss = loss_fn(model(x), y)
-        loss.backward()
-        opt.step()
-        if not variant.endswith("-accumulate"):
-            opt.zero_grad()
-        losses.append(loss.item())
-    return [p.detach().clone() for p in model.parameters()], losses
-
-
-def _distance(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
-    return max((x.double() - y.double()).abs().max().item() for x, y in zip(a, b))
-
-
-def _autocast_on() -> bool:
-    """Whether autocast is enabled for the CPU or CUDA on this thread (torch >= 2.4's spelling)."""
-    return any(torch.is_autocast_enabled(device_type) for device_type in ("cpu", "cuda"))
-
-
-class _StepWatch:
-    """What a training step does that its result cannot show: the dtypes the model's inputs arrive in
-    (a forward pre-hook), and whether autocast is still on while gradients are computed (a hook on each
-    parameter's gradient runs inside backward, on the thread that called it for CPU tensors).
-
-    A GradScaler and a backward under autocast leave the parameters exactly as a correct bf16 step does,
-    and casting the inputs changes them by less than any tolerance could separate, so only watching
-    the step tells them apart.
+    The neighbour comes from the bit pattern: one code up in magnitude away from zero (or from zero),
+    one code down toward zero. No rounding function is involved.
     """
-
-    def __init__(self, model: nn.Module) -> None:
-        self.input_dtypes: set[torch.dtype] = set()
-        self.backward_under_autocast = False
-        self.handles = [model.register_forward_pre_hook(self._forward)]
-        self.handles += [p.register_hook(self._gradient) for p in model.parameters()]
-
-    def _forward(self, module: nn.Module, args: tuple[Any, ...]) -> None:
-        self.input_dtypes.update(a.dtype for a in args if isinstance(a, torch.Tensor))
-
-    def _gradient(self, grad: torch.Tensor) -> None:
-        self.backward_under_autocast |= _autocast_on()
-
-    def remove(self) -> None:
-        for handle in self.handles:
-            handle.remove()
+    bits = weight.detach().contiguous().view(torch.int16).to(torch.int32).flatten()
+    code, sign_bit = bits & 0x7FFF, bits & 0x8000
+    w_sign = torch.where(sign_bit != 0, -1, 1) * (code != 0)
+    direction = -torch.sign(grad.detach().float().flatten()).to(torch.int32)
+    away = (code == 0) | (direction == w_sign)
+    neighbour = (torch.where(away, code + 1, code - 1) | sign_bit).to(torch.int16).view(torch.bfloat16)
+    half = (neighbour.double() - weight.detach().double().flatten()).abs().numpy() / 2
+    return np.where(direction.numpy() == 0, np.inf, half)
 
 
-@contextlib.contextmanager
-def _grad_scaler_uses() -> Iterator[list[str]]:
-    """Record every GradScaler built or used meanwhile (torch.amp's class, which the deprecated
-    torch.cuda.amp and torch.cpu.amp ones subclass), however the learner imported it."""
-    from torch.amp.grad_scaler import GradScaler
+def _lr_floor(weight: torch.Tensor, grad: torch.Tensor, share: float, *, variant: str = "right") -> float:
+    """The reference (``variant="right"``) and the usual mistakes, for the check's diagnoses."""
+    w = weight.detach().double().numpy().ravel()
+    zero_grad = grad.detach().float().numpy().ravel() == 0
+    if variant == "sign-flipped":
+        t = _half_gaps(weight, -grad)
+    elif variant == "zero-grad-moves":  # a zero gradient taken as an update away from zero
+        away = -torch.sign(weight.float()) - (weight == 0).float()
+        t = _half_gaps(weight, torch.where(grad == 0, away, grad.float()))
+    elif variant in ("whole-gap", "gap-above", "relative", "relative-eps"):
+        t = {
+            "whole-gap": lambda: 2 * _half_gaps(weight, grad),
+            "gap-above": lambda: np.asarray(BF16.spacing(w), dtype=np.float64) / 2,
+            "relative": lambda: np.abs(w) * 2.0**-8,
+            "relative-eps": lambda: np.abs(w) * BF16.eps,
+        }[variant]()
+        t = np.where(zero_grad, np.inf, t)
+    else:
+        t = _half_gaps(weight, grad)
+    t = np.sort(t)
+    if t.size == 0:
+        return math.inf
+    k = math.ceil(share * t.size)
+    if variant == "index-off-by-one":
+        return float(t[min(k, t.size - 1)])
+    if variant == "quantile":
+        finite = t[np.isfinite(t)]
+        return float(np.quantile(finite, share)) if finite.size else math.inf
+    return float(t[k - 1])
 
-    used: list[str] = []
-    originals = {name: getattr(GradScaler, name) for name in ("__init__", "scale", "step", "unscale_")}
 
-    def spy(name: str):
-        def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
-            used.append(name)
-            return originals[name](self, *args, **kwargs)
-
-        return wrapper
-
-    for name in originals:
-        setattr(GradScaler, name, spy(name))
-    try:
-        yield used
-    finally:
-        for name, original in originals.items():
-            setattr(GradScaler, name, original)
+def _moved(weight: torch.Tensor, grad: torch.Tensor, lr: float) -> float:
+    """The share of the weights that change when ``w - lr * sign(g)`` is rounded to bf16 once, exactly."""
+    w = weight.detach().double().numpy().ravel()
+    s = np.sign(grad.detach().double().numpy().ravel())
+    return float(np.mean(BF16.round(w - lr * s) != w))
 
 
-@register("bf16-fix-b2")
-def check_fix_b2(bf16_train_step: Any) -> None:
-    """``bf16_train_step(model, optimizer, loss_fn, inputs, targets) -> float``: one correct bf16 AMP step."""
-    label = "bf16-fix-b2"
-    hint = (
-        "keep the model in fp32 (no .half(), no .bfloat16()); run the forward pass and the loss under "
-        "torch.autocast(inputs.device.type, dtype=torch.bfloat16); call backward() outside it; step the "
-        "optimizer and zero the gradients; no GradScaler is needed with bf16. Return loss.item()."
+def _lr_floor_cases() -> list[tuple[str, torch.Tensor, torch.Tensor, float]]:
+    """Realistic bf16 tensors with bf16 gradients: (description, weight, grad, share)."""
+    gen = torch.Generator().manual_seed(16)
+    cases = []
+    linear = (
+        (torch.rand(32, 64, generator=gen) * 2 - 1) / 8
+    ).bfloat16()  # nn.Linear(64, 32)'s initialisation
+    cases.append(
+        (
+            "a Linear(64, 32) weight as initialised (uniform in +-1/8)",
+            linear,
+            torch.randn(32, 64, generator=gen).bfloat16(),
+            0.5,
+        )
     )
-    model = _b2_model()
-    opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    loss_fn = nn.CrossEntropyLoss()
-    start = [p.detach().clone() for p in model.parameters()]
-    losses = []
-    watch = _StepWatch(model)
-    try:
-        with _grad_scaler_uses() as scaler_uses:
-            for x, y in _b2_batches():
-                losses.append(call(label, bf16_train_step, model, opt, loss_fn, x.clone(), y.clone()))
-    finally:
-        watch.remove()
-    for got in losses:
+    gains = torch.ones(64, dtype=torch.bfloat16)  # a LayerNorm's gains as initialised: all exactly 1
+    signs = torch.tensor([1.0] * 40 + [-1.0] * 24)[torch.randperm(64, generator=gen)]
+    gains_grad = (signs * torch.rand(64, generator=gen) * 1e-2).bfloat16()  # 40 of 64 move toward zero
+    for share in (0.25, 0.5, 0.625, 0.75):
+        cases.append(
+            (
+                f"a LayerNorm's gains (all 1.0; 40 of 64 gradients positive), share {share}",
+                gains,
+                gains_grad,
+                share,
+            )
+        )
+    powers = 2.0 ** torch.randint(-6, 3, (96,), generator=gen) * torch.sign(torch.randn(96, generator=gen))
+    cases.append(
+        (
+            "weights of both signs, all powers of two",
+            powers.bfloat16(),
+            torch.randn(96, generator=gen).bfloat16(),
+            0.5,
+        )
+    )
+    bias = torch.zeros(48)
+    bias[:16] = torch.randn(16, generator=gen) * 1e-3
+    cases.append(
+        (
+            "a bias initialised to zero, 16 of its 48 entries since trained",
+            bias.bfloat16(),
+            torch.randn(48, generator=gen).bfloat16(),
+            0.75,
+        )
+    )
+    dead = (torch.randn(40, 32, generator=gen) * 0.05).bfloat16()
+    dead_grad = torch.randn(40, 32, generator=gen)
+    dead_grad[:10] = 0.0  # 10 of 40 output units are dead ReLUs: their rows get no gradient
+    for share in (0.5, 0.875):
+        cases.append(
+            (
+                f"a weight whose rows for 10 dead units of 40 get zero gradients, share {share}",
+                dead,
+                dead_grad.bfloat16(),
+                share,
+            )
+        )
+    embedding = torch.randn(100, 16, generator=gen).bfloat16()
+    cases.append(
+        (
+            "an embedding table (standard normal)",
+            embedding,
+            torch.randn(100, 16, generator=gen).bfloat16(),
+            0.25,
+        )
+    )
+    return cases
+
+
+_LR_MISTAKES = {
+    "whole-gap": (
+        "a whole gap: round to nearest already moves a weight once the update passes half of it",
+        "compare the update with half the distance to the neighbour it moves toward.",
+    ),
+    "gap-above": (
+        "the gap above |w| everywhere: a weight at a power of two moving toward zero has a gap half as large",
+        "look at the weights that sit exactly at a power of two, and at which way their update goes.",
+    ),
+    "sign-flipped": (
+        "the weights moved along the gradient's sign; the optimizer moves them against it",
+        "look at the direction of each weight's update.",
+    ),
+    "zero-grad-moves": (
+        "weights with a zero gradient counted as movable, or left out of the count; AdamW's update does not "
+        "move them, and the share is of all the weights",
+        "look at the weights whose gradient is exactly zero.",
+    ),
+    "relative": (
+        "a threshold proportional to |w|; within a binade the gap is the same for every weight",
+        "the gap between neighbouring bf16 values is a power of two fixed by w's binade.",
+    ),
+    "relative-eps": (
+        "a threshold proportional to |w|; within a binade the gap is the same for every weight",
+        "the gap between neighbouring bf16 values is a power of two fixed by w's binade.",
+    ),
+    "index-off-by-one": (
+        "one weight too many: the learning rate that moves one more weight than needed",
+        "count how many weights must move for the share, and take the threshold of the last one needed.",
+    ),
+    "quantile": (
+        "an interpolated quantile of the thresholds, which need not be any weight's threshold",
+        "the answer is the threshold of one particular weight: sort, count, pick.",
+    ),
+}
+
+
+@register(
+    "bf16-lr-floor",
+    hints=(
+        "One weight first: its update is lr against the sign of its gradient, and rounding to nearest moves "
+        "it only if the update is more than half the distance to the bf16 neighbour in that direction.",
+        "That distance is a power of two set by the weight's binade, except for a weight exactly at a power "
+        "of two moving toward zero (the gap below is half the gap above) and for zero. A zero gradient "
+        "never moves its weight.",
+        "Compute each weight's threshold, sort them, and find how many weights must move for the share: "
+        "the answer is the threshold of the last one of those (inf if that weight cannot move at all).",
+    ),
+)
+def check_lr_floor(lr_floor: Any) -> None:
+    """``lr_floor(weight, grad, share) -> float``: the learning rate above which pure bf16's first AdamW
+    step (an update of ``-lr * sign(g)``, rounded once) changes at least ``share`` of the weights."""
+    label = "bf16-lr-floor"
+    cases = _lr_floor_cases()
+    answers = []
+    for case, weight, grad, share in cases:
+        got = call(label, lr_floor, weight.clone(), grad.clone(), share)
         if isinstance(got, torch.Tensor) and got.numel() == 1:
+            got = got.item()
+        if isinstance(got, bool) or not isinstance(got, (int, float, np.floating, np.integer)):
             fail(
                 label,
-                "you returned the loss as a tensor.",
-                "return loss.item(), a Python float (a tensor would keep the autograd graph alive).",
+                f"for {case} you returned {type(got).__name__} {got!r}.",
+                "return a learning rate, a float.",
             )
-        if not isinstance(got, (int, float)):
-            fail(label, f"you returned {type(got).__name__}, not a number.", "return loss.item().")
-    losses = [float(v) for v in losses]
-    params = list(model.parameters())
-    dtypes = {formats.dtype_name(p.dtype) for p in params}
-    if dtypes != {"float32"}:
-        fail(
-            label,
-            f"after your steps the parameters are {'/'.join(sorted(dtypes))}.",
-            "the parameters must stay fp32: they are the master weights. Autocast casts to bf16 on the fly, "
-            "inside each op; .half() (the seed's bug) makes them fp16, not bf16, and drops the fp32 copy.",
-        )
-    if scaler_uses:
-        fail(
-            label,
-            f"your step uses a GradScaler (GradScaler.{scaler_uses[0].strip('_')} was called).",
-            "bf16 has fp32's exponent range, so gradients do not underflow and need no loss scaling: "
-            "drop the scaler, call loss.backward() and optimizer.step() directly. (The seed's scaler "
-            "belongs to fp16.)",
-        )
-    cast_inputs = sorted(formats.dtype_name(d) for d in watch.input_dtypes - {torch.float32})
-    if cast_inputs:
-        fail(
-            label,
-            f"the model received inputs of dtype {', '.join(cast_inputs)}: you cast them yourself.",
-            "pass the fp32 inputs as they are. Autocast casts to bf16 inside each op that gains from it "
-            "and keeps fp32 where precision matters; casting by hand (the seed's inputs.half(), or "
-            ".bfloat16()) takes that choice away, and .half() is fp16 anyway.",
-        )
-    if watch.backward_under_autocast:
-        fail(
-            label,
-            "backward() ran with autocast still on.",
-            "close the autocast block after the loss and call loss.backward() outside it: PyTorch "
-            "recommends against backward passes under autocast; backward already runs each op in the "
-            "dtype its forward used.",
-        )
-    got_params = [p.detach().clone() for p in params]
-    if _distance(got_params, start) == 0:
-        fail(label, "the parameters did not change.", "call optimizer.step() after backward().")
-    refs = {v: _b2_reference(v) for v in ("bf16", "fp32", "fp16", "bf16-accumulate")}
-    distances = {v: _distance(got_params, ref[0]) for v, ref in refs.items()}
-    closest = min(distances, key=distances.get)
-    tolerance = 0.1 * min(
-        d for v, d in ((v, _distance(refs["bf16"][0], ref[0])) for v, ref in refs.items()) if v != "bf16"
-    )
-    if closest == "bf16" and distances["bf16"] <= tolerance:
-        want_losses = refs["bf16"][1]
-        if not np.allclose(losses, want_losses, rtol=1e-2):
-            fail(
-                label,
-                f"the parameters are right, but you returned the losses {losses}; expected about "
-                f"{[round(v, 4) for v in want_losses]}.",
-                "return the loss of this step's batch: loss.item().",
-            )
+        answers.append(float(got))
+
+    def same(a: float, b: float) -> bool:
+        return a == b or (math.isfinite(a) and math.isfinite(b) and math.isclose(a, b, rel_tol=1e-3))
+
+    wants = [_lr_floor(weight, grad, share) for _, weight, grad, share in cases]
+    wrong = [i for i, (got, want) in enumerate(zip(answers, wants)) if not same(got, want)]
+    if not wrong:
         return
-    messages = {
-        "fp32": (
-            "your steps give exactly what an fp32 loop gives: nothing ran in bf16.",
-            "wrap the forward pass and the loss in torch.autocast(inputs.device.type, dtype=torch.bfloat16); "
-            "use the inputs' device type, not a hard-coded 'cuda'.",
-        ),
-        "fp16": (
-            "your steps match an fp16 autocast loop, not a bf16 one.",
-            "torch.autocast's default dtype on CUDA is fp16: pass dtype=torch.bfloat16.",
-        ),
-        "bf16-accumulate": (
-            "your second and third steps used the sum of all gradients so far: they are never zeroed.",
-            "call optimizer.zero_grad() once per step (the seed's loop forgot it).",
-        ),
-    }
-    if closest in messages:
-        what, why = messages[closest]
-        fail(label, what, why)
+    # A known mistake is named when it reproduces every answer (cases where it is right included).
+    for variant, (name, first) in _LR_MISTAKES.items():
+        if all(same(got, _lr_floor(w, g, sh, variant=variant)) for got, (_, w, g, sh) in zip(answers, cases)):
+            case = cases[wrong[0]][0]
+            fail(label, f"for {case} you returned {answers[wrong[0]]:.6g}: that looks like {name}.", first)
+    i = wrong[0]
+    case, weight, grad, share = cases[i]
+    got, want = answers[i], wants[i]
+    if math.isinf(want):
+        fail(
+            label,
+            f"for {case} you returned {got!r}, but no learning rate changes {share:.1%} of these weights: at "
+            f"most {_moved(weight, grad, 1e30):.1%} of them can move.",
+            "look at the weights whose gradient is exactly zero.",
+        )
+    if not math.isfinite(got):
+        fail(
+            label,
+            f"for {case} you returned {got!r}; a finite learning rate changes {share:.1%} of these weights.",
+            "return inf only when not enough weights can move at all.",
+        )
+    if got > want:
+        fail(
+            label,
+            f"for {case} you returned {got:.6g}: at that learning rate {_moved(weight, grad, got):.1%} of the "
+            f"weights change, but a smaller one already changes {share:.1%}: yours is not the smallest.",
+            "compare the update with half the distance to the neighbour each weight moves toward.",
+        )
     fail(
         label,
-        f"after three steps your parameters differ from a correct bf16 step by up to {distances['bf16']:.3g}.",
-        hint,
+        f"for {case} you returned {got:.6g}: just above it only {_moved(weight, grad, got * (1 + 1e-6)):.1%} "
+        f"of the weights change, and the share asked is {share:.1%}.",
+        "compare the update with half the distance to the neighbour each weight moves toward.",
     )

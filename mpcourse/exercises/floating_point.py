@@ -1,7 +1,10 @@
 """Checks for the exercises of chapter ``floating_point``.
 
-References are independent of the learner's code and of the chapter's: numpy's float16, torch's
-casts and fp8 dtypes, and :mod:`mpcourse.formats` (itself tested against ml_dtypes and torch).
+References are independent of the learner's code and of the chapter's: numpy's float16 and finfo,
+torch's casts and fp8 dtypes, and :mod:`mpcourse.formats` (itself tested against ml_dtypes and torch).
+Each exercise asks for a derivation; where a library could stand in for it (a cast, a rounding, a
+table of limits), the check watches for that library and refuses it, since it gives the right
+numbers without the exercise.
 """
 
 from __future__ import annotations
@@ -10,118 +13,417 @@ import contextlib
 import io
 import math
 import tokenize
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
 import torch
 
 from .. import formats
-from . import call, expect_close, fail, register
+from . import call, expect_close, fail, plural, register
+
+# ---- watching for library shortcuts -----------------------------------------------------------------
+
+
+class _WatchedArray(np.ndarray):
+    """An input array, as an ndarray subclass that notices a float -> ``targets`` ``astype``.
+
+    numpy calls ``__array_finalize__`` for every array derived from this one (``astype`` and ``view``
+    included; a view's ``base`` is its parent, a converted copy's is not), so ``x.astype(bfloat16)``
+    with ml_dtypes's type, or ``x.astype(np.float16)``, is seen however the type was named.
+    """
+
+    casts: list[str]
+    targets: frozenset[str]
+
+    def __array_finalize__(self, obj: Any) -> None:
+        if not isinstance(obj, np.ndarray):
+            return
+        self.casts = getattr(obj, "casts", [])
+        self.targets = getattr(obj, "targets", frozenset())
+        if self.dtype.name in self.targets and obj.dtype.kind == "f" and self.base is not obj:
+            origin = " (ml_dtypes)" if self.dtype.name == "bfloat16" else ""
+            self.casts.append(f"x.astype({self.dtype.name}){origin}")
+
+
+def _watched(x: np.ndarray, *targets: str) -> _WatchedArray:
+    watched = x.copy().view(_WatchedArray)
+    watched.casts = []
+    watched.targets = frozenset(targets)
+    return watched
+
+
+def _tokens(fn: Any) -> list[str]:
+    """The identifiers and operators in ``fn``'s source (comments and strings excluded); [] without source."""
+    import inspect
+
+    try:
+        source = inspect.getsource(fn)
+    except (OSError, TypeError):
+        return []
+    try:
+        tokens = tokenize.generate_tokens(io.StringIO(source).readline)
+        return [t.string for t in tokens if t.type in (tokenize.NAME, tokenize.OP)]
+    except (tokenize.TokenError, IndentationError, SyntaxError):
+        return []
+
+
+def _names_used(fn: Any) -> set[str]:
+    """The identifiers in ``fn``'s source (comments and strings excluded); empty if there is no source."""
+    return {t for t in _tokens(fn) if t.isidentifier()}
+
+
+def _names_a_dtype(fn: Any, names: Iterable[str]) -> str | None:
+    """The first of ``names`` that ``fn`` uses as a dtype, outside ``finfo(...)`` (which only reads limits)."""
+    tokens, names = _tokens(fn), set(names)
+    for i, token in enumerate(tokens):
+        if token in names and "finfo" not in tokens[max(0, i - 4) : i]:
+            return token
+    return None
+
+
+@contextlib.contextmanager
+def _library_rounding(
+    *,
+    torch_dtypes: Iterable[torch.dtype] = (),
+    torch_methods: Iterable[str] = (),
+    format_methods: Iterable[str] = ("_round_numpy",),
+    format_functions: Iterable[str] = (),
+) -> Iterator[list[str]]:
+    """Record what a library does for the learner while the block runs.
+
+    - any torch call given one of ``torch_dtypes`` (``.to``, ``torch.tensor(..., dtype=...)``,
+      ``torch.zeros(..., dtype=...)``, ...) or named in ``torch_methods`` (``.bfloat16()``,
+      ``.half()``); a ``.view`` reinterprets bits and is allowed;
+    - any call of the ``format_methods`` of :class:`mpcourse.formats.FloatFormat`, of
+      ``round_tensor`` (whose GPU path is ``_round_with_torch``), and of the module functions
+      ``format_functions`` (``custom``, ``get``).
+    """
+    from torch.overrides import TorchFunctionMode
+
+    found: list[str] = []
+    dtypes, methods = tuple(torch_dtypes), set(torch_methods)
+
+    class Spy(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            name = getattr(func, "__name__", str(func))
+            given = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.dtype) and a in dtypes]
+            if name != "view" and (name in methods or given):  # a view reinterprets bits: no rounding
+                found.append(f"torch ({name}(...) with {given[0]})" if given else f"torch (.{name}())")
+            return func(*args, **kwargs)
+
+    patched: list[tuple[Any, str, Any]] = []
+
+    def watch_method(method: str) -> None:
+        original = getattr(formats.FloatFormat, method)
+
+        def watched(self: formats.FloatFormat, *args: Any, **kwargs: Any) -> Any:
+            shown = "" if method.startswith("_") else f".{method}"
+            found.append(f"mpcourse.formats ({self.name}{shown})")
+            return original(self, *args, **kwargs)
+
+        patched.append((formats.FloatFormat, method, original))
+        setattr(formats.FloatFormat, method, watched)
+
+    def watch_function(function: str, shown: str) -> None:
+        original = getattr(formats, function)
+
+        def watched(*args: Any, **kwargs: Any) -> Any:
+            found.append(shown)
+            return original(*args, **kwargs)
+
+        patched.append((formats, function, original))
+        setattr(formats, function, watched)
+
+    try:
+        for method in format_methods:
+            watch_method(method)
+        watch_function("_round_with_torch", "mpcourse.formats.round_tensor")
+        for function in format_functions:
+            watch_function(function, f"mpcourse.formats.{function}")
+        with Spy():
+            yield found
+    finally:
+        for owner, name, original in reversed(patched):
+            setattr(owner, name, original)
+
+
+def _same(got: float, want: float) -> bool:
+    """Equal as floats: NaN matches NaN, and a zero must have the right sign."""
+    if math.isnan(want):
+        return math.isnan(got)
+    return got == want and math.copysign(1.0, got) == math.copysign(1.0, want)
+
 
 # ---- floating_point-decode ------------------------------------------------------------------------
 
+_ANY = object()  # a wrong reading that has no opinion about a pattern (it may be right or wrong there)
 
-def _ieee_decode_variants(bits: int, e: int, m: int) -> dict[str, float]:
-    """Values of one pattern under the usual wrong readings, to name the mistake we see."""
-    bias = (1 << (e - 1)) - 1
-    sign = -1.0 if (bits >> (e + m)) & 1 else 1.0
-    field = (bits >> m) & ((1 << e) - 1)
-    mantissa = bits & ((1 << m) - 1)
-    frac = mantissa / (1 << m)
-    if field == 0:
-        return {
-            "a subnormal read with exponent -bias instead of 1 - bias": sign * 2.0 ** (-bias) * frac,
-            "a subnormal read with a hidden 1 (subnormals have none)": sign * 2.0 ** (1 - bias) * (1 + frac),
-            "the sign bit ignored": 2.0 ** (1 - bias) * frac,
-        }
-    if field == (1 << e) - 1:
-        return {}
+
+def _wrong_readings() -> dict[str, tuple[str, str, Callable[..., Any]]]:
+    """The usual wrong readings of a pattern: (what it is, first hint, value from the fields).
+
+    A reading gets ``(sign, exponent field, mantissa field, e, m, bias)`` of a pattern and returns the value it gives, None where it gives the right value, or
+    ``_ANY`` where a learner with that mistake may or may not be right (zero, often special-cased).
+    """
+
+    def bias_too_large(s, E, M, e, m, b):
+        if E == (1 << e) - 1:
+            return None
+        return s * 2.0 ** (E - b - 1) * (1 + M / 2**m) if E else s * 2.0 ** (-b) * (M / 2**m)
+
+    def subnormal_minus_bias(s, E, M, e, m, b):
+        if E == (1 << e) - 1:
+            return None
+        return s * 2.0 ** (-b) * (M / 2**m) if E == 0 else None
+
+    def zero_field_as_normal(s, E, M, e, m, b):
+        if E == (1 << e) - 1:
+            return None
+        if E:
+            return None
+        return _ANY if M == 0 else s * 2.0 ** (-b) * (1 + M / 2**m)
+
+    def subnormal_hidden_one(s, E, M, e, m, b):
+        if E == (1 << e) - 1:
+            return None
+        if E:
+            return None
+        return _ANY if M == 0 else s * 2.0 ** (1 - b) * (1 + M / 2**m)
+
+    def no_hidden_bit(s, E, M, e, m, b):
+        if E == (1 << e) - 1:
+            return None
+        return s * 2.0 ** (E - b) * (M / 2**m) if E else None
+
+    def sign_ignored(s, E, M, e, m, b):
+        if E == (1 << e) - 1:
+            return None if M else math.inf
+        return abs(2.0 ** (E - b) * (1 + M / 2**m) if E else 2.0 ** (1 - b) * (M / 2**m))
+
+    def mantissa_one_bit_wide(s, E, M, e, m, b):
+        if E == (1 << e) - 1:
+            return None
+        return s * 2.0 ** (E - b) * (1 + M / 2 ** (m + 1)) if E else s * 2.0 ** (1 - b) * (M / 2 ** (m + 1))
+
     return {
-        "the hidden bit forgotten (a normal significand is 1 + mantissa / 2^m)": sign
-        * 2.0 ** (field - bias)
-        * frac,
-        "a bias of 2^(e-1) instead of 2^(e-1) - 1": sign * 2.0 ** (field - bias - 1) * (1 + frac),
-        "the sign bit ignored": 2.0 ** (field - bias) * (1 + frac),
-        "the mantissa read as a fraction of 2^(m+1)": sign
-        * 2.0 ** (field - bias)
-        * (1 + mantissa / (1 << (m + 1))),
+        "bias": (
+            "a bias of 2^(e-1) instead of 2^(e-1) - 1: every exponent comes out one too small",
+            "compare the bias you subtract with the one the prompt gives; try fp16's 1.0, pattern 0x3c00 "
+            "(exponent field 15), by hand.",
+            bias_too_large,
+        ),
+        "field-zero-as-normal": (
+            "the exponent field 0 read like a normal exponent (a hidden 1 and exponent 0 - bias), but an "
+            "all-zeros exponent field means zero or a subnormal",
+            "patterns whose exponent field is all zeros are not normal numbers: the chapter's section "
+            "'Normal, subnormal, zero, infinity, NaN' says how they are read, which differs from normal "
+            "numbers in two ways.",
+            zero_field_as_normal,
+        ),
+        "subnormal-minus-bias": (
+            "a subnormal read with exponent -bias: your subnormals are half their value, which leaves a "
+            "gap between the largest subnormal and the smallest normal number",
+            "look at the exponent you give patterns whose exponent field is 0: which binade's exponent do "
+            "subnormals share, so that they join up with the smallest normal numbers?",
+            subnormal_minus_bias,
+        ),
+        "subnormal-hidden-one": (
+            "a subnormal read with a hidden 1, which subnormals do not have",
+            "compare your largest subnormal with the smallest normal number: the subnormals must stay "
+            "below it, which they cannot with a leading 1 in front of the mantissa.",
+            subnormal_hidden_one,
+        ),
+        "no-hidden-bit": (
+            "the hidden bit forgotten: a normal number's significand lies in [1, 2)",
+            "your normal numbers lack their leading 1: the mantissa field stores only the bits after the "
+            "binary point.",
+            no_hidden_bit,
+        ),
+        "sign": (
+            "the sign bit ignored",
+            "the top bit of the pattern is the sign: patterns with it set are negative (fp16's 0x8000 is -0.0).",
+            sign_ignored,
+        ),
+        "mantissa-width": (
+            "the mantissa read as a fraction of 2^(m+1), one bit too wide",
+            "the mantissa field is an m-bit integer: what fraction of the binade is one step of it?",
+            mantissa_one_bit_wide,
+        ),
     }
 
 
-def _reference_patterns() -> list[tuple[str, int, int, np.ndarray, np.ndarray]]:
+_READINGS = _wrong_readings()
+
+
+def _decode_formats() -> list[tuple[str, int, int, np.ndarray, np.ndarray]]:
     """(name, e, m, patterns, reference values) from numpy's float16, torch's E5M2, and E3M4."""
     rng = np.random.default_rng(7)
     fp16_patterns = np.unique(
         np.concatenate(
             [
                 np.arange(0, 64),
+                np.arange(0x3BF0, 0x3C10),
                 np.arange(0x7BF0, 0x7C10),
+                np.arange(0x8000, 0x8040),
                 np.arange(0xFBF0, 0x10000),
                 rng.integers(0, 1 << 16, 3000),
             ]
         )
     ).astype(np.uint16)
-    e5m2_patterns = np.arange(256, dtype=np.uint8)
+    every_byte = np.arange(256, dtype=np.uint8)
     return [
         ("float16", 5, 10, fp16_patterns, fp16_patterns.view(np.float16).astype(np.float64)),
         (
             "E5M2",
             5,
             2,
-            e5m2_patterns,
-            torch.from_numpy(e5m2_patterns).view(torch.float8_e5m2).double().numpy(),
+            every_byte,
+            torch.from_numpy(every_byte).view(torch.float8_e5m2).double().numpy(),
         ),
-        ("E3M4 (an IEEE-like 8-bit format)", 3, 4, e5m2_patterns, formats.custom(3, 4).decode(e5m2_patterns)),
+        ("E3M4 (an IEEE-like 8-bit format)", 3, 4, every_byte, formats.custom(3, 4).decode(every_byte)),
     ]
 
 
-@register("floating_point-decode")
+def _fields(bits: int, e: int, m: int) -> tuple[float, int, int, int]:
+    bias = (1 << (e - 1)) - 1
+    sign = -1.0 if (bits >> (e + m)) & 1 else 1.0
+    return sign, (bits >> m) & ((1 << e) - 1), bits & ((1 << m) - 1), bias
+
+
+def _explained_by(reading: Callable[..., Any], e: int, m: int, patterns, got, want) -> bool:
+    """Whether ``got`` is exactly what ``reading`` gives on every pattern (where it has an opinion)."""
+    for bits, g, w in zip(patterns, got, want):
+        sign, field, mantissa, bias = _fields(bits, e, m)
+        value = reading(sign, field, mantissa, e, m, bias)
+        if value is _ANY:
+            continue
+        if not _same(g, w if value is None else value):
+            return False
+    return True
+
+
+def _power_of_two_off(got: list[float], want: list[float]) -> int | None:
+    """k if every finite non-zero value is 2^k times the right one (k != 0), else None."""
+    ratios = {g / w for g, w in zip(got, want) if math.isfinite(w) and w != 0 and math.isfinite(g) and g != 0}
+    finite = [(g, w) for g, w in zip(got, want) if math.isfinite(w) and w != 0]
+    if len(ratios) != 1 or any(g == 0 or not math.isfinite(g) for g, _ in finite):
+        return None
+    (ratio,) = ratios
+    mantissa, exponent = math.frexp(ratio)
+    return exponent - 1 if mantissa == 0.5 and ratio != 1 else None
+
+
+@register(
+    "floating_point-decode",
+    hints=(
+        "Split the pattern into its three fields with shifts and masks: the top bit is the sign, then "
+        "e exponent bits, then m mantissa bits. Check your fields on fp16's 1.0, pattern 0x3c00: sign 0, "
+        "exponent field 15, mantissa field 0.",
+        "There are three kinds of exponent field, each read its own way: all ones (infinity when the "
+        "mantissa field is 0, NaN otherwise), all zeros (zero and the subnormals), and anything else "
+        "(normal numbers). Give each kind its own branch.",
+        "Normal numbers have a hidden leading 1 in front of the mantissa bits. Zero and the subnormals "
+        "have none, and their exponent is the one of the smallest normal binade (exponent field 1), not "
+        "0 minus the bias: that is what makes them join up with the normal numbers.",
+        "Apply the sign by multiplying a float by -1.0 or 1.0 at the end: then the pattern with only the "
+        "sign bit set comes out as -0.0, as it must.",
+    ),
+)
 def check_decode(decode: Any) -> None:
     """``decode(bits, exponent_bits, mantissa_bits)``: the value of one pattern of an IEEE-like format."""
     label = "floating_point-decode"
-    hint = (
-        "split the pattern into sign, exponent field and mantissa field; then handle the three kinds "
-        "of exponent field: all zeros (zero and subnormals), all ones (infinity and NaN), anything "
-        "else (normal numbers, with the hidden bit)."
-    )
-    for name, e, m, patterns, want in _reference_patterns():
-        for bits, value in zip(patterns.tolist(), want.tolist()):
-            got = call(label, decode, int(bits), e, m)
-            case = f"{name} pattern {bits:#x} ({formats.custom(e, m).bit_string(bits)})"
-            if not isinstance(got, (int, float, np.floating, np.integer)):
+    for name, e, m, patterns, want_array in _decode_formats():
+        patterns, want = [int(p) for p in patterns], [float(w) for w in want_array]
+        with _library_rounding(format_methods=("decode", "describe", "fields", "classify", "values")) as used:
+            answers = [call(label, decode, bits, e, m) for bits in patterns]
+        if "formats" in _names_used(decode) or "ml_dtypes" in _names_used(decode):
+            used.append("a format library named in your function")
+        if used:
+            fail(
+                label,
+                f"your function lets a library decode the patterns: {used[0]}. The exercise is to decode "
+                "them yourself, with integer operations and powers of two.",
+                "take the pattern apart with shifts and masks (>>, &) and build the value from its fields.",
+            )
+        fmt = formats.custom(e, m)
+
+        def case(i: int) -> str:
+            return f"{name} pattern {patterns[i]:#x} ({fmt.bit_string(patterns[i])})"
+
+        for i, got in enumerate(answers):
+            if isinstance(got, bool) or not isinstance(got, (int, float, np.floating, np.integer)):
                 fail(
                     label,
-                    f"for {case} you returned {type(got).__name__}, not a number.",
+                    f"for {case(i)} you returned {type(got).__name__}, not a number.",
                     "return a Python float.",
                 )
-            got = float(got)
-            if math.isnan(value):
-                if not math.isnan(got):
+        got = [float(g) for g in answers]
+        wrong = [i for i in range(len(patterns)) if not _same(got[i], want[i])]
+        if not wrong:
+            continue
+        kind = [_fields(p, e, m)[1] for p in patterns]
+        normal = [i for i in wrong if 0 < kind[i] < (1 << e) - 1]
+        shown = (normal or [i for i in wrong if want[i] != 0] or wrong)[0]
+        count = f"{plural(len(wrong), 'pattern')} of {name} wrong, all in this way"
+        for what, first_hint, reading in _READINGS.values():
+            if _explained_by(reading, e, m, patterns, got, want):
+                fail(
+                    label,
+                    f"for {case(shown)} you returned {got[shown]!r}, not {want[shown]!r}: that is {what} "
+                    f"({count}).",
+                    first_hint,
+                )
+        k = _power_of_two_off(got, want)
+        if k is not None:
+            fail(
+                label,
+                f"for {case(shown)} you returned {got[shown]!r}, not {want[shown]!r}: every finite value you "
+                f"return is 2^{k} times the right one, so every exponent is off by {k} ({count}).",
+                "compare the bias you subtract with the one the prompt gives; try fp16's 1.0, pattern 0x3c00, "
+                "by hand.",
+            )
+        for i in wrong:
+            if math.isnan(want[i]):
+                fail(
+                    label,
+                    f"{case(i)} is a NaN; you returned {got[i]!r}.",
+                    "look at the patterns whose exponent field is all ones: the mantissa field decides between "
+                    "infinity and NaN.",
+                )
+            if math.isinf(want[i]):
+                fail(
+                    label,
+                    f"{case(i)} is {want[i]}; you returned {got[i]!r}.",
+                    "patterns whose exponent field is all ones are not normal numbers: with a zero mantissa "
+                    "field they are the infinities, signed like any other value.",
+                )
+            if want[i] == 0 and got[i] == 0:
+                fail(
+                    label,
+                    f"{case(i)} is {want[i]!r} (a signed zero); you returned {got[i]!r}.",
+                    "the pattern with only the sign bit set is -0.0, a float with its sign: an integer 0 or a "
+                    "literal 0.0 loses it.",
+                )
+        subnormal = [i for i in wrong if kind[i] == 0]
+        for i in normal[:1] + subnormal[:1]:
+            sign, field, mantissa, bias = _fields(patterns[i], e, m)
+            for what, first_hint, reading in _READINGS.values():
+                value = reading(sign, field, mantissa, e, m, bias)
+                if value is not None and value is not _ANY and _same(got[i], value):
                     fail(
                         label,
-                        f"{case} is a NaN; you returned {got!r}.",
-                        "exponent all ones with a non-zero mantissa is NaN.",
+                        f"for {case(i)} you returned {got[i]!r}, not {want[i]!r}: that looks like {what}.",
+                        first_hint,
                     )
-                continue
-            if got == value and math.copysign(1, got) == math.copysign(1, value):
-                continue
-            if math.isinf(value):
-                fail(
-                    label,
-                    f"{case} is {value}; you returned {got!r}.",
-                    "exponent all ones with a zero mantissa is infinity.",
-                )
-            if value == 0 and got == 0:
-                fail(
-                    label,
-                    f"{case} is {value!r} (a signed zero); you returned {got!r}.",
-                    "zero keeps its sign: -0.0.",
-                )
-            for mistake, wrong in _ieee_decode_variants(bits, e, m).items():
-                if got == wrong:
-                    fail(label, f"for {case} you returned {got!r}: that is {mistake}.", hint)
-            fail(label, f"for {case} you returned {got!r}; the value is not that.", hint)
+        i = (normal or wrong)[0]
+        fail(
+            label,
+            f"for {case(i)} you returned {got[i]!r}; the value of that pattern is {want[i]!r}.",
+            "decode this pattern by hand, field by field (sign, exponent field, mantissa field), and compare "
+            "each step with what your function does.",
+        )
 
 
 # ---- floating_point-limits ---------------------------------------------------------------------------
@@ -129,55 +431,98 @@ def check_decode(decode: Any) -> None:
 _LIMIT_KEYS = ("max", "tiny", "smallest_subnormal", "eps")
 
 
-def _limit_variants(e: int, m: int) -> dict[str, dict[str, float]]:
-    """For each limit, the values the usual wrong derivations give, by mistake."""
+def _limits(e: int, m: int, bias: int) -> dict[str, float]:
+    """The four limits of an IEEE-like format with the given bias (right with bias 2^(e-1) - 1)."""
+    emax, emin = (1 << e) - 2 - bias, 1 - bias
+    return {
+        "max": (2 - 2.0**-m) * 2.0**emax,
+        "tiny": 2.0**emin,
+        "smallest_subnormal": 2.0 ** (emin - m),
+        "eps": 2.0**-m,
+    }
+
+
+def _limit_variants(e: int, m: int) -> dict[str, dict[str, tuple[float, str, str]]]:
+    """For each limit, what the usual wrong derivations give: {key: {name: (value, what, hint)}}."""
     bias = (1 << (e - 1)) - 1
     emax, emin = (1 << e) - 2 - bias, 1 - bias
     all_ones = (1 << e) - 1 - bias  # the exponent of the reserved top binade
+    top_hint = (
+        "write down the bit pattern of the largest finite value: which exponent field does it have (the "
+        "all-ones one is reserved), and which mantissa field?"
+    )
     return {
         "max": {
-            "the all-ones exponent used for max (IEEE formats reserve it for inf and NaN)": (2 - 2.0**-m)
-            * 2.0**all_ones,
-            "max taken as 2^(emax+1), without the mantissa": 2.0 ** (emax + 1),
-            "max taken as 2^emax, ignoring the mantissa bits": 2.0**emax,
+            "all-ones": (
+                (2 - 2.0**-m) * 2.0**all_ones,
+                "the all-ones exponent used for max, but IEEE formats reserve it for inf and NaN",
+                "which exponent field is the largest that a finite number can have?",
+            ),
+            "next binade": (
+                2.0 ** (emax + 1),
+                "max taken as 2^(emax+1), which is just beyond the format",
+                top_hint,
+            ),
+            "no mantissa": (2.0**emax, "max taken as 2^emax, as if the mantissa bits were all 0", top_hint),
+            "no hidden bit": (
+                (1 - 2.0**-m) * 2.0**emax,
+                "max without the hidden bit: a normal significand lies in [1, 2)",
+                "the largest value is a normal number: its significand has a leading 1 besides the stored bits.",
+            ),
         },
-        "tiny": {"tiny taken as 2^-bias (the smallest normal exponent is 1 - bias)": 2.0**-bias},
+        "tiny": {
+            "minus bias": (
+                2.0**-bias,
+                "tiny taken as 2^-bias, but exponent field 0 is not a normal binade",
+                "list the exponent fields that normal numbers have: which is the smallest of them?",
+            ),
+            "subnormal": (
+                2.0 ** (emin - m),
+                "tiny confused with the smallest subnormal; tiny is the smallest positive *normal* number",
+                "the smallest normal number has a hidden 1 and a zero mantissa field.",
+            ),
+        },
         "smallest_subnormal": {
-            "the smallest subnormal half too small (subnormals share the smallest normal's exponent, "
-            "1 - bias)": 2.0 ** (emin - m - 1),
+            "half": (
+                2.0 ** (emin - m - 1),
+                "the smallest subnormal half too small: subnormals share the smallest normal binade's exponent",
+                "the smallest subnormal is one mantissa step above zero, in the binade of exponent field 0: "
+                "which exponent do its patterns have?",
+            ),
+            "twice": (
+                2.0 ** (emin - m + 1),
+                "the smallest subnormal twice too large",
+                "the smallest subnormal is one step of the last mantissa bit (mantissa field 1): how many "
+                "steps fill the subnormal range up to tiny?",
+            ),
+            "tiny": (
+                2.0**emin,
+                "the smallest subnormal taken as tiny, as if the format had no subnormals",
+                "IEEE-style formats have subnormals below tiny: exponent field 0, no hidden bit.",
+            ),
         },
         "eps": {
-            "eps confused with the unit roundoff eps/2 = 2^-(m+1)": 2.0 ** -(m + 1),
-            "eps one bit too large": 2.0 ** -(m - 1),
+            "unit roundoff": (
+                2.0 ** -(m + 1),
+                "eps confused with the unit roundoff eps/2, the largest relative rounding error",
+                "eps is the gap between 1 and the next value, not the largest rounding error (half of it).",
+            ),
+            "one bit": (
+                2.0 ** -(m - 1),
+                "eps one bit too large",
+                "the next value after 1 differs from it in the last mantissa bit: which power of two is that bit?",
+            ),
         },
     }
 
 
-@register("floating_point-limits")
-def check_limits(format_limits: Any) -> None:
-    """``format_limits(e, m)``: max, tiny, smallest_subnormal, eps of an IEEE-like format."""
-    label = "floating_point-limits"
-    hint = (
-        "write each as a power of two from e, m and the bias 2^(e-1) - 1: the largest exponent field of a "
-        "finite number is all ones minus one; the smallest normal has exponent field 1; a subnormal step is "
-        "the smallest normal divided by 2^m; eps is the gap after 1."
-    )
-    references = {
-        (5, 10): np.finfo(np.float16),
-        (8, 23): np.finfo(np.float32),
-        (11, 52): np.finfo(np.float64),
-    }
+def _limit_references() -> list[tuple[int, int, dict[str, float]]]:
+    """(e, m, limits): numpy's finfo where it has the format, mpcourse.formats elsewhere."""
+    finfo = {(5, 10): np.finfo(np.float16), (8, 23): np.finfo(np.float32), (11, 52): np.finfo(np.float64)}
+    cases = []
     for e, m in [(5, 10), (8, 7), (5, 2), (3, 4), (4, 3), (8, 23), (11, 52), (2, 5)]:
-        got = call(label, format_limits, e, m)
-        case = f"e={e}, m={m}"
-        if not isinstance(got, dict) or set(got) != set(_LIMIT_KEYS):
-            fail(
-                label,
-                f"for {case} you returned {got!r}.",
-                f"return a dict with exactly the keys {', '.join(_LIMIT_KEYS)}.",
-            )
-        if (e, m) in references:  # numpy's own finfo where it has the format
-            info = references[(e, m)]
+        if (e, m) in finfo:
+            info = finfo[(e, m)]
             want = {
                 "max": float(info.max),
                 "tiny": float(info.smallest_normal),
@@ -192,14 +537,76 @@ def check_limits(format_limits: Any) -> None:
                 "smallest_subnormal": fmt.smallest_subnormal,
                 "eps": fmt.eps,
             }
+        cases.append((e, m, want))
+    return cases
+
+
+@register(
+    "floating_point-limits",
+    hints=(
+        "Start with fp16 (e = 5, m = 10), where np.finfo(np.float16) gives you the answers to compare "
+        "with: max 65504, tiny about 6.1e-05, smallest subnormal about 6e-08, eps about 0.000977. Write "
+        "each one as a power of two, or a power of two times a significand.",
+        "Each limit is one bit pattern. Write down the pattern of the largest finite value, of the "
+        "smallest positive normal number, of the smallest positive subnormal and of the number just after "
+        "1: which exponent field and which mantissa field does each have?",
+        "Decode those four patterns as the chapter's anatomy section does (normal numbers with their hidden "
+        "bit, exponent field 0 with none), with the bias 2^(e-1) - 1 and the all-ones exponent field "
+        "reserved for infinity and NaN. Then replace fp16's 5 and 10 by e and m.",
+    ),
+)
+def check_limits(format_limits: Any) -> None:
+    """``format_limits(e, m)``: max, tiny, smallest_subnormal, eps of an IEEE-like format."""
+    label = "floating_point-limits"
+    for e, m, want in _limit_references():
+        with _library_rounding(format_methods=(), format_functions=("custom", "get")) as used:
+            got = call(label, format_limits, e, m)
+        if {"formats", "ml_dtypes", "finfo"} & _names_used(format_limits):
+            used.append("a table of limits (mpcourse.formats, ml_dtypes or finfo) named in your function")
+        if used:
+            fail(
+                label,
+                f"your function reads the limits from a library: {used[0]}. The exercise is to derive them "
+                "from e and m.",
+                "build each limit as a power of two from e, m and the bias; use a library's table only to "
+                "compare with, outside your function.",
+            )
+        case = f"e={e}, m={m}"
+        if not isinstance(got, dict) or set(got) != set(_LIMIT_KEYS):
+            fail(
+                label,
+                f"for {case} you returned {got!r}.",
+                f"return a dict with exactly the keys {', '.join(_LIMIT_KEYS)}.",
+            )
+        try:
+            values = {key: float(got[key]) for key in _LIMIT_KEYS}
+        except (TypeError, ValueError):
+            fail(label, f"for {case} some values are not numbers: {got!r}.", "return each limit as a float.")
+        if values == want:
+            continue
+        bias = (1 << (e - 1)) - 1
+        wrong_bias = _limits(e, m, bias + 1)
+        if values == wrong_bias:
+            fail(
+                label,
+                f"for {case} your limits are those of a bias of 2^(e-1) = {bias + 1}, not 2^(e-1) - 1 = {bias}: "
+                f"max = {values['max']!r}, tiny = {values['tiny']!r}.",
+                "compare the bias you use with the one the prompt gives: fp16's is 15.",
+            )
         for key in _LIMIT_KEYS:
-            value = float(got[key])
-            if value == want[key]:
+            if values[key] == want[key]:
                 continue
-            for mistake, wrong in _limit_variants(e, m)[key].items():
-                if value == wrong:
-                    fail(label, f"for {case}, {key} = {value!r}: {mistake}.", hint)
-            expect_close(label, value, want[key], rtol=0, case=f"{case}, {key}", hint=hint)
+            for value, what, hint in _limit_variants(e, m)[key].values():
+                if values[key] == value:
+                    fail(label, f"for {case}, {key} = {values[key]!r}: {what}.", hint)
+            expect_close(
+                label,
+                values[key],
+                want[key],
+                rtol=0,
+                case=f"{key} at {case}",
+                hint=f"decode by hand the bit pattern that {key} stands for, in this format, and compare.",
+            )
 
 
 # ---- floating_point-bf16-rne --------------------------------------------------------------------------
@@ -225,9 +632,12 @@ def _bf16_cases() -> np.ndarray:
             0x7F7F8000,
             0x7F7F7FFF,
             0x7F7FFFFF,
+            0xFF7FFFFF,
             0x00008000,
             0x00018000,
             0x00000001,
+            0x0000FFFF,
+            0x007FFFFF,
             0x3F808000,
             0x3F818000,
         ],
@@ -237,83 +647,23 @@ def _bf16_cases() -> np.ndarray:
     return np.concatenate([special, ties, near, random]).astype(np.uint32).view(np.float32)
 
 
-class _WatchedArray(np.ndarray):
-    """The float32 input, as an ndarray subclass that notices a float -> bfloat16 ``astype``.
-
-    numpy calls ``__array_finalize__`` for every array derived from this one (``astype`` and ``view``
-    included; a view's ``base`` is its parent, a converted copy's is not), so ``x.astype(bfloat16)``
-    with ml_dtypes's type is seen however the type was imported.
-    """
-
-    casts: list[str]
-
-    def __array_finalize__(self, obj: Any) -> None:
-        if not isinstance(obj, np.ndarray):
-            return
-        self.casts = getattr(obj, "casts", [])
-        if self.dtype.name == "bfloat16" and obj.dtype.kind == "f" and self.base is not obj:
-            self.casts.append(f"x.astype({self.dtype.name}) (ml_dtypes)")
-
-
-def _names_used(fn: Any) -> set[str]:
-    """The identifiers in ``fn``'s source (comments and strings excluded); empty if there is no source."""
-    import inspect
-
-    try:
-        source = inspect.getsource(fn)
-    except (OSError, TypeError):
-        return set()
-    try:
-        tokens = tokenize.generate_tokens(io.StringIO(source).readline)
-        return {t.string for t in tokens if t.type == tokenize.NAME}
-    except (tokenize.TokenError, IndentationError, SyntaxError):
-        return set()
-
-
-@contextlib.contextmanager
-def _library_bf16_casts() -> Iterator[list[str]]:
-    """Record conversions to bf16 that a library does: any torch call given ``torch.bfloat16`` (``.to``,
-    ``.bfloat16()``, ``torch.tensor(..., dtype=...)``, ...; a ``.view`` reinterprets bits and is allowed)
-    and mpcourse.formats's rounding. The exercise is to round with integer operations, which none of
-    these is; their results are bit-identical to the right answer, so only watching can tell.
-    """
-    from torch.overrides import TorchFunctionMode
-
-    found: list[str] = []
-
-    class Spy(TorchFunctionMode):
-        def __torch_function__(self, func, types, args=(), kwargs=None):
-            kwargs = kwargs or {}
-            name = getattr(func, "__name__", str(func))
-            to_bf16 = name == "bfloat16" or any(a is torch.bfloat16 for a in (*args, *kwargs.values()))
-            if to_bf16 and name != "view":  # a view reinterprets bits: no rounding happens
-                found.append(f"torch ({name} to torch.bfloat16)")
-            return func(*args, **kwargs)
-
-    originals = {
-        "_round_numpy": formats.FloatFormat._round_numpy,
-        "_round_with_torch": formats._round_with_torch,
-    }
-
-    def round_numpy(self: formats.FloatFormat, *args: Any, **kwargs: Any) -> Any:
-        found.append(f"mpcourse.formats ({self.name})")
-        return originals["_round_numpy"](self, *args, **kwargs)
-
-    def round_with_torch(t: Any, fmt: formats.FloatFormat, **kwargs: Any) -> Any:
-        found.append(f"mpcourse.formats.round_tensor ({fmt.name})")
-        return originals["_round_with_torch"](t, fmt, **kwargs)
-
-    formats.FloatFormat._round_numpy = round_numpy  # type: ignore[method-assign]
-    formats._round_with_torch = round_with_torch
-    try:
-        with Spy():
-            yield found
-    finally:
-        formats.FloatFormat._round_numpy = originals["_round_numpy"]  # type: ignore[method-assign]
-        formats._round_with_torch = originals["_round_with_torch"]
-
-
-@register("floating_point-bf16-rne")
+@register(
+    "floating_point-bf16-rne",
+    hints=(
+        "bf16 keeps the upper 16 bits of the float32 pattern, so rounding decides one thing: whether the "
+        "kept half goes up by one, judged from the 16 bits you drop. Look at x.view(np.uint32) and "
+        "compare the dropped half with 0x8000, which is exactly halfway.",
+        "A single addition before the shift can do that decision: a carry into bit 16 happens exactly "
+        "when the dropped half is large enough. Which constant carries for a dropped half above 0x8000 "
+        "and not below? Do the addition in a wider integer type, so that it cannot overflow.",
+        "At exactly halfway the carry must happen only when the last kept bit (bit 16) is 1: that is "
+        "ties to even. A carry out of the mantissa into the exponent is right, and at the top of the "
+        "range it gives the infinity pattern, also right.",
+        "NaNs are the exception: the rounding can turn a NaN whose payload sits in the low 16 bits into "
+        "infinity, and a negative NaN can carry out of 32 bits. Treat NaNs on their own: keep the "
+        "exponent all ones and make sure the kept mantissa is not zero.",
+    ),
+)
 def check_bf16_rne(fp32_to_bf16_bits: Any) -> None:
     """``fp32_to_bf16_bits(x)``: uint16 bf16 patterns of a float32 array, round to nearest even.
 
@@ -322,9 +672,8 @@ def check_bf16_rne(fp32_to_bf16_bits: Any) -> None:
     """
     label = "floating_point-bf16-rne"
     x = _bf16_cases()
-    watched = x.copy().view(_WatchedArray)
-    watched.casts = []
-    with _library_bf16_casts() as casts:
+    watched = _watched(x, "bfloat16")
+    with _library_rounding(torch_dtypes=(torch.bfloat16,), torch_methods=("bfloat16",)) as casts:
         got = call(label, fp32_to_bf16_bits, watched)
     casts += watched.casts
     if "ml_dtypes" in _names_used(fp32_to_bf16_bits):
@@ -334,8 +683,8 @@ def check_bf16_rne(fp32_to_bf16_bits: Any) -> None:
             label,
             f"your function lets a library round to bf16: {casts[0]}. That gives the right bits, but the "
             "exercise is to do the rounding yourself.",
-            "work on the integers of x.view(np.uint32): add 0x7FFF plus the last bit you keep (bit 16), "
-            "shift right by 16, and treat NaNs separately. No .to(torch.bfloat16), ml_dtypes or "
+            "work on the integers of x.view(np.uint32): which of their bits does bf16 keep, and how do the "
+            "bits you drop decide whether the kept ones go up by one? No .to(torch.bfloat16), ml_dtypes or "
             "mpcourse.formats.",
         )
     got = np.asarray(got)
@@ -347,10 +696,11 @@ def check_bf16_rne(fp32_to_bf16_bits: Any) -> None:
         )
     got = got.astype(np.int64)
     if got.min() < 0 or got.max() > 0xFFFF:
+        i = int(np.flatnonzero((got < 0) | (got > 0xFFFF))[0])
         fail(
             label,
-            "some patterns do not fit in 16 bits.",
-            "keep the upper 16 bits of the rounded float32 pattern.",
+            f"some patterns do not fit in 16 bits: {float(x[i])!r} gave {got[i]:#x}.",
+            "a bf16 pattern is the upper half of a 32-bit pattern: shift the kept bits down to bits 0-15.",
         )
     with np.errstate(invalid="ignore"):
         want = (
@@ -369,46 +719,102 @@ def check_bf16_rne(fp32_to_bf16_bits: Any) -> None:
         became = "infinity" if np.isinf(got_v[i]) else repr(float(got_v[i]))
         fail(
             label,
-            f"the NaN with pattern {u[i]:#010x} became {became}.",
-            "a NaN whose payload sits only in the low 16 bits loses it when rounded; make sure the result "
-            "keeps a non-zero mantissa (set the top mantissa bit), and do not add a rounding bias to NaNs.",
+            f"the NaN with pattern {u[i]:#010x} became {became} (pattern {got[i]:#06x}).",
+            "follow this pattern through your rounding: bf16 must still see a NaN (exponent all ones, a "
+            "mantissa that is not zero). NaNs need their own treatment.",
+        )
+    i = np.flatnonzero(bad)[0]
+    overflowed = np.isinf(want_v)
+    if (bad <= overflowed).all() and (np.abs(got_v[bad]) == bf16.max).all():
+        fail(
+            label,
+            f"{float(x[i])!r} (pattern {u[i]:#010x}) rounds past the largest bf16 value and must become infinity "
+            f"({want[i]:#06x}); you saturated it to {float(got_v[i])!r}.",
+            "let the carry out of the mantissa run into the exponent: past the largest value it gives the "
+            "infinity pattern by itself, as IEEE 754 wants.",
+        )
+    subnormal_in = (u & 0x7F800000) == 0
+    if (bad <= subnormal_in).all() and (got_v[bad] == 0).all():
+        fail(
+            label,
+            f"the float32 subnormal {float(x[i])!r} (pattern {u[i]:#010x}) became zero: you flush subnormals to zero, "
+            "which rounding to nearest (and torch's cast) does not.",
+            "subnormals need no special case: their patterns round like any other.",
         )
     tie = (u & 0xFFFF) == 0x8000
-    i = np.flatnonzero(bad)[0]
     if tie[bad].all():
         direction = "up" if got[i] > want[i] else "down"
         fail(
             label,
-            f"the tie {x[i]!r} (pattern {u[i]:#010x}, exactly halfway) was rounded {direction}, away from "
+            f"the tie {float(x[i])!r} (pattern {u[i]:#010x}, exactly halfway) was rounded {direction}, away from "
             "the even neighbour.",
-            "at exactly halfway, round to the pattern whose last kept bit is 0: the bias is 0x7FFF plus that bit.",
+            "at exactly halfway, round to the pattern whose last kept bit is 0: your rounding must look at "
+            "that bit.",
         )
     if (got[bad] == (u >> 16)[bad]).all():
         fail(
             label,
-            "your results are truncations (the low 16 bits dropped).",
-            "round to nearest: add a rounding bias before shifting, so values past halfway carry up.",
+            f"your results are truncations (the low 16 bits dropped): {float(x[i])!r} (pattern {u[i]:#010x}) gave "
+            f"{got[i]:#06x}, but it lies past halfway and rounds to {want[i]:#06x}.",
+            "round to nearest: when the dropped bits are more than halfway, the kept bits must go up by one.",
         )
     fail(
         label,
-        f"{x[i]!r} (pattern {u[i]:#010x}) gave {got[i]:#06x}; torch gives {want[i]:#06x}.",
-        "round the float32 pattern to its upper 16 bits, ties to even, and treat NaN separately.",
+        f"{float(x[i])!r} (pattern {u[i]:#010x}) gave {got[i]:#06x}; torch gives {want[i]:#06x}.",
+        "round the float32 pattern to its upper 16 bits to nearest, ties to even, and treat NaN separately; "
+        "work this pattern through your function by hand.",
     )
 
 
 # ---- floating_point-overflow ----------------------------------------------------------------------------
 
 
-@register("floating_point-overflow")
+def _names_fp16(fn: Any) -> str | None:
+    """``float16``, or ``np.half``, if ``fn``'s source names fp16 as a dtype (not inside ``finfo(...)``)."""
+    tokens = _tokens(fn)
+    for i, token in enumerate(tokens):
+        if i >= 2 and token == "half" and tokens[i - 1] == "." and tokens[i - 2] in {"np", "numpy"}:
+            return "np.half"
+    return _names_a_dtype(fn, {"float16"})
+
+
+@register(
+    "floating_point-overflow",
+    hints=(
+        "A value a little above fp16's largest value, 65504, is rounded to the nearer of two neighbours: "
+        "65504 itself, or the next step up, which fp16 does not have. Where would that next step lie? "
+        "The gap between values in fp16's top binade tells you.",
+        "The boundary between rounding down to 65504 and rounding up to the missing step lies halfway "
+        "between them. At exactly halfway the tie goes to the neighbour with the even mantissa: which of "
+        "the two is it here, and what does that mean for the boundary itself?",
+        "Rounding is symmetric about zero: a negative value overflows to -inf exactly when its magnitude "
+        "would overflow. Compare magnitudes with the boundary and return a boolean array of x's shape.",
+    ),
+)
 def check_overflow(overflows_fp16: Any) -> None:
-    """``overflows_fp16(x)``: True where a finite float64 becomes ±inf when rounded to fp16."""
+    """``overflows_fp16(x)``: True where a finite float64 becomes ±inf when rounded to fp16, predicted
+    without converting to fp16 (a cast by numpy, torch or mpcourse.formats is refused)."""
     label = "floating_point-overflow"
     rng = np.random.default_rng(5)
     edges = np.array(
         [65504.0, 65505.0, 65519.0, 65519.999, 65520.0, 65520.001, 65535.0, 65536.0, 65552.0, 1e5, 1e300]
     )
     x = np.concatenate([edges, -edges, rng.uniform(-7e4, 7e4, 5000), [0.0, 1.0, -1e-8]])
-    got = call(label, overflows_fp16, x.copy())
+    watched = _watched(x, "float16")
+    with _library_rounding(torch_dtypes=(torch.float16,), torch_methods=("half",)) as casts:
+        got = call(label, overflows_fp16, watched)
+    casts += watched.casts
+    named = _names_fp16(overflows_fp16)
+    if named:
+        casts.append(f"{named} (named in your function)")
+    if casts:
+        fail(
+            label,
+            f"your function converts x to fp16: {casts[0]}. That answers the question without predicting "
+            "it; the exercise is to say from fp16's numbers where overflow starts.",
+            "compare x with a boundary you work out from fp16's largest value and the gap at the top of its "
+            "range; reading np.finfo(np.float16) for those is fine.",
+        )
     got = np.asarray(got)
     if got.shape != x.shape or got.dtype != np.bool_:
         fail(
@@ -423,25 +829,40 @@ def check_overflow(overflows_fp16: Any) -> None:
     if np.array_equal(got, want):
         return
     a = np.abs(x)
-    for mistake, wrong in {
-        "you flagged everything above max = 65504, but values up to half a gap above max round down to it": a
-        > 65504,
-        "the tie at exactly 65520 rounds to even, which here is up (to 65536, beyond max)": a > 65520,
-        "values from 65520 up already round past max": a >= 65536,
-        "negative values overflow too (to -inf)": x >= 65520,
-    }.items():
+    with np.errstate(over="ignore"):
+        via_float32 = np.abs(x.astype(np.float32))
+    mistakes = {
+        "you flagged everything above max = 65504, but values a little above max round down to it": (
+            a > 65504,
+            "how far above max can a value be and still be nearer to max than to the next step up?",
+        ),
+        "the tie at exactly 65520 is not flagged, but it overflows": (
+            a > 65520,
+            "look at the tie, halfway between max and the next step up: which neighbour is even?",
+        ),
+        "values from 65520 up to 65536 are not flagged, but they are nearer the next step than max": (
+            a >= 65536,
+            "the next step up from max does not exist in fp16: a value rounds to infinity as soon as it is "
+            "nearer to that step than to max, not only once it reaches it.",
+        ),
+        "negative values overflow too (to -inf)": (
+            x >= 65520,
+            "rounding is symmetric about zero: compare magnitudes.",
+        ),
+        "you round x to float32 first: 65519.999 becomes 65520.0 and crosses the boundary (rounding twice is "
+        "not rounding once)": (
+            via_float32 >= 65520,
+            "compare the float64 values themselves with the boundary.",
+        ),
+    }
+    for mistake, (wrong, hint) in mistakes.items():
         if np.array_equal(got, wrong):
-            fail(
-                label,
-                f"your answer matches a common mistake: {mistake}.",
-                "find the smallest value that rounds to something larger than max: max plus half the gap between "
-                "values at the top of fp16's range, with ties to even.",
-            )
+            fail(label, f"your answer matches a common mistake: {mistake}.", hint)
     i = np.flatnonzero(got != want)[0]
     fail(
         label,
-        f"for x = {x[i]!r} you said {bool(got[i])}; rounding to float16 says {bool(want[i])}.",
-        "a value overflows if round-to-nearest-even sends it past max; think about the gap near max.",
+        f"for x = {float(x[i])!r} you said {bool(got[i])}; rounding to float16 says {bool(want[i])}.",
+        "a value overflows if round-to-nearest-even sends it beyond max: work out what happens to this value.",
     )
 
 
@@ -469,15 +890,27 @@ def _torch_stall(dtype: torch.dtype, addend: float) -> float:
         total = new
 
 
-@register("floating_point-stall")
+_LOW_PRECISION = (torch.bfloat16, torch.float16, torch.float8_e4m3fn, torch.float8_e5m2)
+
+
+@register(
+    "floating_point-stall",
+    hints=(
+        "Start with bf16 and addends up to 1, where you know the answer, 256. Why does the sum still "
+        "grow at 128 and stop at 256? Compare the largest addend with the gap between bf16 values at each "
+        "(fmt.spacing(128.0) and fmt.spacing(256.0) give them).",
+        "An addition moves the sum only if the addend reaches past half of the gap at the sum. At exactly "
+        "half it is a tie, and the tie goes to the even neighbour: the sum itself, when the sum is a power "
+        "of two (its mantissa is all zeros).",
+        "The gap at a value in the binade [2^k, 2^(k+1)) is 2^k times eps. So the sum stalls at the first "
+        "power of two S where half the gap at S is no longer smaller than the largest addend: write that "
+        "condition with S, eps and the addend, and solve it for S.",
+    ),
+)
 def check_stall(stall_value: Any) -> None:
-    """``stall_value(fmt, largest_addend)``: where a running sum of addends up to that stops growing."""
+    """``stall_value(fmt, largest_addend)``: where a running sum of addends up to that stops growing,
+    predicted from the format's parameters (a function that runs the sum itself is refused)."""
     label = "floating_point-stall"
-    hint = (
-        "the sum stops growing once adding the largest addend no longer reaches the next representable "
-        "value: when the addend is at most half the gap (the ulp) at the sum, and a tie goes to even. "
-        "Write the gap at a value S as S times a power of two."
-    )
     cases: list[tuple[formats.FloatFormat, float, Callable[[], float]]] = [
         (formats.BF16, 1.0, lambda: _torch_stall(torch.bfloat16, 1.0)),
         (formats.FP16, 1.0, lambda: _torch_stall(torch.float16, 1.0)),
@@ -488,19 +921,44 @@ def check_stall(stall_value: Any) -> None:
         (formats.TF32, 2.0**-3, lambda: _simulate_stall(formats.TF32, 2.0**-3)),
     ]
     for fmt, addend, reference in cases:
-        got = call(label, stall_value, fmt, addend)
+        with _library_rounding(
+            torch_dtypes=_LOW_PRECISION,
+            torch_methods=("bfloat16", "half"),
+            format_methods=("_round_numpy", "round", "encode", "neighbours"),
+        ) as used:
+            got = call(label, stall_value, fmt, addend)
+        if used:
+            fail(
+                label,
+                f"your function rounds in the format itself, with {used[0]}: it runs the sum instead of "
+                "predicting where it stalls. The check runs the sums; the exercise is to predict them.",
+                "work from the format's parameters (fmt.eps, fmt.mantissa_bits) and the largest addend, "
+                "without rounding anything.",
+            )
         want = reference()
         case = f"{fmt.name} with addends up to {addend!r}"
-        if isinstance(got, (int, float, np.floating)) and math.isclose(float(got), want / 2):
+        number = isinstance(got, (int, float, np.floating)) and not isinstance(got, bool)
+        if number and math.isclose(float(got), want / 2):
             fail(
                 label,
-                f"for {case} you predict {got!r}, half the value the sum really reaches ({want!r}).",
-                "at your value the addend is exactly one gap: the sum still grows. It stalls one binade later.",
+                f"for {case} you predict {got!r}, but there the sum still grows: adding {addend!r} to "
+                f"{float(got)!r} reaches the next {fmt.name} value.",
+                "work out the gap between values at your predicted sum: is the largest addend a full gap "
+                "there, or half of one?",
             )
-        if isinstance(got, (int, float, np.floating)) and math.isclose(float(got), want * 2):
+        if number and math.isclose(float(got), want * 2):
             fail(
                 label,
-                f"for {case} you predict {got!r}, twice the value the sum stalls at.",
-                "at half your value, the addend is already half a gap, and the tie goes to the even value.",
+                f"for {case} you predict {got!r}, but the sum stops growing before it gets there.",
+                "find the first power of two where the largest addend is no more than half the gap; a tie "
+                "rounds to the even neighbour.",
             )
-        expect_close(label, got, want, rtol=1e-12, case=case, hint=hint)
+        expect_close(
+            label,
+            got,
+            want,
+            rtol=1e-12,
+            case=case,
+            hint="compare the largest addend with half the gap between values at your predicted sum, and at "
+            "half of it.",
+        )

@@ -3,22 +3,84 @@
 References are independent of the learner's code: torch's own fp8 casts, :mod:`mpcourse.fp8`
 (tested against ``torch._scaled_mm``, Transformer Engine's update rule and the OCP MX rules), and,
 for the MX exercise, the spec's rules checked directly (scales are powers of two, the exponent is
-``floor(log2 amax) - emax``, elements within range).
+``floor(log2 amax) - emax``, elements within range). Each check also knows the usual misreadings
+of its recipe and names the one it sees; the exercises that ask for a recipe by hand reject an
+answer that calls the course's own implementation of it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 
 from .. import fp8
-from . import call, expect_close, fail, register
+from ..fp8 import delayed as fp8_delayed
+from ..fp8 import recipes as fp8_recipes
+from . import call, expect_close, fail, plural, register
 
 E4M3_MAX = 448.0
 
+
+@contextlib.contextmanager
+def _watch(*targets: tuple[Any, str]) -> Iterator[list[str]]:
+    """Note every call of the functions ``getattr(owner, name)`` made inside the block (module globals
+    and class attributes, so that a ``from ... import`` made before the check is seen too)."""
+    seen: list[str] = []
+    originals = [(owner, name, getattr(owner, name)) for owner, name in targets]
+
+    def spy(original: Callable[..., Any], name: str) -> Callable[..., Any]:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            seen.append(name)
+            return original(*args, **kwargs)
+
+        return wrapper
+
+    for owner, name, original in originals:
+        setattr(owner, name, spy(original, name))
+    try:
+        yield seen
+    finally:
+        for owner, name, original in originals:
+            setattr(owner, name, original)
+
+
+def _call_by_hand(label: str, fn: Any, what: str, *args: Any) -> Any:
+    """Call the learner's ``fn``, rejecting an answer that hands the work to :mod:`mpcourse.fp8`."""
+    with _watch(
+        (fp8_recipes, "resolve"),
+        (fp8_recipes, "_mx_scale"),
+        (fp8_recipes, "_amax_scale"),
+        (fp8_delayed.DelayedScaler, "__init__"),
+    ) as seen:
+        out = call(label, fn, *args)
+    if seen:
+        used = "fp8.DelayedScaler" if "__init__" in seen else "fp8.quantize"
+        fail(
+            label,
+            f"your function calls the course's own {what} ({used}), which is what the exercise asks you to "
+            "write: the check compares your answer with that very code, so it would be checking it against itself.",
+            f"write {what} yourself, with torch operations on the tensor (or a loop over the steps); the course's "
+            "functions are for the later exercises and for checking your result by hand.",
+        )
+    return out
+
+
 # ---- fp8-tensorwise ---------------------------------------------------------------------------------
+
+TENSORWISE_HINTS = (
+    "Look at the section 'Why 8 bits force scaling': which entry of x has to land on E4M3's largest finite "
+    "value, and is the number you return the one that multiplies the fp8 data back (decode) or the one "
+    "that divides x before the cast (encode)?",
+    "The largest entry is the largest *magnitude*: a negative outlier counts. The data type is "
+    "torch.float8_e4m3fn, whose largest finite value torch.finfo reports (other fp8 variants have "
+    "other maxima).",
+    "Compute in float32 whatever x's dtype, keep the scaled values within the format's range before the "
+    "cast, and decide what the scale of a tensor whose entries are all 0 must be: it may not be 0.",
+)
 
 
 def _tensorwise_inputs() -> dict[str, torch.Tensor]:
@@ -40,16 +102,25 @@ def _tensorwise_inputs() -> dict[str, torch.Tensor]:
     }
 
 
-@register("fp8-tensorwise")
+#: Largest finite values of other 8-bit formats, and what taking one of them for E4M3's means.
+_OTHER_MAXES = {
+    57344.0: "E5M2's largest value (57344); the data here is E4M3, whose largest is 448",
+    240.0: "the largest value of E4M3FNUZ (240), the fp8 variant of AMD's MI300; torch.float8_e4m3fn "
+    "goes up to 448",
+}
+
+
+def _e4m3(values: torch.Tensor) -> torch.Tensor:
+    return values.clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn).float().double()
+
+
+@register("fp8-tensorwise", hints=TENSORWISE_HINTS)
 def check_tensorwise(tensorwise_fp8: Any) -> None:
     """``tensorwise_fp8(x) -> (data, scale)``: E4M3 data and one decode scale, ``x ≈ data * scale``."""
     label = "fp8-tensorwise"
-    hint = (
-        "the decode scale is amax / 448, where amax is the largest |x| (abs first!); divide x by it, clamp to "
-        "±448 and cast to torch.float8_e4m3fn. A tensor with amax 0 needs scale 1, not a division by zero."
-    )
+    hint = TENSORWISE_HINTS[0]
     for case, x in _tensorwise_inputs().items():
-        out = call(label, tensorwise_fp8, x.clone())
+        out = _call_by_hand(label, tensorwise_fp8, "tensorwise quantisation", x.clone())
         if not (isinstance(out, tuple) and len(out) == 2):
             fail(label, f"for {case} you returned {type(out).__name__}; expected a pair (data, scale).", hint)
         data, scale = out
@@ -57,73 +128,123 @@ def check_tensorwise(tensorwise_fp8: Any) -> None:
             fail(
                 label,
                 f"for {case} data is {getattr(data, 'dtype', type(data).__name__)}, not torch.float8_e4m3fn.",
-                "cast with .to(torch.float8_e4m3fn): the data must really be stored in 8 bits.",
+                "the data must really be stored in 8 bits: its dtype is torch.float8_e4m3fn.",
             )
         if data.shape != x.shape:
             fail(label, f"for {case} data has shape {tuple(data.shape)}, expected {tuple(x.shape)}.", hint)
         try:
-            scale_t = torch.as_tensor(scale, dtype=torch.float64)
+            scale_t = torch.as_tensor(scale).detach().double()
         except (TypeError, ValueError, RuntimeError):
             fail(label, f"for {case} the scale is {scale!r}, not a number or tensor.", hint)
         if scale_t.numel() != 1:
-            fail(label, f"for {case} the scale has {scale_t.numel()} entries; tensorwise means one.", hint)
+            fail(
+                label,
+                f"for {case} the scale has {plural(scale_t.numel(), 'entry', 'entries')}; tensorwise means one "
+                "for the whole tensor.",
+                "one scale for the whole tensor: the amax is taken over every entry, not per row.",
+            )
         scale_value = float(scale_t.reshape(-1)[0])
         x64 = x.double()
         amax = x64.abs().max().item()
-        if amax > 0:
-            if math.isclose(scale_value, E4M3_MAX / amax, rel_tol=1e-5):
+        if not (math.isfinite(scale_value) and scale_value > 0):
+            if amax == 0:
                 fail(
                     label,
-                    f"for {case} your scale is 448 / amax: that is the factor applied before the cast "
-                    "(Transformer Engine's 'scale'); the decode scale is its reciprocal.",
-                    hint,
+                    f"for {case} your scale is {scale_value!r}: the amax is 0, and a scale derived from it "
+                    "divides by zero (0/0 is NaN). The scale must be finite and positive for every tensor.",
+                    "a tensor of zeros is the one case where the amax cannot give the scale: what must your "
+                    "function do before it divides?",
                 )
-            if math.isclose(scale_value, amax / 57344.0, rel_tol=1e-5):
-                fail(
-                    label,
-                    f"for {case} your scale is amax / 57344, E5M2's maximum; the data is E4M3 (max 448).",
-                    hint,
-                )
-            if x64.max().item() < amax and math.isclose(
-                scale_value, x64.max().item() / E4M3_MAX, rel_tol=1e-5
-            ):
-                fail(
-                    label,
-                    f"for {case} your scale comes from x.max(), not the largest magnitude |x|: the negative "
-                    "entries overflow.",
-                    hint,
-                )
-            if scale_value == 1.0 and not math.isclose(amax, E4M3_MAX, rel_tol=1e-6):
-                fail(label, f"for {case} the scale is 1: the tensor is cast unscaled.", hint)
-            expect_close(
-                label, scale_value, amax / E4M3_MAX, rtol=1e-5, case=f"{case} (the scale)", hint=hint
-            )
-        elif not math.isclose(scale_value, 1.0):
             fail(
                 label,
-                f"for {case} the scale is {scale_value!r}; a tensor of zeros should get scale 1 "
-                "(amax / 448 = 0 would divide by zero and give NaN).",
+                f"for {case} your scale is {scale_value!r}; a decode scale must be finite and positive.",
                 hint,
             )
+        if amax > 0:
+            _diagnose_tensorwise_scale(label, case, x, scale_value, amax)
         got = data.float().double()
         if torch.isnan(got).any():
-            fail(label, f"for {case} your data contains NaN.", hint)
-        # Accept either way of applying the scale (x / s or x * (1/s)): they may differ in the last bit.
-        s32 = torch.tensor(scale_value, dtype=torch.float32)
-        candidates = [
-            (x.float() / s32).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn),
-            (x.float() * (1 / s32)).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn),
-        ]
-        if not any(torch.equal(got, c.float().double()) for c in candidates):
-            wrong = int(min((got != c.float().double()).sum().item() for c in candidates))
             fail(
                 label,
-                f"for {case}, {wrong} element(s) of your data differ from x / scale rounded to E4M3.",
-                hint,
+                f"for {case} your data contains {plural(int(torch.isnan(got).sum()), 'NaN')}.",
+                "E4M3 (fn) has no infinity: a value beyond ±448 becomes NaN unless it is clamped first.",
             )
+        # Either way of applying the scale (x / s or x * (1/s)) is right: they may differ in the last bit.
+        s32 = torch.tensor(scale_value, dtype=torch.float32)
+        candidates = [_e4m3(x.float() / s32), _e4m3(x.float() * (1 / s32))]
+        if any(torch.equal(got, c) for c in candidates):
+            continue
+        wrong = int(min((got != c).sum().item() for c in candidates))
+        if x.dtype != torch.float32 and any(
+            torch.equal(got, _e4m3((x / s).float())) for s in (s32, s32.to(x.dtype))
+        ):
+            fail(
+                label,
+                f"for {case}, {plural(wrong, 'element')} of your data differ from x / scale rounded once to E4M3: "
+                f"you divided in x's own dtype ({x.dtype}), which rounds every value a first time before the cast "
+                "rounds it again.",
+                "rounding twice (to bf16, then to E4M3) is not rounding once: in which dtype does your "
+                "division run?",
+            )
+        fail(
+            label,
+            f"for {case}, {plural(wrong, 'element')} of your data differ from x divided by your scale and "
+            "rounded to E4M3.",
+            "the data must decode to x: data times scale should be x up to E4M3's rounding.",
+        )
+
+
+def _diagnose_tensorwise_scale(label: str, case: str, x: torch.Tensor, scale: float, amax: float) -> None:
+    """Name the mistake behind a wrong decode scale for a tensor with amax > 0, or compare."""
+    hint = TENSORWISE_HINTS[0]
+    if math.isclose(scale, amax / E4M3_MAX, rel_tol=1e-5):
+        return
+    if math.isclose(scale, E4M3_MAX / amax, rel_tol=1e-5):
+        fail(
+            label,
+            f"for {case} your scale is {scale:.6g}, the factor x is multiplied by before the cast (what "
+            "Transformer Engine calls 'scale'); the exercise asks for the decode scale, which multiplies "
+            "the fp8 data back to x: its reciprocal.",
+            "decode vs encode: data times your scale should give x back.",
+        )
+    for other, why in _OTHER_MAXES.items():
+        if math.isclose(scale, amax / other, rel_tol=1e-5):
+            fail(label, f"for {case} your scale maps the amax to {why}.", TENSORWISE_HINTS[1])
+    signed_max = x.double().max().item()
+    if signed_max < amax and math.isclose(scale, signed_max / E4M3_MAX, rel_tol=1e-5):
+        fail(
+            label,
+            f"for {case} your scale comes from the largest value, {signed_max:.4g}, not the largest "
+            f"magnitude ({amax:.4g}): the negative entries beyond it saturate.",
+            "the largest entry that matters is the largest in absolute value.",
+        )
+    if scale == 1.0:
+        fail(label, f"for {case} the scale is 1: the tensor is cast unscaled.", hint)
+    if x.dtype != torch.float32:
+        in_dtype = (x.abs().max() / E4M3_MAX).item()  # the scale computed in x's own dtype
+        if scale == in_dtype:
+            fail(
+                label,
+                f"for {case} your scale, {scale!r}, is the right one rounded to {x.dtype}: it was computed in "
+                "x's own dtype, which has only 8 significant bits, so the amax no longer maps exactly to 448.",
+                "in which dtype is your scale computed? bf16 keeps only 8 significant bits.",
+            )
+    expect_close(label, scale, amax / E4M3_MAX, rtol=1e-5, case=f"{case} (the scale)", hint=hint)
 
 
 # ---- fp8-delayed ------------------------------------------------------------------------------------
+
+DELAYED_HINTS = (
+    "Compare your list, step by step, with the 'decode scale used' column of the trace above (history 4, "
+    "margin 0): at which steps does the spike of step 3 change the scale, and from which step on has it "
+    "left it?",
+    "Transformer Engine's scale is the *encode* factor (E4M3's largest value over the amax, reduced by "
+    "the margin); the exercise asks for the decode scale, its reciprocal. The margin counts powers of two "
+    "of headroom.",
+    "Keep a running scale that starts at 1. Before step t is cast, look at the amaxes of the history_len "
+    "steps before it (fewer at the start of a run); change the scale only when their maximum is positive "
+    "and finite.",
+)
 
 
 def _delayed_reference(amaxes: list[float], history_len: int, margin: int) -> list[float]:
@@ -138,17 +259,24 @@ def _delayed_reference(amaxes: list[float], history_len: int, margin: int) -> li
 
 
 def _simulate(
-    amaxes: list[float], window_of: Any, margin: int, *, sign: int = 1, keep: bool = True
+    amaxes: list[float],
+    window_of: Callable[[int], list[float]],
+    decode_of: Callable[[float], float],
+    update_if: Callable[[float, list[float]], bool] = lambda amax, window: 0 < amax < math.inf,
+    *,
+    otherwise: float | None = None,
 ) -> list[float]:
-    """Decode scales used at each step when step t's scale comes from the amaxes ``window_of(t)``."""
+    """Decode scales used at each step when step t's scale comes from the amaxes ``window_of(t)``:
+    ``decode_of(max)`` when ``update_if(max, window)``, else the previous scale (or ``otherwise``)."""
     used, scale = [], 1.0
     for t in range(len(amaxes)):
         window = window_of(t)
         amax = max(window) if window else 0.0
-        if 0 < amax < math.inf:
-            scale = amax * 2.0 ** (sign * margin) / E4M3_MAX
-        elif not keep:
-            scale = 1.0
+        if update_if(amax, window):
+            with contextlib.suppress(ZeroDivisionError, OverflowError):
+                scale = decode_of(amax)
+        elif otherwise is not None:
+            scale = otherwise
         used.append(scale)
     return used
 
@@ -160,61 +288,146 @@ def _delayed_variants(amaxes: list[float], history_len: int, margin: int) -> dic
     def previous(t: int) -> list[float]:
         return amaxes[max(0, t - n) : t]
 
+    def decode(amax: float) -> float:
+        return amax * 2.0**margin / E4M3_MAX
+
+    def finite_only(t: int) -> list[float]:
+        return [a for a in previous(t) if math.isfinite(a)]
+
     return {
         "the current step's amax is included (that is current scaling, not delayed)": _simulate(
-            amaxes, lambda t: amaxes[max(0, t - n + 1) : t + 1], margin
+            amaxes, lambda t: amaxes[max(0, t - n + 1) : t + 1], decode
         ),
-        "the window is one step too long": _simulate(amaxes, lambda t: amaxes[max(0, t - n - 1) : t], margin),
+        "step 0 is cast with a scale from its own amax; the first step has no history yet": _simulate(
+            amaxes, lambda t: previous(t) if t else amaxes[:1], decode
+        ),
+        "the window is one step too long": _simulate(amaxes, lambda t: amaxes[max(0, t - n - 1) : t], decode),
         "the window is one step too short": _simulate(
-            amaxes, lambda t: amaxes[max(0, t - n + 1) : t], margin
+            amaxes, lambda t: amaxes[max(0, t - n + 1) : t], decode
         ),
         "the newest amax only ('most_recent') instead of the max over the window": _simulate(
-            amaxes, lambda t: amaxes[max(0, t - 1) : t], margin
+            amaxes, lambda t: amaxes[max(0, t - 1) : t], decode
         ),
-        "the margin divides instead of multiplies the decode scale": _simulate(
-            amaxes, previous, margin, sign=-1
+        "these are encode scales (Transformer Engine's 'scale', multiplied in before the cast); the "
+        "exercise asks for the decode scale, their reciprocal": _simulate(
+            amaxes, previous, lambda a: E4M3_MAX / (a * 2.0**margin)
+        ),
+        "the margin divides the decode scale instead of multiplying it (a margin is headroom: the "
+        "scaled amax must land *below* 448)": _simulate(
+            amaxes, previous, lambda a: a * 2.0**-margin / E4M3_MAX
+        ),
+        "the margin multiplies the scale by margin, not by 2**margin (it counts powers of two)": _simulate(
+            amaxes, previous, lambda a: a * margin / E4M3_MAX
+        ),
+        "the scale maps the amax to E5M2's largest value (57344), not E4M3's (448)": _simulate(
+            amaxes, previous, lambda a: a * 2.0**margin / 57344.0
         ),
         "the scale resets to 1 when the window has no usable amax, instead of keeping the last one": _simulate(
-            amaxes, previous, margin, keep=False
+            amaxes, previous, decode, otherwise=1.0
         ),
+        "the scale is changed when the window's maximum is 0 or infinite (it becomes 0 or inf); Transformer "
+        "Engine keeps the previous scale then": _simulate(amaxes, previous, decode, lambda a, w: bool(w)),
+        "an infinite amax is left out of the window; Transformer Engine takes the max of the whole window, "
+        "which is then infinite, and keeps the previous scale": _simulate(amaxes, finite_only, decode),
     }
 
 
-@register("fp8-delayed")
-def check_delayed(delayed_scales: Any) -> None:
-    """``delayed_scales(amaxes, history_len, margin)``: the decode scale each step uses."""
-    label = "fp8-delayed"
-    hint = (
-        "before step t, the scale comes from the amaxes of steps t-history_len .. t-1 (never step t itself): "
-        "decode scale = max(window) * 2**margin / 448. Step 0 uses 1. When the window's max is 0 or infinite, "
-        "keep the previous scale."
-    )
-    cases = [
+def _delayed_cases() -> list[tuple[str, list[float], int, int]]:
+    return [
         ("a growing amax, history 4", [1.0, 2.0, 4.0, 8.0, 16.0, 32.0], 4, 0),
         ("a spike that must stay in the window, history 3", [1.0, 50.0, 1.0, 1.0, 1.0, 1.0, 1.0], 3, 0),
         ("margin 2, history 2", [3.0, 1.0, 0.5, 0.25, 6.0, 6.0], 2, 2),
+        ("margin 1, a falling amax, history 3", [8.0, 4.0, 2.0, 1.0, 0.5, 0.25, 0.125], 3, 1),
         ("zeros at the start (no usable amax yet), history 2", [0.0, 0.0, 5.0, 0.0, 0.0, 0.0, 2.0], 2, 0),
         ("an infinite amax (an overflow) and history 1", [2.0, math.inf, 3.0, 3.0], 1, 0),
+        ("an infinite amax inside a window of 3", [2.0, 4.0, math.inf, 1.0, 1.0, 1.0, 1.0, 0.5], 3, 0),
         ("TE's default history (1024) over a short run", [0.5, 0.7, 0.2, 0.9, 0.1], 1024, 0),
     ]
-    for case, amaxes, history_len, margin in cases:
-        got = call(label, delayed_scales, list(amaxes), history_len, margin)
+
+
+def _same(got: list[float], want: list[float]) -> bool:
+    return len(got) == len(want) and all(
+        (g == w) if not (math.isfinite(g) and math.isfinite(w)) else math.isclose(g, w, rel_tol=1e-5)
+        for g, w in zip(got, want)
+    )
+
+
+@register("fp8-delayed", hints=DELAYED_HINTS)
+def check_delayed(delayed_scales: Any) -> None:
+    """``delayed_scales(amaxes, history_len, margin)``: the decode scale each step uses."""
+    label = "fp8-delayed"
+    hint = DELAYED_HINTS[0]
+    results = []
+    for case, amaxes, history_len, margin in _delayed_cases():
+        got = _call_by_hand(label, delayed_scales, "delayed scaling", list(amaxes), history_len, margin)
         try:
             got_list = [float(v) for v in got]
         except (TypeError, ValueError):
             fail(label, f"for {case} you returned {got!r}; expected a list of numbers, one per step.", hint)
-        want = _delayed_reference(amaxes, history_len, margin)
-        if len(got_list) != len(want):
-            fail(label, f"for {case} you returned {len(got_list)} scales for {len(amaxes)} steps.", hint)
-        if all(math.isclose(g, w, rel_tol=1e-5) for g, w in zip(got_list, want)):
-            continue
-        for name, values in _delayed_variants(amaxes, history_len, margin).items():
-            if all(math.isclose(g, v, rel_tol=1e-5) for g, v in zip(got_list, values)):
-                fail(label, f"for {case} your scales match a common mistake: {name}.", hint)
-        expect_close(label, got_list, want, rtol=1e-5, case=case, hint=hint)
+        if len(got_list) != len(amaxes):
+            fail(
+                label,
+                f"for {case} you returned {plural(len(got_list), 'scale')} for {plural(len(amaxes), 'step')}: "
+                "one scale per step, the first step included.",
+                hint,
+            )
+        results.append((case, amaxes, history_len, margin, got_list))
+    wrong = [r for r in results if not _same(r[4], _delayed_reference(*r[1:4]))]
+    if not wrong:
+        return
+    # A misreading is named only if it explains every case, so that a coincidence in one case is not taken for it.
+    variants = [_delayed_variants(*r[1:4]) for r in results]
+    for name in variants[0]:
+        if all(_same(r[4], v[name]) for r, v in zip(results, variants)):
+            fail(label, f"for {wrong[0][0]} your scales match a common mistake: {name}.", hint)
+    case, amaxes, history_len, margin, got_list = wrong[0]
+    want = _delayed_reference(amaxes, history_len, margin)
+    step = next(t for t, (g, w) in enumerate(zip(got_list, want)) if not _same([g], [w]))
+    fail(
+        label,
+        f"for {case} (amaxes {amaxes}) the scale you give step {step} is {got_list[step]:.6g}, which is "
+        "not the one delayed scaling uses there.",
+        hint,
+    )
 
 
 # ---- fp8-mx -----------------------------------------------------------------------------------------
+
+MX_HINTS = (
+    "Work on one block of 32 first: which power of two does the MX rule of the recipe list give for its "
+    "amax, and where does dividing by it put the block's largest element?",
+    "The exponent must be exact. Try by hand blocks whose amax is exactly a power of two, and just below "
+    "and just above one (torch.nextafter): a floating-point logarithm can round across an integer.",
+    "Reshape each row into blocks of 32 to get every block's amax at once; clamp the exponents to E8M0's "
+    "range (a block of zeros gets the smallest scale); saturate the elements at ±448 before the cast.",
+)
+
+E8M0_MIN = 2.0**-127
+
+
+def _edge_blocks() -> torch.Tensor:
+    """Blocks whose amax is a power of two, or the float32 just below or just above one, in many binades,
+    with either sign, and near E8M0's limits: where a rounded logarithm gives the wrong exponent."""
+    gen = torch.Generator().manual_seed(33)
+    zero, inf = torch.tensor(0.0), torch.tensor(math.inf)
+    amaxes = []
+    for k in (-119, -100, -20, -3, -2, 3, 4, 10, 64, 127):
+        p = torch.tensor(2.0**k)
+        amaxes += [p, torch.nextafter(p, zero), torch.nextafter(p, inf)]
+    # below E8M0's smallest scale after subtracting 8 (clamped), a subnormal amax, the largest float32,
+    # and an amax whose block saturates (1.9 x 2^5 lands at 486 after division)
+    amaxes += [
+        torch.tensor(2.0**-121),
+        torch.tensor(2.0**-140),
+        torch.tensor(torch.finfo(torch.float32).max),
+        torch.tensor(1.9 * 2.0**5),
+    ]
+    blocks = []
+    for i, amax in enumerate(amaxes):
+        block = (torch.rand(32, generator=gen) * 1.8 - 0.9) * amax  # magnitudes below amax
+        block[int(torch.randint(0, 32, (1,), generator=gen))] = amax if i % 2 == 0 else -amax
+        blocks.append(block)
+    return torch.stack(blocks).reshape(len(amaxes) // 2, 64)  # two blocks per row
 
 
 def _mx_inputs() -> dict[str, torch.Tensor]:
@@ -229,20 +442,139 @@ def _mx_inputs() -> dict[str, torch.Tensor]:
         "blocks of very different magnitudes (4 x 96)": mixed,
         "a block of zeros, an amax that is a power of two, tiny and huge blocks (3 x 64)": special,
         "one row of 32 (one block)": torch.randn(1, 32, generator=gen) * 500,
+        "amaxes at, just below and just above powers of two from 2^-119 to 2^127, either sign, and near "
+        "E8M0's limits (17 x 64)": _edge_blocks(),
     }
 
 
-@register("fp8-mx")
+def _blocks_where(mask: torch.Tensor, amax: torch.Tensor, limit: int = 3) -> str:
+    """A few of the amaxes of the blocks in ``mask``, those nearest 1 first, for a message."""
+    values = sorted(amax[mask].flatten().tolist(), key=lambda v: abs(math.log2(v)) if v > 0 else math.inf)
+    shown = ", ".join(f"{v:.9g}" for v in values[:limit])
+    more = int(mask.sum()) - limit
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
+def _within(mask: torch.Tensor, region: torch.Tensor) -> bool:
+    """Whether ``mask`` is non-empty and lies inside ``region`` (boolean tensors of one shape)."""
+    return bool(mask.any()) and not bool((mask & ~region).any())
+
+
+def _diagnose_mx_scales(
+    label: str, case: str, x: torch.Tensor, s: torch.Tensor, want: torch.Tensor, blocks: torch.Tensor
+) -> None:
+    """Name the mistake behind scales ``s`` (float64, one per block) that differ from ``want``."""
+    hint = MX_HINTS[0]
+    amax = blocks.abs().amax(-1)
+    zero = amax == 0
+    clamped = (want == E8M0_MIN) & ~zero
+    mantissa, _ = torch.frexp(s)
+    not_pow2 = ~((mantissa == 0.5) & (s > 0))
+    differ = s != want
+    exact_e = torch.frexp(amax)[1] - 1  # floor(log2 amax), exactly
+    with torch.no_grad():
+        f32_e = torch.floor(torch.log2(amax.float())).double()
+    log2_rounds_up = ~zero & (f32_e != exact_e.double())
+    power_of_two = ~zero & (torch.frexp(amax)[0] == 0.5)
+    negative_max = blocks.amax(-1) < amax
+    n_differ = int(differ.sum())
+    blocks_n = plural(n_differ, "scale") + (" is" if n_differ == 1 else " are")
+    if zero.any() and _within(differ, zero):
+        fail(
+            label,
+            f"for {case} the scale of a block of zeros is {s[zero & differ].flatten()[0].item()!r}: "
+            "such a block has no exponent to take, and the exercise's convention (mpcourse.fp8's) is the "
+            "smallest E8M0 value, 2^-127.",
+            "a block whose amax is 0 needs its own case: its logarithm is -inf.",
+        )
+    if clamped.any() and _within(differ, clamped) and bool((s[differ] < want[differ]).all()):
+        fail(
+            label,
+            f"for {case}, {blocks_n} below 2^-127 on the tiniest blocks (amax {_blocks_where(differ, amax)}), "
+            "E8M0's smallest value: the exponent was not clamped to E8M0's range.",
+            "an E8M0 scale is an exponent from -127 to 127: what does your rule give a block of tiny values?",
+        )
+    exponents = torch.log2(want)
+    if torch.equal(s, exponents) or torch.equal(s, exponents + 127):
+        fail(
+            label,
+            f"for {case} your scales are the exponents{' stored with E8M0 bias 127' if not torch.equal(s, exponents) else ''}"
+            " of the scales, not the scale values the exercise asks for.",
+            "return the scales themselves, powers of two, one per block (or as torch.float8_e8m0fnu).",
+        )
+    if not_pow2.any():
+        fail(
+            label,
+            f"for {case} {plural(int(not_pow2.sum()), 'scale')} are not powers of two (e.g. "
+            f"{s[not_pow2].flatten()[0].item():.6g}). MX scales are E8M0: a pure exponent, no mantissa; "
+            "amax / 448 is not one.",
+            hint,
+        )
+    ratio = s / want
+    nonzero = ~zero
+    if bool((ratio[nonzero] == 2.0**8).all()):
+        fail(
+            label,
+            f"for {case} your scales are 2^floor(log2 amax), without subtracting E4M3's emax (8): every "
+            "block's largest element lands in [1, 2) and E4M3's range goes unused.",
+            "the rule subtracts the exponent of the element format's largest binade.",
+        )
+    rceil = fp8.quantize(x, "mxfp8", mx_scale_rounding="rceil").scale_values().double()
+    if torch.equal(s, rceil):
+        fail(
+            label,
+            f"for {case} your scales are the smallest powers of two >= amax / 448: that is NVIDIA's 'RCEIL' "
+            "rule (cuBLAS), which never saturates; this exercise asks for the OCP spec's rule.",
+            "the OCP rule starts from the exponent of the amax itself, rounded down.",
+        )
+    if _within(differ, log2_rounds_up) and bool((ratio[differ] == 2.0).all()):
+        fail(
+            label,
+            f"for {case}, {blocks_n} twice too large, on the blocks whose amax lies just below a power "
+            f"of two (amax {_blocks_where(differ, amax)}): that is the float32 log2 pitfall. torch.log2 in "
+            "float32 rounds the logarithm of such an amax up to the next integer, and floor keeps it.",
+            "the exponent must be exact: a float32 logarithm just below an integer can round up to it. Find "
+            "the exponent of amax without that rounding.",
+        )
+    if _within(differ, power_of_two) and bool((ratio[differ] == 0.5).all()):
+        fail(
+            label,
+            f"for {case}, {blocks_n} half what they should be, on the blocks whose amax is exactly a power "
+            f"of two (amax {_blocks_where(differ, amax)}): rounding log2 up and subtracting one is not rounding "
+            "down when the logarithm is an integer.",
+            "for an amax of exactly 2^k, the rule's exponent starts from k itself.",
+        )
+    if bool((ratio[nonzero] == 2.0).all()):
+        fail(
+            label,
+            f"for {case} every exponent is one too large (all scales twice the rule's). If you used "
+            "torch.frexp: it writes amax = m * 2^e with m in [0.5, 1), so e is one more than floor(log2 amax).",
+            "check the exponent of an amax of exactly 1: floor(log2 1) is 0.",
+        )
+    if _within(differ, negative_max & ~zero):
+        fail(
+            label,
+            f"for {case}, {blocks_n} wrong, all on blocks whose largest magnitude is a negative element: the "
+            "amax is over |x|, not over x.",
+            "the amax of a block is its largest absolute value.",
+        )
+    if bool(((ratio[differ] == 2.0) | (ratio[differ] == 0.5)).all()):
+        fail(
+            label,
+            f"for {case}, {blocks_n} off by one power of two (amax {_blocks_where(differ, amax)}): the "
+            "rule's exponent is the amax's binary logarithm rounded down, never to nearest.",
+            MX_HINTS[1],
+        )
+    fail(label, f"for {case}, {n_differ} of {s.numel()} scales differ from the spec's rule.", hint)
+
+
+@register("fp8-mx", hints=MX_HINTS)
 def check_mx(mx_quantize: Any) -> None:
     """``mx_quantize(x) -> (scales, elements)``: MXFP8 (E4M3) with 32-element blocks along rows."""
     label = "fp8-mx"
-    hint = (
-        "per block of 32 consecutive elements of a row: amax = max |x|, X = 2^(floor(log2(amax)) - 8) (8 is the "
-        "exponent of E4M3's largest binade, 448 = 1.75 x 2^8), clamped to [2^-127, 2^127]; a zero block gets 2^-127. "
-        "Elements: x / X, clamped to ±448, cast to torch.float8_e4m3fn."
-    )
+    hint = MX_HINTS[0]
     for case, x in _mx_inputs().items():
-        out = call(label, mx_quantize, x.clone())
+        out = _call_by_hand(label, mx_quantize, "MX quantisation", x.clone())
         if not (isinstance(out, tuple) and len(out) == 2):
             fail(
                 label,
@@ -256,7 +588,7 @@ def check_mx(mx_quantize: Any) -> None:
                 label,
                 f"for {case} scales have shape {tuple(getattr(scales, 'shape', ()))}, expected {(rows, cols // 32)}: "
                 "one scale per 32 consecutive elements of each row.",
-                hint,
+                "a block is 32 consecutive elements of one row: a row of 64 has two.",
             )
         if (
             not isinstance(elements, torch.Tensor)
@@ -269,63 +601,39 @@ def check_mx(mx_quantize: Any) -> None:
                 f"{getattr(elements, 'dtype', type(elements).__name__)} {tuple(getattr(elements, 'shape', ()))}.",
                 hint,
             )
-        s = scales.double()
-        mantissa, _ = torch.frexp(s)
-        if not ((mantissa == 0.5) & (s > 0)).all():
-            fail(
-                label,
-                f"for {case} some scales are not powers of two. MX scales are E8M0: a pure exponent, no "
-                "mantissa; amax / 448 is not one.",
-                hint,
-            )
+        s = scales.detach().double()
         ref = fp8.quantize(x, "mxfp8")
         want_s = ref.scale_values().double()
-        amax = x.double().reshape(rows, cols // 32, 32).abs().amax(-1)
         if not torch.equal(s, want_s):
-            ratio = (s / want_s)[amax > 0]
-            if (ratio == 2.0**8).all():
-                fail(
-                    label,
-                    f"for {case} your scales are 2^floor(log2 amax), without subtracting E4M3's emax (8): every "
-                    "element lands in [1, 2) and E4M3's range goes unused.",
-                    hint,
-                )
-            rceil = fp8.quantize(x, "mxfp8", mx_scale_rounding="rceil").scale_values().double()
-            if torch.equal(s, rceil):
-                fail(
-                    label,
-                    f"for {case} your scales are the smallest powers of two >= amax / 448: that is NVIDIA's "
-                    "'RCEIL' rule (cuBLAS), which never saturates; the OCP spec's rule is floor(log2 amax) - 8.",
-                    hint,
-                )
-            if ((ratio == 1.0) | (ratio == 2.0)).all():
-                fail(
-                    label,
-                    f"for {case} some exponents are one too large: round log2(amax) down (floor), then "
-                    "subtract 8.",
-                    hint,
-                )
+            _diagnose_mx_scales(label, case, x, s, want_s, x.double().reshape(rows, cols // 32, 32))
+        got = elements.float()
+        if torch.isnan(got).any():
             fail(
                 label,
-                f"for {case}, {int((s != want_s).sum())} of {s.numel()} scales differ from the spec's rule.",
-                hint,
+                f"for {case} {plural(int(torch.isnan(got).sum()), 'element')} are NaN: a block's largest "
+                "element can land between 448 and 512, and must saturate to ±448.",
+                "E4M3 (fn) has no infinity: clamp to its range before the cast.",
             )
-        if torch.isnan(elements.float()).any():
+        if not torch.equal(got, ref.data.float()):
+            wrong = int((got != ref.data.float()).sum())
             fail(
                 label,
-                f"for {case} some elements are NaN: values between 448 and 512 must saturate to ±448.",
-                hint,
-            )
-        if not torch.equal(elements.float(), ref.data.float()):
-            wrong = int((elements.float() != ref.data.float()).sum())
-            fail(
-                label,
-                f"for {case}, {wrong} element(s) differ from x / X rounded to E4M3 with saturation.",
-                hint,
+                f"for {case}, {plural(wrong, 'element')} differ from x divided by its block's scale, rounded to "
+                "E4M3 with saturation.",
+                "each element is divided by the scale of its own block (32 consecutive elements of its row).",
             )
 
 
 # ---- fp8-choose-recipe --------------------------------------------------------------------------------
+
+CHOOSE_HINTS = (
+    "For each candidate, measure two numbers: what it costs in storage per element, and how accurately "
+    "it keeps x. The table in 'What the scales cost' shows where the cost comes from.",
+    "The budget counts everything stored, scales included (a Quantized knows its cost per element), and "
+    "'at most' includes a recipe that costs exactly max_bits.",
+    "Leave out the candidates over the budget, then keep the one with the highest SNR among the rest; "
+    "when none is left there is no answer to return, which is an error, not a default.",
+)
 
 
 def _outlier_tensor(rows: int = 128, cols: int = 256, seed: int = 4) -> torch.Tensor:
@@ -336,79 +644,94 @@ def _outlier_tensor(rows: int = 128, cols: int = 256, seed: int = 4) -> torch.Te
     return x
 
 
-def _choose_reference(
-    x: torch.Tensor, candidates: list[str], max_bits: float
-) -> tuple[str | None, dict[str, tuple[float, float]]]:
+def _choose_numbers(x: torch.Tensor, candidates: list[str]) -> dict[str, dict[str, float]]:
     numbers = {}
     for name in candidates:
         q = fp8.quantize(x, name)
-        numbers[name] = (q.bits_per_element, fp8.error_stats(x, q)["snr_db"])
-    fitting = {n: v for n, v in numbers.items() if v[0] <= max_bits}
-    best = max(fitting, key=lambda n: fitting[n][1]) if fitting else None
-    return best, numbers
+        numbers[name] = {
+            "bits": q.bits_per_element,
+            "element_bits": float(q.fmt.bits),
+            "snr": fp8.error_stats(x, q)["snr_db"],
+        }
+    return numbers
 
 
-@register("fp8-choose-recipe")
-def check_choose_recipe(best_recipe: Any) -> None:
-    """``best_recipe(x, candidates, max_bits)``: the highest-SNR recipe within a storage budget."""
-    label = "fp8-choose-recipe"
-    hint = (
-        "for each candidate: q = fp8.quantize(x, name); skip it if q.bits_per_element > max_bits (scales count); "
-        "keep the one with the largest fp8.error_stats(x, q)['snr_db']; raise ValueError if none fits."
-    )
+def _best(numbers: dict[str, dict[str, float]], fits: Callable[[dict[str, float]], bool], key: str) -> Any:
+    fitting = {n: v for n, v in numbers.items() if fits(v)}
+    return max(fitting, key=lambda n: fitting[n][key]) if fitting else None
+
+
+def _choose_cases() -> list[tuple[str, torch.Tensor, list[str], float]]:
     gen = torch.Generator().manual_seed(5)
     plain = torch.randn(128, 256, generator=gen)
     eight = ["tensorwise", "rowwise", "blockwise", "mxfp8"]
-    cases = [
+    fp4 = ["mxfp4", "nvfp4", "mxfp8"]
+    return [
         ("an outlier-heavy activation, 8.25 bits allowed", _outlier_tensor(), eight, 8.25),
         ("an outlier-heavy activation, 8.1 bits allowed", _outlier_tensor(), eight, 8.1),
-        (
-            "an outlier-heavy activation, fp4 recipes, 4.3 bits allowed",
-            _outlier_tensor(seed=9),
-            ["mxfp4", "nvfp4", "mxfp8"],
-            4.3,
-        ),
-        (
-            "an outlier-heavy activation, fp4 recipes, 4.6 bits allowed",
-            _outlier_tensor(seed=9),
-            ["mxfp4", "nvfp4", "mxfp8"],
-            4.6,
-        ),
+        ("an outlier-heavy activation, fp4 recipes, 4.3 bits allowed", _outlier_tensor(seed=9), fp4, 4.3),
+        ("an outlier-heavy activation, fp4 recipes, 4.6 bits allowed", _outlier_tensor(seed=9), fp4, 4.6),
         ("a plain Gaussian tensor, 9 bits allowed", plain, ["tensorwise", "mxfp4", "nvfp4"], 9.0),
+        ("a plain Gaussian tensor, 8.25 bits allowed", plain, ["mxfp8", "mxfp4", "tensorwise"], 8.25),
     ]
+
+
+@register("fp8-choose-recipe", hints=CHOOSE_HINTS)
+def check_choose_recipe(best_recipe: Any) -> None:
+    """``best_recipe(x, candidates, max_bits)``: the highest-SNR recipe within a storage budget."""
+    label = "fp8-choose-recipe"
+    hint = CHOOSE_HINTS[0]
+    cases = _choose_cases()
     for case, x, candidates, max_bits in cases:
-        want, numbers = _choose_reference(x, candidates, max_bits)
+        numbers = _choose_numbers(x, candidates)
+        want = _best(numbers, lambda v: v["bits"] <= max_bits, "snr")
         assert want is not None
         got = call(label, best_recipe, x.clone(), list(candidates), max_bits)
         if got == want:
             continue
-        if got not in numbers:
+        if not isinstance(got, str) or got not in numbers:
             fail(
                 label,
-                f"for {case} you returned {got!r}, which is not one of the candidates {candidates}.",
+                f"for {case} you returned {got!r}, which is not one of the candidates {candidates}: return "
+                "the chosen recipe's name.",
                 hint,
             )
-        bits, snr = numbers[got]
-        if bits > max_bits:
+        v = numbers[got]
+        if v["bits"] > max_bits:
+            if v["element_bits"] <= max_bits:
+                fail(
+                    label,
+                    f"for {case} you chose {got!r}: its elements take {v['element_bits']:g} bits, but with its "
+                    f"scales it costs {v['bits']:.4g} bits per element, over the budget of {max_bits}. Scales are "
+                    "stored too.",
+                    CHOOSE_HINTS[1],
+                )
             fail(
                 label,
-                f"for {case} you chose {got!r}, which needs {bits:.3f} bits per element, over the budget of "
-                f"{max_bits}: scales count too.",
+                f"for {case} you chose {got!r}, which costs {v['bits']:.4g} bits per element, over the budget "
+                f"of {max_bits}.",
                 hint,
             )
-        if snr == min(v[1] for v in numbers.values()):
+        if numbers[want]["bits"] == max_bits and got == _best(numbers, lambda u: u["bits"] < max_bits, "snr"):
             fail(
                 label,
-                f"for {case} you chose {got!r}, the candidate with the *lowest* SNR ({snr:.1f} dB).",
-                hint,
+                f"for {case} you left out {want!r}, which costs exactly {max_bits} bits per element: the budget "
+                "is at most max_bits, so it fits, and it keeps x better than your choice.",
+                CHOOSE_HINTS[1],
+            )
+        if v["snr"] == min(u["snr"] for u in numbers.values()):
+            fail(
+                label,
+                f"for {case} you chose {got!r}, the candidate with the *lowest* SNR ({v['snr']:.1f} dB).",
+                "a higher SNR means a smaller error relative to the signal: which way does your comparison go?",
             )
         fail(
             label,
-            f"for {case} you chose {got!r} ({snr:.1f} dB); another candidate within the budget does better.",
+            f"for {case} you chose {got!r} ({v['snr']:.1f} dB); another candidate within the budget does better.",
             hint,
         )
     try:
-        got = call(label, best_recipe, plain.clone(), ["mxfp8", "rowwise"], 3.0)
+        got = call(label, best_recipe, cases[-1][1].clone(), ["mxfp8", "rowwise"], 3.0)
     except Exception as exc:
         if isinstance(exc.__cause__, ValueError):
             return
@@ -416,5 +739,5 @@ def check_choose_recipe(best_recipe: Any) -> None:
     fail(
         label,
         f"with a budget of 3 bits per element no candidate fits, yet you returned {got!r}.",
-        "raise ValueError when no candidate fits the budget.",
+        "when no candidate fits the budget there is nothing to choose: say so with a ValueError.",
     )

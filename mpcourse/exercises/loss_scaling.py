@@ -1,78 +1,168 @@
 """Checks for the exercises of chapter ``loss_scaling``.
 
 The references are independent of the learner's code and of the chapter's: ``torch.amp.GradScaler``
-itself (run side by side with the learner's scaler or loop on identical models), and the formats
-of :mod:`mpcourse.formats` for the static-scale exercise.
+itself (run side by side with the learner's scaler or loop on identical models, or on gradients of a
+known size for the scaler's log), and the formats of :mod:`mpcourse.formats` for the static-scale
+exercise.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-import random
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from .. import formats
+from ..device import cpu_threads
 from ..gradstats import Log2Histogram
-from . import ExerciseFailed, call, fail, register
+from . import ExerciseFailed, call, fail, plural, register
 from .conformance import compare_with_gradscaler, event_schedule, first_divergence
 
 # ---- loss_scaling-dynamic-scaler ------------------------------------------------------------------
 
+#: The check's sequences: fixed seeds, so that an answer gets the same verdict and message on every
+#: run. Three settings (the defaults' factors with a short interval, other factors, and clipping after
+#: unscale_), each with clean runs longer than the interval and bursts of inf, -inf and NaN.
+_SCENARIOS: tuple[dict[str, Any], ...] = (
+    dict(
+        seed=20,
+        steps=40,
+        init_scale=2.0**10,
+        growth_factor=2.0,
+        backoff_factor=0.5,
+        growth_interval=3,
+        clip=None,
+    ),
+    dict(
+        seed=12,
+        steps=40,
+        init_scale=2.0**16,
+        growth_factor=4.0,
+        backoff_factor=0.25,
+        growth_interval=4,
+        clip=None,
+    ),
+    dict(
+        seed=13,
+        steps=40,
+        init_scale=2.0**8,
+        growth_factor=2.0,
+        backoff_factor=0.5,
+        growth_interval=2,
+        clip=0.5,
+    ),
+)
+_SETTINGS = ("init_scale", "growth_factor", "backoff_factor", "growth_interval")
 
-def _scenarios(rng: random.Random) -> list[dict[str, Any]]:
-    """Three fresh random sequences: different settings, events, and one with unscale_ + clipping."""
-    out = []
-    for i, (growth, backoff) in enumerate([(2.0, 0.5), (4.0, 0.25), (2.0, 0.5)]):
-        interval = rng.randint(2, 7)
-        seed = rng.randrange(10**6)
-        out.append(
-            dict(
-                seed=seed,
-                steps=70,
-                init_scale=2.0 ** rng.randint(6, 20),
-                growth_factor=growth,
-                backoff_factor=backoff,
-                growth_interval=interval,
-                clip=0.5 if i == 2 else None,
-                events=event_schedule(70, seed=seed, growth_interval=interval, p_bad=0.08),
-            )
-        )
-    return out
 
-
-def _dynamic_hint(row: Any, trace: Any) -> str:
-    """A hint chosen from what diverged first, and at which kind of step."""
+def _dynamic_hint(row: Any, before: Any) -> str:
+    """The first rung of the ladder, chosen from what diverged first and at which kind of step; ``before``
+    holds the steps before it, on which the scaler agreed with GradScaler."""
     event = row["event"]
     if row["skipped"] != row["skipped_ref"]:
         if event == "nan" and not row["skipped"]:
+            if (before["skipped"] & (before["event"] != "clean")).any():  # it does skip on inf
+                return (
+                    "a step whose gradients held a NaN was taken, though steps with inf were skipped: look at "
+                    "the test unscale_() uses to call a gradient bad. Does it see NaN as well as inf?"
+                )
             return (
-                "a NaN reached the optimizer: step() must not call optimizer.step() when any gradient is inf or "
-                "NaN, and torch.isinf() does not see NaNs: test with torch.isfinite(), which is False for inf, "
-                "-inf and NaN."
+                "a step whose gradients held a NaN was taken: look at when step() may call the optimizer, and "
+                "at whether the test unscale_() uses sees NaN as well as inf."
             )
         if event != "clean" and not row["skipped"]:
-            return "when any gradient holds an inf or NaN, step() must not call optimizer.step() at all."
+            return "step() took an optimizer step although a gradient was inf: look at when step() may call the optimizer."
         return (
-            "your scaler skipped a step whose gradients were all finite. Forget the inf/NaN flag at the end of "
-            "update(), so that one bad step does not poison the next ones."
+            "your scaler skipped a step whose gradients were all finite: look at what each iteration leaves "
+            "behind for the next one."
         )
     if row["scale"] != row["scale_ref"]:
         if event != "clean":
-            return "after a skipped step, multiply the scale by backoff_factor (and restart the count of clean steps)."
+            return (
+                "the scale after a skipped step differs: look at the factor update() applies then, and where "
+                "it comes from."
+            )
         return (
-            "grow the scale when the count of clean steps in a row reaches growth_interval: add this step to the "
-            "count first, then compare; reset the count to 0 after growing and after every skipped step."
+            "the scale changed at a different step from GradScaler's: look at when update() counts a clean "
+            "step, when it compares the count with growth_interval, and when the count starts again."
         )
+    if not np.isnan(row["tracker"]) and row["tracker"] != row["tracker_ref"]:
+        return "your growth tracker differs: look at when it is incremented and when it is reset."
     return (
-        "the scale and the skip decisions agree, but the parameters do not: divide each gradient by the scale "
-        "exactly once per iteration. If unscale_() already ran (for clipping), step() must not unscale again."
+        "the scale and the skip decisions agree, but the parameters do not: count how many times one "
+        "iteration divides the gradients by the scale, with and without an explicit unscale_() call."
     )
 
 
-@register("loss_scaling-dynamic-scaler")
+def _unscale_twice(scaler_class: Any, label: str) -> bool:
+    """Whether a second unscale_() in one iteration raises RuntimeError, as GradScaler's does."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = nn.Linear(3, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = call(
+        label, scaler_class, init_scale=4.0, growth_factor=2.0, backoff_factor=0.5, growth_interval=3
+    )
+    loss = model(torch.ones(2, 3)).sum()
+    call(label, lambda: scaler.scale(loss).backward())
+    call(label, scaler.unscale_, opt)
+
+    def again() -> bool:
+        try:
+            scaler.unscale_(opt)
+        except RuntimeError:
+            return True
+        return False
+
+    return bool(call(label, again))
+
+
+@contextlib.contextmanager
+def _scalers_built() -> Iterator[list[str]]:
+    """Record every torch.amp.GradScaler and every scaler of :mod:`mpcourse.loss_scaling` built meanwhile
+    (subclasses included, however they were imported), by the name of its class."""
+    from torch.amp.grad_scaler import GradScaler
+
+    from ..loss_scaling import _LossScaler
+
+    built: list[str] = []
+    originals = {cls: cls.__init__ for cls in (GradScaler, _LossScaler)}
+
+    def spy(cls: type) -> Any:
+        def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+            built.append(
+                "a torch.amp.GradScaler" if cls is GradScaler else f"the course's {type(self).__name__}"
+            )
+            originals[cls](self, *args, **kwargs)
+
+        return __init__
+
+    for cls in originals:
+        cls.__init__ = spy(cls)  # type: ignore[method-assign]
+    try:
+        yield built
+    finally:
+        for cls, original in originals.items():
+            cls.__init__ = original  # type: ignore[method-assign]
+
+
+@register(
+    "loss_scaling-dynamic-scaler",
+    hints=(
+        "Read where the check first diverges: the step, that step's event (clean, inf, -inf or nan) and "
+        "what differs (the skip decision, the scale or the growth tracker) point at one method.",
+        "unscale_() judges the gradients before dividing them and must notice every kind of non-finite "
+        "value; step() relies on what unscale_() found; update() leaves both flags ready for the next "
+        "iteration.",
+        "The growth tracker counts clean steps in a row since the scale last changed. Decide when it is "
+        "incremented, when it is compared with growth_interval, and the two events that reset it.",
+    ),
+)
 def check_dynamic_scaler(scaler_class: Any) -> None:
     """``scaler_class(init_scale=, growth_factor=, backoff_factor=, growth_interval=)``: a dynamic scaler
     with ``scale``, ``unscale_``, ``step``, ``update``, ``get_scale``, matching GradScaler step by step."""
@@ -81,16 +171,23 @@ def check_dynamic_scaler(scaler_class: Any) -> None:
         fail(
             label,
             f"expected a class, got {type(scaler_class).__name__}.",
-            "pass the class itself: check(label, MyDynamicScaler).",
+            "pass the class itself, not an instance of it.",
         )
+    from ..loss_scaling import _LossScaler
+
     probe = call(
         label, scaler_class, init_scale=8.0, growth_factor=2.0, backoff_factor=0.5, growth_interval=3
     )
-    if isinstance(probe, torch.amp.GradScaler):
+    if isinstance(probe, (torch.amp.GradScaler, _LossScaler)):
+        owner = (
+            "torch.amp.GradScaler"
+            if isinstance(probe, torch.amp.GradScaler)
+            else f"the course's {type(probe).__name__}"
+        )
         fail(
             label,
-            "this is torch.amp.GradScaler itself.",
-            "build your own: the point is to write the algorithm.",
+            f"this is {owner} itself (or a subclass of it).",
+            "the exercise is to write the algorithm: fill in the skeleton's methods.",
         )
     missing = [
         m
@@ -103,18 +200,42 @@ def check_dynamic_scaler(scaler_class: Any) -> None:
             f"your scaler has no {', '.join(missing)} method.",
             "complete every method of the skeleton.",
         )
-    rng = random.Random()  # fresh sequences on every run; the seed is reported so a failure can be replayed
-    for scenario in _scenarios(rng):
-        settings = {
-            k: scenario[k] for k in ("init_scale", "growth_factor", "backoff_factor", "growth_interval")
-        }
+    with _scalers_built() as built:
+        _compare_scenarios(scaler_class, label)
+        refused = _unscale_twice(scaler_class, label)
+    borrowed = [name for name in built if "GradScaler" not in name] or built[
+        len(_SCENARIOS) :
+    ]  # 1 reference each
+    if borrowed:
+        fail(
+            label,
+            f"your scaler builds {borrowed[0]} and lets it do the work. That behaves right, but the "
+            "exercise is to write the algorithm.",
+            "keep the state the skeleton gives you (a float scale, a tracker, two flags) and fill in the methods.",
+        )
+    if not refused:
+        fail(
+            label,
+            "a second unscale_() in the same iteration went through: it divided the gradients by the scale "
+            "once more (GradScaler raises RuntimeError instead).",
+            "unscale_() must refuse to run twice in one iteration: use the flag the skeleton gives you.",
+        )
+
+
+def _compare_scenarios(scaler_class: Any, label: str) -> None:
+    """Run the learner's scaler against GradScaler on each of the check's sequences; fail at the first divergence."""
+    for scenario in _SCENARIOS:
+        settings = {k: scenario[k] for k in _SETTINGS}
+        events = event_schedule(
+            scenario["steps"], seed=scenario["seed"], growth_interval=scenario["growth_interval"], p_bad=0.1
+        )
         trace = call(
             label,
             lambda: compare_with_gradscaler(
                 scaler_class,
                 steps=scenario["steps"],
                 seed=scenario["seed"],
-                events=scenario["events"],
+                events=events,
                 clip=scenario["clip"],
                 optimizer="sgd",
                 **settings,
@@ -123,17 +244,16 @@ def check_dynamic_scaler(scaler_class: Any) -> None:
         where = first_divergence(trace)
         if where is not None:
             step = int(where.split()[1])
-            row = trace.iloc[step - 1]
             how = (
-                "with unscale_() and gradient clipping before step()"
+                f"unscale_() and gradient clipping to {scenario['clip']} before step()"
                 if scenario["clip"]
-                else "with step() unscaling"
+                else "step() unscaling"
             )
             fail(
                 label,
-                f"on a random sequence (seed {scenario['seed']}, {settings}, {how}) the first divergence from "
-                f"torch.amp.GradScaler is at {where}.",
-                _dynamic_hint(row, trace),
+                f"on the check's sequence {scenario['seed']} ({', '.join(f'{k}={v:g}' for k, v in settings.items())}, "
+                f"{how}) the first divergence from torch.amp.GradScaler is at {where}.",
+                _dynamic_hint(trace.iloc[step - 1], trace.iloc[: step - 1]),
             )
 
 
@@ -145,7 +265,9 @@ def _reference_static_scale(hist: Log2Histogram, fmt: formats.FloatFormat, margi
     return math.floor(math.log2(fmt.max)) - margin - top - 1
 
 
-def _histogram(label: str, exponents: range, counts: list[int], **extra: int) -> Log2Histogram:
+def _histogram(
+    label: str, exponents: range | Sequence[int], counts: list[int], **extra: int
+) -> Log2Histogram:
     c = np.zeros(len(exponents), dtype=np.int64)
     c[: len(counts)] = counts
     return Log2Histogram(
@@ -159,18 +281,25 @@ def _histogram(label: str, exponents: range, counts: list[int], **extra: int) ->
     )
 
 
-@register("loss_scaling-static-scale")
+@register(
+    "loss_scaling-static-scale",
+    hints=(
+        "Only one binade of the histogram matters: the highest one that holds any value. Every value in "
+        "binade k is below 2^(k+1). Find k from hist.exponents and hist.counts.",
+        "Scaled by 2^s, those values stay below 2^(k+1+s); that bound may not exceed the format's max "
+        "divided by 2^margin. Work with exponents, and look up the max of the format you are given.",
+        "log2 of fp16's max (65504) is not a whole number: round it the way that keeps the bound below the "
+        "max. A histogram that counts values above its last binade says nothing about their size.",
+    ),
+)
 def check_static_scale(choose_static_scale: Any) -> None:
     """``choose_static_scale(hist, fmt, margin)``: log2 of the largest power-of-two scale that keeps every
     value of the histogram below the format's max with ``margin`` binades to spare."""
     label = "loss_scaling-static-scale"
-    hint = (
-        "every value in binade k is below 2^(k+1). Find the highest binade that holds any value, and the "
-        "largest whole s with 2^(k+1+s) <= max / 2^margin, i.e. k + 1 + s <= floor(log2(max)) - margin."
-    )
     gen = np.random.default_rng(2018)
     cases = [
         ("fp16", 0, _histogram("a", range(-40, 1), [0] * 5 + list(gen.integers(1, 50, 20)) + [0] * 16)),
+        ("fp16", 3, _histogram("c", range(-30, 5), list(gen.integers(1, 5, 35)))),
         (
             "fp16",
             1,
@@ -178,7 +307,6 @@ def check_static_scale(choose_static_scale: Any) -> None:
                 "b", range(-64, 21), [3] + [0] * 40 + list(gen.integers(0, 9, 20)), zeros=100, below=7
             ),
         ),
-        ("fp16", 3, _histogram("c", range(-30, 5), list(gen.integers(1, 5, 35)))),
         ("bf16", 1, _histogram("d", range(-64, 21), [0] * 10 + list(gen.integers(1, 20, 30)))),
         ("e5m2", 0, _histogram("e", range(-20, 3), [0, 4, 0, 0, 9, 1])),
     ]
@@ -190,36 +318,61 @@ def check_static_scale(choose_static_scale: Any) -> None:
         case = f"{fmt_name} (max {fmt.max:g}), margin {margin}, a histogram whose highest non-empty binade is {top}"
         if isinstance(got, (float, np.floating)) and float(got).is_integer():
             got = int(got)
-        if not isinstance(got, (int, np.integer)):
+        if isinstance(got, bool) or not isinstance(got, (int, np.integer)):
             fail(
                 label,
                 f"for {case} you returned {got!r}, not a whole number.",
-                "return log2 of the scale, an int.",
+                "return the exponent s of the scale 2^s, an int.",
             )
         got = int(got)
         if got == want:
             continue
-        mistakes = {
-            want
-            + 1: "log2(max) rounded up (2^16 > 65504 overflows fp16) or the binade's upper edge forgotten",
-            want + margin: "the margin ignored",
-            _reference_static_scale(
-                _histogram("x", hist.exponents.tolist(), [1] * len(hist.exponents)), fmt, margin
-            ): "the last binade of the histogram used, whether or not it holds any value",
-        }
-        if hist.counts.any():
-            low = int(hist.exponents[hist.counts > 0].min())
-            mistakes[math.floor(math.log2(fmt.max)) - margin - low - 1] = (
-                "the lowest non-empty binade used instead of the highest"
-            )
         if 2.0**want == got:
             fail(
                 label,
                 f"for {case} you returned the scale itself ({got}).",
-                "return its log2, a small whole number.",
+                "return its exponent s, a small whole number.",
             )
-        name = mistakes.get(got)
-        fail(label, f"for {case} you returned {got}" + (f": that looks like {name}." if name else "."), hint)
+        mistakes: dict[int, tuple[str, str]] = {}
+        rounded_up = (
+            "log2(max) rounded up, or the binade's upper edge forgotten",
+            "look at how you turn the format's max into a whole exponent, and at which power of two bounds "
+            "the values of binade k.",
+        )
+        ignored = ("the margin ignored", "look at where the margin enters the bound.")
+        if margin == 1:  # both mistakes give the same answer here
+            mistakes[want + 1] = (
+                f"{ignored[0]}, or {rounded_up[0]}",
+                rounded_up[1] + " And at where the margin enters.",
+            )
+        else:
+            mistakes[want + 1] = rounded_up
+            if margin:
+                mistakes.setdefault(want + margin, ignored)
+        everything = _histogram("x", hist.exponents.tolist(), [1] * len(hist.exponents))
+        mistakes.setdefault(
+            _reference_static_scale(everything, fmt, margin),
+            (
+                "the last binade of the histogram used, whether or not it holds any value",
+                "look at hist.counts: only binades that hold values matter.",
+            ),
+        )
+        low = int(hist.exponents[hist.counts > 0].min())
+        mistakes.setdefault(
+            math.floor(math.log2(fmt.max)) - margin - low - 1,
+            (
+                "the lowest non-empty binade used instead of the highest",
+                "the largest values are the ones that overflow: look at which binade bounds them.",
+            ),
+        )
+        name, first_hint = mistakes.get(
+            got, ("", "compare your bound with the format's max for this histogram's largest values.")
+        )
+        fail(
+            label,
+            f"for {case} you returned {got}" + (f": that looks like {name}." if name else "."),
+            first_hint,
+        )
     # A histogram with values beyond its last binade cannot be trusted: the learner must refuse it.
     try:
         got = call(label, choose_static_scale, _histogram("f", range(-30, 1), [1] * 31, above=3), "fp16", 1)
@@ -229,10 +382,210 @@ def check_static_scale(choose_static_scale: Any) -> None:
         raise
     fail(
         label,
-        f"for a histogram with 3 values above its last binade you returned {got!r}.",
-        "those values could be any size: raise ValueError (ask for a histogram with a larger hi).",
+        f"for a histogram with 3 values above its last binade you returned {got!r}; such a histogram says "
+        "nothing about how large those values are.",
+        "refuse it as the exercise asks (raise ValueError), rather than returning a number.",
     )
 
 
-# The checks of the chapter's training-loop exercises live in loss_scaling_loops.py; importing it registers them.
+# ---- loss_scaling-read-log ------------------------------------------------------------------------
+
+#: The smallest value that rounds to inf in fp16: halfway between its max, 65504, and 2^16, where a
+#: tie goes to the even neighbour, 2^16, which fp16 cannot hold.
+_FP16_OVERFLOW = formats.FP16.max + float(formats.FP16.spacing(formats.FP16.max)) / 2
+
+#: The check's runs of torch.amp.GradScaler: the largest gradient magnitude g (the same at every step),
+#: the scaler's settings and the number of steps. One settles into a saw-tooth, one never overflows, one
+#: halves its way down from far too high with other factors, one has g exactly at an overflow threshold
+#: (S * g = 65520 at S = 2^12), one never takes a step.
+_LOG_CASES: tuple[dict[str, Any], ...] = (
+    dict(g=0.01, steps=12, init_scale=2.0**10, growth_factor=2.0, backoff_factor=0.5, growth_interval=3),
+    dict(g=3.0, steps=30, init_scale=2.0**16, growth_factor=2.0, backoff_factor=0.5, growth_interval=4),
+    dict(g=900.0, steps=25, init_scale=2.0**24, growth_factor=4.0, backoff_factor=0.25, growth_interval=3),
+    dict(
+        g=_FP16_OVERFLOW / 2**12,
+        steps=16,
+        init_scale=2.0**14,
+        growth_factor=2.0,
+        backoff_factor=0.5,
+        growth_interval=2,
+    ),
+    dict(g=1000.0, steps=5, init_scale=2.0**30, growth_factor=2.0, backoff_factor=0.5, growth_interval=2),
+)
+
+
+def _gradscaler_log(case: dict[str, Any]) -> list[float]:
+    """Run torch.amp.GradScaler for ``case["steps"]`` steps on a parameter whose gradient, before scaling,
+    has largest magnitude ``g``; the scaled gradient goes through fp16, as under fp16 autocast, so it
+    overflows exactly when S * g rounds to inf. Returns ``get_scale()`` after every ``update()``."""
+    settings = {k: case[k] for k in _SETTINGS}
+    scaler = torch.amp.GradScaler("cpu", **settings)
+    param = nn.Parameter(torch.zeros(8))
+    opt = torch.optim.SGD([param], lr=1e-3)
+    gradient = torch.tensor([1.0, -0.5, 0.25, 1e-3, -1.0, 0.0, 0.75, -0.125]) * case["g"]  # max |.| = g
+    log = []
+    with cpu_threads(1):
+        for _ in range(case["steps"]):
+            scaled = scaler.scale(torch.ones(()))  # what backward would start from; initialises the scale
+            param.grad = (gradient * scaled).half().float()  # the scaled gradient, as fp16 holds it
+            scaler.step(opt)
+            scaler.update()
+            log.append(float(scaler.get_scale()))
+    return log
+
+
+def _read_log(
+    init_scale: float,
+    scales: list[float],
+    *,
+    threshold: float = _FP16_OVERFLOW,
+    shift: int = 0,
+    loose: bool = False,
+) -> tuple[list[int], float, float]:
+    """The reference reading (and, with other arguments, the usual misreadings): the scale step t used is
+    the one logged after step t - 1 (``shift=1`` pairs each step with its own entry instead)."""
+    used = [init_scale, *scales[:-1]] if shift == 0 else list(scales)
+    skipped = [t for t, (s, after) in enumerate(zip([init_scale, *scales[:-1]], scales), 1) if after < s]
+    lows = [threshold / used[t - 1] for t in skipped]
+    highs = [threshold / s for t, s in enumerate(used, 1) if t not in skipped]
+    pick_low, pick_high = (min, max) if loose else (max, min)
+    return skipped, pick_low(lows, default=0.0), pick_high(highs, default=math.inf)
+
+
+def _as_steps(label: str, got: Any, case: str) -> list[int]:
+    try:
+        values = list(got)
+    except TypeError:
+        fail(
+            label,
+            f"for {case} the skipped steps are {got!r}, not a list.",
+            "return the step numbers in a list.",
+        )
+    if any(isinstance(v, (bool, np.bool_)) for v in values):
+        fail(
+            label,
+            f"for {case} the skipped steps are a list of {len(values)} booleans, one per step.",
+            "return the numbers of the skipped steps (counted from 1), not a flag per step.",
+        )
+    try:
+        steps = [int(v) for v in values]
+    except (TypeError, ValueError):
+        fail(label, f"for {case} the skipped steps {values!r} are not whole numbers.", "return step numbers.")
+    if any(s != v for s, v in zip(steps, values)):
+        fail(label, f"for {case} the skipped steps {values!r} are not whole numbers.", "return step numbers.")
+    return sorted(steps)
+
+
+@register(
+    "loss_scaling-read-log",
+    hints=(
+        "Line each step up with two scales: the one its backward pass used and the one logged after it. "
+        "The first entry of the log is already the scale after step 1.",
+        "A skipped step always lowers the scale (backoff_factor is below 1) and a clean step never does. "
+        "Each step then gives one inequality on g: its scaled value S * g overflowed fp16, or it did not.",
+        "Overflow means that rounding to fp16 gives inf: find the smallest positive value that does (fp16 "
+        "rounds to nearest, ties to even, and its top binade has a gap of 32). Keep the strongest lower bound "
+        "the skipped steps give and the strongest upper bound the clean steps give.",
+    ),
+)
+def check_read_log(read_scaler_log: Any) -> None:
+    """``read_scaler_log(init_scale, scales) -> (skipped, low, high)``: the skipped steps of a GradScaler
+    run read from its log of scales, and the bounds ``low <= g < high`` on the largest gradient."""
+    label = "loss_scaling-read-log"
+    for case in _LOG_CASES:
+        log = _gradscaler_log(case)
+        skipped, low, high = want = _read_log(case["init_scale"], log)
+        assert low <= case["g"] < high, (case, want)  # the reference reads the run it was given right
+        got = call(label, read_scaler_log, case["init_scale"], list(log))
+        where = (
+            f"the log of {plural(case['steps'], 'step')} from init_scale=2^{math.log2(case['init_scale']):.0f}, "
+            f"growth_factor={case['growth_factor']:g}, backoff_factor={case['backoff_factor']:g}, "
+            f"growth_interval={case['growth_interval']}"
+        )
+        if not isinstance(got, (tuple, list)) or len(got) != 3:
+            fail(
+                label,
+                f"for {where} you returned {type(got).__name__} {got!r}.",
+                "return three things: (skipped, low, high).",
+            )
+        steps = _as_steps(label, got[0], where)
+        if steps != skipped:
+            if [s + 1 for s in steps] == skipped:
+                what, first = "your step numbers are one lower than the steps", "count the steps from 1."
+            elif 1 in skipped and steps == [s for s in skipped if s != 1]:
+                what, first = (
+                    "step 1 is missing",
+                    "the scale step 1 used is not in the log: it is init_scale.",
+                )
+            elif set(skipped) < set(steps):
+                grew = [t for t in steps if t not in skipped]
+                what = f"steps {grew[:5]} were clean: the scale did not go down after them"
+                first = "a skipped step lowers the scale; look at what you take as a sign of a skip."
+            else:
+                what = "the list differs from the run's"
+                first = "compare each entry of the log with the scale the same step used."
+            fail(
+                label,
+                f"for {where} you found {plural(len(steps), 'skipped step')} ({steps[:8]}"
+                f"{'...' if len(steps) > 8 else ''}), the run skipped {len(skipped)}: {what}.",
+                first,
+            )
+        try:
+            bounds = (float(got[1]), float(got[2]))
+        except (TypeError, ValueError):
+            fail(label, f"for {where} the bounds {got[1]!r}, {got[2]!r} are not numbers.", "return floats.")
+        if np.allclose(bounds, want[1:], rtol=1e-9, atol=0):
+            continue
+        if bounds[0] > bounds[1]:
+            fail(
+                label,
+                f"for {where} you returned low={bounds[0]!r} above high={bounds[1]!r}.",
+                "a skipped step says that g is at least something, a clean step that it is below something.",
+            )
+        misreadings = {
+            "max": (
+                dict(threshold=formats.FP16.max),
+                "fp16's max used as the overflow threshold; a scaled value a little above 65504 still rounds down "
+                "to 65504 and does not overflow",
+                "find the smallest value that rounds to inf in fp16.",
+            ),
+            "2^16": (
+                dict(threshold=2.0**16),
+                "2^16 used as the overflow threshold; rounding to nearest sends values below 2^16 to inf too",
+                "find the smallest value that rounds to inf in fp16.",
+            ),
+            "shift": (
+                dict(shift=1),
+                "each step paired with the scale logged after it; that is the scale the next step used",
+                "line each step up with the scale its backward pass ran with.",
+            ),
+            "loose": (
+                dict(loose=True),
+                "bounds that hold but are not the tightest: you kept the weakest inequality of each kind",
+                "every skipped step bounds g from below and every clean one from above: keep the strongest.",
+            ),
+        }
+        for kwargs, name, first in misreadings.values():
+            wrong = _read_log(case["init_scale"], log, **kwargs)
+            if np.allclose(bounds, wrong[1:], rtol=1e-9, atol=0):
+                fail(
+                    label,
+                    f"for {where} you returned low={bounds[0]!r}, high={bounds[1]!r}: that looks like {name}.",
+                    first,
+                )
+        true_g = case["g"]
+        fail(
+            label,
+            f"for {where} you returned low={bounds[0]!r}, high={bounds[1]!r}; the run's largest gradient was "
+            f"{true_g!r}"
+            + (
+                ", outside them."
+                if not bounds[0] <= true_g < bounds[1]
+                else ", and the tightest bounds are others."
+            ),
+            "for each step write the inequality its outcome gives on g, then combine them.",
+        )
+
+
+# The check of the chapter's training-loop exercise lives in loss_scaling_loops.py; importing it registers it.
 from . import loss_scaling_loops  # noqa: E402, F401
