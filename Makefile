@@ -9,13 +9,14 @@ STAMP  := $(VENV)/.installed
 BOOK_FLAGS  := -W -n --keep-going
 
 .PHONY: venv book test chapters test-fast lint sync student lab browser colab-check versions-check versions-check-oldest \
-        versions-check-newest clean help
+        versions-check-newest test-frameworks clean help
 
 help:
 	@echo "make book     build the website into _build/html (executes every chapter)"
 	@echo "make test     run every test: lint, package, chapters (graded by nbgrader), pairs, website build, browser"
 	@echo "make chapters  run each chapter under nbval, cell by cell (the tests run them through nbgrader)"
 	@echo "make test-fast  the package's unit tests only (no chapters, no website, no browser): for quick iteration"
+	@echo "make test-frameworks  the appendix snippets of Keras, JAX, Lightning, Accelerate, torchao, TensorBoard (installs them)"
 	@echo "make lint     ruff: the lint rules of pyproject.toml, and formatting (checked, never rewritten)"
 	@echo "make sync     pair each notebooks/*.md with its .ipynb and stamp the setup cells"
 	@echo "make student  write student notebooks (solutions removed) into student/"
@@ -48,6 +49,18 @@ chapters: $(STAMP)
 # The unit tests of tests/ without the ones that execute chapters, build the website or drive a browser.
 test-fast: $(STAMP)
 	MPCOURSE_PROFILE=ci MPCOURSE_CLAIMS=strict $(BIN)/python -m pytest tests -p no:cacheprovider -m "not notebooks and not book and not browser"
+
+# The appendices' snippets that need other frameworks: the `frameworks` extra (a few minutes of downloads
+# on first use, so not part of `make test`, where these tests skip) and the two test files that use it.
+FRAMEWORKS_STAMP := $(VENV)/.installed-frameworks
+$(FRAMEWORKS_STAMP): $(STAMP)
+	set -o pipefail; $(BIN)/python -m pip install --quiet -e ".[frameworks]" 2>&1 | sed '/is ignored: it is neither a file nor a directory/d'
+	KERAS_BACKEND=torch $(BIN)/python -c "import torchao, keras, jax, flax, lightning, accelerate, tensorboard"
+	touch $(FRAMEWORKS_STAMP)
+
+test-frameworks: $(FRAMEWORKS_STAMP)
+	MPCOURSE_PROFILE=ci MPCOURSE_CLAIMS=strict $(BIN)/python -m pytest tests/test_appendix_frameworks.py \
+	  tests/test_appendix_performance_tools.py -p no:cacheprovider
 
 # Checks only: `ruff format mpcourse tests` rewrites what `--check` reports.
 lint: $(STAMP)
