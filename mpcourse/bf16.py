@@ -254,6 +254,34 @@ class BF16AdamW(torch.optim.Optimizer):
             self._generators[device] = torch.Generator(device=device).manual_seed(self.seed)
         return self._generators[device]
 
+    def state_dict(self) -> dict[str, Any]:
+        """The optimizer's state, plus the states of the generators that draw its stochastic roundings.
+
+        With them, a run resumed from a checkpoint rounds exactly as the uninterrupted run would have.
+        """
+        out = super().state_dict()
+        out["rounding_generators"] = {str(device): g.get_state() for device, g in self._generators.items()}
+        return out
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a :meth:`state_dict`, keeping Adam's moments in ``state_dtype``.
+
+        torch's loader casts every floating-point state tensor to its parameter's dtype: fp32 moments
+        of bf16 weights would come back rounded to bf16. They are restored here from the saved tensors.
+        """
+        state_dict = dict(state_dict)
+        generators = state_dict.pop("rounding_generators", {})
+        saved = state_dict["state"]
+        ids = [i for group in state_dict["param_groups"] for i in group["params"]]
+        params = [p for group in self.param_groups for p in group["params"]]
+        super().load_state_dict(state_dict)
+        for i, p in zip(ids, params):
+            for key in ("exp_avg", "exp_avg_sq"):
+                if key in saved.get(i, {}):
+                    self.state[p][key] = saved[i][key].to(device=p.device, dtype=self.state_dtype, copy=True)
+        for device, state in generators.items():
+            self._generator(torch.device(device)).set_state(state)
+
     def _store_state(self, stored: torch.Tensor, value: torch.Tensor) -> None:
         if stored is value:  # fp32 state, updated in place
             return

@@ -431,3 +431,43 @@ def test_on_cuda_stochastic_rounding_gives_neighbours_and_the_optimizer_runs() -
     p.grad = torch.randn_like(p)
     opt.step()
     assert torch.isfinite(p).all()
+
+
+@pytest.mark.parametrize("state_dtype, update", [(torch.float32, "stochastic"), (torch.bfloat16, "kahan")])
+def test_bf16_adamw_resumes_bit_for_bit_from_its_state_dict(state_dtype: torch.dtype, update: str) -> None:
+    """fp32 moments stay fp32 through a checkpoint (torch's loader would cast them to the weights' bf16),
+    and the stochastic-rounding generators are saved, so a resumed run continues exactly."""
+    import io
+
+    from mpcourse.bf16 import BF16AdamW
+
+    def make() -> tuple[torch.nn.Linear, BF16AdamW]:
+        torch.manual_seed(0)
+        model = torch.nn.Linear(16, 4).to(torch.bfloat16)
+        return model, BF16AdamW(model.parameters(), lr=1e-2, update=update, state_dtype=state_dtype, seed=3)
+
+    def steps(model, opt, n: int, start: int) -> None:
+        for i in range(start, start + n):
+            g = torch.Generator().manual_seed(i)
+            x = torch.randn(8, 16, generator=g).to(torch.bfloat16)
+            model(x).float().square().mean().backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+    model, opt = make()
+    steps(model, opt, 6, 0)
+    straight = [p.detach().clone() for p in model.parameters()]
+
+    model, opt = make()
+    steps(model, opt, 3, 0)
+    buffer = io.BytesIO()
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict()}, buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+    model, opt = make()
+    model.load_state_dict(saved["model"])
+    opt.load_state_dict(saved["optimizer"])
+    moments = [opt.state[p]["exp_avg_sq"] for p in model.parameters()]
+    assert all(m.dtype == state_dtype for m in moments)
+    steps(model, opt, 3, 3)
+    assert all(torch.equal(a, b) for a, b in zip(straight, model.parameters()))

@@ -21,7 +21,7 @@ A template from the course's appendix "Code templates": copy it, replace ``make_
 
 Run it:  python train_fp8.py --steps 300 --checkpoint run.pt      (--backend torchao|emulated|auto)
 Run the same command again after an interruption: it resumes from run.pt.
-It needs the course's package (``pip install mpcourse``); torchao (``pip install torchao``) for the GPU path.
+It needs the course's package (installed as the README or any chapter's setup cell shows); torchao (``pip install torchao``) for the GPU path.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ A template from the course's appendix "Code templates": copy it, replace ``make_
 
 Run it:  python train_pure_bf16.py --steps 300 --update stochastic --checkpoint run.pt
 Run the same command again after an interruption: it resumes from run.pt.
-It needs the course's package (``pip install mpcourse``) for BF16AdamW.
+It needs the course's package for BF16AdamW (installed as the course's README or any chapter's setup cell shows).
 """
 
 from __future__ import annotations
@@ -125,17 +125,6 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: Config) -> torch.optim
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def rounding_generators(optimizer: BF16AdamW) -> dict[str, torch.Tensor]:
-    """The states of the generators that draw BF16AdamW's stochastic roundings (one per device).
-    Its state_dict() leaves them out, so the checkpoint stores them here."""
-    return {str(device): g.get_state() for device, g in optimizer._generators.items()}
-
-
-def set_rounding_generators(optimizer: BF16AdamW, states: dict[str, torch.Tensor]) -> None:
-    for device, state in states.items():
-        optimizer._generator(torch.device(device)).set_state(state)
-
-
 def rng_state() -> dict[str, Any]:
     """Every random-number generator the next steps draw from (dropout, shuffling, augmentation).
     Add numpy.random's state here if your data pipeline uses it."""
@@ -219,9 +208,8 @@ def train(cfg: Config) -> list[float]:
     if cfg.checkpoint and Path(cfg.checkpoint).exists():
         state = load_checkpoint(cfg.checkpoint, cfg)
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        optimizer.load_state_dict(state["optimizer"])  # its moments, and the generators of its roundings
         scheduler.load_state_dict(state["scheduler"])
-        set_rounding_generators(optimizer, state["rounding"])
         set_rng_state(state["rng"])  # last: building the model above drew random numbers
         step = state["step"]
 
@@ -262,7 +250,6 @@ def train(cfg: Config) -> list[float]:
                     "scheduler": scheduler.state_dict(),
                     "step": step,
                     "rng": rng_state(),
-                    "rounding": rounding_generators(optimizer),
                     "config": asdict(cfg),
                 },
             )
