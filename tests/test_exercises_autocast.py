@@ -243,7 +243,20 @@ def grad_disabled(model, x, device_type, dtype):
     return logits.float().softmax(-1)
 
 
-@pytest.mark.parametrize("answer", [predict_probabilities, with_inference_mode, decorated, grad_disabled])
+def eval_and_back(model, x, device_type, dtype):  # sets eval mode, then restores the mode it found
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), torch.autocast(device_type, dtype=dtype):
+            logits = model(x)
+    finally:
+        model.train(was_training)
+    return torch.softmax(logits.float(), dim=-1)
+
+
+@pytest.mark.parametrize(
+    "answer", [predict_probabilities, with_inference_mode, decorated, grad_disabled, eval_and_back]
+)
 def test_inference_accepts_valid_answers(answer, capsys: pytest.CaptureFixture[str]) -> None:
     check(f"{SLUG}-inference", answer)
     assert capsys.readouterr().err == ""
@@ -305,9 +318,37 @@ def log_probabilities(model, x, device_type, dtype):
         return torch.log_softmax(model(x).float(), dim=-1)
 
 
+def left_in_eval(model, x, device_type, dtype):  # used to pass: the model stays in eval mode
+    model.eval()
+    return predict_probabilities(model, x, device_type, dtype)
+
+
+def eval_then_train(model, x, device_type, dtype):  # restores training mode, not the mode it found
+    model.eval()
+    probs = predict_probabilities(model, x, device_type, dtype)
+    model.train()
+    return probs
+
+
+def first_layer_eval(model, x, device_type, dtype):  # a submodule's mode counts too
+    model[0].eval()
+    return predict_probabilities(model, x, device_type, dtype)
+
+
 @pytest.mark.parametrize(
     "wrong, message",
     [
+        (
+            left_in_eval,
+            r"dtype=torch.bfloat16 the model was in training mode and your function left the model "
+            r"itself and 3 submodules \(0, 1, 2\) in eval mode",
+        ),
+        (
+            eval_then_train,
+            r"dtype=torch.float16 the model was in eval mode and your function left the model "
+            r"itself and 3 submodules \(0, 1, 2\) in training mode",
+        ),
+        (first_layer_eval, r"dtype=torch.bfloat16 .* left 1 submodule \(0\) in eval mode"),
         (detached_afterwards, "autograd was recording during the forward pass.*detached afterwards"),
         (no_grad_missing, "requires grad"),
         (no_autocast, "did not run under CPU autocast"),
@@ -332,6 +373,16 @@ def log_probabilities(model, x, device_type, dtype):
 def test_inference_rejects_mistakes(wrong, message) -> None:
     with pytest.raises(ExerciseFailed, match=message):
         check(f"{SLUG}-inference", wrong)
+
+
+def test_inference_says_how_to_restore_the_mode() -> None:
+    """The prompt says "without changing the model": an answer that leaves it in eval mode is told so,
+    and how to put the mode back."""
+    with pytest.raises(ExerciseFailed) as err:
+        check(f"{SLUG}-inference", left_in_eval)
+    text = str(err.value)
+    assert "leave the model as it found it" in text
+    assert "note model.training first and restore it with model.train(that value)" in text
 
 
 # --- custom-fwd -----------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import pytest
 
 from mpcourse.bench import roofline
 from mpcourse.exercises import ExerciseFailed, check, hints, labels
-from mpcourse.exercises.benchmarking import _matmul_devices, simulated_matmul_gpu, step_log
+from mpcourse.exercises.benchmarking import _matmul_devices, checkpoint_steps, simulated_matmul_gpu, step_log
 
 
 def test_the_chapter_has_these_exercises() -> None:
@@ -200,7 +200,28 @@ def interleaved(run, sync, clock, max_n):  # alternate the precisions at a large
     return totals["fp32"] / totals["bf16"]
 
 
-@pytest.mark.parametrize("answer", [bf16_speedup, largest_that_fits, interleaved])
+def _timed_with_unsynced_lap_readings(run, sync, clock, n, precision, repeats=5, warmup=True):
+    """Reads the clock around every call without waiting (laps it never uses); the result comes only from
+    readings taken after sync()."""
+    if warmup:
+        run(n, precision)
+    sync()
+    start = clock()
+    laps = []
+    for _ in range(repeats):
+        before = clock()
+        run(n, precision)
+        laps.append(clock() - before)  # the device is busy here: a launch time, unused
+    sync()
+    return (clock() - start) / repeats
+
+
+def lap_readings_at_max_n(run, sync, clock, max_n):
+    t32 = _timed_with_unsynced_lap_readings(run, sync, clock, max_n, "fp32")
+    return t32 / _timed_with_unsynced_lap_readings(run, sync, clock, max_n, "bf16")
+
+
+@pytest.mark.parametrize("answer", [bf16_speedup, largest_that_fits, interleaved, lap_readings_at_max_n])
 def test_fair_speedup_accepts_valid_measurements(answer, capsys: pytest.CaptureFixture[str]) -> None:
     check("benchmarking-fair-speedup", answer)
     assert capsys.readouterr().err == ""
@@ -299,6 +320,49 @@ def runs_out_of_memory(run, sync, clock, max_n):
 def test_fair_speedup_rejects_flawed_benchmarks(wrong, message: str) -> None:
     with pytest.raises(ExerciseFailed, match=message):
         check("benchmarking-fair-speedup", wrong)
+
+
+def lap_readings_small(run, sync, clock, max_n):
+    t32 = _timed_with_unsynced_lap_readings(run, sync, clock, 1024, "fp32")
+    return t32 / _timed_with_unsynced_lap_readings(run, sync, clock, 1024, "bf16")
+
+
+def lap_readings_cold(run, sync, clock, max_n):
+    t32 = _timed_with_unsynced_lap_readings(run, sync, clock, max_n, "fp32", repeats=1, warmup=False)
+    return t32 / _timed_with_unsynced_lap_readings(run, sync, clock, max_n, "bf16", repeats=1, warmup=False)
+
+
+def lap_readings_used(run, sync, clock, max_n):  # the median of the unsynchronised laps: launch times
+    def laps(p):
+        run(max_n, p)
+        sync()
+        times = []
+        for _ in range(5):
+            before = clock()
+            run(max_n, p)
+            times.append(clock() - before)
+        sync()
+        return statistics.median(times)
+
+    return laps("fp32") / laps("bf16")
+
+
+@pytest.mark.parametrize(
+    "wrong, message",
+    [  # used to get "readings ... busy", which did not enter the result, instead of the real flaw
+        (lap_readings_small, r"n = 1024, where the launch is 70%.*ratio still grows with n"),
+        (lap_readings_cold, r"ran fp32 and bf16 at n = 16384 only once.*one-off set-up"),
+    ],
+)
+def test_fair_speedup_ignores_busy_readings_that_do_not_enter_the_result(wrong, message: str) -> None:
+    with pytest.raises(ExerciseFailed, match=message) as failure:
+        check("benchmarking-fair-speedup", wrong)
+    assert "busy" not in str(failure.value)
+
+
+def test_fair_speedup_still_names_busy_readings_that_enter_the_result() -> None:
+    with pytest.raises(ExerciseFailed, match=r"readings of the clock came while the device was still busy"):
+        check("benchmarking-fair-speedup", lap_readings_used)
 
 
 def test_a_hard_coded_answer_fails_on_another_device() -> None:
@@ -416,18 +480,33 @@ def mfu(step_seconds, n_params, tokens_per_step, gpu, precision):
 def mfu_trimmed_mean(step_seconds, n_params, tokens_per_step, gpu, precision):
     if gpu.peak_tflops(precision) is None:
         return None
-    steady = step_seconds[10:]
+    ordered = sorted(step_seconds)
+    cut = len(ordered) // 10  # a tenth off each end: the warm-up and the checkpoint saves go
+    steady = ordered[cut : len(ordered) - cut]
     flops_per_s = 6 * n_params * tokens_per_step * len(steady) / sum(steady)
     return flops_per_s / (gpu.peak_tflops(precision) * 1e12)
 
 
-def mfu_best_step(step_seconds, n_params, tokens_per_step, gpu, precision):
+def mfu_mean_without_outliers(step_seconds, n_params, tokens_per_step, gpu, precision):
     if precision not in gpu.dense_tflops:
         return None
-    return 6 * n_params * tokens_per_step / min(step_seconds) / gpu.dense_tflops[precision] / 1e12
+    median = statistics.median(step_seconds)
+    steady = [t for t in step_seconds if abs(t / median - 1) < 0.3]
+    return 6 * n_params * tokens_per_step / statistics.fmean(steady) / gpu.dense_tflops[precision] / 1e12
 
 
-@pytest.mark.parametrize("answer", [mfu, mfu_trimmed_mean, mfu_best_step])
+def mfu_median_low_after_warmup(step_seconds, n_params, tokens_per_step, gpu, precision):
+    if (
+        precision not in gpu.dense_tflops
+    ):  # median_low is one step's time, the middle one: that one is typical
+        return None
+    typical = statistics.median_low(step_seconds[5:])
+    return 6 * n_params * tokens_per_step / typical / gpu.dense_tflops[precision] / 1e12
+
+
+@pytest.mark.parametrize(
+    "answer", [mfu, mfu_trimmed_mean, mfu_mean_without_outliers, mfu_median_low_after_warmup]
+)
 def test_mfu_accepts_valid_answers(answer, capsys: pytest.CaptureFixture[str]) -> None:
     check("benchmarking-mfu", answer)
     assert capsys.readouterr().err == ""
@@ -462,6 +541,19 @@ def _with_peak(peak_of):
     [
         (_with_step(statistics.fmean), "mean of every step"),
         (_with_step(lambda s: statistics.fmean(s[1:])), "mean of the steps after the first"),
+        # used to pass: the log had +-1% jitter and no slow step after the warm-up
+        (_with_step(min), "fastest step's time: steady steps vary by a few percent"),
+        (_with_step(lambda s: s[-1]), "last step's time: the run ends by saving a checkpoint"),
+        (_with_step(lambda s: s[10]), r"the time of a single step, step 11 of the log"),
+        (_with_step(lambda s: min(s[5:])), "fastest step's time"),
+        (
+            _with_step(lambda s: statistics.fmean(s[3:])),
+            "after the warm-up, the slow steps that save a checkpoint",
+        ),
+        (
+            _with_step(lambda s: statistics.fmean(s[10:])),
+            r"after the first 10, the slow steps that save a checkpoint",
+        ),
         (_with_step(lambda s: s[0]), "first step's time"),
         (_with_step(sum), "whole run"),
         (_with_peak(lambda gpu, p: gpu.printed_tflops[p]), "2:4 sparsity"),
@@ -488,3 +580,17 @@ def test_step_logs_are_reproducible_and_start_slow() -> None:
     assert step_log(0.05, seed=1) == step_log(0.05, seed=1)
     log = step_log(0.05, seed=1)
     assert log[0] > 10 * statistics.median(log) and abs(statistics.median(log) / 0.05 - 1) < 0.01
+
+
+def test_step_logs_jitter_and_save_checkpoints() -> None:
+    log = step_log(0.05, seed=1)
+    assert checkpoint_steps(60) == [29, 59]  # the last step saves one
+    steady = [t for i, t in enumerate(log[3:], 3) if i not in checkpoint_steps(60)]
+    assert all(log[i] > 5 * max(steady) for i in checkpoint_steps(60))
+    assert min(steady) < 0.92 * statistics.median(log) and max(steady) > 1.08 * statistics.median(log)
+
+
+@pytest.mark.parametrize("index", range(60))
+def test_mfu_rejects_any_single_step(index: int) -> None:
+    with pytest.raises(ExerciseFailed, match="single step|fastest step's|first step's|last step's"):
+        check("benchmarking-mfu", _with_step(lambda s: s[index]))

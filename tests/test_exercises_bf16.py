@@ -374,7 +374,8 @@ def test_kahan_rejects_realistic_mistakes(variant: str, message: str) -> None:
 # ---- the learning-rate floor of pure bf16 ------------------------------------------------------------
 
 
-def lr_floor_reference(weight: torch.Tensor, grad: torch.Tensor, share: float) -> float:
+def lr_floor_thresholds(weight: torch.Tensor, grad: torch.Tensor) -> np.ndarray:
+    """Each weight's threshold, sorted: the learning rate its first AdamW step in pure bf16 must exceed."""
     w = weight.double().numpy().ravel()
     g = grad.float().numpy().ravel()
     gap = np.asarray(BF16.spacing(w))  # the gap above |w| (the smallest subnormal at zero)
@@ -383,7 +384,11 @@ def lr_floor_reference(weight: torch.Tensor, grad: torch.Tensor, share: float) -
     power_of_two = (w != 0) & (magnitude == np.exp2(exponent)) & (magnitude > BF16.tiny)
     toward_zero = np.sign(g) == np.sign(w)  # the update -lr * sign(g) points at zero
     half = np.where(power_of_two & toward_zero, gap / 2, gap) / 2
-    thresholds = np.sort(np.where(g == 0, np.inf, half))
+    return np.sort(np.where(g == 0, np.inf, half))
+
+
+def lr_floor_reference(weight: torch.Tensor, grad: torch.Tensor, share: float) -> float:
+    thresholds = lr_floor_thresholds(weight, grad)
     return float(thresholds[math.ceil(share * thresholds.size) - 1])
 
 
@@ -460,6 +465,9 @@ def _lr_floor_wrong(variant: str):
         ("relative", "proportional to \\|w\\|"),
         ("relative-eps", "proportional to \\|w\\|"),
         ("index-off-by-one", "one weight too many"),
+        ("index-int-off-by-one", "one weight too many"),
+        ("index-floor", "share \\* n rounded down"),
+        ("index-round", "share \\* n rounded to the nearest whole number"),
         ("quantile", "interpolated quantile"),
     ],
 )
@@ -491,3 +499,51 @@ def test_lr_floor_names_the_zero_gradient_mistake_however_it_is_made() -> None:
 def test_lr_floor_other_wrong_answers_say_what_a_right_one_satisfies(answer, message: str) -> None:
     with pytest.raises(ExerciseFailed, match=message):
         check("bf16-lr-floor", answer)
+
+
+def test_lr_floor_cases_include_shares_of_no_whole_number_of_weights() -> None:
+    """Where share * n is not whole, rounding it down or to nearest picks a learning rate that moves fewer
+    weights than the share: the cases hold such shares, with each rounding wrong somewhere the other is not."""
+    from mpcourse.exercises.bf16_training import _lr_floor_cases, _moved
+
+    floor_short, round_short = [], []
+    for case, weight, grad, share in _lr_floor_cases():
+        t = lr_floor_thresholds(weight, grad)
+        n = t.size
+        if share * n == int(share * n):
+            continue
+        for index, short in ((int(share * n), floor_short), (round(share * n), round_short)):
+            lr = float(t[index - 1])
+            if lr != lr_floor_reference(weight, grad, share):
+                assert _moved(weight, grad, lr * 1.001) < share, case
+                short.append(case)
+    assert floor_short and round_short and set(round_short) < set(floor_short)
+
+
+@pytest.mark.parametrize(
+    "rounding, message",
+    [
+        (int, "share \\* n rounded down"),
+        (math.floor, "share \\* n rounded down"),
+        (round, "to the nearest whole"),
+    ],
+)
+def test_lr_floor_names_a_share_count_rounded_the_wrong_way(rounding, message: str) -> None:
+    def answer(weight, grad, share):  # th[int(share * n) - 1], th[round(share * n) - 1]
+        th = lr_floor_thresholds(weight, grad)
+        return float(th[rounding(share * th.size) - 1])
+
+    with pytest.raises(ExerciseFailed, match=message) as failed:
+        check("bf16-lr-floor", answer)
+    assert "share 0.7 you returned" in str(failed.value) or "share 0.8 you returned" in str(failed.value)
+
+
+def test_lr_floor_messages_state_the_share_of_every_case() -> None:
+    from mpcourse.exercises.bf16_training import _lr_floor_cases
+
+    for case, _, _, share in _lr_floor_cases():
+        assert case.endswith(f"share {share}"), case
+    with pytest.raises(
+        ExerciseFailed, match="Linear\\(64, 32\\) weight .*, share 0.5 you returned .*: that looks like"
+    ):
+        check("bf16-lr-floor", _lr_floor_wrong("whole-gap"))

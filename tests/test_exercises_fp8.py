@@ -75,6 +75,13 @@ def _tensorwise_wrong(variant):
         if variant == "max-not-abs":
             amax = x.max()
         fmt_max = {"e5m2-max": 57344.0, "fnuz-max": 240.0}.get(variant, 448.0)
+        if variant in ("pow2-up", "pow2-down"):  # the right scale rounded to a power of two
+            rounding = torch.ceil if variant == "pow2-up" else torch.floor
+            scale = torch.exp2(rounding(torch.log2(amax / 448.0))) if amax > 0 else torch.tensor(1.0)
+            return (x / scale).clamp(-448, 448).to(FP8), scale
+        if variant == "off-by-a-bit":  # no known mistake: the generic message
+            scale = amax / 440.0 if amax > 0 else torch.tensor(1.0)
+            return (x / scale).clamp(-448, 448).to(FP8), scale
         if variant == "inverted":
             scale = 448.0 / amax if amax > 0 else torch.tensor(1.0)
             return (x * scale).clamp(-448, 448).to(FP8), scale
@@ -98,8 +105,19 @@ def _tensorwise_wrong(variant):
     "variant, message",
     [
         ("max-not-abs", "largest value, .* not the largest magnitude"),
-        ("e5m2-max", "E5M2's largest value"),
-        ("fnuz-max", "E4M3FNUZ"),
+        ("e5m2-max", "E5M2's largest value.*\n.*[Tt]he data is torch.float8_e4m3fn: take the largest"),
+        ("fnuz-max", "E4M3FNUZ.*\n.*[Tt]he data is torch.float8_e4m3fn: take the largest finite value"),
+        (
+            "pow2-up",
+            r"for a normal tensor \(std 3\) your scale, 0.03125, is a power of two \(2\^-5\): the right "
+            "scale rounded",
+        ),
+        ("pow2-down", r"is a power of two \(2\^-6\).*divided by it is 718"),
+        (
+            "off-by-a-bit",
+            r"for a normal tensor \(std 3\) your scale is 0.0255.*: the amax \(11.23\) divided by "
+            "it is 440, not E4M3's largest",
+        ),
         ("inverted", "decode scale, which multiplies"),
         ("unscaled", "cast unscaled"),
         ("zero-division", "a tensor of zeros your scale is 0.0: the amax is 0"),
@@ -113,6 +131,24 @@ def _tensorwise_wrong(variant):
 def test_tensorwise_rejects_mistakes(variant, message) -> None:
     with pytest.raises(ExerciseFailed, match=message):
         check("fp8-tensorwise", _tensorwise_wrong(variant))
+
+
+def test_tensorwise_messages_read_right() -> None:
+    """A scale from another format's maximum gets the format hint, not the one about negative outliers;
+    a wrong scale's message has no stray "(the scale)"; the negative case says "largest-magnitude entry"."""
+    with pytest.raises(ExerciseFailed) as err:
+        check("fp8-tensorwise", _tensorwise_wrong("fnuz-max"))
+    assert "negative" not in str(err.value)
+    with pytest.raises(ExerciseFailed) as err:
+        check("fp8-tensorwise", _tensorwise_wrong("off-by-a-bit"))
+    assert "(the scale)" not in str(err.value)
+
+    def wrong_on_the_negative_case(x):
+        data, scale = tensorwise_reference(x)
+        return data, scale * 2 if x.abs().max() == 40 else scale
+
+    with pytest.raises(ExerciseFailed, match="a tensor whose largest-magnitude entry is negative"):
+        check("fp8-tensorwise", wrong_on_the_negative_case)
 
 
 # ---- fp8-delayed ---------------------------------------------------------------------------------------
@@ -313,6 +349,8 @@ def _mx_wrong(variant):
                 e = torch.ceil(log2) - 1 - 8
             elif variant == "frexp-exponent":
                 e = torch.frexp(amax)[1].double() - 8
+            elif variant == "emax-9":  # one subtracted too many: every scale half the rule's
+                e = torch.floor(log2) - 9
             elif variant == "round":
                 e = torch.round(log2) - 8
             elif variant == "no-emax":
@@ -344,6 +382,7 @@ def _mx_wrong(variant):
     [
         ("log2-float32", "float32 log2 pitfall"),  # issue 15: this answer used to pass
         ("frexp-exponent", "every exponent is one too large"),
+        ("emax-9", r"every exponent is one too small \(all scales half the rule's\)"),
         ("ceil-minus-one", "exactly a power of two"),
         ("round", "off by one power of two"),
         ("not-pow2", "not powers of two"),
@@ -362,6 +401,14 @@ def _mx_wrong(variant):
 def test_mx_rejects_mistakes(variant, message) -> None:
     with pytest.raises(ExerciseFailed, match=message):
         check("fp8-mx", _mx_wrong(variant))
+
+
+def test_mx_one_too_small_is_not_called_rounding() -> None:
+    """An exponent offset of 9 used to be told "rounded down, never to nearest": it is not a rounding."""
+    with pytest.raises(ExerciseFailed) as err:
+        check("fp8-mx", _mx_wrong("emax-9"))
+    text = str(err.value)
+    assert "one too small" in text and "saturates" in text and "to nearest" not in text
 
 
 def test_mx_log2_pitfall_is_real_and_named_with_an_example() -> None:

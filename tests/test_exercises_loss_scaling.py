@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -321,7 +322,30 @@ def read_scaler_log_numpy(init_scale, scales):
     return (np.flatnonzero(skip) + 1).tolist(), float(low), float(high)
 
 
-@pytest.mark.parametrize("fn", [read_scaler_log, read_scaler_log_numpy])
+def read_scaler_log_bisection(init_scale, scales):
+    """Another valid method: the threshold found by bisection with torch's float64-to-fp16 conversion, which
+    goes through fp32 and so ends a hair below 65520 (65519.998...)."""
+    lo, hi = 65504.0, 65536.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if torch.isinf(torch.tensor(mid, dtype=torch.float64).half()) else (mid, hi)
+    assert 0 < OVERFLOW - hi < 0.01  # the double rounding the check must tolerate
+    return _read_with(hi)(init_scale, scales)
+
+
+def _read_with(threshold: float, *, own_entry: bool = False):
+    def fn(init_scale, scales):
+        before = [init_scale, *scales[:-1]]
+        used = list(scales) if own_entry else before
+        skipped = [t for t, (s, after) in enumerate(zip(before, scales), 1) if after < s]
+        low = max((threshold / used[t - 1] for t in skipped), default=0.0)
+        high = min((threshold / s for t, s in enumerate(used, 1) if t not in skipped), default=math.inf)
+        return skipped, low, high
+
+    return fn
+
+
+@pytest.mark.parametrize("fn", [read_scaler_log, read_scaler_log_numpy, read_scaler_log_bisection])
 def test_read_log_accepts_correct_readings(fn, capsys: pytest.CaptureFixture[str]) -> None:
     check("loss_scaling-read-log", fn)
     assert capsys.readouterr().err == ""
@@ -379,12 +403,27 @@ def _misread(kind: str):
         ("zero-based", "one lower than the steps"),
         ("mask", "booleans, one per step"),
         ("swapped", "above high"),
-        ("two-values", "return three things"),
+        ("two-values", "[Rr]eturn three things"),
     ],
 )
 def test_read_log_rejects_realistic_misreadings(kind: str, message: str) -> None:
     with pytest.raises(ExerciseFailed, match=message):
         check("loss_scaling-read-log", _misread(kind))
+
+
+@pytest.mark.parametrize("threshold", [65519.0, 65519.5, 65528.0, OVERFLOW * (1 + 1e-5)])
+def test_read_log_names_another_overflow_threshold_and_what_fp16_s_is_made_of(threshold: float) -> None:
+    with pytest.raises(ExerciseFailed, match="for an overflow threshold of 655[12]") as failed:
+        check("loss_scaling-read-log", _read_with(threshold))
+    message = str(failed.value)
+    assert "the smallest value that fp16 rounds to inf" in message and "largest value" in message
+    assert not re.search(r"(?<![\d.])65520(?![\d.])", message)  # the threshold itself is not given away
+
+
+def test_read_log_names_a_misreading_made_with_the_bisected_threshold() -> None:
+    bisected = read_scaler_log_bisection(1.0, [1.0])[2]  # the threshold itself, over a scale of 1
+    with pytest.raises(ExerciseFailed, match="each step paired with the scale logged after it"):
+        check("loss_scaling-read-log", _read_with(bisected, own_entry=True))
 
 
 # ---- broken loop ---------------------------------------------------------------------------------

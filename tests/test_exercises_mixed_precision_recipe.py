@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 import warnings
 from pathlib import Path
 
@@ -40,13 +41,36 @@ def _solution_lines() -> list[str]:
 SOLUTION_LINES = _solution_lines()
 
 
+def _case_pattern(label: str) -> str:
+    """A regular expression for every case the check of ``label`` names in its messages."""
+    if label == MOVED:
+        cases = [re.escape(c[0]) for c in checks.MOVED_CASES]
+    elif label == PROMOTE:
+        cases = [re.escape(c[0]) for c in checks.promote_cases()]
+    elif label == LARGEST:
+        cases = [rf"{re.escape(c[0])}(?:, recipe '\w+')?" for c in checks.LARGEST_CASES]
+    else:
+        cases = [rf"{re.escape(c[0])}, step \d+(?: \(support: [^)]*\))?" for c in checks.STEP_DEVICES]
+    return "|".join(f"(?:{c})" for c in cases)
+
+
+def _assert_case_then_comma(label: str, message: str) -> None:
+    """A message that opens with its case ("for <case>") separates the case from the verdict by a comma."""
+    if not message.startswith(f"{label}: for "):
+        return
+    opening = rf"{re.escape(label)}: for (?:{_case_pattern(label)}), (?!recipe '|step \d)\S"
+    assert re.match(opening, message), f"no comma between the case and the verdict: {message!r}"
+
+
 def rejects(label: str, answer, match: str) -> str:
-    """Check that ``answer`` fails with a message matching ``match`` that gives away no solution line."""
+    """Check that ``answer`` fails with a message matching ``match`` that gives away no solution line,
+    and that names its case with a comma before the verdict."""
     with pytest.raises(ExerciseFailed, match=match) as failure:
         check(label, answer)
     message = "".join(str(failure.value).split())
     leaked = [line for line in SOLUTION_LINES if line in message]
     assert not leaked, f"the failure message of {label} contains solution code: {leaked}"
+    _assert_case_then_comma(label, str(failure.value))
     return str(failure.value)
 
 
@@ -154,6 +178,27 @@ def test_moved_fraction_restores_the_random_state_a_sampling_answer_used() -> No
     state = torch.random.get_rng_state()
     rejects(MOVED, sampled, "drew random numbers")
     assert torch.equal(torch.random.get_rng_state(), state)
+
+
+def wrong_where_few_move(bound, lr, dtype):
+    """Right everywhere but at the decayed lr, where it gives a figure a sampler could have measured."""
+    return 1.355e-4 if lr == 3e-7 else moved_fraction(bound, lr, dtype)
+
+
+def test_moved_fraction_quotes_no_noisy_simulation() -> None:
+    """Where so few of 2^20 simulated weights move that the count is noisier than the check's tolerance,
+    the message says the sample is too small instead of quoting the measurement as the answer."""
+    _, bound, lr, dtype = next(c for c in checks.MOVED_CASES if c[2] == 3e-7)
+    exact = checks._moved_fraction(bound, lr, dtype)
+    noisy = checks._simulated_moved_fraction(bound, lr, dtype)
+    assert not math.isclose(noisy, exact, rel_tol=checks.MOVED_RTOL)  # the case this is about
+    message = rejects(
+        MOVED, wrong_where_few_move, r"lr = 3e-7, pure bf16, you predict 0\.0001355 \(a simulation"
+    )
+    assert "too small a sample" in message and "1% tolerance" in message
+    assert "measures" not in message and f"{noisy:.4g}" not in message and f"{exact:.4g}" not in message
+    # where the simulation is precise, its measurement is still quoted
+    assert "such weights measures 0.2502" in rejects(MOVED, lambda b, lr, d: 0.3, "you predict 0.3;")
 
 
 def test_moved_fraction_reference_agrees_with_a_simulation() -> None:
@@ -381,7 +426,7 @@ def using_the_calculator(budget_gb, optimizer, activation_elements):
         (largest_with(only_optimizer_step=True), "only at the optimizer step"),
         (largest_with(only_forward=True), "only at the end of the forward pass"),
         (lambda gb, o, a: largest_model(gb * 2**30 / 1e9, o, a), "GiB"),
-        (lambda gb, o, a: {r: n + 1 for r, n in largest_model(gb, o, a).items()}, "round down"),
+        (lambda gb, o, a: {r: n + 1 for r, n in largest_model(gb, o, a).items()}, "[Rr]ound down"),
         (lambda gb, o, a: {r: n - 1000 for r, n in largest_model(gb, o, a).items()}, "more would still fit"),
         (lambda gb, o, a: {r: n / 3 for r, n in largest_model(gb, o, a).items()}, "not a whole number"),
         (unclipped_count, "negative count"),
@@ -397,6 +442,22 @@ def test_largest_model_rejects_mistakes(wrong, match) -> None:
 def test_largest_model_switches_the_calculator_back_on() -> None:
     rejects(LARGEST, using_the_calculator, "called mpcourse")
     assert memory.estimate("fp32", 10)["total"] == 160
+
+
+def test_messages_separate_the_case_from_the_verdict() -> None:
+    """The slips the review found: the case ran straight into the verdict, with no comma."""
+    message = rejects(PROMOTE, lambda p, d, b: promote_interval(p, d, b) // 2, "not the largest chunk")
+    assert re.search(r"a bf16 accumulator, a 5% budget, chunks of \d+ meet the budget", message)
+    message = rejects(
+        LARGEST, lambda gb, o, a: {r: n + 1 for r, n in largest_model(gb, o, a).items()}, "peak"
+    )
+    assert "activations negligible, recipe 'fp32', a step of 4,000,000,001 parameters" in message
+    message = rejects(LARGEST, using_the_calculator, "called mpcourse")
+    assert "activations negligible, your function called mpcourse.memory.estimate" in message
+    message = rejects(STEP, step_with(backward_inside=True), "inside the autocast block")
+    assert "an A100 (fp16 and bf16 native), step 1, backward ran" in message
+    message = rejects(STEP, step_with(own_scaler=True), "never scaled the loss")
+    assert "a T4 (fp16 native, bf16 emulated), step 1, where the step runs in fp16, the scaler" in message
 
 
 def test_largest_model_reference_agrees_with_the_closed_form() -> None:
@@ -487,6 +548,7 @@ def step_with(
     own_scaler=False,
     zero_grad_late=False,
     step_twice=False,
+    rescale_returned=False,
 ):
     """The reference step with one part changed: the realistic mistakes the check must catch."""
 
@@ -525,6 +587,8 @@ def step_with(
             optimizer.step()
         if use_scaler and update:
             scaler.update()
+        if rescale_returned and use_scaler:
+            return scaler.scale(loss)  # the scaled loss, scaled once more after the update
         return scaled if return_scaled else loss
 
     return step
@@ -563,6 +627,7 @@ def engine_step(model, optimizer, scaler, x, y, device_type, support):
         (step_with(scaled_backward=False), "yours did not overflow"),
         (step_with(low_precision_loss=True), "cross-entropy ran in low precision"),
         (step_with(return_scaled=True), "scaled loss"),
+        (step_with(rescale_returned=True), "you returned the scaled loss"),
         (step_with(convert_model=True), "you converted the model"),
         (step_with(own_scaler=True), "scaler you were given never scaled the loss"),
         (step_with(zero_grad_late=True), "moved .* times as far"),
@@ -572,6 +637,28 @@ def engine_step(model, optimizer, scaler, x, y, device_type, support):
 )
 def test_train_step_rejects_mistakes(wrong, match) -> None:
     rejects(STEP, wrong, match)
+
+
+def test_train_step_names_a_scaled_return_value_not_the_call_order() -> None:
+    """Returning scaler.scale(loss), called after the update, is a scaled loss, not a misordered step."""
+    message = rejects(STEP, step_with(rescale_returned=True), "you returned the scaled loss")
+    assert "order" not in message and "after its update" in message
+
+
+def test_train_step_says_why_backward_belongs_after_autocast() -> None:
+    message = rejects(STEP, step_with(backward_inside=True), "backward ran inside the autocast block")
+    assert "PyTorch's AMP documentation recommends" in message
+    assert "already chose each backward op's dtype" in message
+
+
+def test_train_step_prompt_asks_for_backward_after_autocast() -> None:
+    """The check rejects backward inside autocast, so the exercise's prompt must ask for it."""
+    import nbformat
+
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    prompt = next(c.source for c in nb.cells if c.cell_type == "markdown" and f":label: {STEP}" in c.source)
+    prompt = " ".join(prompt.split())
+    assert "close the block before backward" in prompt and "pytorch-amp-docs" in prompt
 
 
 def test_train_step_overflows_and_skips_in_fp16() -> None:

@@ -207,7 +207,7 @@ def fail(label: str, what: str, hint: str) -> None:
     """
     message = f"{label}: {what}"
     if hints_on():
-        message += f"\nHint: {hint}"
+        message += f"\nHint: {hint[:1].upper()}{hint[1:]}"
         if label in _REGISTRY and _REGISTRY[label].hints:
             message += f'\nMore help, one step at a time: hint("{label}").'
     raise ExerciseFailed(message)

@@ -327,8 +327,10 @@ def check_inference(predict_probabilities: Any) -> None:
     """``predict_probabilities(model, x, device_type, dtype)``: class probabilities in fp32, computed
     under autocast without recording anything for autograd."""
     label = f"{SLUG}-inference"
-    for dtype in (torch.bfloat16, torch.float16):
-        model = _probe_model()
+    # The fp16 case hands over a model in eval mode: an answer that sets the mode must restore the one it found.
+    for dtype, training in ((torch.bfloat16, True), (torch.float16, False)):
+        model = _probe_model().train(training)
+        modes_before = {name: m.training for name, m in model.named_modules()}
         inside: dict[str, Any] = {}
 
         def record_state(module: nn.Module, args: Any, inside: dict[str, Any] = inside) -> None:
@@ -368,6 +370,23 @@ def check_inference(predict_probabilities: Any) -> None:
                 "requires_grad is not what it was. Inference must leave the model as it found it, ready to train.",
                 "leave the parameters alone; what autocast and autograd do during one call can be set for that "
                 "call only, with context managers.",
+            )
+        modes_after = {name: m.training for name, m in model.named_modules()}
+        switched = [name for name, mode in modes_before.items() if modes_after.get(name) != mode]
+        if switched:
+            mode_of = {True: "training", False: "eval"}
+            subs = [name for name in switched if name]
+            which = " and ".join(
+                (["the model itself"] if "" in switched else [])
+                + ([f"{plural(len(subs), 'submodule')} ({', '.join(subs)})"] if subs else [])
+            )
+            fail(
+                label,
+                f"for {case} the model was in {mode_of[training]} mode and your function left "
+                f"{which} in {mode_of[not training]} mode. Inference must leave the model as it found it: if you "
+                "change the mode, note model.training first and restore it with model.train(that value) before "
+                "returning.",
+                "the check hands over models in either mode: put back the mode you found, not a fixed one.",
             )
         if not inside["autocast"]:
             fail(

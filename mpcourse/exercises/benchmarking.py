@@ -36,9 +36,24 @@ def _near(got: float, value: float, rel: float = 1e-3) -> bool:
 
 
 def _judge(
-    label: str, got: float, want: float, mistakes: dict[str, float], case: str, hint: str, rel: float = 1e-3
+    label: str,
+    got: float,
+    want: float,
+    mistakes: dict[str, float],
+    case: str,
+    hint: str,
+    rel: float = 1e-3,
+    exact: dict[str, float] | None = None,
 ) -> None:
-    """Name a recognised mistake if ``got`` matches one (and not the right answer), else compare."""
+    """Name a recognised mistake if ``got`` matches one (and not the right answer), else compare.
+
+    ``exact`` lists mistakes, checked first, that ``got`` must match to rounding (1e-6), not within ``rel``:
+    many close values, such as the MFU of each single step of a log. They are named whenever the comparison
+    with ``want`` would fail.
+    """
+    for name, value in (exact or {}).items():
+        if _near(got, value, 1e-6) and abs(value - want) > rel * abs(want):
+            fail(label, f"for {case} your answer, {got:.4g}, matches a common mistake: {name}.", hint)
     for name, value in mistakes.items():
         if _near(got, value, rel) and not _near(value, want, rel):
             fail(label, f"for {case} your answer, {got:.4g}, matches a common mistake: {name}.", hint)
@@ -150,6 +165,10 @@ class _SimulatedMatmulGPU:
     precision meet: choosing a kernel) and queues one product, whose time on the device is the
     roofline's ``max(2 n^3 / peak, 3 n^2 bytes / bandwidth)``. ``sync()`` waits for the queue;
     ``clock()`` reads the host clock. Products above ``max_n`` do not fit in memory.
+
+    With ``synced_readings``, a reading taken while the device is busy gives the moment the queue will
+    be empty, as if ``sync()`` had come just before it, without moving the host clock: everything else
+    runs as before, so a measurement whose result changes on such a device used a busy reading.
     """
 
     def __init__(
@@ -161,9 +180,11 @@ class _SimulatedMatmulGPU:
         launch: float,
         setup: float,
         max_n: int,
+        synced_readings: bool = False,
     ) -> None:
         self.name, self.peaks, self.bandwidth = name, peaks, bandwidth_gb_s
         self.launch, self.setup, self.max_n = launch, setup, max_n
+        self.synced_readings = synced_readings
         self.now = self.free_at = 0.0
         self.log: list[tuple[int, str]] = []
         self.seen: set[tuple[int, str]] = set()
@@ -208,12 +229,14 @@ class _SimulatedMatmulGPU:
         self.readings += 1
         if self.free_at > self.now:
             self.busy_readings += 1
+            if self.synced_readings:
+                return self.free_at
         return self.now
 
 
-def _matmul_devices() -> list[_SimulatedMatmulGPU]:
+def _matmul_devices(synced_readings: bool = False) -> list[_SimulatedMatmulGPU]:
     """Three simulated GPUs: big tensor cores, modest ones, and bf16 without units (slower than fp32)."""
-    common = dict(launch=5e-6, setup=2e-3, max_n=16384)
+    common = dict(launch=5e-6, setup=2e-3, max_n=16384, synced_readings=synced_readings)
     return [
         _SimulatedMatmulGPU("device A", {"fp32": 67.0, "bf16": 989.5}, 3350.0, **common),
         _SimulatedMatmulGPU("device B", {"fp32": 30.3, "bf16": 121.0}, 300.0, **common),
@@ -230,6 +253,18 @@ def simulated_matmul_gpu() -> _SimulatedMatmulGPU:
 
 def _sizes(gpu: _SimulatedMatmulGPU, precision: str) -> list[int]:
     return sorted({n for n, p in gpu.log if p == precision})
+
+
+def _busy_readings_count(bf16_speedup: Any, device: int, got: float) -> bool:
+    """Whether readings taken while device ``device`` was busy enter the answer ``got``: run the learner's
+    function again on a copy whose busy readings give what a reading after ``sync()`` would, and compare."""
+    gpu = _matmul_devices(synced_readings=True)[device]
+    try:
+        again = bf16_speedup(gpu.run, gpu.sync, gpu.clock, gpu.max_n)
+        again = float(again.item() if hasattr(again, "item") else again)
+    except Exception:  # noqa: BLE001 - it behaved differently, so something it read did count
+        return True
+    return not math.isclose(again, got, rel_tol=1e-9, abs_tol=1e-12)
 
 
 @register(
@@ -249,7 +284,7 @@ def check_fair_speedup(bf16_speedup: Any) -> None:
     """``bf16_speedup(run, sync, clock, max_n)``: how many times faster large bf16 products run than fp32
     ones on a simulated GPU, measured with ``run(n, precision)``, ``sync()`` and ``clock()``."""
     label = "benchmarking-fair-speedup"
-    for gpu in _matmul_devices():
+    for device, gpu in enumerate(_matmul_devices()):
         case = gpu.name
         got = _number(label, call(label, bf16_speedup, gpu.run, gpu.sync, gpu.clock, gpu.max_n), case)
         if not gpu.log:
@@ -298,7 +333,9 @@ def check_fair_speedup(bf16_speedup: Any) -> None:
             )
         n = common[-1]
         what = f"for {case} your answer is {got:#.3g}"
-        if gpu.busy_readings:
+        # Readings taken while products were still running only matter if the answer depends on them (a
+        # timer may read the clock around every call and still base its result on synchronised readings).
+        if gpu.busy_readings and _busy_readings_count(bf16_speedup, device, got):
             fail(
                 label,
                 f"{what}, and {plural(gpu.busy_readings, 'reading')} of the clock came while the device was still "
@@ -467,22 +504,37 @@ def check_speedup(predicted_speedup: Any) -> None:
 #: (parameters, tokens per step, steady step seconds, datasheet key, precision, seed) of the runs.
 _MFU_RUNS: tuple[tuple[float, int, float, str, str, int], ...] = (
     (124e6, 8 * 1024, 0.05, "h100-sxm", "bf16", 1),
-    (1.3e9, 16 * 1024, 2.0, "a100-sxm-80gb", "tf32", 2),
-    (350e6, 4096, 0.4, "h100-sxm", "fp32", 3),
-    (124e6, 2048, 0.04, "l4", "bf16", 4),
-    (7e9, 4 * 4096, 0.6, "h200-sxm", "fp8", 5),
-    (124e6, 8 * 1024, 0.5, "v100-sxm2-32gb", "bf16", 6),
+    (1.3e9, 16 * 1024, 2.0, "a100-sxm-80gb", "tf32", 3),
+    (350e6, 4096, 0.4, "h100-sxm", "fp32", 6),
+    (124e6, 2048, 0.04, "l4", "bf16", 8),
+    (7e9, 4 * 4096, 0.6, "h200-sxm", "fp8", 9),
+    (124e6, 8 * 1024, 0.5, "v100-sxm2-32gb", "bf16", 2),
 )
+# The seeds of the runs with a peak are chosen so that every step of the log, the steady ones included, is
+# more than 4% away from the median in at least one of them: any single step's time fails somewhere.
 
 #: How much slower than a steady step the first three steps of a run are (set-up, allocation, kernel choice).
 _WARMUP = (40.0, 6.0, 2.0)
+#: Step-to-step variation of the steady steps (standard deviation, as a fraction; cut off at three of them).
+_JITTER = 0.05
+#: The run saves a checkpoint every this many steps, and a step that saves takes this many times longer.
+_CHECKPOINT_EVERY, _CHECKPOINT_COST = 30, 20.0
 
 
 def step_log(steady: float, steps: int = 60, seed: int = 0) -> list[float]:
-    """A run's step times: steady steps with +-1% jitter, after three slow warm-up steps (seeded)."""
-    times = steady * (1 + np.random.default_rng(seed).uniform(-0.01, 0.01, steps))
+    """A run's step times (seeded): three slow warm-up steps, then steady steps that vary by about 5% from one
+    to the next; every 30th step (the last of a 60-step run among them) also saves a checkpoint, which makes it
+    twenty times slower."""
+    noise = np.random.default_rng(seed).normal(0.0, _JITTER, steps).clip(-3 * _JITTER, 3 * _JITTER)
+    times = steady * (1 + noise)
     times[: len(_WARMUP)] *= _WARMUP
+    times[_CHECKPOINT_EVERY - 1 :: _CHECKPOINT_EVERY] *= _CHECKPOINT_COST
     return [float(t) for t in times]
+
+
+def checkpoint_steps(steps: int = 60) -> list[int]:
+    """The (0-based) indices of the steps of :func:`step_log` that save a checkpoint."""
+    return list(range(_CHECKPOINT_EVERY - 1, steps, _CHECKPOINT_EVERY))
 
 
 @register(
@@ -490,8 +542,8 @@ def step_log(steady: float, steps: int = 60, seed: int = 0) -> list[float]:
     hints=(
         "MFU has three ingredients: the model FLOPs of one step, the time of a typical step, and a peak. Check "
         "each against the chapter: which FLOPs count, which steps are typical, which peak.",
-        "Plot or print the step times: the first steps of a run are not typical. Summarise the rest the way the "
-        "chapter's recipe table does.",
+        "Plot or print the step times: the first steps of a run are not typical, and not every later one is. "
+        "Summarise them the way the chapter's recipe table does.",
         "The peak is the datasheet's dense figure for the precision the products ran in; a GPU with no units "
         "for that precision has no such figure, and then there is no MFU to report.",
     ),
@@ -504,9 +556,11 @@ def check_mfu(mfu: Any) -> None:
         gpu = datasheets.DATASHEETS[key]
         steps = step_log(steady, seed=seed)
         size = f"{n_params / 1e9:g}B" if n_params >= 1e9 else f"{n_params / 1e6:g}M"
+        saves = ", ".join(str(i + 1) for i in checkpoint_steps(len(steps)))
         case = (
             f"a {precision} run of a {size}-parameter transformer, {tokens} tokens per step, on the "
-            f"{gpu.name} (steps {steps[0]:.3g} s, {steps[1]:.3g} s, {steps[2]:.3g} s, then about {steady:g} s):"
+            f"{gpu.name} (steps {steps[0]:.3g} s, {steps[1]:.3g} s, {steps[2]:.3g} s, then about {steady:g} s "
+            f"give or take {_JITTER:.0%}, steps {saves} saving a checkpoint):"
         )
         peak = gpu.peak_tflops(precision)
         try:
@@ -536,17 +590,21 @@ def check_mfu(mfu: Any) -> None:
         typical = statistics.median(steps)
         want = model_flops / typical / (peak * 1e12)
         printed = gpu.printed_tflops[precision]
+
+        def at(seconds: float) -> float:  # the MFU of a step of this many seconds
+            return model_flops / seconds / (peak * 1e12)
+
+        warm = len(_WARMUP)
         mistakes = {
-            "the mean of every step, the slow first steps included": model_flops
-            / statistics.fmean(steps)
-            / (peak * 1e12),
-            "the first step's time, which pays the run's one-off set-up": model_flops
-            / steps[0]
-            / (peak * 1e12),
-            "the mean of the steps after the first, two slow warm-up steps still included": model_flops
-            / statistics.fmean(steps[1:])
-            / (peak * 1e12),
-            "the time of the whole run instead of one step": model_flops / sum(steps) / (peak * 1e12),
+            "the mean of every step, the slow first steps and the checkpoint saves included": at(
+                statistics.fmean(steps)
+            ),
+            "the mean of the steps after the first, two slow warm-up steps and the checkpoint saves still "
+            "included": at(statistics.fmean(steps[1:])),
+            "the mean of the steps after the warm-up, the slow steps that save a checkpoint still included": at(
+                statistics.fmean(steps[warm:])
+            ),
+            "the time of the whole run instead of one step": at(sum(steps)),
             f"the datasheet's printed {precision} figure, which assumes 2:4 sparsity: dense products get half of it": (
                 model_flops / typical / (printed * 1e12)
             ),
@@ -557,6 +615,29 @@ def check_mfu(mfu: Any) -> None:
             "a percentage instead of a fraction": want * 100,
             "the peak left in TFLOP/s while the FLOPs are plain FLOPs": want * 1e12,
         }
+        # Mistakes with many close candidates, named only on an exact match. Any one step's time: every step
+        # of the log is far enough from a typical one in at least one of the check's seeded runs to be named
+        # there (tests/test_exercises_benchmarking.py makes sure).
+        exact = {
+            "the first step's time, which pays the run's one-off set-up": at(steps[0]),
+            "the fastest step's time: steady steps vary by a few percent, and the minimum picks the luckiest "
+            "of them, not a typical one": at(min(steps)),
+            "the last step's time: the run ends by saving a checkpoint, so its last step is one of the slowest": at(
+                steps[-1]
+            ),
+        }
+        exact |= {
+            f"the time of a single step, step {i + 1} of the log ({seconds:.4g} s): steady steps vary by about "
+            f"{_JITTER:.0%} from one to the next, so one step is not a typical step": at(seconds)
+            for i, seconds in enumerate(steps)
+        }
+        for k in range(2, len(steps) // 2):  # the warm-up dropped, by any count, but not the checkpoint saves
+            dropped = "the warm-up" if k == warm else f"the first {k}"
+            warm_left = "a slow warm-up step and " if k < warm else ""
+            exact[
+                f"the mean of the steps after {dropped}, {warm_left}the slow steps that save a checkpoint still "
+                "included"
+            ] = at(statistics.fmean(steps[k:]))
         _judge(
             label,
             value,
@@ -565,4 +646,5 @@ def check_mfu(mfu: Any) -> None:
             case,
             "check each of the three ingredients: the FLOPs of a step, a typical step's time, and the peak.",
             rel=0.03,
+            exact=exact,
         )

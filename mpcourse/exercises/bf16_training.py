@@ -186,6 +186,11 @@ def _lr_floor(weight: torch.Tensor, grad: torch.Tensor, share: float, *, variant
     k = math.ceil(share * t.size)
     if variant == "index-off-by-one":
         return float(t[min(k, t.size - 1)])
+    if variant == "index-int-off-by-one":  # t[int(share * n)]: one too many when share * n is whole
+        return float(t[min(int(share * t.size), t.size - 1)])
+    if variant in ("index-floor", "index-round"):  # share * n rounded down, or to nearest, not up
+        k = int(share * t.size) if variant == "index-floor" else round(share * t.size)
+        return float(t[max(k, 1) - 1])
     if variant == "quantile":
         finite = t[np.isfinite(t)]
         return float(np.quantile(finite, share)) if finite.size else math.inf
@@ -208,7 +213,7 @@ def _lr_floor_cases() -> list[tuple[str, torch.Tensor, torch.Tensor, float]]:
     ).bfloat16()  # nn.Linear(64, 32)'s initialisation
     cases.append(
         (
-            "a Linear(64, 32) weight as initialised (uniform in +-1/8)",
+            "a Linear(64, 32) weight as initialised (uniform in +-1/8), share 0.5",
             linear,
             torch.randn(32, 64, generator=gen).bfloat16(),
             0.5,
@@ -229,7 +234,7 @@ def _lr_floor_cases() -> list[tuple[str, torch.Tensor, torch.Tensor, float]]:
     powers = 2.0 ** torch.randint(-6, 3, (96,), generator=gen) * torch.sign(torch.randn(96, generator=gen))
     cases.append(
         (
-            "weights of both signs, all powers of two",
+            "weights of both signs, all powers of two, share 0.5",
             powers.bfloat16(),
             torch.randn(96, generator=gen).bfloat16(),
             0.5,
@@ -237,14 +242,17 @@ def _lr_floor_cases() -> list[tuple[str, torch.Tensor, torch.Tensor, float]]:
     )
     bias = torch.zeros(48)
     bias[:16] = torch.randn(16, generator=gen) * 1e-3
-    cases.append(
-        (
-            "a bias initialised to zero, 16 of its 48 entries since trained",
-            bias.bfloat16(),
-            torch.randn(48, generator=gen).bfloat16(),
-            0.75,
+    bias_grad = torch.randn(48, generator=gen).bfloat16()
+    # 0.7 and 0.8 of 48 weights are 33.6 and 38.4: not whole numbers, so 34 and 39 weights must move.
+    for share in (0.75, 0.7, 0.8):
+        cases.append(
+            (
+                f"a bias initialised to zero, 16 of its 48 entries since trained, share {share}",
+                bias.bfloat16(),
+                bias_grad,
+                share,
+            )
         )
-    )
     dead = (torch.randn(40, 32, generator=gen) * 0.05).bfloat16()
     dead_grad = torch.randn(40, 32, generator=gen)
     dead_grad[:10] = 0.0  # 10 of 40 output units are dead ReLUs: their rows get no gradient
@@ -260,7 +268,7 @@ def _lr_floor_cases() -> list[tuple[str, torch.Tensor, torch.Tensor, float]]:
     embedding = torch.randn(100, 16, generator=gen).bfloat16()
     cases.append(
         (
-            "an embedding table (standard normal)",
+            "an embedding table (standard normal), share 0.25",
             embedding,
             torch.randn(100, 16, generator=gen).bfloat16(),
             0.25,
@@ -298,6 +306,22 @@ _LR_MISTAKES = {
     "index-off-by-one": (
         "one weight too many: the learning rate that moves one more weight than needed",
         "count how many weights must move for the share, and take the threshold of the last one needed.",
+    ),
+    "index-int-off-by-one": (
+        "one weight too many: the learning rate that moves one more weight than needed",
+        "count how many weights must move for the share, and take the threshold of the last one needed.",
+    ),
+    "index-floor": (
+        "share * n rounded down to count the weights that must move: when it is not a whole number, that "
+        "learning rate changes fewer than share of the weights",
+        "share * n need not be a whole number: count how many whole weights it takes to change at least "
+        "that share.",
+    ),
+    "index-round": (
+        "share * n rounded to the nearest whole number to count the weights that must move: when it rounds "
+        "down, that learning rate changes fewer than share of the weights",
+        "share * n need not be a whole number: count how many whole weights it takes to change at least "
+        "that share.",
     ),
     "quantile": (
         "an interpolated quantile of the thresholds, which need not be any weight's threshold",

@@ -20,7 +20,7 @@ import torch
 from .. import fp8
 from ..fp8 import delayed as fp8_delayed
 from ..fp8 import recipes as fp8_recipes
-from . import call, expect_close, fail, plural, register
+from . import call, fail, plural, register
 
 E4M3_MAX = 448.0
 
@@ -87,10 +87,10 @@ def _tensorwise_inputs() -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(8)
     normal = torch.randn(64, 48, generator=gen) * 3
     negative = torch.randn(32, 32, generator=gen)
-    negative[3, 5] = -40.0  # the largest magnitude is negative
+    negative[3, 5] = -40.0  # the largest-magnitude entry is negative
     return {
         "a normal tensor (std 3)": normal,
-        "a tensor whose largest magnitude is negative (-40)": negative,
+        "a tensor whose largest-magnitude entry is negative (-40)": negative,
         "tiny values (about 1e-6; unscaled they would all flush to zero in E4M3)": torch.randn(
             16, 64, generator=gen
         )
@@ -108,6 +108,13 @@ _OTHER_MAXES = {
     240.0: "the largest value of E4M3FNUZ (240), the fp8 variant of AMD's MI300; torch.float8_e4m3fn "
     "goes up to 448",
 }
+
+
+#: For a scale taken from another format's maximum: where E4M3's is found (without naming it).
+_FORMAT_MAX_HINT = (
+    "the data is torch.float8_e4m3fn: take the largest finite value of that very dtype (torch.finfo reports "
+    "it), not another fp8 format's."
+)
 
 
 def _e4m3(values: torch.Tensor) -> torch.Tensor:
@@ -209,7 +216,7 @@ def _diagnose_tensorwise_scale(label: str, case: str, x: torch.Tensor, scale: fl
         )
     for other, why in _OTHER_MAXES.items():
         if math.isclose(scale, amax / other, rel_tol=1e-5):
-            fail(label, f"for {case} your scale maps the amax to {why}.", TENSORWISE_HINTS[1])
+            fail(label, f"for {case} your scale maps the amax to {why}.", _FORMAT_MAX_HINT)
     signed_max = x.double().max().item()
     if signed_max < amax and math.isclose(scale, signed_max / E4M3_MAX, rel_tol=1e-5):
         fail(
@@ -229,7 +236,22 @@ def _diagnose_tensorwise_scale(label: str, case: str, x: torch.Tensor, scale: fl
                 "x's own dtype, which has only 8 significant bits, so the amax no longer maps exactly to 448.",
                 "in which dtype is your scale computed? bf16 keeps only 8 significant bits.",
             )
-    expect_close(label, scale, amax / E4M3_MAX, rtol=1e-5, case=f"{case} (the scale)", hint=hint)
+    mantissa, exponent = math.frexp(scale)
+    if mantissa == 0.5 and 0.5 <= scale / (amax / E4M3_MAX) <= 2:
+        fail(
+            label,
+            f"for {case} your scale, {scale:.6g}, is a power of two (2^{exponent - 1}): the right scale rounded "
+            f"to a power of two, so the amax ({amax:.4g}) divided by it is {amax / scale:.4g}, not E4M3's largest "
+            "finite value. Power-of-two scales belong to MX (E8M0 scales); this recipe's scale is not rounded.",
+            "the tensorwise scale is used as computed: the amax, divided by it, lands exactly on E4M3's "
+            "largest finite value.",
+        )
+    fail(
+        label,
+        f"for {case} your scale is {scale:.6g}: the amax ({amax:.4g}) divided by it is {amax / scale:.4g}, not "
+        "E4M3's largest finite value.",
+        hint,
+    )
 
 
 # ---- fp8-delayed ------------------------------------------------------------------------------------
@@ -550,6 +572,16 @@ def _diagnose_mx_scales(
             f"for {case} every exponent is one too large (all scales twice the rule's). If you used "
             "torch.frexp: it writes amax = m * 2^e with m in [0.5, 1), so e is one more than floor(log2 amax).",
             "check the exponent of an amax of exactly 1: floor(log2 1) is 0.",
+        )
+    # One too small: every scale the clamp at 2^-127 leaves free is half the rule's (the clamp keeps the rest).
+    if bool((ratio[differ] == 0.5).all()) and not bool((nonzero & ~clamped & ~differ).any()):
+        fail(
+            label,
+            f"for {case} every exponent is one too small (all scales half the rule's): each block's largest "
+            "element lands in [512, 1024), beyond E4M3's largest value (448), and saturates. The exponent "
+            "subtracted is E4M3's emax, the exponent of its largest binade: 448 = 1.75 x 2^8.",
+            "check by hand a block whose amax is exactly 1: after dividing by your scale, where does it land, "
+            "and is that inside E4M3's range?",
         )
     if _within(differ, negative_max & ~zero):
         fail(

@@ -394,6 +394,11 @@ def check_static_scale(choose_static_scale: Any) -> None:
 #: tie goes to the even neighbour, 2^16, which fp16 cannot hold.
 _FP16_OVERFLOW = formats.FP16.max + float(formats.FP16.spacing(formats.FP16.max)) / 2
 
+#: How close to the exact bounds a reading must be. Loose enough for a threshold found with torch's own
+#: rounding, which takes a float64 to fp16 through fp32 (a bisection that way ends about 0.002 below 65520,
+#: a relative 3e-8), and far tighter than any misreading: 65504 or 2^16 are 2.4e-4 away, a shifted scale 2x.
+_BOUNDS_RTOL = 1e-6
+
 #: The check's runs of torch.amp.GradScaler: the largest gradient magnitude g (the same at every step),
 #: the scaler's settings and the number of steps. One settles into a saw-tooth, one never overflows, one
 #: halves its way down from far too high with other factors, one has g exactly at an overflow threshold
@@ -450,6 +455,21 @@ def _read_log(
     highs = [threshold / s for t, s in enumerate(used, 1) if t not in skipped]
     pick_low, pick_high = (min, max) if loose else (max, min)
     return skipped, pick_low(lows, default=0.0), pick_high(highs, default=math.inf)
+
+
+def _implied_threshold(init_scale: float, scales: list[float], bounds: tuple[float, float]) -> float | None:
+    """The overflow threshold that ``bounds`` would be the right reading of, if they are the right steps'
+    bounds for one same threshold (None otherwise)."""
+    used = [init_scale, *scales[:-1]]
+    skipped, low, high = _read_log(init_scale, scales, threshold=1.0)  # bounds per unit threshold
+    implied = []
+    if skipped:
+        implied.append(bounds[0] / low)
+    if len(skipped) < len(used):
+        implied.append(bounds[1] / high)
+    if not implied or not all(math.isfinite(t) and t > 0 for t in implied):
+        return None
+    return implied[0] if math.isclose(min(implied), max(implied), rel_tol=1e-9) else None
 
 
 def _as_steps(label: str, got: Any, case: str) -> list[int]:
@@ -534,7 +554,7 @@ def check_read_log(read_scaler_log: Any) -> None:
             bounds = (float(got[1]), float(got[2]))
         except (TypeError, ValueError):
             fail(label, f"for {where} the bounds {got[1]!r}, {got[2]!r} are not numbers.", "return floats.")
-        if np.allclose(bounds, want[1:], rtol=1e-9, atol=0):
+        if np.allclose(bounds, want[1:], rtol=_BOUNDS_RTOL, atol=0):
             continue
         if bounds[0] > bounds[1]:
             fail(
@@ -567,12 +587,23 @@ def check_read_log(read_scaler_log: Any) -> None:
         }
         for kwargs, name, first in misreadings.values():
             wrong = _read_log(case["init_scale"], log, **kwargs)
-            if np.allclose(bounds, wrong[1:], rtol=1e-9, atol=0):
+            if np.allclose(bounds, wrong[1:], rtol=_BOUNDS_RTOL, atol=0):
                 fail(
                     label,
                     f"for {where} you returned low={bounds[0]!r}, high={bounds[1]!r}: that looks like {name}.",
                     first,
                 )
+        implied = _implied_threshold(case["init_scale"], log, bounds)
+        if implied is not None and not math.isclose(implied, _FP16_OVERFLOW, rel_tol=_BOUNDS_RTOL):
+            fail(
+                label,
+                f"for {where} you returned low={bounds[0]!r}, high={bounds[1]!r}: the bounds the right steps "
+                f"give for an overflow threshold of {implied!r}, which is not fp16's. Its threshold is an exact "
+                "number, the smallest value that fp16 rounds to inf: it lies between fp16's largest value and "
+                "the next power of two, where rounding to nearest (ties to even) starts to give inf.",
+                "work the threshold out from fp16's format: its largest value, the gap of its top binade, and "
+                "which way a tie goes.",
+            )
         true_g = case["g"]
         fail(
             label,
