@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .. import formats
-from . import call, fail, register
+from . import call, fail, register, shortcuts
 
 BF16 = formats.BF16
 
@@ -73,25 +73,10 @@ class WatchedArray(np.ndarray):
                 self.roundings.append("ml_dtypes (astype(bfloat16) of values bf16 cannot hold)")
 
 
-def _names_in(fn: Any) -> set[str]:
-    """Every global, free and attribute name ``fn``'s code (and the code of functions defined inside it) uses."""
-    code = getattr(fn, "__code__", None)
-    names: set[str] = set()
-    stack = [code] if code is not None else []
-    while stack:
-        c = stack.pop()
-        names.update(c.co_names, c.co_freevars)
-        stack.extend(k for k in c.co_consts if isinstance(k, types.CodeType))
-    return names
-
-
 def _uses_ml_dtypes(fn: Any) -> bool:
     """Whether ``fn`` refers to ml_dtypes (the module, one of its types, or a format's ``ml_dtype``)."""
-    scope = dict(getattr(fn, "__globals__", {}))
-    for name, cell in zip(getattr(getattr(fn, "__code__", None), "co_freevars", ()), fn.__closure__ or ()):
-        with contextlib.suppress(ValueError):
-            scope[name] = cell.cell_contents
-    for name in _names_in(fn):
+    scope = shortcuts.scope_of(fn)
+    for name in shortcuts.names_in(fn):
         if name in ("ml_dtypes", "ml_dtype"):
             return True
         obj = scope.get(name)
@@ -112,43 +97,36 @@ def watch_bf16_rounding(fn: Any = None) -> Iterator[list[str]]:
     ml_dtypes. Converting values bf16 already holds (to read their bit patterns, say) rounds nothing
     and is not recorded. Arrays passed as :class:`WatchedArray` also report ml_dtypes conversions.
     """
-    from torch.overrides import TorchFunctionMode
-
     found: list[str] = []
 
-    class Spy(TorchFunctionMode):
-        def __torch_function__(self, func, types_, args=(), kwargs=None):
-            kwargs = kwargs or {}
-            result = func(*args, **kwargs)
-            if isinstance(result, torch.Tensor) and result.dtype == torch.bfloat16:
-                if any(_inexact_in_bf16(v) for v in _floats([*args, *kwargs.values()])):
-                    found.append(
-                        f"torch's {getattr(func, '__name__', str(func))}() gave bf16 from values bf16 cannot hold"
-                    )
-            return result
+    def torch_rounding(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], result: Any) -> str | None:
+        if isinstance(result, torch.Tensor) and result.dtype == torch.bfloat16:
+            if any(_inexact_in_bf16(v) for v in _floats([*args, *kwargs.values()])):
+                return (
+                    f"torch's {getattr(func, '__name__', str(func))}() gave bf16 from values bf16 cannot hold"
+                )
+        return None
 
-    round_numpy, round_with_torch = formats.FloatFormat._round_numpy, formats._round_with_torch
+    def round_numpy(fmt: formats.FloatFormat, values: Any, *args: Any, **kwargs: Any) -> str | None:
+        if fmt.name == BF16.name and _inexact_in_bf16(values):
+            return "mpcourse.formats (a bf16 rounding: round, encode, neighbours)"
+        return None
 
-    def watched_round_numpy(self: formats.FloatFormat, values: Any, *args: Any, **kwargs: Any) -> Any:
-        if self.name == BF16.name and _inexact_in_bf16(values):
-            found.append("mpcourse.formats (a bf16 rounding: round, encode, neighbours)")
-        return round_numpy(self, values, *args, **kwargs)
-
-    def watched_round_with_torch(t: Any, fmt: formats.FloatFormat, **kwargs: Any) -> Any:
-        if fmt.name == BF16.name and _inexact_in_bf16(t):
-            found.append("mpcourse.formats (round_tensor to bf16)")
-        return round_with_torch(t, fmt, **kwargs)
+    def round_with_torch(t: Any, fmt: formats.FloatFormat, **kwargs: Any) -> str | None:
+        return (
+            "mpcourse.formats (round_tensor to bf16)"
+            if fmt.name == BF16.name and _inexact_in_bf16(t)
+            else None
+        )
 
     if fn is not None and _uses_ml_dtypes(fn):
         found.append("ml_dtypes (named in your function)")
-    formats.FloatFormat._round_numpy = watched_round_numpy  # type: ignore[method-assign]
-    formats._round_with_torch = watched_round_with_torch
-    try:
-        with Spy():
-            yield found
-    finally:
-        formats.FloatFormat._round_numpy = round_numpy  # type: ignore[method-assign]
-        formats._round_with_torch = round_with_torch
+    targets = [
+        (formats.FloatFormat, "_round_numpy", round_numpy),
+        (formats, "_round_with_torch", round_with_torch),
+    ]
+    with shortcuts.watch(targets, found=found), shortcuts.torch_calls(torch_rounding, found=found):
+        yield found
 
 
 @contextlib.contextmanager
@@ -158,32 +136,8 @@ def package_use(fn: Any, names: tuple[str, ...]) -> Iterator[list[str]]:
     ``fn``, any of them that ``fn`` refers to directly (``from mpcourse.bf16 import ...``)."""
     from .. import bf16 as package
 
-    originals = {name: getattr(package, name) for name in names}
-    found: list[str] = []
-    scope = dict(getattr(fn, "__globals__", {}))
-    for name, cell in zip(
-        getattr(getattr(fn, "__code__", None), "co_freevars", ()), getattr(fn, "__closure__", None) or ()
-    ):
-        with contextlib.suppress(ValueError):
-            scope[name] = cell.cell_contents
-    for name in _names_in(fn):
-        if any(scope.get(name) is original for original in originals.values()):
-            found.append(f"mpcourse.bf16.{scope[name].__name__}")
-
-    def spy(name: str) -> Any:
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            found.append(f"mpcourse.bf16.{name}")
-            return originals[name](*args, **kwargs)
-
-        return wrapper
-
-    for name in names:
-        setattr(package, name, spy(name))
-    try:
+    with shortcuts.watch([(package, name, f"mpcourse.bf16.{name}") for name in names], fn=fn) as found:
         yield found
-    finally:
-        for name, original in originals.items():
-            setattr(package, name, original)
 
 
 def watched_calls(fn: Any, names: tuple[str, ...], *, rounding: bool) -> tuple[Any, list[str]]:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .. import formats
-from . import call, expect_close, fail, plural, register
+from . import call, expect_close, fail, plural, register, shortcuts
 
 # ---- watching for library shortcuts -----------------------------------------------------------------
 
@@ -99,54 +99,20 @@ def _library_rounding(
       ``round_tensor`` (whose GPU path is ``_round_with_torch``), and of the module functions
       ``format_functions`` (``custom``, ``get``).
     """
-    from torch.overrides import TorchFunctionMode
 
+    def method(name: str) -> shortcuts.Target:
+        shown = "" if name.startswith("_") else f".{name}"
+        return (formats.FloatFormat, name, lambda fmt, *_, **__: f"mpcourse.formats ({fmt.name}{shown})")
+
+    targets = [method(name) for name in format_methods]
+    targets.append((formats, "_round_with_torch", "mpcourse.formats.round_tensor"))
+    targets += [(formats, name, f"mpcourse.formats.{name}") for name in format_functions]
     found: list[str] = []
-    dtypes, methods = tuple(torch_dtypes), set(torch_methods)
-
-    class Spy(TorchFunctionMode):
-        def __torch_function__(self, func, types, args=(), kwargs=None):
-            kwargs = kwargs or {}
-            name = getattr(func, "__name__", str(func))
-            given = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.dtype) and a in dtypes]
-            if name != "view" and (name in methods or given):  # a view reinterprets bits: no rounding
-                found.append(f"torch ({name}(...) with {given[0]})" if given else f"torch (.{name}())")
-            return func(*args, **kwargs)
-
-    patched: list[tuple[Any, str, Any]] = []
-
-    def watch_method(method: str) -> None:
-        original = getattr(formats.FloatFormat, method)
-
-        def watched(self: formats.FloatFormat, *args: Any, **kwargs: Any) -> Any:
-            shown = "" if method.startswith("_") else f".{method}"
-            found.append(f"mpcourse.formats ({self.name}{shown})")
-            return original(self, *args, **kwargs)
-
-        patched.append((formats.FloatFormat, method, original))
-        setattr(formats.FloatFormat, method, watched)
-
-    def watch_function(function: str, shown: str) -> None:
-        original = getattr(formats, function)
-
-        def watched(*args: Any, **kwargs: Any) -> Any:
-            found.append(shown)
-            return original(*args, **kwargs)
-
-        patched.append((formats, function, original))
-        setattr(formats, function, watched)
-
-    try:
-        for method in format_methods:
-            watch_method(method)
-        watch_function("_round_with_torch", "mpcourse.formats.round_tensor")
-        for function in format_functions:
-            watch_function(function, f"mpcourse.formats.{function}")
-        with Spy():
-            yield found
-    finally:
-        for owner, name, original in reversed(patched):
-            setattr(owner, name, original)
+    with (
+        shortcuts.watch(targets, found=found),
+        shortcuts.conversions(torch_dtypes, methods=torch_methods, found=found),
+    ):
+        yield found
 
 
 def _same(got: float, want: float) -> bool:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -20,41 +20,21 @@ import torch
 from .. import fp8
 from ..fp8 import delayed as fp8_delayed
 from ..fp8 import recipes as fp8_recipes
-from . import call, fail, plural, register
+from . import call, fail, plural, register, shortcuts
 
 E4M3_MAX = 448.0
 
 
-@contextlib.contextmanager
-def _watch(*targets: tuple[Any, str]) -> Iterator[list[str]]:
-    """Note every call of the functions ``getattr(owner, name)`` made inside the block (module globals
-    and class attributes, so that a ``from ... import`` made before the check is seen too)."""
-    seen: list[str] = []
-    originals = [(owner, name, getattr(owner, name)) for owner, name in targets]
-
-    def spy(original: Callable[..., Any], name: str) -> Callable[..., Any]:
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            seen.append(name)
-            return original(*args, **kwargs)
-
-        return wrapper
-
-    for owner, name, original in originals:
-        setattr(owner, name, spy(original, name))
-    try:
-        yield seen
-    finally:
-        for owner, name, original in originals:
-            setattr(owner, name, original)
-
-
 def _call_by_hand(label: str, fn: Any, what: str, *args: Any) -> Any:
     """Call the learner's ``fn``, rejecting an answer that hands the work to :mod:`mpcourse.fp8`."""
-    with _watch(
-        (fp8_recipes, "resolve"),
-        (fp8_recipes, "_mx_scale"),
-        (fp8_recipes, "_amax_scale"),
-        (fp8_delayed.DelayedScaler, "__init__"),
+    # module globals and class attributes, so that a ``from ... import`` made before the check is seen too
+    with shortcuts.watch(
+        [
+            (fp8_recipes, "resolve", "resolve"),
+            (fp8_recipes, "_mx_scale", "_mx_scale"),
+            (fp8_recipes, "_amax_scale", "_amax_scale"),
+            (fp8_delayed.DelayedScaler, "__init__", "__init__"),
+        ]
     ) as seen:
         out = call(label, fn, *args)
     if seen:

@@ -20,7 +20,7 @@ from torch import nn
 from .. import formats
 from ..device import cpu_threads
 from ..gradstats import Log2Histogram
-from . import ExerciseFailed, call, fail, plural, register
+from . import ExerciseFailed, call, fail, plural, register, shortcuts
 from .conformance import compare_with_gradscaler, event_schedule, first_divergence
 
 # ---- loss_scaling-dynamic-scaler ------------------------------------------------------------------
@@ -130,25 +130,12 @@ def _scalers_built() -> Iterator[list[str]]:
 
     from ..loss_scaling import _LossScaler
 
-    built: list[str] = []
-    originals = {cls: cls.__init__ for cls in (GradScaler, _LossScaler)}
-
-    def spy(cls: type) -> Any:
-        def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-            built.append(
-                "a torch.amp.GradScaler" if cls is GradScaler else f"the course's {type(self).__name__}"
-            )
-            originals[cls](self, *args, **kwargs)
-
-        return __init__
-
-    for cls in originals:
-        cls.__init__ = spy(cls)  # type: ignore[method-assign]
-    try:
+    targets = [
+        (GradScaler, "__init__", "a torch.amp.GradScaler"),
+        (_LossScaler, "__init__", lambda scaler, *_, **__: f"the course's {type(scaler).__name__}"),
+    ]
+    with shortcuts.watch(targets) as built:
         yield built
-    finally:
-        for cls, original in originals.items():
-            cls.__init__ = original  # type: ignore[method-assign]
 
 
 @register(

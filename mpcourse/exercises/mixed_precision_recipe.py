@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import device, memory
-from . import ExerciseFailed, call, fail, register
+from . import ExerciseFailed, call, fail, register, shortcuts
 
 SLUG = "mixed_precision_recipe"
 
@@ -511,23 +511,10 @@ _LARGEST_MISTAKES: dict[str, tuple[dict[str, bool], str]] = {
 @contextlib.contextmanager
 def _calculator_off() -> Iterator[list[str]]:
     """Makes the chapter's calculator raise while the learner's function runs, and records the calls."""
-    used: list[str] = []
-    saved = {name: getattr(memory, name) for name in CALCULATOR}
-
-    def refuse(name: str) -> Callable[..., Any]:
-        def stand_in(*args: Any, **kwargs: Any) -> Any:
-            used.append(name)
-            raise RuntimeError(f"mpcourse.memory.{name} is switched off while this exercise is checked")
-
-        return stand_in
-
-    for name in CALCULATOR:
-        setattr(memory, name, refuse(name))
-    try:
+    with shortcuts.watch(
+        [(memory, name, f"mpcourse.memory.{name}") for name in CALCULATOR], refuse=True
+    ) as used:
         yield used
-    finally:
-        for name, fn in saved.items():
-            setattr(memory, name, fn)
 
 
 @register(
@@ -557,7 +544,7 @@ def check_largest_model(largest_model: Any) -> None:
         if used:
             fail(
                 label,
-                f"for {case}, your function called mpcourse.memory.{used[0]}: the exercise asks you to count "
+                f"for {case}, your function called {used[0]}: the exercise asks you to count "
                 "the bytes yourself, and the check compares your count with that calculator.",
                 "write the bytes of each component of a step for each recipe, without the calculator.",
             )
