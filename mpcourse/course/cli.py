@@ -127,6 +127,20 @@ def _nbgrader_check(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _chapter_options(parser: argparse.ArgumentParser, force_help: str) -> None:
+    """--source, --chapter and --force: what every command that writes notebooks from the chapters takes."""
+    parser.add_argument(
+        "--source", default="notebooks", help="folder of instructor notebooks (default: notebooks)"
+    )
+    parser.add_argument(
+        "--chapter",
+        action="append",
+        metavar="SLUG",
+        help="only this chapter (repeat for several; default: every chapter), e.g. --chapter fp8",
+    )
+    parser.add_argument("--force", action="store_true", help=force_help)
+
+
 def _doctor(args: argparse.Namespace) -> int:
     import importlib.metadata as md
 
@@ -224,24 +238,13 @@ def parser() -> argparse.ArgumentParser:
     sub = top.add_subparsers(dest="command", required=True)
     student = sub.add_parser("student", help="write student notebooks (reference solutions removed)")
     student.add_argument("outdir", help="folder to write the student notebooks into")
-    student.add_argument(
-        "--source", default="notebooks", help="folder of instructor notebooks (default: notebooks)"
-    )
-    student.add_argument(
-        "--chapter",
-        action="append",
-        metavar="SLUG",
-        help="only this chapter (repeat for several; default: every chapter), e.g. --chapter fp8",
+    _chapter_options(
+        student, "replace notebooks in OUTDIR that differ from their student version (answers are lost)"
     )
     student.add_argument(
         "--nbgrader",
         action="store_true",
         help="write nbgrader source notebooks instead (markers kept, nbgrader cell metadata added)",
-    )
-    student.add_argument(
-        "--force",
-        action="store_true",
-        help="replace notebooks in OUTDIR that differ from their student version (answers are lost)",
     )
     student.set_defaults(run=_student)
     course = sub.add_parser(
@@ -249,16 +252,8 @@ def parser() -> argparse.ArgumentParser:
         help="lay out an nbgrader course folder: one assignment per chapter, and nbgrader_config.py",
     )
     course.add_argument("course_dir", help="the course folder (created if missing)")
-    course.add_argument(
-        "--source", default="notebooks", help="folder of instructor notebooks (default: notebooks)"
-    )
-    course.add_argument(
-        "--chapter", action="append", metavar="SLUG", help="only this chapter (repeat for several)"
-    )
-    course.add_argument(
-        "--force",
-        action="store_true",
-        help="replace source notebooks that differ from the chapters' nbgrader version (edits are lost)",
+    _chapter_options(
+        course, "replace source notebooks that differ from the chapters' nbgrader version (edits are lost)"
     )
     course.set_defaults(run=_nbgrader_course)
     grading = sub.add_parser(
