@@ -32,6 +32,7 @@ import importlib
 import os
 import pkgutil
 import sys
+import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -176,7 +177,8 @@ def hint(label: str) -> None:
     _HINTS_SHOWN[label] = step + 1
     total = len(exercise.hints)
     last = " (the last one)" if step == total - 1 else f'; hint("{label}") again for the next'
-    print(f"{label}, hint {step + 1} of {total}{last}:\n{exercise.hints[step]}")
+    # Wrapped to the width of a notebook cell, so the hint reads without scrolling sideways.
+    print(f"{label}, hint {step + 1} of {total}{last}:\n{textwrap.fill(exercise.hints[step], width=88)}")
 
 
 def hints(label: str) -> tuple[str, ...]:
