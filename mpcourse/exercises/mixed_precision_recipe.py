@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import device, memory
+from ..train.step import train_step
 from . import ExerciseFailed, call, fail, register, shortcuts
 
 SLUG = "mixed_precision_recipe"
@@ -669,20 +670,6 @@ def _step_batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
     ]
 
 
-def _reference_step(model, optimizer, scaler, x, y, dtype: torch.dtype | None) -> torch.Tensor:
-    optimizer.zero_grad(set_to_none=True)
-    with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-        loss = F.cross_entropy(model(x), y)
-    if dtype == torch.float16:
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        loss.backward()
-        optimizer.step()
-    return loss
-
-
 class _Probe:
     """Hooks on the learner's first layer: the dtype of its output, and, when backward reaches it,
     whether autocast was on and whether the layer's gradient still held the previous step's."""
@@ -829,7 +816,16 @@ def check_train_step(amp_train_step: Any) -> None:
                 )
             ref_before = [q.detach().clone() for q in ref_model.parameters()]
             scale_before = ref_scaler.get_scale()
-            want = _reference_step(ref_model, ref_opt, ref_scaler, x, y, dtype).item()
+            # The reference is the course's own step (mpcourse.train.step), with a scaler for fp16 only.
+            want = train_step(
+                ref_model,
+                x,
+                y,
+                F.cross_entropy,
+                ref_opt,
+                autocast_dtype=dtype,
+                scaler=ref_scaler if dtype == torch.float16 else None,
+            ).loss.item()
             ran = probe.out_dtypes[-1] if probe.out_dtypes else None
             if ran != (dtype or torch.float32):
                 _wrong_format(label, case, ran, dtype, support)
