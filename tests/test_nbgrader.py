@@ -188,3 +188,15 @@ def test_nbgrader_check_names_what_is_missing(tmp_path) -> None:
         and "no assignment bf16" in result.stderr
         and "it has: getting_started" in result.stderr
     )
+
+
+def test_nbgrader_check_without_nbgrader_names_the_extra(tmp_path, monkeypatch, capsys) -> None:
+    from mpcourse.course import cli, grading
+
+    def missing(*args, **kwargs):
+        raise ModuleNotFoundError("No module named 'nbgrader'", name="nbgrader")
+
+    monkeypatch.setattr(grading, "check_course", missing)
+    assert cli.main(["nbgrader-check", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "needs the grade extra" in err and "mpcourse[grade]" in err

@@ -34,6 +34,8 @@ USAGE = 2
 #: The packages of the ``course`` extra (pyproject.toml): only the notebook tooling (student, verify,
 #: record) imports them, so ``doctor`` and ``bench`` run without them.
 COURSE_EXTRA: tuple[str, ...] = ("nbformat", "nbclient")
+#: The package of the ``grade`` extra, which only ``nbgrader-check`` imports.
+GRADE_EXTRA: tuple[str, ...] = ("nbgrader",)
 
 
 class UsageError(ValueError):
@@ -102,14 +104,9 @@ def _nbgrader_course(args: argparse.Namespace) -> int:
 
 
 def _nbgrader_check(args: argparse.Namespace) -> int:
-    from .grading import check_course
-
-    with _arguments():
-        if not (Path(args.course_dir) / "nbgrader_config.py").is_file():
-            raise FileNotFoundError(
-                f"{args.course_dir} has no nbgrader_config.py; lay it out with `mpcourse nbgrader-course`"
-            )
     import warnings
+
+    from .grading import check_course
 
     with warnings.catch_warnings():  # nbgrader's gradebook trips SQLAlchemy 2's session warnings
         warnings.simplefilter("ignore")
@@ -328,11 +325,12 @@ def main(argv: list[str] | None = None) -> int:
         print("mpcourse: error: " + " ".join(str(exc).split()), file=sys.stderr)  # one line
         return USAGE
     except ModuleNotFoundError as exc:
-        if exc.name not in COURSE_EXTRA:
+        extra = "course" if exc.name in COURSE_EXTRA else "grade" if exc.name in GRADE_EXTRA else None
+        if extra is None:
             raise
         print(
-            f"mpcourse: error: 'mpcourse {args.command}' needs the course extra ({exc.name} is not installed): "
-            "pip install 'mpcourse[course]'",
+            f"mpcourse: error: 'mpcourse {args.command}' needs the {extra} extra ({exc.name} is not installed): "
+            f"pip install 'mpcourse[{extra}]'",
             file=sys.stderr,
         )
         return USAGE

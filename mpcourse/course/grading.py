@@ -156,7 +156,7 @@ def check_course(course_dir: Path, only: list[str] | None = None) -> list[Grade]
     config = course_dir / "nbgrader_config.py"
     if not config.is_file():
         raise FileNotFoundError(
-            f"{config} does not exist; lay out the course first with `mpcourse nbgrader-course {course_dir}`"
+            f"{course_dir} has no nbgrader_config.py; lay it out with `mpcourse nbgrader-course {course_dir}`"
         )
     found = sorted(p.name for p in (course_dir / "source").glob("*") if (p / f"{p.name}.ipynb").is_file())
     chosen = only or found
