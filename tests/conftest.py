@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import socket
 import subprocess
 import sys
+import textwrap
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -26,11 +29,86 @@ os.environ.update(dict.fromkeys(OFFLINE_VARIABLES, "1"))
 SITE = ROOT / "_build" / "html"
 
 
+#: One nbgrader cycle over every chapter, in a process of its own (the course's nbgrader_config.py sets
+#: environment variables): alice hands in every chapter with the reference solutions, bob hands in
+#: getting_started with one wrong answer and one left unanswered. tests/test_nbgrader.py checks the grades.
+CYCLE = textwrap.dedent(
+    """
+    import json, sys
+    from dataclasses import asdict
+    from mpcourse.course.grading import round_trip
+
+    def bob(nb):
+        for cell in nb.cells:
+            grade_id = cell.metadata.get("nbgrader", {}).get("grade_id")
+            if grade_id == "getting_started-tflops-answer":  # counts a multiply-add as one FLOP
+                cell.source = "def matmul_tflops(m, n, k, seconds):\\n    return m * n * k / seconds / 1e12\\n"
+            elif grade_id == "getting_started-relative-error-answer":  # left as released: unanswered
+                cell.source = cell.source.split("### BEGIN SOLUTION")[0] + "    raise NotImplementedError()\\n"
+        return nb
+
+    chapters = sys.argv[2].split(",")
+    grades = round_trip(sys.argv[1], {"alice": dict.fromkeys(chapters), "bob": {"getting_started": bob}})
+    print("GRADES=" + json.dumps([asdict(g) for g in grades]))
+    """
+)
+
+
+@dataclass
+class GradedCourse:
+    """The nbgrader cycle's course folder and grades (None, with the log, when the cycle failed)."""
+
+    course: Path
+    grades: dict[tuple[str, str], dict] | None
+    log: str
+
+    def executed(self, student: str = "alice") -> dict[str, Path]:
+        """The autograded, executed notebook of each chapter ``student`` handed in."""
+        folder = self.course / "autograded" / student
+        return {nb.parent.name: nb for nb in sorted(folder.glob("*/*.ipynb")) if nb.stem == nb.parent.name}
+
+
 @pytest.fixture(scope="session")
-def built_site() -> Path:
-    """Build the website exactly as `make book` does (with -W: any warning or cell error fails)."""
+def graded_course(tmp_path_factory: pytest.TempPathFactory) -> GradedCourse:
+    """Every chapter executed and graded once, for the grading tests and the website build."""
+    from mpcourse.course.student import write_nbgrader_course
+
+    course = tmp_path_factory.mktemp("course")
+    write_nbgrader_course(course, ROOT / "notebooks")
+    slugs = [md.stem for md in authoring.chapters()]
+    env = dict(os.environ, MPCOURSE_PROFILE=os.environ.get("MPCOURSE_PROFILE", "ci"))
+    env.pop("MPCOURSE_GRADING", None)  # the course's nbgrader_config.py sets it
+    result = subprocess.run(
+        [sys.executable, "-c", CYCLE, str(course), ",".join(slugs)],
+        cwd=course,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
+    found = [line for line in result.stdout.splitlines() if line.startswith("GRADES=")]
+    if result.returncode != 0 or not found:
+        return GradedCourse(course, None, f"{result.stdout[-4000:]}\n{result.stderr[-8000:]}")
+    grades = {(g["student"], g["assignment"]): g for g in json.loads(found[0].removeprefix("GRADES="))}
+    return GradedCourse(course, grades, "")
+
+
+@pytest.fixture(scope="session")
+def built_site(graded_course: GradedCourse) -> Path:
+    """Build the website exactly as `make book` does (with -W: any warning or cell error fails).
+
+    The chapters' outputs come from the graded run where it executed them cleanly (the same code
+    cells, in the same profile: `authoring.prime_execution_cache`); the build executes the rest.
+    """
     env = dict(os.environ, MPCOURSE_PROFILE=os.environ.get("MPCOURSE_PROFILE", "ci"))
     authoring.refresh_execution_cache(ROOT, env["MPCOURSE_PROFILE"])
+    if graded_course.grades is not None:
+        clean = {
+            slug: path
+            for slug, path in graded_course.executed().items()
+            if not graded_course.grades.get(("alice", slug), {}).get("errors")
+        }
+        authoring.prime_execution_cache(clean, ROOT)
     jupyter_book = Path(sys.executable).parent / "jupyter-book"
     result = subprocess.run(
         [str(jupyter_book), "build", ".", "--toc", "book/_toc.yml", "-W", "-n", "--keep-going"],

@@ -6,7 +6,9 @@ and ``autograde`` grades
 
 - *alice*, who hands in every chapter with the reference solutions: full marks, and no cell of any
   chapter raises. This is also the run of every chapter top to bottom that the suite relies on
-  (it replaced nbval on the instructor notebooks, which executes the same code cells);
+  (it replaced nbval on the instructor notebooks, which executes the same code cells), and the
+  website build reuses its outputs instead of executing the chapters again (``graded_course`` in
+  conftest.py);
 - *bob*, who hands in getting_started with one wrong answer and one left unanswered: no marks.
 
 Grade ids come from exercise labels; a test below checks that editing a chapter keeps them.
@@ -14,11 +16,8 @@ Grade ids come from exercise labels; a test below checks that editing a chapter 
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 import sys
-import textwrap
 
 import nbformat
 import pytest
@@ -27,48 +26,11 @@ from conftest import ROOT
 from mpcourse.course.authoring import chapters
 from mpcourse.course.student import SolutionMarkupError, student_notebook, write_nbgrader_course
 
-CYCLE = textwrap.dedent(
-    """
-    import json, sys
-    from dataclasses import asdict
-    from mpcourse.course.grading import round_trip
-
-    def bob(nb):
-        for cell in nb.cells:
-            grade_id = cell.metadata.get("nbgrader", {}).get("grade_id")
-            if grade_id == "getting_started-tflops-answer":  # counts a multiply-add as one FLOP
-                cell.source = "def matmul_tflops(m, n, k, seconds):\\n    return m * n * k / seconds / 1e12\\n"
-            elif grade_id == "getting_started-relative-error-answer":  # left as released: unanswered
-                cell.source = cell.source.split("### BEGIN SOLUTION")[0] + "    raise NotImplementedError()\\n"
-        return nb
-
-    chapters = sys.argv[2].split(",")
-    grades = round_trip(sys.argv[1], {"alice": dict.fromkeys(chapters), "bob": {"getting_started": bob}})
-    print("GRADES=" + json.dumps([asdict(g) for g in grades]))
-    """
-)
-
 
 @pytest.fixture(scope="module")
-def grades(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], dict]:
-    course = tmp_path_factory.mktemp("course")
-    write_nbgrader_course(course, ROOT / "notebooks")
-    slugs = [md.stem for md in chapters()]
-    env = dict(os.environ, MPCOURSE_PROFILE=os.environ.get("MPCOURSE_PROFILE", "ci"))
-    env.pop("MPCOURSE_GRADING", None)  # the course's nbgrader_config.py sets it
-    result = subprocess.run(
-        [sys.executable, "-c", CYCLE, str(course), ",".join(slugs)],
-        cwd=course,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=3600,
-    )
-    found = [line for line in result.stdout.splitlines() if line.startswith("GRADES=")]
-    assert result.returncode == 0 and found, (
-        f"the nbgrader cycle failed:\n{result.stdout[-4000:]}\n{result.stderr[-8000:]}"
-    )
-    return {(g["student"], g["assignment"]): g for g in json.loads(found[0].removeprefix("GRADES="))}
+def grades(graded_course) -> dict[tuple[str, str], dict]:
+    assert graded_course.grades is not None, f"the nbgrader cycle failed:\n{graded_course.log}"
+    return graded_course.grades
 
 
 @pytest.mark.notebooks

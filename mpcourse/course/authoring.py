@@ -217,6 +217,53 @@ def refresh_execution_cache(root: Path = ROOT, profile: str | None = None) -> bo
     return emptied
 
 
+def prime_execution_cache(executed: dict[str, Path], root: Path = ROOT) -> dict[str, str]:
+    """Give the website build the outputs of chapters that were already executed elsewhere.
+
+    The tests execute every chapter under nbgrader with the reference solutions, and the website
+    build would execute each one again. The graded notebook runs exactly the chapter's code cells,
+    in order, in the same profile, so its outputs are the outputs the build would compute. This
+    copies them, cell by cell, onto the chapter's own notebook and stores that in the build's
+    execution cache (``_build/.jupyter_cache``), where Jupyter Book finds it by the hash of the
+    code cells and their metadata and skips the execution.
+
+    ``executed`` maps a chapter slug to an executed notebook. A chapter is primed only when its
+    code cells and the executed ones have the same sources in the same order and none raised;
+    anything else is left for the build to execute. Returns ``{slug: why}`` for each chapter
+    left out ("primed" for the others). Call it after `refresh_execution_cache`.
+    """
+    from jupyter_cache import get_cache
+    from jupyter_cache.base import CacheBundleIn
+
+    cache = get_cache(str(root / "_build" / ".jupyter_cache"))
+    outcome = {}
+    for slug, path in executed.items():
+        chapter_path = root / "notebooks" / f"{slug}.ipynb"
+        chapter = nbformat.read(chapter_path, as_version=4)
+        ran = nbformat.read(path, as_version=4)
+        mine = [c for c in chapter.cells if c.cell_type == "code"]
+        theirs = [c for c in ran.cells if c.cell_type == "code"]
+        if [c.source for c in mine] != [c.source for c in theirs]:
+            outcome[slug] = "its code cells differ from the executed notebook's"
+            continue
+        if any(o.get("output_type") == "error" for c in theirs for o in c.get("outputs", [])):
+            outcome[slug] = "a cell raised in the executed notebook"
+            continue
+        for cell, done in zip(mine, theirs):
+            cell.outputs = done.get("outputs", [])
+            cell.execution_count = done.get("execution_count")
+        for key in ("widgets", "language_info"):
+            if key in ran.metadata:
+                chapter.metadata[key] = ran.metadata[key]
+        cache.cache_notebook_bundle(
+            CacheBundleIn(chapter, str(chapter_path), data={"primed_from": str(path)}),
+            check_validity=False,
+            overwrite=True,
+        )
+        outcome[slug] = "primed"
+    return outcome
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m mpcourse.course.authoring", description=__doc__.splitlines()[0]
