@@ -307,7 +307,9 @@ def _cpu_support(caps: Capabilities) -> dict[str, Support]:
             else Support("emulated", "no AVX512-BF16 or AMX: bf16 works, but converts to fp32 to compute")
         ),
         "fp8": Support(
-            "emulated", "no CPU computes in fp8: the course quantises in fp8 and computes in fp32"
+            "emulated",
+            "PyTorch's CPU kernels do not compute in fp8 (a few new Arm and Intel CPUs have fp8"
+            " instructions): the course quantises in fp8 and computes in fp32",
         ),
     }
 

@@ -20,9 +20,10 @@ Rounding is round-to-nearest, ties to even (the IEEE 754 default) unless another
 for; overflow gives infinity, NaN, or the largest finite value, as the format defines (or
 saturates when asked). Conversions of float32 values agree bit for bit with ml_dtypes, except in
 the corners documented in :meth:`FloatFormat.encode` (NaN payloads, NaN into a format that has no
-NaN, E8M0 just above 2^-127 before ml_dtypes 0.7); float64 inputs are rounded once, where ml_dtypes and torch go through
-float32. numpy is the core; :func:`round_tensor` runs the same algorithm with torch operations, so
-it works on any device.
+NaN, E8M0 just above 2^-127 before ml_dtypes 0.7). float64 inputs are rounded once, from the exact
+value; torch's CPU casts from float64 go through float32 and can round twice, while ml_dtypes 0.7
+rounds once (:func:`float64_casts` asks the installed versions). numpy is the core;
+:func:`round_tensor` runs the same algorithm with torch operations, so it works on any device.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ __all__ = [
     "FloatFormat",
     "custom",
     "dtype_name",
+    "float64_casts",
     "get",
     "round_tensor",
     "table",
@@ -411,9 +413,10 @@ class FloatFormat:
         """The bit patterns of the representable values nearest to ``values`` (default rounding).
 
         Every input is first converted to float64 exactly (float32, float16, bf16 arrays, Python
-        numbers and CPU torch tensors of any float dtype are accepted), then rounded once. (torch's and
-        ml_dtypes's casts from float64 go through float32 and so can round twice: 1 + 2^-4 + 2^-40
-        becomes 1.0 in their E4M3 instead of 1.125. From float32 inputs all three agree.)
+        numbers and CPU torch tensors of any float dtype are accepted), then rounded once. (torch's
+        CPU casts from float64 go through float32 and so can round twice: 1 + 2^-4 + 2^-40 becomes
+        1.0 in its E4M3 instead of 1.125. ml_dtypes 0.7 rounds once, as this does; what the
+        installed versions do, :func:`float64_casts` measures. From float32 inputs all agree.)
 
         Args:
             values: real numbers, array-like.
@@ -1101,6 +1104,54 @@ def _round_with_torch(
         x, fmt, _torch_ops(), saturate=saturate, rounding=rounding, rng=generator, want_codes=False
     )
     return value.to(t.dtype)
+
+
+def float64_casts(names: Any = ("bf16", "fp16", "e4m3", "e5m2", "fp4")) -> pd.DataFrame:
+    """How the installed torch and numpy/ml_dtypes round a float64 into each format: once, or twice.
+
+    Rounding a float64 to float32 first and then to a narrow format is not the same as rounding it
+    once: when the first rounding lands exactly on a tie of the narrow format, the second one can go
+    the wrong way. The probe for each format is ``x = 1 + eps/2 + 2^-40``, just above the tie between
+    1 and ``1 + eps``. Rounded once, ``x`` becomes ``1 + eps``. Rounded to float32 first, it becomes
+    the tie ``1 + eps/2`` itself (``2^-40`` is less than half of float32's gap at 1, ``2^-23``), and the
+    tie goes to the even neighbour, 1. So a cast that gives 1 went through float32.
+
+    Returns one row per format with the columns ``x``, ``rounded once``, ``via float32``, ``mpcourse``
+    (this module's :meth:`FloatFormat.round`), ``torch`` (a CPU cast of a float64 tensor) and
+    ``numpy/ml_dtypes`` (numpy's cast for float16, ml_dtypes's for the others), each a float64 value
+    or NaN where the library lacks the format (or ml_dtypes is not installed); and ``torch rounds
+    once`` and ``numpy/ml_dtypes rounds once``: True, False, or None where there is no value.
+    """
+    import pandas as pd
+    import torch
+
+    rows = {}
+    for name in names:
+        fmt = get(name)
+        if fmt.mantissa_bits >= 23:
+            raise ValueError(f"float64_casts probes formats narrower than float32; got {fmt.name}")
+        x = 1.0 + fmt.eps / 2 + 2.0**-40
+        row: dict[str, Any] = {
+            "x": x,
+            "rounded once": 1.0 + fmt.eps,
+            "via float32": float(fmt.round(np.float32(x))),
+            "mpcourse": float(fmt.round(x)),
+        }
+        dtype = fmt.torch_dtype
+        row["torch"] = (
+            torch.tensor(x, dtype=torch.float64).to(dtype).double().item() if dtype is not None else math.nan
+        )
+        ml_dtype = fmt.ml_dtype
+        row["numpy/ml_dtypes"] = (
+            float(np.array(x, dtype=np.float64).astype(ml_dtype).astype(np.float64))
+            if ml_dtype is not None
+            else math.nan
+        )
+        for library in ("torch", "numpy/ml_dtypes"):
+            value = row[library]
+            row[f"{library} rounds once"] = None if math.isnan(value) else value == row["rounded once"]
+        rows[fmt.name] = row
+    return pd.DataFrame.from_dict(rows, orient="index")
 
 
 def torch_e4m3fn_saturates() -> bool:

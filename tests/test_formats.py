@@ -230,14 +230,54 @@ def test_float64_inputs_are_rounded_once(name: str) -> None:
         assert same_values(x.astype(np.float16), want).all()
 
 
-def test_torch_and_ml_dtypes_round_float64_through_float32() -> None:
-    """Documented in FloatFormat.encode: their float64 casts can round twice; ours rounds once."""
+def ml_dtypes_version() -> tuple[int, ...]:
+    return tuple(int(part) for part in ml_dtypes.__version__.split(".")[:2])
+
+
+def test_torch_rounds_float64_through_float32_and_ml_dtypes_rounds_once() -> None:
+    """Documented in FloatFormat.encode: torch's float64 casts round twice; ml_dtypes 0.7's and ours once."""
     x = 1 + 2**-4 + 2**-40  # just above the tie between 1 and 1.125 in E4M3
     assert formats.E4M3.round(x) == 1.125
     via_float32 = formats.E4M3.round(np.float32(x))  # float32(x) is the tie itself, which goes to even
     assert via_float32 == 1.0
-    assert float(np.float64(x).astype(ml_dtypes.float8_e4m3fn)) in (via_float32, 1.125)
-    assert torch.tensor(x, dtype=torch.float64).to(torch.float8_e4m3fn).item() in (via_float32, 1.125)
+    assert torch.tensor(x, dtype=torch.float64).to(torch.float8_e4m3fn).item() == via_float32
+    y = 1 + 2**-8 + 2**-40  # just above the tie between 1 and 1 + 2^-7 in bf16
+    assert torch.tensor(y, dtype=torch.float64).to(torch.bfloat16).item() == 1.0
+    ml_e4m3 = float(np.float64(x).astype(ml_dtypes.float8_e4m3fn))
+    ml_bf16 = float(np.float64(y).astype(ml_dtypes.bfloat16))
+    if ml_dtypes_version() >= (0, 7):
+        assert (ml_e4m3, ml_bf16) == (1.125, 1.0078125)
+    else:  # older versions: either is possible; the chapter asks the installed one
+        assert ml_e4m3 in (1.0, 1.125) and ml_bf16 in (1.0, 1.0078125)
+
+
+def test_float64_casts_reports_what_each_library_does() -> None:
+    table = formats.float64_casts()
+    assert list(table.index) == ["bfloat16", "float16", "float8_e4m3fn", "float8_e5m2", "float4_e2m1fn"]
+    assert (table["mpcourse"] == table["rounded once"]).all()
+    assert (table["via float32"] == 1.0).all() and (table["rounded once"] > 1.0).all()
+    assert table.loc["float8_e4m3fn", "rounded once"] == 1.125
+    assert table.loc["bfloat16", "rounded once"] == 1.0078125
+    # Every library value is one of the two roundings, and the flags say which.
+    for library in ("torch", "numpy/ml_dtypes"):
+        known = table[library].notna()
+        values = table.loc[known, library]
+        assert ((values == 1.0) | (values == table.loc[known, "rounded once"])).all()
+        assert (
+            table.loc[known, f"{library} rounds once"] == (values == table.loc[known, "rounded once"])
+        ).all()
+        assert table.loc[~known, f"{library} rounds once"].isna().all()
+    assert math.isnan(table.loc["float4_e2m1fn", "torch"])  # torch has only a packed fp4 (two per byte)
+    assert table.loc["float16", "numpy/ml_dtypes rounds once"]  # numpy rounds float64 to float16 once
+    assert not table["torch rounds once"].dropna().any()  # torch's CPU casts go through float32
+    if ml_dtypes_version() >= (0, 7):
+        assert table["numpy/ml_dtypes rounds once"].all()
+
+
+def test_float64_casts_refuses_formats_as_wide_as_float32() -> None:
+    with pytest.raises(ValueError, match="narrower than float32"):
+        formats.float64_casts(["fp32"])
+    assert list(formats.float64_casts(["tf32"]).index) == ["tf32"]
 
 
 # ---- encoding: torch ------------------------------------------------------------------------------

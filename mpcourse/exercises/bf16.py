@@ -1,17 +1,14 @@
-"""Checks for the exercises of chapter ``bf16``.
+"""Checks for the exercises of chapter ``bf16``: rounding fp32 to bf16 on the bit pattern, the gap
+between neighbouring bf16 numbers, and which autocast dtype a GPU should get.
 
-References are independent of the learner's code: :mod:`mpcourse.formats` (exact float64 rounding,
-for neighbours and for "does this update survive?"), float64 sums of the updates, and bf16 bit
-patterns for the learning-rate floor. :func:`watch_bf16_rounding` sees a library round values that
-bf16 cannot hold, for exercises whose point is to reason without one.
+References are independent of the learner's code: torch's own fp32-to-bf16 conversion (one rounding,
+to nearest, ties to even), :meth:`mpcourse.formats.FloatFormat.spacing` (exact, from the format's
+parameters), and the compute capability from which NVIDIA GPUs have bf16 tensor cores (8.0, Ampere).
+The exercises of the pure-bf16 page live in :mod:`mpcourse.exercises.pure_bf16`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import math
-import types
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -19,465 +16,236 @@ import torch
 
 from .. import formats
 from . import call, fail, register, shortcuts
+from .pure_bf16 import watched_calls
 
 BF16 = formats.BF16
 
-__all__ = ["WatchedArray", "package_use", "watch_bf16_rounding", "watched_calls"]
+
+# ---- bf16-round-bits ------------------------------------------------------------------------------
 
 
-# ---- seeing a library round to bf16 ---------------------------------------------------------------
-
-
-def _inexact_in_bf16(values: Any) -> bool:
-    """Whether any finite value is not a bf16 value (so converting it to bf16 rounds). Bit test only:
-    a float32 whose low 16 bits are zero is a bf16 value; no rounding function is called."""
-    try:
-        x = np.asarray(
-            values.detach().cpu().double() if isinstance(values, torch.Tensor) else values, np.float64
-        )
-    except (TypeError, ValueError):
-        return False
-    x = x[np.isfinite(x)]
-    with np.errstate(over="ignore"):
-        x32 = x.astype(np.float32)
-    exact = (x32.astype(np.float64) == x) & ((x32.view(np.uint32) & 0xFFFF) == 0)
-    return not bool(exact.all())
-
-
-def _floats(value: Any) -> list[Any]:
-    """The floating-point inputs among a torch call's arguments, lists and tuples opened."""
-    if isinstance(value, (list, tuple)):
-        return [v for item in value for v in _floats(item)]
-    if isinstance(value, torch.Tensor):
-        return [value] if value.is_floating_point() and value.dtype != torch.bfloat16 else []
-    if isinstance(value, np.ndarray):
-        return [value] if value.dtype.kind == "f" else []
-    if isinstance(value, float):
-        return [value]
-    return []
-
-
-class WatchedArray(np.ndarray):
-    """A float array that notes any array derived from it being converted to ml_dtypes's bfloat16 from
-    values bf16 cannot hold (numpy calls ``__array_finalize__`` for ``astype`` results, whose ``obj`` is
-    the array converted)."""
-
-    roundings: list[str]
-
-    def __array_finalize__(self, obj: Any) -> None:
-        if not isinstance(obj, np.ndarray):
-            return
-        self.roundings = getattr(obj, "roundings", [])
-        if self.dtype.name == "bfloat16" and obj.dtype.kind == "f" and self.base is not obj:
-            if _inexact_in_bf16(np.asarray(obj)):
-                self.roundings.append("ml_dtypes (astype(bfloat16) of values bf16 cannot hold)")
-
-
-def _uses_ml_dtypes(fn: Any) -> bool:
-    """Whether ``fn`` refers to ml_dtypes (the module, one of its types, or a format's ``ml_dtype``)."""
-    scope = shortcuts.scope_of(fn)
-    for name in shortcuts.names_in(fn):
-        if name in ("ml_dtypes", "ml_dtype"):
-            return True
-        obj = scope.get(name)
-        module = obj.__name__ if isinstance(obj, types.ModuleType) else getattr(obj, "__module__", None)
-        if isinstance(module, str) and module.split(".")[0] == "ml_dtypes":
-            return True
-    return False
-
-
-@contextlib.contextmanager
-def watch_bf16_rounding(fn: Any = None) -> Iterator[list[str]]:
-    """Record every rounding to bf16 of values bf16 cannot hold that a library does meanwhile.
-
-    Seen: torch calls whose result is bf16 and whose floating-point inputs are not all bf16 values
-    (``.to(torch.bfloat16)``, ``.bfloat16()``, ``torch.tensor(..., dtype=torch.bfloat16)``, ``copy_``
-    into a bf16 tensor, a bf16 tensor plus a Python float, ...); :mod:`mpcourse.formats`'s bf16
-    rounding (``BF16.round``, ``encode``, ``round_tensor``); and, given ``fn``, a function that names
-    ml_dtypes. Converting values bf16 already holds (to read their bit patterns, say) rounds nothing
-    and is not recorded. Arrays passed as :class:`WatchedArray` also report ml_dtypes conversions.
-    """
-    found: list[str] = []
-
-    def torch_rounding(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], result: Any) -> str | None:
-        if isinstance(result, torch.Tensor) and result.dtype == torch.bfloat16:
-            if any(_inexact_in_bf16(v) for v in _floats([*args, *kwargs.values()])):
-                return (
-                    f"torch's {getattr(func, '__name__', str(func))}() gave bf16 from values bf16 cannot hold"
-                )
-        return None
-
-    def round_numpy(fmt: formats.FloatFormat, values: Any, *args: Any, **kwargs: Any) -> str | None:
-        if fmt.name == BF16.name and _inexact_in_bf16(values):
-            return "mpcourse.formats (a bf16 rounding: round, encode, neighbours)"
-        return None
-
-    def round_with_torch(t: Any, fmt: formats.FloatFormat, **kwargs: Any) -> str | None:
-        return (
-            "mpcourse.formats (round_tensor to bf16)"
-            if fmt.name == BF16.name and _inexact_in_bf16(t)
-            else None
-        )
-
-    if fn is not None and _uses_ml_dtypes(fn):
-        found.append("ml_dtypes (named in your function)")
-    targets = [
-        (formats.FloatFormat, "_round_numpy", round_numpy),
-        (formats, "_round_with_torch", round_with_torch),
+def _round_bits_cases() -> torch.Tensor:
+    """fp32 values a conversion to bf16 must round right: ties to odd and to even bf16 mantissas, values
+    that carry into the next binade or overflow, subnormals, signed zeros, infinities, random values."""
+    tie_bits = [
+        0x3F808000,  # 1 + 2^-8: halfway between 1 (even mantissa) and 1 + 2^-7 (odd): stays at 1
+        0x3F818000,  # halfway between 1 + 2^-7 (odd) and 1 + 2^-6 (even): goes up
+        0xBF818000,  # the same, negative
+        0x437F8000,  # 255.5: halfway between 255 (odd) and 256 (even): goes up, into the next binade
+        0x43808000,  # 257: the tie of the stalled sum, goes down to 256
+        0x7F7F8000,  # halfway between bf16's largest finite number and the next: rounds to infinity
+        0x00018000,  # a tie between two fp32 subnormals' bf16 neighbours
+        0x3F808001,  # just above a tie: goes up
+        0x3F817FFF,  # just below a tie: goes down
+        0x3FFFFFFF,  # just below 2: rounds up to 2
+        0x7F7FFFFF,  # fp32's largest finite number: above bf16's largest, rounds to infinity
     ]
-    with shortcuts.watch(targets, found=found), shortcuts.torch_calls(torch_rounding, found=found):
-        yield found
-
-
-@contextlib.contextmanager
-def package_use(fn: Any, names: tuple[str, ...]) -> Iterator[list[str]]:
-    """Record uses of the course's own :mod:`mpcourse.bf16` functions ``names`` meanwhile (the chapter
-    demonstrates them just before the exercises that ask for them): calls through the module, and, given
-    ``fn``, any of them that ``fn`` refers to directly (``from mpcourse.bf16 import ...``)."""
-    from .. import bf16 as package
-
-    with shortcuts.watch([(package, name, f"mpcourse.bf16.{name}") for name in names], fn=fn) as found:
-        yield found
-
-
-def watched_calls(fn: Any, names: tuple[str, ...], *, rounding: bool) -> tuple[Any, list[str]]:
-    """``fn`` wrapped so that each call runs under :func:`package_use` (and, with ``rounding``, under
-    :func:`watch_bf16_rounding`), and the list that collects what they saw. Only the learner's calls are
-    watched: the check's own references, computed between them, may round as they please."""
-    used: list[str] = []
-
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        with contextlib.ExitStack() as stack:
-            used_here = stack.enter_context(package_use(fn, names))
-            rounded = stack.enter_context(watch_bf16_rounding()) if rounding else []
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                used.extend(used_here + rounded)
-
-    return wrapper, used
-
-
-# ---- bf16-stochastic-round ------------------------------------------------------------------------
-
-
-def _sr_cases() -> tuple[torch.Tensor, torch.Tensor]:
-    """float32 inputs for the neighbour test, and for the statistics: (values, fraction of the gap)."""
-    bf16_values = torch.tensor(
-        [1.0, -1.0, 0.0, -0.0, 3.140625, 2.0**-126, 2.0**-133, 6.5e4, -(2.0**100), 2.0**127]
-    )
-    specials = torch.tensor([math.inf, -math.inf])
-    gen = torch.Generator().manual_seed(5)
-    random = torch.randn(4000, generator=gen) * torch.exp(torch.randn(4000, generator=gen) * 8)
-    subnormal = torch.tensor([1e-40, -3e-39, 7e-45])  # fp32 subnormals: bf16 subnormals too, same bit trick
-    values = torch.cat([bf16_values, specials, random, subnormal]).float()
-    fractions = torch.tensor([1 / 16, 1 / 4, 1 / 2, 3 / 4, 15 / 16])
-    return values, fractions
-
-
-def _statistics_inputs(fractions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Values a given fraction of the way from a bf16 value to the next one (away from zero), both signs."""
-    bases = torch.tensor([1.0, 1.5078125, 300.0, 2.0**-100, -1.0, -0.0078125, -6016.0])  # all bf16 values
-    gaps = torch.from_numpy(BF16.spacing(bases.numpy().astype(np.float64))).float()
-    x = bases[:, None] + torch.sign(bases)[:, None] * fractions[None, :] * gaps[:, None]
-    return x.float(), bases, gaps
+    specials = torch.tensor([0.0, -0.0, 1.0, -2.5, float("inf"), float("-inf"), 1e-40, -3e-39])
+    ties = torch.from_numpy(np.array(tie_bits, dtype=np.uint32).view(np.float32).copy())
+    gen = torch.Generator().manual_seed(11)
+    magnitudes = torch.exp2(torch.empty(2000).uniform_(-140, 127, generator=gen))
+    signs = torch.where(torch.rand(2000, generator=gen) < 0.5, -1.0, 1.0)
+    return torch.cat([ties, specials, (signs * magnitudes).float()])
 
 
 @register(
-    "bf16-stochastic-round",
-    hints=(
-        "bf16 is the top 16 bits of a float32: the low 16 bits of x's pattern say how far x lies from the "
-        "bf16 value below it in magnitude, as a fraction of the gap between the two neighbours.",
-        "Adding an integer to the whole pattern carries into bit 16 with a probability that depends on the "
-        "low bits: make that probability equal to the fraction they hold, then drop the low bits.",
-        "Draw the random integers uniformly over every possible value of the low 16 bits, from the generator "
-        "you are given, and convert to bf16 only at the end: with the low bits cleared, that is exact.",
-    ),
+    "bf16-round-bits",
+    hints=[
+        "Converting fp32 to bf16 keeps the top 16 bits of the pattern; the question is only when to add one "
+        "to them. Compare the low 16 bits with half of 2^16.",
+        "Adding a constant to the whole 32-bit pattern before cutting the low 16 bits rounds in integers: "
+        "a carry into bit 16 is the round-up. Which constant makes everything above half carry, and "
+        "nothing below?",
+        "At exactly half, the carry must happen only when bit 16 (the last bit kept) is 1: let that bit "
+        "change the constant by one.",
+    ],
 )
-def check_stochastic_round(stochastic_round_bf16: Any) -> None:
-    """``stochastic_round_bf16(x, generator)``: fp32 -> bf16, rounding away from zero with probability f."""
-    label = "bf16-stochastic-round"
-    watched, used = watched_calls(
-        stochastic_round_bf16, ("stochastic_round_bf16", "stochastic_add_"), rounding=True
-    )
-    _check_stochastic_round(watched, label)
+def check_round_bits(to_bf16: Any) -> None:
+    """``to_bf16(x)``: a float32 tensor rounded to bf16 (to nearest, ties to even) in integer operations."""
+    label = "bf16-round-bits"
+    x = _round_bits_cases()
+    want = x.to(torch.bfloat16)  # torch rounds fp32 to bf16 once, to nearest, ties to even
+    watched, used = watched_calls(to_bf16, (), rounding=True)
+    got = call(label, watched, x.clone())
     if used:
         fail(
             label,
-            f"your function lets a library do the rounding: {used[0]}. Its results are "
-            "right, but the exercise is to round with integer operations on the bit pattern yourself.",
-            "work on x's int32 view; the only conversion to bf16 is the last one, of values whose low 16 bits "
-            "are already zero.",
+            f"your function let a library round to bf16 ({used[0]}).",
+            "do the rounding yourself on the integer bit pattern (x.view(torch.int32)); converting a value "
+            "whose low 16 bits are already zero to bf16 rounds nothing and is fine.",
         )
-
-
-def _check_stochastic_round(stochastic_round_bf16: Any, label: str) -> None:
-    values, fractions = _sr_cases()
-    gen = torch.Generator().manual_seed(0)
-    got = call(label, stochastic_round_bf16, values.clone(), gen)
-    if not isinstance(got, torch.Tensor):
-        fail(label, f"you returned {type(got).__name__}, not a tensor.", "return a torch.bfloat16 tensor.")
-    if got.shape != values.shape:
+    if not isinstance(got, torch.Tensor) or got.dtype != torch.bfloat16 or got.shape != x.shape:
+        what = (
+            f"a {got.dtype} tensor of shape {tuple(got.shape)}"
+            if isinstance(got, torch.Tensor)
+            else repr(got)
+        )
         fail(
             label,
-            f"the result has shape {tuple(got.shape)}, the input {tuple(values.shape)}.",
-            "round element-wise.",
+            f"expected a torch.bfloat16 tensor of shape {tuple(x.shape)}, got {what}.",
+            "put the rounded pattern back in the top 16 bits of an int32, view it as float32 and convert "
+            "that (exact) value to bf16.",
         )
-    if got.dtype != torch.bfloat16:
+    got_bits, want_bits = got.view(torch.int16), want.view(torch.int16)
+    wrong = got_bits != want_bits
+    if not wrong.any():
+        return
+    bits = x.view(torch.int32)
+    low = bits & 0xFFFF
+    truncated = (bits & -65536).view(torch.float32).to(torch.bfloat16).view(torch.int16)
+    tie = low == 0x8000
+    i = int(wrong.nonzero()[0])
+    case = f"x = {x[i].item()!r} (bits {int(bits[i]) & 0xFFFFFFFF:08x})"
+    answer = f"you gave {got[i].item()!r}, expected {want[i].item()!r}"
+    if torch.equal(got_bits, truncated):
         fail(
             label,
-            f"the result has dtype {got.dtype}.",
-            "the result must be a bf16 tensor: convert at the end, once the low bits are cleared.",
+            f"for {case} {answer}: your function truncates (rounds toward zero).",
+            "cutting off the low 16 bits always rounds toward zero; round to nearest sometimes goes up.",
         )
-    low = formats.round_tensor(values, BF16, rounding="toward_zero")
-    high = torch.where(
-        values == low,
-        low,
-        low + torch.sign(values) * torch.from_numpy(BF16.spacing(values.double().numpy())).float(),
-    )
-    high = torch.where(torch.isinf(values), values, high)
-    g = got.float()
-    ok = (g == low) | (g == high)
-    if not ok.all():
-        i = int(torch.nonzero(~ok)[0])
-        x = values[i].item()
-        if low[i] == high[i]:
-            fail(
-                label,
-                f"{x!r} is already a bf16 value, but you returned {g[i].item()!r}.",
-                "a value the format holds has its low 16 bits zero: nothing you add to them may carry it to "
-                "another value.",
-            )
+    if bool(tie[wrong].all()):
         fail(
             label,
-            f"{x!r} became {g[i].item()!r}, which is not one of its two bf16 neighbours "
-            f"{low[i].item()!r} and {high[i].item()!r}.",
-            "each result must be one of the two bf16 values around x: only a carry out of the low 16 bits "
-            "may change what you keep.",
+            f"for {case}, exactly halfway between two bf16 numbers, {answer}.",
+            "every value except the exact ties is right: a tie goes to the neighbour whose last kept bit is 0.",
         )
-
-    x, bases, gaps = _statistics_inputs(fractions)
-    draws = 4000
-    wide = x.repeat(draws, 1, 1)
-    out = call(label, stochastic_round_bf16, wide.clone(), torch.Generator().manual_seed(1))
-    if not isinstance(out, torch.Tensor) or out.shape != wide.shape:
-        fail(
-            label,
-            "a second call, on a 3-d tensor, did not return a tensor of the same shape.",
-            "round element-wise, for any shape.",
-        )
-    up = (out.float() != bases[None, :, None]).float().mean(dim=0)  # fraction rounded away from zero
-    expected = fractions[None, :].expand_as(up)
-    se = torch.sqrt(expected * (1 - expected) / draws)
-    if (up == 0).all():
-        fail(
-            label,
-            "no value was ever rounded away from zero: that is truncation (round toward zero), which is "
-            "biased: every result is too small in magnitude.",
-            "the random number you add never carries into bit 16: look at its range and where you add it.",
-        )
-    deterministic = ((up == 0) | (up == 1)).all()
-    if deterministic:
-        fail(
-            label,
-            "every value is rounded the same way on every draw: that is a deterministic rounding (to "
-            "nearest, or toward zero), not a stochastic one.",
-            "the random numbers never reach the result: look at where they enter.",
-        )
-    bad = (up - expected).abs() > 5 * se + 1e-3
-    if bad.any():
-        negative = bases < 0
-        flipped = (up - (1 - expected)).abs() <= 5 * se + 1e-3
-        if bad[negative].any() and flipped[negative].all() and not bad[~negative].any():
-            fail(
-                label,
-                "negative values are rounded away from zero with probability 1 - f instead of f: you "
-                "rounded toward +infinity rather than in magnitude.",
-                "a float's sign is a separate bit: adding to the magnitude bits works for both signs.",
-            )
-        r, c = (int(v) for v in torch.nonzero(bad)[0])
-        fail(
-            label,
-            f"a value {fractions[c].item():g} of the way to its upper neighbour (from {bases[r].item()!r}) "
-            f"was rounded away from zero in {up[r, c].item():.1%} of {draws} draws; it should be "
-            f"{fractions[c].item():.1%} (give or take {5 * se[r, c].item():.1%}).",
-            "the probability of rounding away from zero must equal the fraction of the gap covered: look at "
-            "the range your random integers are drawn from.",
-        )
-    mean_error = ((out.float().double().mean(dim=0) - x.double()) / gaps[:, None].double()).abs().max().item()
-    if mean_error > 0.05:
-        fail(
-            label,
-            f"the average of many roundings misses the input by {mean_error:.2f} of a gap.",
-            "stochastic rounding is unbiased: look at the range your random integers are drawn from.",
-        )
-    # The randomness must come from `generator`: reproducible with it, different across seeds. (A
-    # global generator, or one seeded inside the function, passes every statistical test above.)
-    inexact = values[low != high].clone()
-    first, again, other = (
-        call(label, stochastic_round_bf16, inexact.clone(), torch.Generator().manual_seed(seed))
-        for seed in (11, 11, 12)
-    )
-    generator_hint = (
-        "draw every random number from the generator you are given, and seed nothing inside the function."
-    )
-    if not torch.equal(first, again):
-        fail(
-            label,
-            "two calls with generators seeded alike rounded the same inputs differently: the "
-            "random bits do not come (only) from `generator`.",
-            generator_hint,
-        )
-    if torch.equal(first, other):
-        fail(
-            label,
-            f"generators with different seeds gave exactly the same roundings of {inexact.numel()} "
-            "inexact values: your function ignores `generator` (a fixed seed inside it?).",
-            generator_hint,
-        )
+    fail(label, f"for {case} {answer}.", "round to nearest: compare the low 16 bits with half of 2^16.")
 
 
-# ---- bf16-update-survives -------------------------------------------------------------------------
+# ---- bf16-gap -------------------------------------------------------------------------------------
 
 
-def _survival_cases() -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-    """(w, u, groups): bf16 weights and updates around every threshold, with named subsets."""
-    w_list, u_list, group = [], [], []
-
-    def add(name: str, w: np.ndarray, u: np.ndarray) -> None:
-        w_list.append(np.asarray(w, dtype=np.float64))
-        u_list.append(np.asarray(u, dtype=np.float64))
-        group.extend([name] * np.size(w))
-
-    rng = np.random.default_rng(3)
-    w = BF16.round(rng.standard_normal(600) * np.exp(rng.uniform(-8, 8, 600)))
-    w = w[w != 0]
-    gap = BF16.spacing(w)
-    ratios = np.exp(rng.uniform(np.log(2.0**-12), np.log(2.0**-5), w.size))
-    add("random", w, np.sign(rng.standard_normal(w.size)) * ratios * np.abs(w))
-    # Exactly half a gap away from zero: a tie, decided by the last mantissa bit of w (ties to even).
-    w_tie = BF16.round(1.0 + np.arange(16) * 2.0**-7) * np.array([1, -1] * 8)
-    add("tie", w_tie, np.sign(w_tie) * BF16.spacing(w_tie) / 2)
-    # Just above / below half a gap.
-    add("above-half", w, np.sign(w) * gap / 2 * (1 + 2.0**-20))
-    add("below-half", w, np.sign(w) * gap / 2 * (1 - 2.0**-20))
-    # Just above a tie by far less than fp32 can hold next to w: rounding w + u to fp32 first makes it a tie.
-    w_near = BF16.round(1.0 + 2 * np.arange(8) * 2.0**-7)  # even mantissas: a tie would go back to w
-    add("double-rounding", w_near, BF16.spacing(w_near) / 2 + 2.0**-40)
-    # Towards zero from a power of two: the gap below is half the gap above.
-    powers = 2.0 ** np.arange(-6, 7)
-    add("power-of-two-down", powers, -0.3 * BF16.spacing(powers))  # 0.3 gap above = 0.6 gap below: survives
-    add("power-of-two-down-small", powers, -0.2 * BF16.spacing(powers))  # 0.4 gap below: lost
-    add("zero-update", w[:20], np.zeros(20))
-    add("zero-weight", np.zeros(3), np.array([1e-30, 2.0**-135, -1e-20]))
-    groups_arr = np.array(group)
-    w_all, u_all = np.concatenate(w_list), np.concatenate(u_list)
-    return w_all, u_all, {name: groups_arr == name for name in dict.fromkeys(group)}
-
-
-def _survives_reference(w: np.ndarray, u: np.ndarray) -> np.ndarray:
-    return BF16.round(w + u) != w  # w + u is exact in float64 for these cases; one rounding to bf16
+def _gap_cases() -> np.ndarray:
+    """float32 values across bf16's whole range, in float64: powers of two and just below them, values
+    inside binades, subnormals and zero, both signs."""
+    specials = [0.0, -0.0, 1.0, 1.5, 2.0, -2.0, 3.999, 255.0, 256.0, 257.5, 1e-3, 2.0**-126, 2.0**-127, 1e-40]
+    specials += [float(np.float32(2.0) - np.float32(2.0**-23)), -1e-45, 3.0e38, -BF16.max]
+    gen = np.random.default_rng(12)
+    random = np.exp2(gen.uniform(-133, 127.9, 3000)) * gen.choice([-1.0, 1.0], 3000)
+    return np.concatenate([np.asarray(specials), random]).astype(np.float32).astype(np.float64)
 
 
 @register(
-    "bf16-update-survives",
-    hints=(
-        "Round to nearest moves w exactly when w + u lies closer to a neighbour of w than to w itself: "
-        "compare |u| with half the distance from w to its neighbour in the direction of u.",
-        "That distance is the gap of w's binade, except toward zero from an exact power of two, where the "
-        "binade below has half the gap, and at zero, where it is the smallest subnormal.",
-        "At exactly half a gap the sum is a tie, which goes to the neighbour whose last mantissa bit is 0: "
-        "read w's last mantissa bit from its bit pattern. Decide from the exact values: rounding w + u to "
-        "float32 first can turn a sum just past half a gap into a tie.",
-    ),
+    "bf16-gap",
+    hints=[
+        "Inside one binade [2^e, 2^(e+1)) the bf16 numbers are evenly spaced: how many of them are there, "
+        "given 7 stored mantissa bits?",
+        "So the gap is a power of two that depends only on e, the binade's exponent. Find e from |x| "
+        "(np.floor(np.log2(...)), np.frexp, or the float32 bit pattern; mind what frexp returns).",
+        "Below bf16's smallest normal number 2^-126 the spacing stops shrinking: subnormals, and zero, share "
+        "one gap, the smallest subnormal.",
+    ],
 )
-def check_update_survives(update_survives: Any) -> None:
-    """``update_survives(w, u)``: does the bf16 weight ``w`` change when ``u`` is added and rounded once?
-
-    The answer must come from reasoning about the gap: a library that rounds ``w + u`` to bf16 gives the
-    right booleans but skips the exercise, so :func:`watch_bf16_rounding` looks and such an answer is
-    refused. Reading ``w``'s own bit pattern (a bf16 value, so nothing is rounded) is allowed.
-    """
-    label = "bf16-update-survives"
-    w, u, groups = _survival_cases()
-    w_in, u_in = w.copy().view(WatchedArray), u.copy().view(WatchedArray)
-    w_in.roundings = u_in.roundings = []
-    with watch_bf16_rounding(update_survives) as roundings:
-        got = call(label, update_survives, w_in, u_in)
-    roundings += w_in.roundings
-    _judge_survival(label, got, w, u, groups)
-    if roundings:
+def check_gap(bf16_gap: Any) -> None:
+    """``bf16_gap(x)``: the gap between neighbouring bf16 numbers in the binade of each |x|."""
+    label = "bf16-gap"
+    x = _gap_cases()
+    want = np.asarray(BF16.spacing(x), dtype=np.float64)
+    with shortcuts.watch(
+        [(formats.FloatFormat, "spacing", "mpcourse.formats' spacing")], fn=bf16_gap
+    ) as used:
+        got = call(label, bf16_gap, x.copy())
+    if used:
         fail(
             label,
-            f"your function lets a library round w + u to bf16: {roundings[0]}. That gives the right answers, "
-            "but the exercise is to predict them from the gap, without a rounding function.",
-            "decide from |u| and the distance from w to its neighbour. Reading w's bit pattern is fine (w is a "
-            "bf16 value, so converting it rounds nothing), and so is BF16.spacing.",
+            f"your function used {used[0]}, which computes the answer for you.",
+            "compute the gap from the binade of |x| and bf16's number of mantissa bits.",
         )
-
-
-def _judge_survival(
-    label: str, got: Any, w: np.ndarray, u: np.ndarray, groups: dict[str, np.ndarray]
-) -> None:
-    hint = "compare |u| with half the distance from w to its neighbour in the direction of u."
-    got_arr = np.asarray(got)
-    if got_arr.shape != w.shape or got_arr.dtype != np.bool_:
+    try:
+        got = np.asarray(got.detach().cpu().double() if isinstance(got, torch.Tensor) else got, np.float64)
+    except (TypeError, ValueError):
+        fail(label, f"your answer {got!r} is not an array of numbers.", "return one gap per element of x.")
+    if got.shape != x.shape:
         fail(
             label,
-            f"you returned an array of dtype {got_arr.dtype} and shape {got_arr.shape}.",
-            f"return a boolean numpy array of shape {w.shape}, one answer per (w, u) pair.",
+            f"your answer has shape {got.shape}, expected {x.shape}.",
+            "return one gap per element of x.",
         )
-    want = _survives_reference(w, u)
-    wrong = got_arr != want
+    wrong = ~(got == want)
     if not wrong.any():
         return
-    explanations = {
-        "tie": (
-            "an update of exactly half a gap is a tie: ties go to the even neighbour, so it survives only "
-            "when w's last mantissa bit is 1.",
-            "look at the pairs where |u| is exactly half a gap.",
-        ),
-        "double-rounding": (
-            "an update just above half a gap was judged lost. Rounding w + u (or u) to float32 first makes it "
-            "an exact tie, which then goes back to w: that is double rounding.",
-            "decide from the exact values (float64 holds them exactly here).",
-        ),
-        "power-of-two-down": (
-            "updates toward zero from a power of two were judged lost, but the gap below a "
-            "power of two is half the gap above it.",
-            "look at the weights that are exact powers of two, and at the direction of their update.",
-        ),
-        "power-of-two-down-small": (
-            "updates toward zero from a power of two, below half of the (smaller) gap "
-            "under it, were judged to survive.",
-            "look at the weights that are exact powers of two, and at the direction of their update.",
-        ),
-        "zero-update": ("a zero update cannot change a weight.", "look at the pairs where u is 0."),
-        "zero-weight": (
-            "near zero the gap is the smallest subnormal, 2^-133: an update survives unless it is "
-            "below half of that.",
-            "look at the weights that are 0.",
-        ),
-    }
-    if not (wrong & groups["random"]).any():  # the rule is right in general: name the special case it misses
-        for name, (what, group_hint) in explanations.items():
-            if (wrong & groups[name]).any():
-                fail(label, what, group_hint)
     i = int(np.flatnonzero(wrong)[0])
-    relative = abs(u[i]) / abs(w[i]) if w[i] else math.inf
-    if (wrong & (groups["above-half"] | groups["below-half"])).any():
+    case = f"x = {x[i]!r}: you gave {got[i]!r}, expected {want[i]!r}"
+    normal = np.abs(x) >= BF16.tiny
+    ratio = np.where(want > 0, got / want, np.nan)
+    if not wrong[normal].any():
         fail(
             label,
-            f"for w = {w[i]!r}, u = {u[i]!r} (|u|/|w| = {relative:.3g}) you answered {bool(got_arr[i])}. "
-            "Your threshold is off: updates just above half a gap survive, just below it they do not.",
-            hint,
+            f"every normal number is right, but for {case}.",
+            "below bf16's smallest normal number the gap no longer shrinks with |x|.",
         )
-    fail(
-        label,
-        f"for w = {w[i]!r}, u = {u[i]!r} (|u|/|w| = {relative:.3g}) you answered {bool(got_arr[i])}.",
-        hint,
-    )
+    if np.allclose(ratio[normal], ratio[normal][0]) and ratio[normal][0] in (0.5, 2.0):
+        fail(
+            label,
+            f"for {case}: every normal gap is off by a factor of {ratio[normal][0]:g}.",
+            "count the bits again: how many bf16 numbers does one binade hold? (np.frexp's exponent is one "
+            "more than the binade's.)",
+        )
+    if not np.all(np.log2(got[normal & (got > 0)]) % 1 == 0):
+        fail(
+            label,
+            f"for {case}: your gaps are not powers of two.",
+            "the gap is the same for every x of one binade; it does not grow in proportion to x.",
+        )
+    fail(label, f"for {case}.", "find the binade of |x| first; mind exact powers of two.")
 
 
-# The checks of the chapter's training exercises live in bf16_training.py; importing it registers them.
-from . import bf16_training  # noqa: E402, F401
+# ---- bf16-autocast-dtype --------------------------------------------------------------------------
+
+#: NVIDIA compute capabilities from Volta on, with whether the GPU has bf16 tensor cores (from sm_80).
+_CAPABILITIES: dict[tuple[int, int], str] = {
+    (7, 0): "V100",
+    (7, 2): "Jetson AGX Xavier",
+    (7, 5): "T4",
+    (8, 0): "A100",
+    (8, 6): "RTX 3090 / A10",
+    (8, 7): "Jetson Orin",
+    (8, 9): "L4",
+    (9, 0): "H100",
+    (10, 0): "B200",
+    (12, 0): "RTX 5090",
+}
+
+
+@register(
+    "bf16-autocast-dtype",
+    hints=[
+        "The question is which GPUs have bf16 tensor cores, not which ones can run bf16 tensors: all of "
+        "them can, which is why is_bf16_supported() answers yes on a T4.",
+        "bf16 tensor cores came with one GPU generation; look up its compute capability in the device table "
+        "of this chapter and compare the whole (major, minor) pair with it.",
+        "Python compares tuples element by element, so a (major, minor) pair can be compared with another "
+        "pair directly; comparing the major number alone is enough only if you pick the right one.",
+    ],
+)
+def check_autocast_dtype(autocast_dtype: Any) -> None:
+    """``autocast_dtype((major, minor))``: torch.bfloat16 where the GPU has bf16 tensor cores, else float16."""
+    label = "bf16-autocast-dtype"
+    answers = {cc: call(label, autocast_dtype, cc) for cc in _CAPABILITIES}
+    for cc, got in answers.items():
+        if got not in (torch.bfloat16, torch.float16):
+            fail(
+                label,
+                f"for compute capability {cc} ({_CAPABILITIES[cc]}) you returned {got!r}.",
+                "return torch.bfloat16 or torch.float16 (a torch.dtype, not a string).",
+            )
+    if len(set(answers.values())) == 1:
+        fail(
+            label,
+            f"you returned {next(iter(answers.values()))} for every GPU from a V100 to a B200.",
+            "decide from the compute capability you are given; a call that asks this machine's GPU, or "
+            "is_bf16_supported(), does not depend on it.",
+        )
+    for cc, got in answers.items():
+        want = torch.bfloat16 if cc >= (8, 0) else torch.float16
+        if got != want:
+            why = (
+                "it has bf16 tensor cores, so bf16 autocast needs no loss scaler and runs as fast as fp16"
+                if want == torch.bfloat16
+                else "it has no bf16 tensor cores: bf16 would run without them"
+            )
+            fail(
+                label,
+                f"for compute capability {cc} ({_CAPABILITIES[cc]}) you returned {got}, but {why}.",
+                "find the first compute capability with bf16 tensor cores in this chapter's device table.",
+            )

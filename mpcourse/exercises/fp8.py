@@ -71,7 +71,7 @@ def _tensorwise_inputs() -> dict[str, torch.Tensor]:
     return {
         "a normal tensor (std 3)": normal,
         "a tensor whose largest-magnitude entry is negative (-40)": negative,
-        "tiny values (about 1e-6; unscaled they would all flush to zero in E4M3)": torch.randn(
+        "tiny values (about 1e-6; unscaled they would all underflow to zero in E4M3)": torch.randn(
             16, 64, generator=gen
         )
         * 1e-6,
