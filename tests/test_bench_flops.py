@@ -49,3 +49,15 @@ def test_mfu() -> None:
         flops.mfu(1.0, 0.0, 100)
     with pytest.raises(ValueError, match="positive"):
         flops.transformer_flops(0, 10)
+
+
+def test_attention_flops_count_both_products_forward_and_backward() -> None:
+    # Per layer and sequence: Q K^T and A V are each 2 T^2 d forward; backward doubles the forward.
+    layers, width, seq, batch = 3, 64, 32, 5
+    forward = 2 * (2 * seq * seq * width) * layers * batch
+    assert flops.attention_flops(layers, width, seq, tokens=seq * batch) == 3 * forward
+
+
+def test_attention_flops_reject_nonsense() -> None:
+    with pytest.raises(ValueError, match="positive"):
+        flops.attention_flops(0, 64, 32, 32)

@@ -239,3 +239,46 @@ def test_paired_ratio_compares_neighbouring_blocks() -> None:
     assert ours.median / theirs.median == pytest.approx(1.1 / 1.05)
     with pytest.raises(ValueError, match="one sample per block"):
         timing.paired_ratio(ours, timing.Timing((1.0,), "c"))
+
+
+def test_the_last_level_cache_is_a_plausible_size() -> None:
+    nbytes = timing.last_level_cache_bytes("cpu")
+    assert 2**16 <= nbytes <= 2**31  # from a small embedded L2 to the largest server L3s
+
+
+def test_cold_cache_flushes_before_every_call_and_times_only_the_calls(monkeypatch) -> None:
+    calls, fills = [], []
+    real_fill = torch.Tensor.fill_
+
+    def fill(self, value):  # every flush writes the whole buffer, before the call it precedes
+        fills.append((self.numel(), len(calls)))
+        return real_fill(self, value)
+
+    monkeypatch.setattr(torch.Tensor, "fill_", fill)
+    t = timing.cold_cache(lambda: calls.append(time.sleep(0.002)), repeats=4, warmup=2, flush_bytes=2**20)
+    assert len(calls) == 6 and len(t.samples) == 4
+    assert fills == [(2**20, i) for i in range(6)]
+    assert all(s >= 0.002 for s in t.samples)  # the sleep is timed
+    assert "cold cache" in t.method and "1 MiB" in t.method
+
+
+def test_cold_cache_excludes_the_flush_from_the_time() -> None:
+    # A flush of 64 MiB takes milliseconds; a no-op call timed after it must stay far below that.
+    t = timing.cold_cache(lambda: None, repeats=3, flush_bytes=64 * 2**20)
+    assert t.median < 1e-3
+
+
+def test_cold_cache_defaults_to_twice_the_last_level_cache() -> None:
+    t = timing.cold_cache(lambda: None, repeats=1, warmup=0)
+    assert f"{2 * timing.last_level_cache_bytes('cpu') / 2**20:.0f} MiB" in t.method
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [({"repeats": 0}, "repeats"), ({"warmup": -1}, "warmup"), ({"flush_bytes": 0}, "flush_bytes")],
+)
+def test_cold_cache_rejects_bad_arguments(kwargs, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        timing.cold_cache(lambda: None, **kwargs)
+    with pytest.raises(TypeError, match="callable"):
+        timing.cold_cache(42)  # type: ignore[arg-type]

@@ -5,9 +5,10 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 
 from mpcourse import data, device, models
-from mpcourse.bench import trainstep
+from mpcourse.bench import flops, trainstep
 
 CPU = device.capabilities(kind="cpu")
 
@@ -57,6 +58,31 @@ def test_model_flops_agree_with_six_nt(text) -> None:
     assert count["tokens"] == 4 * 16
     assert 0.5 < count["counted"] / count["six_nt"] < 2
     assert all(p.grad is None for p in model.parameters())  # counting leaves no gradients behind
+
+
+def test_recomputation_adds_the_blocks_forward_to_the_hardware_flops(text) -> None:
+    model = models.for_data(text, width=32, depth=2)
+    plain = trainstep.model_flops(model, text, batch_size=4, countable_attention=True)
+    redone = trainstep.model_flops(model, text, batch_size=4, recompute=True, countable_attention=True)
+    # A forward is a third of forward + backward: recomputing the blocks (not the head) adds under a third.
+    assert 1 < redone["counted"] / plain["counted"] < 4 / 3
+    assert redone["six_nt"] == plain["six_nt"]  # the model FLOPs do not change
+    assert isinstance(model.blocks, torch.nn.Sequential)  # the model is left as it was
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_counted_attention_matches_the_palm_formula(text) -> None:
+    model = models.for_data(text, width=32, depth=2)
+    fused = trainstep.model_flops(model, text, batch_size=4)
+    reference = trainstep.model_flops(model, text, batch_size=4, countable_attention=True)
+    extra = flops.attention_flops(layers=2, width=32, seq_len=16, tokens=reference["tokens"])
+    if next(model.parameters()).device.type == "cpu":
+        assert reference["counted"] - fused["counted"] == extra  # the fused CPU kernel counts zero
+
+
+def test_recompute_needs_blocks(text) -> None:
+    with pytest.raises(ValueError, match="blocks"):
+        trainstep.model_flops(torch.nn.Linear(4, 4), text, batch_size=2, recompute=True)
 
 
 #: The CPU flags mpcourse is shown, to pretend to be a CPU without bf16 units and one with them,

@@ -14,6 +14,8 @@ the accelerator at the edges of each block of calls, and returns many samples. :
 (a plain clock loop with explicit synchronisation) and :func:`cuda_events` (the GPU's own clock) are
 *independent* measurements of the same thing, used to check it. :func:`naive` and :func:`unsynchronised`
 are the two classic mistakes, kept so a chapter can show how wrong they are on its own device.
+:func:`cold_cache` times each call after evicting the caches, for the first call of a real
+workload, whose operands were not just read by the previous repeat.
 """
 
 from __future__ import annotations
@@ -32,9 +34,11 @@ import torch.utils.benchmark as torch_benchmark
 __all__ = [
     "Timing",
     "benchmark",
+    "cold_cache",
     "compare",
     "cuda_events",
     "independent",
+    "last_level_cache_bytes",
     "naive",
     "paired",
     "paired_ratio",
@@ -416,3 +420,85 @@ def _rss_sampler(interval: float = 5e-4) -> Iterator[Callable[[], int]]:
         stop.set()
         thread.join()
         highest[0] = max(highest[0], process.memory_info().rss)
+
+
+#: What :func:`last_level_cache_bytes` assumes on a CPU whose cache sizes the system does not report.
+FALLBACK_CACHE_BYTES = 64 * 2**20
+
+
+def last_level_cache_bytes(device: str | torch.device = "cpu") -> int:
+    """Bytes of the last-level cache that serves ``device``: a CUDA GPU's L2, or a CPU's largest cache.
+
+    On CUDA this is ``torch.cuda.get_device_properties(device).L2_cache_size``. On a Linux CPU it is the
+    largest ``size`` under ``/sys/devices/system/cpu/cpu0/cache/`` (the L3 shared by a socket, on most
+    machines); where that is not readable, :data:`FALLBACK_CACHE_BYTES`, larger than the L3 of most
+    desktop and laptop CPUs.
+    """
+    kind = _kind(device)
+    if kind == "cuda":
+        return int(torch.cuda.get_device_properties(device).L2_cache_size)
+    from pathlib import Path
+
+    largest = 0
+    for entry in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
+        try:
+            text = entry.read_text().strip().upper()
+        except OSError:
+            continue
+        scale = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:], 1)
+        digits = text.rstrip("KMG")
+        if digits.isdigit():
+            largest = max(largest, int(digits) * scale)
+    return largest or FALLBACK_CACHE_BYTES
+
+
+def cold_cache(
+    fn: Callable[[], object],
+    *,
+    device: str | torch.device = "cpu",
+    repeats: int = 10,
+    warmup: int = 1,
+    flush_bytes: int | None = None,
+) -> Timing:
+    """Time ``fn()`` with the caches cold: before every call, write a buffer larger than the last-level cache.
+
+    Back-to-back repeats of a small product find its operands still in cache (a GPU's L2, a CPU's L3)
+    and so time a case a training step rarely sees: there, other layers' data passed through the cache
+    in between. Writing ``flush_bytes`` (default: twice :func:`last_level_cache_bytes`) evicts them, so
+    each call reads its operands from main memory. Only ``fn()`` is timed: the flush is finished (the
+    device synchronised) before the clock starts. On a CUDA device the clock is a pair of CUDA events
+    around each call; elsewhere ``time.perf_counter``. ``warmup`` calls (each after a flush too) pay
+    the first-call costs and are not timed. This is the approach of Triton's ``do_bench``, which
+    zeroes a buffer of 256 MiB between calls (``triton.testing.do_bench``).
+    """
+    _check_counts(repeats, warmup)
+    if not callable(fn):
+        raise TypeError(f"fn must be a callable taking no arguments, got {type(fn).__name__}")
+    kind = _kind(device)
+    nbytes = 2 * last_level_cache_bytes(device) if flush_bytes is None else flush_bytes
+    if nbytes < 1:
+        raise ValueError(f"flush_bytes must be a positive number of bytes, got {flush_bytes}")
+    buffer = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    cuda = kind == "cuda"
+    samples = []
+    for i in range(warmup + repeats):
+        buffer.fill_(i % 255 + 1)  # a write of every byte: the cache lines of fn's data are evicted
+        synchronize(device)
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            seconds = start.elapsed_time(end) / 1e3
+        else:
+            begin = time.perf_counter()
+            fn()
+            synchronize(device)
+            seconds = time.perf_counter() - begin
+        if i >= warmup:
+            samples.append(seconds)
+    method = f"cold cache ({nbytes / 2**20:.0f} MiB written before each call), " + (
+        "CUDA events" if cuda else "time.perf_counter, synchronised"
+    )
+    return Timing(tuple(samples), method)

@@ -85,23 +85,69 @@ def fp8_layers(name: str, factory: Callable[[], torch.nn.Module]) -> tuple[str, 
     return f"{converted}/{len(table)}", why
 
 
-def model_flops(model: torch.nn.Module, data: TextData, batch_size: int) -> dict[str, float]:
+def model_flops(
+    model: torch.nn.Module,
+    data: TextData,
+    batch_size: int,
+    *,
+    recompute: bool = False,
+    countable_attention: bool = False,
+) -> dict[str, float]:
     """FLOPs of one training step (forward and backward) of ``model`` on a batch of ``data``.
 
     Returns ``counted`` (``FlopCounterMode``), ``six_nt`` (6 x matrix parameters x tokens) and the
     tokens per step. The count is independent of the precision: the same products run in any dtype.
+
+    ``recompute=True`` runs each of the model's ``blocks`` under activation checkpointing
+    (``torch.utils.checkpoint``, non-reentrant), so the count includes the forward pass that the
+    backward pass repeats: the hardware FLOPs of such a step, against its unchanged model FLOPs.
+    ``countable_attention=True`` runs attention through PyTorch's reference ("math") kernel, whose
+    batched products ``FlopCounterMode`` counts; the fused CPU kernel it otherwise uses has no FLOP
+    formula in ``FlopCounterMode`` and counts as zero.
     """
     dev = next(model.parameters()).device
     x, y = data.to(dev).sample(batch_size, torch.Generator().manual_seed(0))
+    blocks = getattr(model, "blocks", None)
+    if recompute and not isinstance(blocks, torch.nn.Sequential):
+        raise ValueError(
+            "recompute=True needs a model whose transformer blocks are an nn.Sequential `blocks`"
+        )
     model.zero_grad(set_to_none=True)
-    counted = flops.count_flops(lambda: data.loss(model(x), y).backward())
-    model.zero_grad(set_to_none=True)
+    attention = contextlib.nullcontext()
+    if countable_attention:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        attention = sdpa_kernel(SDPBackend.MATH)
+    try:
+        if recompute:
+            model.blocks = _Checkpointed(blocks)
+        with attention:
+            counted = flops.count_flops(lambda: data.loss(model(x), y).backward())
+    finally:
+        if recompute:
+            model.blocks = blocks
+        model.zero_grad(set_to_none=True)
     tokens = batch_size * data.items_per_sample
     return {
         "counted": counted,
         "six_nt": flops.transformer_flops(memory.matmul_parameter_count(model), tokens),
         "tokens": tokens,
     }
+
+
+class _Checkpointed(torch.nn.Module):
+    """Blocks run one by one under activation checkpointing: their activations are recomputed in backward."""
+
+    def __init__(self, blocks: torch.nn.Sequential) -> None:
+        super().__init__()
+        self.inner = blocks
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from torch.utils.checkpoint import checkpoint
+
+        for block in self.inner:
+            x = checkpoint(block, x, use_reentrant=False)
+        return x
 
 
 def recipe_table(
