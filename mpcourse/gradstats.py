@@ -23,8 +23,10 @@ Two kinds of gradient matter, and the literature distinguishes them (Micikeviciu
 - **weight gradients**, ``p.grad``: what the optimizer consumes (fp32 with fp32 master weights).
 
 Everything is exact: binades come from ``torch.frexp`` (no ``log2`` rounding), and whether a
-value flushes to zero or overflows in a format is decided by rounding it to that format with
-:func:`mpcourse.formats.round_tensor`, not by comparing with a threshold typed by hand.
+value underflows (rounds to zero) or overflows in a format is decided by rounding it to that
+format with :func:`mpcourse.formats.round_tensor`, not by comparing with a threshold typed by hand.
+(Underflow is rounding, the same on every machine; hardware that flushes subnormals to zero is a
+different matter, which this module does not model.)
 """
 
 from __future__ import annotations
@@ -48,10 +50,10 @@ KINDS: tuple[str, ...] = ("activations", "weights", "all")
 #: The rows of :func:`window`, in order, with what each one counts.
 WINDOW_ROWS: dict[str, str] = {
     "zero": "exactly zero before scaling (no format can lose these: they are not underflow)",
-    "flushed_to_zero": "non-zero, but rounds to zero in the format",
-    "below_smallest_subnormal": "non-zero and below the smallest subnormal (most of these flush to zero)",
+    "underflows_to_zero": "non-zero, but rounds to zero in the format",
+    "below_smallest_subnormal": "non-zero and below the smallest subnormal (those up to half of it round to zero, the rest up to it)",
     "subnormal": "between the smallest subnormal and the smallest normal: kept, with fewer significant bits",
-    "below_smallest_normal": "non-zero and below the smallest normal (flushed or subnormal)",
+    "below_smallest_normal": "non-zero and below the smallest normal (underflows to zero, or rounds to a subnormal)",
     "normal": "in the normal range [smallest normal, max]: kept with full precision",
     "above_max": "larger than the largest finite value (overflow, or rounds down to max)",
     "overflow": "rounds to infinity or NaN in the format (saturates instead, for formats without infinity)",
@@ -245,11 +247,11 @@ def log2_histogram(values: Any, *, lo: int = -64, hi: int = 20, label: str = "")
 def window(values: Any, fmt: Any = "fp16", scale: float = 1.0) -> pd.Series:
     """Where ``values * scale`` fall relative to a format's range, as fractions of all values.
 
-    Rows (see :data:`WINDOW_ROWS`): ``zero``, ``flushed_to_zero``, ``below_smallest_subnormal``,
+    Rows (see :data:`WINDOW_ROWS`): ``zero``, ``underflows_to_zero``, ``below_smallest_subnormal``,
     ``subnormal``, ``below_smallest_normal``, ``normal``, ``above_max``, ``overflow``,
     ``nonfinite``; each a fraction of every value passed (zeros included), so that a reader can
     tell "67% are exactly zero" (no format loses those) from "67% underflow". Scaling is done in
-    float64 (exact for any power-of-two scale), and ``flushed_to_zero`` / ``overflow`` come from
+    float64 (exact for any power-of-two scale), and ``underflows_to_zero`` / ``overflow`` come from
     rounding to the format (round to nearest even), so they are exact for any format.
 
     Args:
@@ -266,10 +268,10 @@ def window(values: Any, fmt: Any = "fp16", scale: float = 1.0) -> pd.Series:
     mag = scaled.abs()
     nonzero = finite & (x != 0)
     ss, tiny, top = fmt.smallest_subnormal, fmt.tiny, fmt.max
-    flushed, overflow = _flushed_and_overflow(scaled[nonzero], fmt)
+    underflows, overflow = _underflows_and_overflow(scaled[nonzero], fmt)
     counts = {
         "zero": int((x == 0).sum()),
-        "flushed_to_zero": flushed,
+        "underflows_to_zero": underflows,
         "below_smallest_subnormal": int((nonzero & (mag < ss)).sum()),
         "subnormal": int((nonzero & (mag >= ss) & (mag < tiny)).sum()) if fmt.subnormals else 0,
         "below_smallest_normal": int((nonzero & (mag < tiny)).sum()),
@@ -281,7 +283,7 @@ def window(values: Any, fmt: Any = "fp16", scale: float = 1.0) -> pd.Series:
     return pd.Series({k: v / n for k, v in counts.items()}, name=f"{fmt.name} x{scale:g}")
 
 
-def _flushed_and_overflow(x: torch.Tensor, fmt: formats.FloatFormat) -> tuple[int, int]:
+def _underflows_and_overflow(x: torch.Tensor, fmt: formats.FloatFormat) -> tuple[int, int]:
     """How many of the (finite, non-zero, float64) values round to zero, and to inf/NaN, in ``fmt``.
 
     For IEEE-style formats (subnormals, infinities) round-to-nearest-even has two exact thresholds:
@@ -386,7 +388,7 @@ def plot_window(
     the legend says how many there are). With ``scales_log2``, the figure gets a plotly slider
     (it works on the static website, with no Python behind it) that multiplies the gradients by
     ``2^s``: drawn as the window sliding left by ``s`` binades, the legend reporting for each
-    histogram how much flushes to zero and how much overflows at that scale.
+    histogram how much underflows to zero and how much overflows at that scale.
     """
     fmt = formats.get(fmt)
     if not histograms or not all(isinstance(h, Log2Histogram) for h in histograms):

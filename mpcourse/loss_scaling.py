@@ -2,11 +2,14 @@
 ``torch.amp.GradScaler``.
 
 Why scale at all? Under fp16 autocast, backpropagation computes activation gradients in fp16,
-whose smallest subnormal is 2^-24 (about 6e-8). Gradients smaller than half of that round to zero
-and are lost. Multiplying the loss by S multiplies every gradient of the backward pass by S (the
-chain rule is linear in the loss), which lifts small gradients into fp16's range; dividing the
-fp32 weight gradients by S before the optimizer step ("unscaling") gives back the true gradient.
-The price is overflow: too large an S pushes large gradients past fp16's max (65504) to inf.
+whose smallest subnormal is 2^-24 (about 6e-8). Gradients of at most half of that (2^-25) round
+to zero and are lost (underflow); those between 2^-25 and 2^-24 round up to 2^-24. Multiplying
+the loss by S multiplies every gradient of the backward pass by S (the chain rule is linear in
+the loss), which lifts small gradients into fp16's range; dividing the fp32 weight gradients by
+S before the optimizer step ("unscaling") gives back the true gradient. The price is overflow:
+too large an S pushes large gradients past fp16's max (65504) to inf. A scaler reaches only the
+backward pass: an fp16 *forward* activation of 65520 or more is inf whatever S is (see
+:mod:`mpcourse.forward_overflow`), and :class:`ScaleWatch` catches the collapsing scale it causes.
 
 - :class:`StaticLossScaler` uses one fixed S, chosen by the user.
 - :class:`DynamicLossScaler` chooses S itself: start high, halve S and skip the step whenever a
@@ -39,6 +42,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections.abc import Iterable
 from enum import Enum
 from typing import Any
@@ -46,7 +50,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["DynamicLossScaler", "OptState", "StaticLossScaler"]
+__all__ = ["DynamicLossScaler", "OptState", "ScaleWatch", "StaticLossScaler"]
 
 
 class OptState(Enum):
@@ -264,7 +268,7 @@ class StaticLossScaler(_LossScaler):
     """Loss scaling with one fixed scale ``S``, chosen by you.
 
     Pick S so that the gradients that matter land inside fp16's range and none overflow. Too small, and small
-    gradients still flush to zero; too large, and large ones overflow to inf.
+    gradients still underflow to zero; too large, and large ones overflow to inf.
 
     With ``skip_non_finite=True`` (the default) a step whose gradients hold an inf or NaN is
     skipped, as a dynamic scaler would, but the scale does not change: too large a scale then skips
@@ -451,3 +455,81 @@ def _check_factors(growth_factor: Any, backoff_factor: Any, growth_interval: Any
     if problems:
         raise ValueError("invalid loss scaler settings: " + "; ".join(problems))
     return float(growth_factor), float(backoff_factor), int(growth_interval)
+
+
+class ScaleWatch:
+    """A check for a collapsing loss scale, to call once per iteration after ``scaler.update()``.
+
+    A healthy dynamic scale saw-tooths: it drops once after an overflow and grows back. A scale that
+    keeps dropping means every step overflows, which a scaler cannot fix (an inf or NaN in the forward
+    pass, a diverging model): the run skips every step while the scale heads to zero. The watch
+    records the scale and reports the first iteration at which either
+
+    - the scale fell below ``floor``, or
+    - it dropped ``max_drops_in_row`` times in a row (a factor of ``2 ** max_drops_in_row`` with
+      GradScaler's default backoff).
+
+    Args:
+        floor: the smallest scale considered healthy (default 1: scaling the loss *down*).
+        max_drops_in_row: consecutive drops that count as a collapse.
+        warn: also issue a ``RuntimeWarning`` the first time (otherwise only :meth:`observe`'s
+            return value and :attr:`collapsed_at` report it).
+    """
+
+    def __init__(self, floor: float = 1.0, max_drops_in_row: int = 12, *, warn: bool = True) -> None:
+        self.floor = _positive_finite("floor", floor)
+        if (
+            not isinstance(max_drops_in_row, numbers.Integral)
+            or isinstance(max_drops_in_row, bool)
+            or (max_drops_in_row < 1)
+        ):
+            raise ValueError(f"max_drops_in_row must be a whole number >= 1, got {max_drops_in_row!r}")
+        self.max_drops_in_row = int(max_drops_in_row)
+        self.warn = bool(warn)
+        self.history: list[float] = []
+        self.drops_in_row = 0
+        self.collapsed_at: int | None = None  # the iteration (counting from 1) of the first alarm
+        self.message: str | None = None  # what the alarm said
+
+    def observe(self, scaler_or_scale: Any) -> str | None:
+        """Record the scale after this iteration's ``update()``: a scaler (anything with
+        ``get_scale()``) or the scale itself. Returns a message on the iteration the collapse is
+        first detected, and None otherwise."""
+        get_scale = getattr(scaler_or_scale, "get_scale", None)
+        scale = float(get_scale() if callable(get_scale) else scaler_or_scale)
+        if not math.isfinite(scale) or scale < 0:
+            raise ValueError(f"a loss scale is a finite number >= 0, got {scale!r}")
+        if self.history and scale < self.history[-1]:
+            self.drops_in_row += 1
+        elif self.history:
+            self.drops_in_row = 0
+        self.history.append(scale)
+        if self.collapsed_at is not None:
+            return None
+        reason = None
+        if scale < self.floor:
+            reason = f"the loss scale fell to {scale:g}, below the floor {self.floor:g}"
+        elif self.drops_in_row >= self.max_drops_in_row:
+            reason = f"the loss scale dropped {self.drops_in_row} times in a row, to {scale:g}"
+        if reason is None:
+            return None
+        self.collapsed_at = len(self.history)
+        self.message = message = (
+            f"iteration {self.collapsed_at}: {reason}. Steps keep overflowing: look for inf/NaN in the "
+            "forward pass (activations above the format's max) or a diverging loss; a scaler cannot fix either."
+        )
+        if self.warn:
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
+        return message
+
+    @property
+    def collapsed(self) -> bool:
+        """Whether a collapse has been detected."""
+        return self.collapsed_at is not None
+
+    def __repr__(self) -> str:
+        last = f"{self.history[-1]:g}" if self.history else "none yet"
+        return (
+            f"ScaleWatch(floor={self.floor:g}, max_drops_in_row={self.max_drops_in_row}, "
+            f"iterations={len(self.history)}, last scale={last}, collapsed_at={self.collapsed_at})"
+        )

@@ -78,7 +78,7 @@ def test_window_agrees_with_ml_dtypes_casts(fmt: str, dtype, scale: float) -> No
     mag = np.abs(v * scale)
     assert row["zero"] == (v == 0).sum() / n
     assert row["nonfinite"] == (~finite).sum() / n
-    assert row["flushed_to_zero"] == (cast == 0).sum() / n
+    assert row["underflows_to_zero"] == (cast == 0).sum() / n
     assert row["overflow"] == (~np.isfinite(cast)).sum() / n
     assert row["below_smallest_subnormal"] == (nonzero & (mag < f.smallest_subnormal)).sum() / n
     assert row["below_smallest_normal"] == (nonzero & (mag < f.tiny)).sum() / n
@@ -96,7 +96,7 @@ def test_window_of_fp16_boundaries() -> None:
     )
     row = gradstats.window(x, "fp16")
     n = len(x)
-    assert row["flushed_to_zero"] * n == 1  # ss/2 is a tie: it rounds to even, i.e. to zero
+    assert row["underflows_to_zero"] * n == 1  # ss/2 is a tie: it rounds to even, i.e. to zero
     assert row["below_smallest_subnormal"] * n == 2
     assert row["subnormal"] * n == 1
     assert row["overflow"] * n == 1  # 65520 rounds to inf; 65519 rounds down to 65504
@@ -175,7 +175,10 @@ def test_underflow_table_has_a_row_per_tensor() -> None:
     assert len(table) == len(grads.activations) + len(grads.weights)
     # Every gradient is about 1e-9 (below 2^-25) or exactly zero (behind a ReLU): all are lost.
     acts = table.loc["activations"]
-    assert np.allclose(acts["flushed_to_zero"] + acts["zero"], 1.0) and (acts["flushed_to_zero"] > 0.5).all()
+    assert (
+        np.allclose(acts["underflows_to_zero"] + acts["zero"], 1.0)
+        and (acts["underflows_to_zero"] > 0.5).all()
+    )
 
 
 def test_plot_window_has_a_static_slider_that_moves_the_window() -> None:

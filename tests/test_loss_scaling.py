@@ -458,3 +458,49 @@ def test_sparse_gradients_are_unscaled_like_gradscaler() -> None:
             scaler.update()
         results.append((emb.weight.detach().clone(), scaler.get_scale()))
     assert torch.equal(results[0][0], results[1][0]) and results[0][1] == results[1][1] == 2.0**7
+
+
+# ---- ScaleWatch: a collapsing scale ---------------------------------------------------------------
+
+
+def test_scale_watch_ignores_a_healthy_saw_tooth() -> None:
+    from mpcourse.loss_scaling import ScaleWatch
+
+    watch = ScaleWatch(max_drops_in_row=2, warn=False)
+    for scale in [2.0**16, 2.0**15, 2.0**15, 2.0**16, 2.0**15, 2.0**16, 2.0**15]:
+        assert watch.observe(scale) is None
+    assert not watch.collapsed and watch.history[-1] == 2.0**15
+
+
+def test_scale_watch_fires_once_on_drops_in_row_and_warns() -> None:
+    from mpcourse.loss_scaling import ScaleWatch
+
+    watch = ScaleWatch(max_drops_in_row=3)
+    messages = []
+    with pytest.warns(RuntimeWarning, match="dropped 3 times in a row"):
+        for k in range(8):
+            messages.append(watch.observe(2.0 ** (16 - k)))
+    assert watch.collapsed_at == 4
+    assert [m is not None for m in messages] == [False, False, False, True, False, False, False, False]
+
+
+def test_scale_watch_floor_and_scalers() -> None:
+    from mpcourse.loss_scaling import ScaleWatch
+
+    watch = ScaleWatch(floor=2.0**10, warn=False)
+    assert watch.observe(DynamicLossScaler(init_scale=2.0**12)) is None
+    assert "below the floor" in watch.observe(torch.amp.GradScaler("cpu", init_scale=2.0**9))
+    assert watch.collapsed_at == 2 and "collapsed_at=2" in repr(watch)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"floor": 0}, "floor must be a finite number > 0"), ({"max_drops_in_row": 0}, "max_drops_in_row")],
+)
+def test_scale_watch_refuses_bad_settings(kwargs: dict, match: str) -> None:
+    from mpcourse.loss_scaling import ScaleWatch
+
+    with pytest.raises(ValueError, match=match):
+        ScaleWatch(**kwargs)
+    with pytest.raises(ValueError, match="finite number >= 0"):
+        ScaleWatch().observe(math.nan)
