@@ -466,3 +466,48 @@ def kernels(
     finally:
         modules.remove()
     return pd.DataFrame(recorder.rows, columns=["phase", "module", "kernel", "inputs", "output"])
+
+
+@contextlib.contextmanager
+def kernel_recording(model: nn.Module | None = None) -> Iterator[list[dict[str, str]]]:
+    """Record every ATen kernel that runs inside the ``with`` block, forward or backward.
+
+    Yields a list that fills as kernels run: one dict per kernel with ``module`` (the submodule of
+    ``model`` running it, or ``"(outside the model)"``), ``kernel`` (e.g. ``addmm``, or ``_to_copy``
+    for a cast), and the ``inputs`` and ``output`` dtypes. Unlike :func:`kernels` it runs nothing
+    itself, so it can watch any code: several calls in one autocast region, a checkpointed block
+    and its recomputation in backward. ``pd.DataFrame(rows)`` turns it into a table.
+    """
+    modules = _ModuleStack(model)
+    recorder = _KernelRecorder(modules)
+    try:
+        with recorder:
+            yield recorder.rows
+    finally:
+        modules.remove()
+        for row in recorder.rows:  # no forward/backward phases here: the block may hold both
+            row.pop("phase", None)
+
+
+#: Kernels that convert a tensor's dtype. Autocast's casts reach the dispatcher as ``_to_copy``; under
+#: ``torch.inference_mode()`` composite ops are not decomposed, and they arrive as ``to``.
+CAST_KERNELS: frozenset[str] = frozenset(
+    {"_to_copy", "to", "_autocast_to_reduced_precision", "_autocast_to_full_precision"}
+)
+
+
+def count_casts(rows: Iterable[dict[str, str]], to: torch.dtype | str | None = None) -> int:
+    """How many of the recorded kernels (from :func:`kernel_recording`) are casts to another dtype.
+
+    A cast is a kernel of :data:`CAST_KERNELS` whose output dtype differs from its input's. ``to``
+    keeps only the casts to that dtype (``torch.bfloat16`` or ``"bfloat16"``).
+    """
+    if to is not None and not isinstance(to, (str, torch.dtype)):
+        raise TypeError(f"to must be a torch dtype or its name (e.g. 'bfloat16'), got {to!r}")
+    wanted = dtype_name(to) if isinstance(to, torch.dtype) else to
+    return sum(
+        r["kernel"] in CAST_KERNELS
+        and r["output"] != r["inputs"]
+        and (wanted is None or r["output"] == wanted)
+        for r in rows
+    )

@@ -195,3 +195,49 @@ def test_xray_matches_the_documented_cuda_lists(dtype, text) -> None:  # pragma:
     result = xray.xray(model, tokens, dtype=dtype, loss_fn=_text_loss(text))
     assert xray.check_against_docs(result).empty
     assert set(result.table.loc[result.table["op"] == "layer_norm", "output"]) == {"float32"}
+
+
+def test_kernel_recording_sees_the_weight_cast_cache() -> None:
+    torch.manual_seed(0)
+    layer, x = nn.Linear(8, 8), torch.randn(2, 8)
+    counts = {}
+    for cache in (True, False):
+        with xray.kernel_recording(layer) as rows:
+            with torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=cache):
+                for _ in range(3):
+                    layer(x)
+        counts[cache] = xray.count_casts(rows, torch.bfloat16)
+        assert {r["module"] for r in rows} == {"Linear"}
+    assert counts == {True: 2 + 3, False: 3 * 3}  # weight and bias once (cached), the input every call
+    assert xray.count_casts(rows, "float32") == 0 and xray.count_casts(rows) == 9
+
+
+def test_count_casts_sees_casts_under_inference_mode() -> None:
+    # Under inference_mode the dispatcher sees `to` and `linear`, not `_to_copy` and `addmm`.
+    layer, x = nn.Linear(8, 8), torch.randn(2, 8)
+    xb = x.bfloat16()
+    with torch.inference_mode(), xray.kernel_recording() as rows:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            layer(x)  # input, weight and bias cast
+            layer(xb)  # nothing cached under inference_mode: weight and bias cast again
+    assert xray.count_casts(rows, torch.bfloat16) == 3 + 2
+    assert xray.count_casts([{"kernel": "to", "inputs": "bfloat16", "output": "bfloat16"}]) == 0
+
+
+def test_kernel_recording_sees_the_recomputation_of_a_checkpoint() -> None:
+    from torch.utils.checkpoint import checkpoint
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 8), nn.GELU(), nn.Linear(8, 8))
+    with xray.kernel_recording() as rows:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = checkpoint(net, torch.randn(2, 8), use_reentrant=False)
+        forward_rows = len(rows)
+        out.float().sum().backward()
+    recomputed = [r["output"] for r in rows[forward_rows:] if r["kernel"] in ("addmm", "gelu")]
+    assert recomputed and set(recomputed) == {"bfloat16"}
+
+
+def test_count_casts_rejects_a_bad_dtype() -> None:
+    with pytest.raises(TypeError, match="torch dtype or its name"):
+        xray.count_casts([], to=16)
