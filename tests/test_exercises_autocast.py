@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from mpcourse.exercises import ExerciseFailed, check, hints, labels
-from mpcourse.exercises.autocast import measured_dtypes, normed_scorer, trap_batches
+from mpcourse.exercises.autocast import (
+    _CACHE_CASES,
+    measured_casts,
+    measured_dtypes,
+    normed_scorer,
+    trap_batches,
+)
 
 SLUG = "autocast"
 F32, BF16 = torch.float32, torch.bfloat16
@@ -15,6 +22,7 @@ F32, BF16 = torch.float32, torch.bfloat16
 
 def test_the_chapter_has_these_exercises() -> None:
     assert labels(SLUG) == [
+        "autocast-cache-count",
         "autocast-custom-fwd",
         "autocast-fp16-trap",
         "autocast-inference",
@@ -545,6 +553,76 @@ def test_xray_predict_rejects_malformed_answers() -> None:
         check(f"{SLUG}-xray-predict", lambda: XRAY_ANSWER[:-1])
     with pytest.raises(ExerciseFailed, match="not a torch dtype"):
         check(f"{SLUG}-xray-predict", lambda: ["float32"] + XRAY_ANSWER[1:])
+
+
+# --- cache-count -----------------------------------------------------------------------------------------
+
+
+def casts_closed_form(uses, regions, cache, trainable):
+    per_region = 1 + 2 * (1 if cache and trainable else uses)  # the fp32 input, then weight and bias
+    return regions * per_region
+
+
+def casts_by_simulation(uses, regions, cache, trainable):  # walks the uses, as autocast does
+    casts = 0
+    for _ in range(regions):
+        cached, activation = set(), "fp32"
+        for _ in range(uses):
+            if activation == "fp32":
+                casts, activation = casts + 1, "bf16"
+            for name in ("weight", "bias"):
+                if name not in cached:
+                    casts += 1
+                    if cache and trainable:
+                        cached.add(name)
+    return casts
+
+
+def casts_as_float(uses, regions, cache, trainable):
+    return float(casts_closed_form(uses, regions, cache, trainable))
+
+
+def casts_as_numpy(uses, regions, cache, trainable):
+    return np.int64(casts_closed_form(uses, regions, cache, trainable))
+
+
+def test_cache_count_answers_match_what_autocast_does() -> None:
+    for case in _CACHE_CASES:
+        assert casts_closed_form(*case) == casts_by_simulation(*case) == measured_casts(*case), case
+
+
+@pytest.mark.parametrize("answer", [casts_closed_form, casts_by_simulation, casts_as_float, casts_as_numpy])
+def test_cache_count_accepts_valid_answers(answer, capsys: pytest.CaptureFixture[str]) -> None:
+    check(f"{SLUG}-cache-count", answer)
+
+
+@pytest.mark.parametrize(
+    "wrong, message",
+    [
+        (lambda u, r, c, t: r * 2 * (1 if c and t else u), "no cast of the input"),
+        (lambda u, r, c, t: r * (u + 2 * (1 if c and t else u)), "cast the input at every use"),
+        (lambda u, r, c, t: (r + 2) if c and t else r * (1 + 2 * u), "kept the cache across regions"),
+        (lambda u, r, c, t: r * (1 + 2 * (1 if c else u)), "cached frozen parameters"),
+        (lambda u, r, c, t: r * (1 + (1 if c and t else u)), "weight but not the bias"),
+        (lambda u, r, c, t: r * (1 + 2 * u), "as if the cache never helped"),
+        (
+            lambda u, r, c, t: 1 + 2 * (1 if c and t else u),
+            r"wrong\. The first: .*regions=2",
+        ),  # one region only
+        (lambda u, r, c, t: 3, r"counts are wrong\. The first"),
+    ],
+)
+def test_cache_count_rejects_realistic_mistakes(wrong, message) -> None:
+    with pytest.raises(ExerciseFailed, match=message):
+        check(f"{SLUG}-cache-count", wrong)
+
+
+@pytest.mark.parametrize(
+    "malformed", [lambda u, r, c, t: "3", lambda u, r, c, t: 2.5, lambda u, r, c, t: True]
+)
+def test_cache_count_rejects_answers_that_are_not_counts(malformed) -> None:
+    with pytest.raises(ExerciseFailed, match="expected a whole number of casts"):
+        check(f"{SLUG}-cache-count", malformed)
 
 
 # --- hints switched off -------------------------------------------------------------------------------------

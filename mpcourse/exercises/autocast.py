@@ -9,6 +9,7 @@ still caught.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -687,10 +688,123 @@ def check_xray_predict(predict_xray: Any) -> None:
     )
 
 
+# ---- autocast-cache-count ------------------------------------------------------------------------
+
+#: The combinations the check measures: (uses per region, regions, cache_enabled, trainable).
+_CACHE_CASES: tuple[tuple[int, int, bool, bool], ...] = tuple(
+    (uses, regions, cache, trainable)
+    for regions in (1, 2, 3)
+    for uses in (1, 2, 5)
+    for cache in (True, False)
+    for trainable in (True, False)
+)
+
+
+def measured_casts(uses: int, regions: int, cache: bool, trainable: bool) -> int:
+    """Casts to bf16 while an fp32 batch goes ``uses`` times, chained, through one ``nn.Linear(16, 16)``
+    in each of ``regions`` successive CPU bf16 autocast regions (``cache_enabled=cache``), its weight
+    and bias requiring grad if ``trainable``."""
+    torch.manual_seed(0)
+    layer = nn.Linear(16, 16).requires_grad_(trainable)
+    h = torch.randn(4, 16)
+    with xray.kernel_recording() as rows:
+        for _ in range(regions):
+            with torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=cache):
+                out = h
+                for _ in range(uses):
+                    out = layer(out)
+    return xray.count_casts(rows, torch.bfloat16)
+
+
+def _case(uses: int, regions: int, cache: bool, trainable: bool) -> str:
+    grad = "parameters that require grad" if trainable else "frozen parameters"
+    return f"uses={uses}, regions={regions}, cache={cache}, trainable={trainable} ({grad})"
+
+
+#: Recognised wrong models of the cache: a count for each case, and what the learner missed.
+_CACHE_MISTAKES: tuple[tuple[Callable[[int, int, bool, bool], int], str, str], ...] = (
+    (
+        lambda u, r, c, t: r * 2 * (1 if c and t else u),
+        "you counted no cast of the input: the batch arrives in fp32, and the first linear layer of each "
+        "region casts it to bf16 too.",
+        "count every tensor that is fp32 when a linear layer receives it, not only the parameters.",
+    ),
+    (
+        lambda u, r, c, t: r * (u + 2 * (1 if c and t else u)),
+        "you cast the input at every use: only the first use receives the fp32 batch; the later ones receive "
+        "the previous use's bf16 output, which needs no cast.",
+        "follow the dtype of the activation from one use to the next.",
+    ),
+    (
+        lambda u, r, c, t: (r + 2) if c and t else r * (1 + 2 * u),
+        "you kept the cache across regions: it is emptied when the (outermost) region exits, so each new "
+        "region casts the parameters again.",
+        "reread when the chapter says the cache is emptied.",
+    ),
+    (
+        lambda u, r, c, t: r * (1 + 2 * (1 if c else u)),
+        "you cached frozen parameters: the cache holds only fp32 leaf tensors that require grad, so a frozen "
+        "weight is cast at every use even with the cache on.",
+        "reread which tensors the cache keeps.",
+    ),
+    (
+        lambda u, r, c, t: r * (1 + (1 if c and t else u)),
+        "you cast the weight but not the bias: a linear layer's bias is a parameter too, cast like the weight.",
+        "list every fp32 tensor a linear layer reads.",
+    ),
+    (
+        lambda u, r, c, t: r * (1 + 2 * u),
+        "you counted as if the cache never helped: with cache_enabled=True and parameters that require grad, "
+        "each parameter is cast once per region and the copy reused.",
+        "what does the cache save at the second use of the same weight?",
+    ),
+)
+
+
+@register(
+    f"{SLUG}-cache-count",
+    hints=(
+        "Run the chapter's cache table in your head first: which casts does one region with one use need, "
+        "and which of them does a second use repeat?",
+        "Treat the input and the parameters separately: the input is fp32 only at the first use of a region; "
+        "a parameter's copy is kept only under the cache's two conditions, and only until the region ends.",
+        "Write the count for one region, then multiply: regions are independent.",
+    ),
+)
+def check_cache_count(predict_casts: Any) -> None:
+    """``predict_casts(uses, regions, cache, trainable)`` -> the number of casts to bf16 that
+    :func:`measured_casts` counts, for every combination of :data:`_CACHE_CASES`."""
+    label = f"{SLUG}-cache-count"
+    predicted, measured = {}, {}
+    for case in _CACHE_CASES:
+        got = call(label, predict_casts, *case)
+        if isinstance(got, bool) or not isinstance(got, numbers.Real) or got != int(got):
+            fail(
+                label,
+                f"for {_case(*case)} you returned {got!r}; expected a whole number of casts.",
+                "return an int: the number of cast kernels.",
+            )
+        predicted[case], measured[case] = int(got), measured_casts(*case)
+    wrong = [case for case in _CACHE_CASES if predicted[case] != measured[case]]
+    if not wrong:
+        return
+    for model, what, hint in _CACHE_MISTAKES:
+        if all(predicted[case] == model(*case) for case in _CACHE_CASES):
+            fail(label, what, hint)
+    case = wrong[0]
+    fail(
+        label,
+        f"{_are(len(wrong), len(_CACHE_CASES), 'count')} wrong. The first: for {_case(*case)} you predicted "
+        f"{predicted[case]} casts; autocast makes {measured[case]}.",
+        "work out that case by hand: which tensors arrive in fp32 at each use, and which copies the cache keeps.",
+    )
+
+
 # Keep the names the chapter and the tests import in one place.
 __all__ = [
     "NormedScorer",
     "XRayProbe",
+    "measured_casts",
     "measured_dtypes",
     "normed_scorer",
     "trap_batches",
