@@ -8,12 +8,9 @@ import re
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from mpcourse import formats
 from mpcourse.exercises import ExerciseFailed, check
-from mpcourse.exercises.loss_scaling_loops import _loop_variant
 
 # ---- dynamic scaler ------------------------------------------------------------------------------
 
@@ -426,227 +423,44 @@ def test_read_log_names_a_misreading_made_with_the_bisected_threshold() -> None:
         check("loss_scaling-read-log", _read_with(bisected, own_entry=True))
 
 
-# ---- broken loop ---------------------------------------------------------------------------------
+# ---- underflow share -----------------------------------------------------------------------------
 
 
-def fixed_epoch(model, optimizer, scaler, batches, max_norm=1.0):
-    loss_fn = nn.CrossEntropyLoss()
-    for x, y in batches:
-        optimizer.zero_grad()
-        with torch.autocast(x.device.type, dtype=torch.float16):
-            logits = model(x)
-            loss = loss_fn(logits, y)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-        scaler.step(optimizer)
-        scaler.update()
+def underflow_share(values, scale):
+    scaled = values * scale
+    return ((scaled.half() == 0) & (values != 0)).sum().item() / values.numel()
 
 
-def test_broken_loop_reference_passes_quietly(capsys: pytest.CaptureFixture[str]) -> None:
-    check("loss_scaling-broken-loop", fixed_epoch)
-    assert capsys.readouterr().err == ""
+def underflow_share_by_threshold(values, scale):
+    lost = (values != 0) & (
+        (values * scale).abs() <= 2.0**-25
+    )  # a tie at 2^-25 goes to the even neighbour, 0
+    return float(lost.float().mean())
 
 
-def test_another_valid_fix_passes() -> None:
-    def other(model, optimizer, scaler, batches, max_norm=1.0):
-        for x, y in batches:
-            model.zero_grad(set_to_none=False)  # zeroes the same gradients as optimizer.zero_grad()
-            with torch.autocast(device_type=x.device.type, dtype=torch.float16):
-                loss = F.cross_entropy(model(x), y)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(optimizer.param_groups[0]["params"], max_norm=max_norm)
-            scaler.step(optimizer)
-            scaler.update()
-
-    check("loss_scaling-broken-loop", other)
+def underflow_share_numpy(values, scale):
+    v = values.numpy().astype(np.float32) * np.float32(scale)
+    return float(np.count_nonzero((v.astype(np.float16) == 0) & (v != 0)) / v.size)
 
 
-def test_deleting_the_clipping_is_named() -> None:
-    with pytest.raises(ExerciseFailed, match="your loop clips nothing: either the clipping is gone"):
-        check("loss_scaling-broken-loop", _loop_variant(frozenset({"no_clip"})))
-    with pytest.raises(ExerciseFailed, match="1 bug remained.*never zeroed.*; and your loop clips nothing"):
-        check("loss_scaling-broken-loop", _loop_variant(frozenset({"no_clip", "zero_grad"})))
+@pytest.mark.parametrize("fn", [underflow_share, underflow_share_by_threshold, underflow_share_numpy])
+def test_underflow_share_valid_answers_pass(fn) -> None:
+    check("loss_scaling-underflow-share", fn)
 
 
 @pytest.mark.parametrize(
-    "set_to_none, message",
-    [(False, "parameters have not changed at all"), (True, "no parameter had a gradient")],
-)
-def test_zeroing_between_backward_and_step_is_named(set_to_none: bool, message: str) -> None:
-    def zeroed_too_late(model, optimizer, scaler, batches, max_norm=1.0):
-        loss_fn = nn.CrossEntropyLoss()
-        for x, y in batches:
-            with torch.autocast(x.device.type, dtype=torch.float16):
-                loss = loss_fn(model(x), y)
-            scaler.scale(loss).backward()
-            optimizer.zero_grad(set_to_none=set_to_none)  # wrong place: the step below sees no gradient
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-            scaler.step(optimizer)
-            scaler.update()
-
-    with pytest.raises(ExerciseFailed, match=message):
-        check("loss_scaling-broken-loop", zeroed_too_late)
-
-
-def test_a_hard_coded_clipping_threshold_is_caught() -> None:
-    def hard_coded(model, optimizer, scaler, batches, max_norm=1.0):
-        fixed_epoch(model, optimizer, scaler, batches, 1.0)  # ignores the max_norm it was given
-
-    with pytest.raises(ExerciseFailed, match="ignores the max_norm it is given"):
-        check("loss_scaling-broken-loop", hard_coded)
-
-
-def test_an_equivalent_fix_passes_too() -> None:
-    def other(model, optimizer, scaler, batches, max_norm=1.0):
-        for x, y in batches:
-            with torch.autocast(x.device.type, dtype=torch.float16):
-                logits = model(x)
-            loss = F.cross_entropy(logits.float(), y)  # the same fp32 loss, written differently
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)  # zeroing after the step instead of before
-
-    check("loss_scaling-broken-loop", other)
-
-
-def broken_epoch(model, optimizer, scaler, batches, max_norm=1.0):
-    """The chapter's broken loop, as a learner sees it: four bugs."""
-    loss_fn = nn.CrossEntropyLoss()
-    for x, y in batches:
-        with torch.autocast(x.device.type, dtype=torch.float16):
-            probs = torch.softmax(model(x), dim=1)
-            loss = loss_fn(probs, y)
-        scaler.scale(loss).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-        scaler.step(optimizer)
-        optimizer.step()
-        scaler.update()
-
-
-def test_the_unfixed_loop_is_told_all_four_bugs() -> None:
-    with pytest.raises(ExerciseFailed, match="4 bugs"):
-        check("loss_scaling-broken-loop", broken_epoch)
-
-
-@pytest.mark.parametrize(
-    "bugs, message",
+    ("fn", "message"),
     [
-        ({"softmax"}, "log-softmax"),
-        ({"zero_grad"}, "never zeroed"),
-        ({"clip"}, "still multiplied by the scale"),
-        ({"double_step"}, "taken twice"),
-        ({"clip", "double_step"}, "2 bugs"),
+        (lambda v, s: float(((v * s).half() == 0).float().mean()), "counts the exact zeros"),
+        (lambda v, s: float(((v * s).abs() < 2.0**-24)[v != 0].sum()) / v.numel(), "round up to 2\\^-24"),
+        (lambda v, s: float(((v * s).abs() < 2.0**-25)[v != 0].sum()) / v.numel(), "a tie"),
+        (lambda v, s: float((v.half() == 0)[v != 0].sum()) / v.numel(), "ignores the scale"),
+        (lambda v, s: float(((v.half() * s) == 0)[v != 0].sum()) / v.numel(), "before multiplying"),
+        (lambda v, s: float(((v * s).half() == 0)[v != 0].float().mean()), "fraction of all values"),
+        (lambda v, s: int(((v * s).half() == 0)[v != 0].sum()), "expected"),
+        (lambda v, s: ((v.mul_(s).half() == 0) & (v != 0)).sum().item() / v.numel(), "changed the values"),
     ],
 )
-def test_remaining_bugs_are_named(bugs: set[str], message: str) -> None:
-    # The check's own bug generator makes the partial fixes; the check must name the bugs left.
+def test_underflow_share_mistakes_fail(fn, message: str) -> None:
     with pytest.raises(ExerciseFailed, match=message):
-        check("loss_scaling-broken-loop", _loop_variant(frozenset(bugs)))
-
-
-def test_an_unrecognised_loop_fails_generically() -> None:
-    def wrong(model, optimizer, scaler, batches, max_norm=1.0):
-        for group in optimizer.param_groups:
-            group["lr"] *= 2
-        fixed_epoch(model, optimizer, scaler, batches, max_norm)
-
-    with pytest.raises(ExerciseFailed, match="not in a way that one of the known bugs explains"):
-        check("loss_scaling-broken-loop", wrong)
-
-
-# A loop that leaves out the scaler, or calls it in the wrong order, takes the same steps as the fixed loop
-# whenever nothing overflows; the check must still reject it.
-
-
-def _epoch_calling(order: str):
-    def epoch(model, optimizer, scaler, batches, max_norm=1.0):
-        loss_fn = nn.CrossEntropyLoss()
-        own = torch.amp.GradScaler("cpu", init_scale=2.0**4)
-        for x, y in batches:
-            optimizer.zero_grad()
-            with torch.autocast(x.device.type, dtype=torch.float16):
-                loss = loss_fn(model(x), y)
-            if order == "no-scaler":
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-                optimizer.step()
-            elif order == "own-scaler":
-                own.scale(loss).backward()
-                own.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-                own.step(optimizer)
-                own.update()
-            elif order == "optimizer-step":
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-                optimizer.step()
-                scaler.update()
-            elif order == "no-update":
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-                scaler.step(optimizer)
-            elif order == "step-then-unscale":  # GradScaler itself raises here
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-                scaler.update()
-            elif order == "clip-after-update":  # runs without an error; the clipping comes too late
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-            elif order == "pinned-scale":  # the right calls, but the scale is forced back every step
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-                scaler.step(optimizer)
-                scaler.update(2.0**4)
-            else:
-                raise ValueError(order)
-
-    return epoch
-
-
-@pytest.mark.parametrize(
-    "order, message",
-    [
-        ("no-scaler", "never called the scaler it was given"),
-        ("own-scaler", "never called the scaler it was given"),
-        ("optimizer-step", r"never calls the scaler's step\(\)"),
-        ("no-update", r"scaled a second loss before the scaler's update\(\) ended"),
-        ("step-then-unscale", "in the order scale -> step -> unscale_"),
-        ("clip-after-update", "in the order unscale_ -> scale -> step -> update"),
-        ("pinned-scale", "first steps overflow"),
-    ],
-)
-def test_loops_that_misuse_the_scaler_are_rejected(order: str, message: str) -> None:
-    with pytest.raises(ExerciseFailed, match=message):
-        check("loss_scaling-broken-loop", _epoch_calling(order))
-
-
-def test_the_scalerless_loop_nearly_matches_the_fixed_one_without_overflow() -> None:
-    # Why the spy is needed: with a small scale the parameters of a loop without the scaler differ from the
-    # fixed loop's only by fp16 rounding (scaling by 16 moves a few roundings), far too little to rely on.
-    from mpcourse.exercises.loss_scaling_loops import _run_epoch
-
-    a, b = _run_epoch(_epoch_calling("no-scaler"), "small"), _run_epoch(fixed_epoch, "small")
-    assert a["scale"] == b["scale"]
-    assert all(torch.allclose(p, q, rtol=1e-3, atol=1e-5) for p, q in zip(a["params"], b["params"]))
-
-
-def test_the_overflow_run_skips_some_steps_and_takes_others() -> None:
-    from mpcourse.exercises.loss_scaling_loops import _EPOCH_BATCHES, _run_epoch
-
-    run = _run_epoch(fixed_epoch, "overflow")
-    assert 0 < run["skipped"] < _EPOCH_BATCHES
-    assert _run_epoch(fixed_epoch, "small")["skipped"] == 0
+        check("loss_scaling-underflow-share", fn)

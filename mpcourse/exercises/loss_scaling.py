@@ -1,7 +1,7 @@
 """Checks for the exercises of chapter ``loss_scaling``.
 
 The references are independent of the learner's code and of the chapter's: ``torch.amp.GradScaler``
-itself (run side by side with the learner's scaler or loop on identical models, or on gradients of a
+itself (run side by side with the learner's scaler on identical models, or on gradients of a
 known size for the scaler's log), and the formats of :mod:`mpcourse.formats` for the static-scale
 exercise.
 """
@@ -605,5 +605,113 @@ def check_read_log(read_scaler_log: Any) -> None:
         )
 
 
-# The check of the chapter's training-loop exercise lives in loss_scaling_loops.py; importing it registers it.
-from . import loss_scaling_loops  # noqa: E402, F401
+# ---- loss_scaling-underflow-share ----------------------------------------------------------------
+
+_FP16_TINY = 2.0**-24  # fp16's smallest subnormal
+#: Shares are compared to within a fraction of one value in the checked tensors (2010 values): a mean
+#: computed in float32 rounds, a miscounted value does not hide.
+_SHARE_TOLERANCE = 1e-6
+
+
+def _underflow_values(seed: int) -> torch.Tensor:
+    """Gradient-like float32 values: a wide spread of magnitudes, exact zeros, and the edge cases."""
+    gen = torch.Generator().manual_seed(seed)
+    spread = torch.randn(2000, generator=gen) * torch.exp2(
+        torch.randint(-40, -5, (2000,), generator=gen).float()
+    )
+    t = _FP16_TINY
+    edges = torch.tensor(
+        [0.0, 0.0, t / 2, -t / 2, t * 0.75, -t * 0.51, t, t / 4, t / 2 * (1 - 2**-20), -t / 3]
+    )
+    return torch.cat([spread, edges]).float()
+
+
+#: (values seed, scale): no scaling, scales that move the edge cases, and a scale below one.
+_UNDERFLOW_CASES = ((0, 1.0), (1, 2.0**-2), (2, 2.0**8), (3, 2.0**-10), (4, 1.0))
+
+
+def _underflow_reference(values: torch.Tensor, scale: float) -> float:
+    return float(((values * scale).to(torch.float16) == 0)[values != 0].sum()) / values.numel()
+
+
+@register(
+    "loss_scaling-underflow-share",
+    hints=(
+        "Reread the chapter's first section: which magnitudes round to zero in fp16, and which round up "
+        "to the smallest subnormal? What happens exactly at the boundary?",
+        "A value that is zero already is not lost by fp16. Count only the values that fp16 zeroes, out of all "
+        "values.",
+        "The scale multiplies the value before it is rounded to fp16, not after.",
+    ),
+)
+def check_underflow_share(underflow_share: Any) -> None:
+    """``underflow_share(values, scale)``: the share of all values non-zero in fp32 that fp16 rounds to
+    zero once multiplied by ``scale``; compared with torch's own rounding on values that include the
+    boundary cases (exactly half the smallest subnormal, just above and just below it)."""
+    label = "loss_scaling-underflow-share"
+    for seed, scale in _UNDERFLOW_CASES:
+        values = _underflow_values(seed)
+        given = values.clone()
+        got = call(label, underflow_share, given, scale)
+        want = _underflow_reference(values, scale)
+        case = f"with scale 2^{math.log2(scale):g}"
+        if not torch.equal(given, values):
+            fail(
+                label,
+                f"{case}, your function changed the values it was given.",
+                "compute a new tensor instead.",
+            )
+        try:
+            got = float(got)
+        except (TypeError, ValueError):
+            fail(
+                label, f"{case}, expected a number (a fraction), got {type(got).__name__}.", "return a float."
+            )
+        if math.isclose(got, want, rel_tol=0, abs_tol=_SHARE_TOLERANCE):
+            continue
+        n = values.numel()
+        zeros = float((values == 0).sum()) / n
+        scaled = values * scale
+        mag = scaled.abs()
+        nonzero = values != 0
+        diagnoses = [
+            (
+                want + zeros,
+                "your share counts the exact zeros too: they are zero in fp32 already, so fp16 loses nothing there",
+            ),
+            (
+                float((mag < _FP16_TINY)[nonzero].sum()) / n,
+                "your share counts the values between half the smallest "
+                "subnormal and the smallest subnormal, 2^-24: they round up to 2^-24, not to zero",
+            ),
+            (
+                float((mag < _FP16_TINY / 2)[nonzero].sum()) / n,
+                "your share misses the values exactly at half the smallest "
+                "subnormal, 2^-25: a tie, which rounds to the even neighbour, 0",
+            ),
+            (
+                _underflow_reference(values, 1.0),
+                "your share ignores the scale: the values are multiplied by it before "
+                "they are rounded to fp16",
+            ),
+            (
+                float((values.to(torch.float16) * scale == 0)[nonzero].sum()) / n
+                if scale != 1.0
+                else math.nan,
+                "your share rounds to fp16 before multiplying by the scale",
+            ),
+            (
+                want * n / max(int(nonzero.sum()), 1),
+                "your share is a fraction of the non-zero values; the question "
+                "asks for a fraction of all values",
+            ),
+        ]
+        for value, why in diagnoses:
+            if math.isclose(got, value, rel_tol=0, abs_tol=_SHARE_TOLERANCE):
+                fail(label, f"{case}, you return {got:.6g}, expected {want:.6g}: {why}.", "fix that case.")
+        fail(
+            label,
+            f"{case}, you return {got:.6g}, expected {want:.6g} (the share of all {n} values that are non-zero but "
+            "become zero in fp16).",
+            "test each rule of fp16's rounding near zero on a few values you choose.",
+        )
