@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 
+import numpy as np
 import pytest
 
-from mpcourse.bench import roofline
+from mpcourse.bench import datasheets, roofline
 from mpcourse.exercises import ExerciseFailed, check, hints, labels
-from mpcourse.exercises.benchmarking import _matmul_devices, checkpoint_steps, simulated_matmul_gpu, step_log
+from mpcourse.exercises.benchmarking import _MIN_ROWS_CASES, _matmul_devices, _min_rows, simulated_matmul_gpu
 
 
 def test_the_chapter_has_these_exercises() -> None:
     assert labels("benchmarking") == [
         "benchmarking-fair-speedup",
-        "benchmarking-mfu",
+        "benchmarking-min-rows",
         "benchmarking-speedup",
         "benchmarking-timing",
     ]
@@ -467,130 +469,83 @@ def test_the_gib_mistake_fails_on_the_case_that_crosses_a_regime() -> None:
         check("benchmarking-speedup", make_predictor(gb=2**30))
 
 
-# --- benchmarking-mfu -------------------------------------------------------------------------
+# --- benchmarking-min-rows --------------------------------------------------------------------
 
 
-def mfu(step_seconds, n_params, tokens_per_step, gpu, precision):
-    peak = gpu.dense_tflops.get(precision)
-    if peak is None:
+def min_rows(gpu, precision, k, n):
+    b = roofline.BYTES[precision]
+    balance = gpu.dense_tflops[precision] * 1e12 / (gpu.bandwidth_gb_s * 1e9)
+    per_row = 2 * k * n - balance * b * (k + n)
+    if per_row <= 0:
+        return None  # the intensity tends to 2kn / ((k + n) b) as m grows: never compute-bound
+    return math.ceil(balance * b * k * n / per_row)
+
+
+def min_rows_by_search(gpu, precision, k, n):
+    balance = gpu.balance_point[precision]
+    if 2 * k * n / ((k + n) * roofline.BYTES[precision]) <= balance:
         return None
-    return 6 * n_params * tokens_per_step / statistics.median(step_seconds) / (peak * 1e12)
+    m = 1
+    while np.divide(*roofline.matmul_cost(m, n, k, precision)) < balance:
+        m += 1
+    return m
 
 
-def mfu_trimmed_mean(step_seconds, n_params, tokens_per_step, gpu, precision):
-    if gpu.peak_tflops(precision) is None:
+def min_rows_by_bisection(gpu, precision, k, n):
+    def bound(m):
+        flops, nbytes = roofline.matmul_cost(m, n, k, precision)
+        return flops / nbytes >= gpu.dense_tflops[precision] * 1e3 / gpu.bandwidth_gb_s
+
+    if not bound(2**40):
         return None
-    ordered = sorted(step_seconds)
-    cut = len(ordered) // 10  # a tenth off each end: the warm-up and the checkpoint saves go
-    steady = ordered[cut : len(ordered) - cut]
-    flops_per_s = 6 * n_params * tokens_per_step * len(steady) / sum(steady)
-    return flops_per_s / (gpu.peak_tflops(precision) * 1e12)
+    lo, hi = 1, 2**40
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if bound(mid) else (mid + 1, hi)
+    return np.int64(lo)
 
 
-def mfu_mean_without_outliers(step_seconds, n_params, tokens_per_step, gpu, precision):
-    if precision not in gpu.dense_tflops:
-        return None
-    median = statistics.median(step_seconds)
-    steady = [t for t in step_seconds if abs(t / median - 1) < 0.3]
-    return 6 * n_params * tokens_per_step / statistics.fmean(steady) / gpu.dense_tflops[precision] / 1e12
-
-
-def mfu_median_low_after_warmup(step_seconds, n_params, tokens_per_step, gpu, precision):
-    if (
-        precision not in gpu.dense_tflops
-    ):  # median_low is one step's time, the middle one: that one is typical
-        return None
-    typical = statistics.median_low(step_seconds[5:])
-    return 6 * n_params * tokens_per_step / typical / gpu.dense_tflops[precision] / 1e12
-
-
-@pytest.mark.parametrize(
-    "answer", [mfu, mfu_trimmed_mean, mfu_mean_without_outliers, mfu_median_low_after_warmup]
-)
-def test_mfu_accepts_valid_answers(answer, capsys: pytest.CaptureFixture[str]) -> None:
-    check("benchmarking-mfu", answer)
+@pytest.mark.parametrize("answer", [min_rows, min_rows_by_search, min_rows_by_bisection])
+def test_min_rows_accepts_valid_answers(answer, capsys: pytest.CaptureFixture[str]) -> None:
+    check("benchmarking-min-rows", answer)
     assert capsys.readouterr().err == ""
 
 
-def _with_step(summary):
-    def answer(step_seconds, n_params, tokens_per_step, gpu, precision):
-        if precision not in gpu.dense_tflops:
-            return None
-        return 6 * n_params * tokens_per_step / summary(step_seconds) / (gpu.dense_tflops[precision] * 1e12)
-
-    return answer
-
-
-def _with_peak(peak_of):
-    def answer(step_seconds, n_params, tokens_per_step, gpu, precision):
-        if precision not in gpu.dense_tflops:
-            return None
-        return (
-            6
-            * n_params
-            * tokens_per_step
-            / statistics.median(step_seconds)
-            / (peak_of(gpu, precision) * 1e12)
-        )
-
-    return answer
+def _min_rows_with(**switches):
+    return lambda gpu, precision, k, n: _min_rows(gpu, precision, k, n, **switches)
 
 
 @pytest.mark.parametrize(
     "wrong, message",
     [
-        (_with_step(statistics.fmean), "mean of every step"),
-        (_with_step(lambda s: statistics.fmean(s[1:])), "mean of the steps after the first"),
-        # used to pass: the log had +-1% jitter and no slow step after the warm-up
-        (_with_step(min), "fastest step's time: steady steps vary by a few percent"),
-        (_with_step(lambda s: s[-1]), "last step's time: the run ends by saving a checkpoint"),
-        (_with_step(lambda s: s[10]), r"the time of a single step, step 11 of the log"),
-        (_with_step(lambda s: min(s[5:])), "fastest step's time"),
+        (lambda g, p, k, n: _min_rows(g, p, k, n, bandwidth=g.bandwidth_gb_s * 2**30 / 1e9), "GiB/s"),
+        (lambda g, p, k, n: _min_rows(g, p, k, n, bytes_per=2 if p == "tf32" else None), "TF32 stored in 2"),
+        (lambda g, p, k, n: _min_rows(g, p, k, n, peak=g.printed_tflops[p]), "2:4 sparsity"),
+        (_min_rows_with(flops_per_fma=1), "one FLOP per multiply-add"),
+        (_min_rows_with(output=False), "leaving out the result matrix"),
+        (_min_rows_with(output=False, inputs=False), "only the weight's bytes"),
+        (_min_rows_with(rounding=math.floor), "rounded down"),
         (
-            _with_step(lambda s: statistics.fmean(s[3:])),
-            "after the warm-up, the slow steps that save a checkpoint",
+            lambda g, p, k, n: min_rows(g, p, k, n) - 0.5 if min_rows(g, p, k, n) else None,
+            "whole number of rows",
         ),
-        (
-            _with_step(lambda s: statistics.fmean(s[10:])),
-            r"after the first 10, the slow steps that save a checkpoint",
-        ),
-        (_with_step(lambda s: s[0]), "first step's time"),
-        (_with_step(sum), "whole run"),
-        (_with_peak(lambda gpu, p: gpu.printed_tflops[p]), "2:4 sparsity"),
-        (_with_peak(lambda gpu, p: gpu.dense_tflops["fp32"]), "the fp32 peak"),
-        (
-            lambda s, n, t, g, p: mfu(s, n, t, g, p) / 3 if p in g.dense_tflops else None,
-            "only the forward pass",
-        ),
-        (lambda s, n, t, g, p: mfu(s, n, t, g, p) * 100 if p in g.dense_tflops else None, "percentage"),
-        (
-            lambda s, n, t, g, p: 6 * n * t / statistics.median(s) / (g.dense_tflops[p] * 1e12),
-            r"KeyError: 'bf16'. The NVIDIA V100",
-        ),
-        (lambda s, n, t, g, p: mfu(s, n, t, g, p) or 0.0, r"V100 SXM2 32GB has no bf16 units.*expected None"),
-        (lambda s, n, t, g, p: "12%", "expected one number"),
+        (lambda g, p, k, n: min_rows(g, p, k, n) or 0, "expected None"),
+        (lambda g, p, k, n: min_rows(g, p, k, n) + 5 if min_rows(g, p, k, n) else None, "is not right"),
+        (lambda g, p, k, n: 1, "is not right|matches a common mistake"),
     ],
 )
-def test_mfu_rejects_realistic_mistakes(wrong, message: str) -> None:
+def test_min_rows_rejects_realistic_mistakes(wrong, message: str) -> None:
     with pytest.raises(ExerciseFailed, match=message):
-        check("benchmarking-mfu", wrong)
+        check("benchmarking-min-rows", wrong)
 
 
-def test_step_logs_are_reproducible_and_start_slow() -> None:
-    assert step_log(0.05, seed=1) == step_log(0.05, seed=1)
-    log = step_log(0.05, seed=1)
-    assert log[0] > 10 * statistics.median(log) and abs(statistics.median(log) / 0.05 - 1) < 0.01
+def test_min_rows_cases_sit_away_from_integer_boundaries() -> None:
+    from fractions import Fraction
 
-
-def test_step_logs_jitter_and_save_checkpoints() -> None:
-    log = step_log(0.05, seed=1)
-    assert checkpoint_steps(60) == [29, 59]  # the last step saves one
-    steady = [t for i, t in enumerate(log[3:], 3) if i not in checkpoint_steps(60)]
-    assert all(log[i] > 5 * max(steady) for i in checkpoint_steps(60))
-    assert min(steady) < 0.92 * statistics.median(log) and max(steady) > 1.08 * statistics.median(log)
-
-
-@pytest.mark.parametrize("index", range(60))
-def test_mfu_rejects_any_single_step(index: int) -> None:
-    with pytest.raises(ExerciseFailed, match="single step|fastest step's|first step's|last step's"):
-        check("benchmarking-mfu", _with_step(lambda s: s[index]))
+    for key, precision, k, n in _MIN_ROWS_CASES:
+        gpu = datasheets.DATASHEETS[key]
+        balance = Fraction(gpu.dense_tflops[precision]) * 10**12 / (Fraction(gpu.bandwidth_gb_s) * 10**9)
+        per_row = 2 * k * n - balance * roofline.BYTES[precision] * (k + n)
+        if per_row > 0:
+            exact = balance * roofline.BYTES[precision] * k * n / per_row
+            assert 0.01 < exact - int(exact) < 0.99, (key, precision, k, n)

@@ -4,7 +4,6 @@ realistic mistakes fail, each with the diagnosis of that mistake."""
 from __future__ import annotations
 
 import math
-from collections import deque
 
 import numpy as np
 import pytest
@@ -149,123 +148,6 @@ def test_tensorwise_messages_read_right() -> None:
 
     with pytest.raises(ExerciseFailed, match="a tensor whose largest-magnitude entry is negative"):
         check("fp8-tensorwise", wrong_on_the_negative_case)
-
-
-# ---- fp8-delayed ---------------------------------------------------------------------------------------
-
-
-def delayed_reference(amaxes, history_len, margin=0):
-    used, scale = [], 1.0
-    for t in range(len(amaxes)):
-        window = amaxes[max(0, t - history_len) : t]
-        amax = max(window) if window else 0.0
-        if 0 < amax < math.inf:
-            scale = amax * 2.0**margin / 448.0
-        used.append(scale)
-    return used
-
-
-def delayed_with_a_history(amaxes, history_len, margin=0):
-    """Another correct solution: Transformer Engine's shape, an encode scale and a bounded history."""
-    history, encode, used = deque(maxlen=history_len), 1.0, []
-    for amax in amaxes:
-        used.append(1.0 / encode)
-        history.append(amax)
-        top = max(history)
-        if math.isfinite(top) and top > 0:
-            encode = 448.0 / top / 2**margin
-    return used
-
-
-def delayed_numpy(amaxes, history_len, margin=0):
-    """Another correct solution: numpy, returning an array."""
-    a = np.asarray(amaxes, dtype=np.float64)
-    out = np.ones(len(a))
-    for t in range(1, len(a)):
-        top = a[max(0, t - history_len) : t].max()
-        out[t] = top * 2.0**margin / 448.0 if np.isfinite(top) and top > 0 else out[t - 1]
-    return out
-
-
-@pytest.mark.parametrize("answer", [delayed_reference, delayed_with_a_history, delayed_numpy])
-@pytest.mark.filterwarnings("error")  # a correct answer writes nothing to stderr, warnings included
-def test_delayed_accepts_correct_answers(answer, capsys) -> None:
-    check("fp8-delayed", answer)
-    assert capsys.readouterr().err == ""
-
-
-def _delayed_wrong(variant):
-    def fn(amaxes, history_len, margin=0):
-        if variant == "course-scaler":
-            scaler, used = fp8.DelayedScaler("e4m3", amax_history_len=history_len, margin=margin), []
-            for amax in amaxes:
-                used.append(float(scaler.scale_inv))
-                scaler.record(amax)
-                scaler.update()
-            return used
-        used, scale = [], 1.0
-        for t in range(len(amaxes)):
-            lo, hi = max(0, t - history_len), t
-            if variant == "current":
-                lo, hi = max(0, t - history_len + 1), t + 1
-            elif variant == "too-long":
-                lo = max(0, t - history_len - 1)
-            elif variant == "too-short":
-                lo = max(0, t - history_len + 1)
-            elif variant == "most-recent":
-                lo = max(0, t - 1)
-            elif variant == "step0-own" and t == 0:
-                hi = 1
-            window = amaxes[lo:hi]
-            if variant == "drop-inf":
-                window = [a for a in window if math.isfinite(a)]
-            amax = max(window) if window else 0.0
-            usable = 0 < amax < math.inf
-            if usable or (variant == "update-always" and window):
-                factor = {"margin-divides": 2.0**-margin, "margin-factor": margin}.get(variant, 2.0**margin)
-                scale = amax * factor / (57344.0 if variant == "e5m2" else 448.0)
-                if variant == "encode-scale":
-                    scale = 448.0 / (amax * 2.0**margin)
-            elif variant == "reset":
-                scale = 1.0
-            used.append(scale)
-        return used[1:] if variant == "no-step-0" else used
-
-    return fn
-
-
-@pytest.mark.parametrize(
-    "variant, message",
-    [
-        ("current", "current scaling"),
-        ("step0-own", "step 0 is cast with a scale from its own amax"),
-        ("too-long", "one step too long"),
-        ("too-short", "one step too short"),
-        ("most-recent", "most_recent"),
-        ("encode-scale", "encode scales"),
-        ("margin-divides", "margin divides"),
-        ("margin-factor", "not by 2\\*\\*margin"),
-        ("e5m2", "E5M2's largest value"),
-        ("reset", "resets to 1"),
-        ("update-always", "changed when the window's maximum is 0 or infinite"),
-        ("drop-inf", "infinite amax is left out"),
-        ("no-step-0", "one scale per step"),
-        ("course-scaler", "course's own delayed scaling \\(fp8.DelayedScaler\\)"),
-    ],
-)
-def test_delayed_rejects_mistakes(variant, message) -> None:
-    with pytest.raises(ExerciseFailed, match=message):
-        check("fp8-delayed", _delayed_wrong(variant))
-
-
-def test_delayed_names_the_step_of_an_unrecognised_mistake() -> None:
-    def off_at_step_two(amaxes, history_len, margin=0):
-        used = delayed_reference(amaxes, history_len, margin)
-        used[2] *= 1.5
-        return used
-
-    with pytest.raises(ExerciseFailed, match="the scale you give step 2 is"):
-        check("fp8-delayed", off_at_step_two)
 
 
 # ---- fp8-mx --------------------------------------------------------------------------------------------
@@ -514,7 +396,6 @@ def test_choose_recipe_rejects_mistakes(variant, message) -> None:
     "label, leak",
     [
         ("fp8-tensorwise", "amax / 448"),
-        ("fp8-delayed", "2**margin / 448"),
         ("fp8-mx", "floor(log2(amax)) - 8"),
         ("fp8-choose-recipe", "error_stats(x, q)['snr_db']"),
     ],
@@ -524,3 +405,65 @@ def test_hints_do_not_give_the_formula(label, leak) -> None:
     from mpcourse.exercises import hints
 
     assert all(leak not in step for step in hints(label))
+
+
+# ---- fp8-rowwise-gemm -----------------------------------------------------------------------------------
+
+
+def gemm_reference(qa, qw):
+    return (qa.data.float() @ qw.data.float().T) * qa.scale * qw.scale.T
+
+
+def gemm_outer_product(qa, qw):  # the two scale vectors as one outer product, in float64 then back
+    scales = qa.scale.double().reshape(-1, 1) @ qw.scale.double().reshape(1, -1)
+    return ((qa.data.double() @ qw.data.double().T) * scales).float()
+
+
+def gemm_scaled_operands(qa, qw):  # scaling each operand's rows before the product: the same numbers
+    return (qa.data.float() * qa.scale) @ (qw.data.float() * qw.scale).T
+
+
+@pytest.mark.parametrize("answer", [gemm_reference, gemm_outer_product, gemm_scaled_operands])
+@pytest.mark.filterwarnings("error")
+def test_rowwise_gemm_accepts_correct_answers(answer, capsys) -> None:
+    check("fp8-rowwise-gemm", answer)
+    assert capsys.readouterr().err == ""
+
+
+def _gemm_wrong(variant):
+    def fn(qa, qw):
+        data = qa.data.float() @ qw.data.float().T
+        if variant == "no-scales":
+            return data
+        if variant == "a-only":
+            return data * qa.scale
+        if variant == "divide":
+            return data / qa.scale / qw.scale.T
+        if variant == "not-transposed":
+            return data * qa.scale * qw.scale
+        if variant == "bf16":
+            return (qa.data.bfloat16() @ qw.data.bfloat16().T).float() * qa.scale * qw.scale.T
+        if variant == "library":
+            return fp8.fp8_mm(qa, qw)
+        if variant == "dequantize":
+            return qa.dequantize() @ qw.dequantize().T
+        raise AssertionError(variant)
+
+    return fn
+
+
+@pytest.mark.parametrize(
+    ("variant", "message"),
+    [
+        ("no-scales", "scales are not applied"),
+        ("a-only", "only a's row scales"),
+        ("divide", "divide the product"),
+        ("not-transposed", "not transposed|raised"),
+        ("bf16", "bfloat16"),
+        ("library", "fp8.fp8_mm"),
+        ("dequantize", "Quantized.dequantize"),
+    ],
+)
+def test_rowwise_gemm_rejects_mistakes(variant, message) -> None:
+    with pytest.raises(ExerciseFailed, match=message):
+        check("fp8-rowwise-gemm", _gemm_wrong(variant))

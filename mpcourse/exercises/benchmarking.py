@@ -9,14 +9,13 @@ the prediction exercises compare with :mod:`mpcourse.bench.roofline` and the dat
 from __future__ import annotations
 
 import math
-import statistics
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from ..bench import datasheets, roofline
-from . import ExerciseFailed, NotDoneYet, call, expect_close, fail, plural, register
+from . import call, expect_close, fail, plural, register
 
 
 def _number(label: str, got: Any, case: str) -> float:
@@ -499,152 +498,116 @@ def check_speedup(predicted_speedup: Any) -> None:
         )
 
 
-# ---- benchmarking-mfu -------------------------------------------------------------------------
+# ---- benchmarking-min-rows ------------------------------------------------------------------------
 
-#: (parameters, tokens per step, steady step seconds, datasheet key, precision, seed) of the runs.
-_MFU_RUNS: tuple[tuple[float, int, float, str, str, int], ...] = (
-    (124e6, 8 * 1024, 0.05, "h100-sxm", "bf16", 1),
-    (1.3e9, 16 * 1024, 2.0, "a100-sxm-80gb", "tf32", 3),
-    (350e6, 4096, 0.4, "h100-sxm", "fp32", 6),
-    (124e6, 2048, 0.04, "l4", "bf16", 8),
-    (7e9, 4 * 4096, 0.6, "h200-sxm", "fp8", 9),
-    (124e6, 8 * 1024, 0.5, "v100-sxm2-32gb", "bf16", 2),
+#: (datasheet key, precision, k, n) of the products checked: weights of transformer layers, on several GPUs.
+_MIN_ROWS_CASES: tuple[tuple[str, str, int, int], ...] = (
+    ("h100-sxm", "bf16", 8192, 8192),
+    ("a100-sxm-80gb", "tf32", 4096, 4096),
+    ("h100-sxm", "fp16", 8192, 28672),
+    ("l4", "fp16", 4096, 11008),
+    ("a100-sxm-80gb", "bf16", 12288, 4096),
+    ("h100-sxm", "bf16", 256, 256),
+    ("h200-sxm", "fp32", 1024, 1024),
 )
-# The seeds of the runs with a peak are chosen so that every step of the log, the steady ones included, is
-# more than 4% away from the median in at least one of them: any single step's time fails somewhere.
-
-#: How much slower than a steady step the first three steps of a run are (set-up, allocation, kernel choice).
-_WARMUP = (40.0, 6.0, 2.0)
-#: Step-to-step variation of the steady steps (standard deviation, as a fraction; cut off at three of them).
-_JITTER = 0.05
-#: The run saves a checkpoint every this many steps, and a step that saves takes this many times longer.
-_CHECKPOINT_EVERY, _CHECKPOINT_COST = 30, 20.0
 
 
-def step_log(steady: float, steps: int = 60, seed: int = 0) -> list[float]:
-    """A run's step times (seeded): three slow warm-up steps, then steady steps that vary by about 5% from one
-    to the next; every 30th step (the last of a 60-step run among them) also saves a checkpoint, which makes it
-    twenty times slower."""
-    noise = np.random.default_rng(seed).normal(0.0, _JITTER, steps).clip(-3 * _JITTER, 3 * _JITTER)
-    times = steady * (1 + noise)
-    times[: len(_WARMUP)] *= _WARMUP
-    times[_CHECKPOINT_EVERY - 1 :: _CHECKPOINT_EVERY] *= _CHECKPOINT_COST
-    return [float(t) for t in times]
-
-
-def checkpoint_steps(steps: int = 60) -> list[int]:
-    """The (0-based) indices of the steps of :func:`step_log` that save a checkpoint."""
-    return list(range(_CHECKPOINT_EVERY - 1, steps, _CHECKPOINT_EVERY))
+def _min_rows(
+    gpu: Any,
+    precision: str,
+    k: int,
+    n: int,
+    *,
+    bytes_per: float | None = None,
+    peak: float | None = None,
+    bandwidth: float | None = None,
+    flops_per_fma: int = 2,
+    output: bool = True,
+    inputs: bool = True,
+    rounding: Callable[[float], int] = math.ceil,
+) -> int | None:
+    """The smallest m making an m x k by k x n product compute-bound, with switches for the usual mistakes."""
+    b = roofline.BYTES[precision] if bytes_per is None else bytes_per
+    balance = (
+        (gpu.dense_tflops[precision] if peak is None else peak)
+        * 1e12
+        / ((gpu.bandwidth_gb_s if bandwidth is None else bandwidth) * 1e9)
+    )
+    # flops_per_fma * m k n >= balance * b * (m k [inputs] + k n + m n [output]), solved for m
+    per_row = flops_per_fma * k * n - balance * b * ((k if inputs else 0) + (n if output else 0))
+    if per_row <= 0:
+        return None
+    return max(1, int(rounding(balance * b * k * n / per_row)))
 
 
 @register(
-    "benchmarking-mfu",
+    "benchmarking-min-rows",
     hints=(
-        "MFU has three ingredients: the model FLOPs of one step, the time of a typical step, and a peak. Check "
-        "each against the chapter: which FLOPs count, which steps are typical, which peak.",
-        "Plot or print the step times: the first steps of a run are not typical, and not every later one is. "
-        "Summarise them the way the chapter's recipe table does.",
-        "The peak is the datasheet's dense figure for the precision the products ran in; a GPU with no units "
-        "for that precision has no such figure, and then there is no MFU to report.",
+        "Write the product's FLOPs and bytes as functions of m, then its arithmetic intensity, and compare "
+        "it with the balance point of the datasheet GPU in that precision.",
+        "Intensity above the balance point is an inequality in m; solve it (or search for the smallest m "
+        "that satisfies it). Where does the intensity go as m grows without bound?",
+        "Count every tensor read or written once, in the precision's bytes (TF32 is stored as fp32), peaks "
+        "in TFLOP/s and bandwidth in GB/s (10^9 bytes per second); the answer is a whole number of rows.",
     ),
 )
-def check_mfu(mfu: Any) -> None:
-    """``mfu(step_seconds, n_params, tokens_per_step, gpu, precision)``: the run's model FLOPs utilisation
-    as a fraction, or None where ``gpu`` has no peak for ``precision``."""
-    label = "benchmarking-mfu"
-    for n_params, tokens, steady, key, precision, seed in _MFU_RUNS:
+def check_min_rows(min_rows: Any) -> None:
+    """``min_rows(gpu, precision, k, n)``: the fewest rows m for which an m x k by k x n product is
+    compute-bound on ``gpu`` in ``precision``, or None when no m is."""
+    label = "benchmarking-min-rows"
+    hint = "write the intensity as a function of m and compare it with the balance point."
+    for key, precision, k, n in _MIN_ROWS_CASES:
         gpu = datasheets.DATASHEETS[key]
-        steps = step_log(steady, seed=seed)
-        size = f"{n_params / 1e9:g}B" if n_params >= 1e9 else f"{n_params / 1e6:g}M"
-        saves = ", ".join(str(i + 1) for i in checkpoint_steps(len(steps)))
-        case = (
-            f"a {precision} run of a {size}-parameter transformer, {tokens} tokens per step, on the "
-            f"{gpu.name} (steps {steps[0]:.3g} s, {steps[1]:.3g} s, {steps[2]:.3g} s, then about {steady:g} s "
-            f"give or take {_JITTER:.0%}, steps {saves} saving a checkpoint):"
-        )
-        peak = gpu.peak_tflops(precision)
-        try:
-            got = call(label, mfu, list(steps), n_params, tokens, gpu, precision)
-        except NotDoneYet:
-            raise
-        except ExerciseFailed as exc:
-            if peak is not None:
-                raise
-            fail(
-                label,
-                f"for {case} {str(exc).removeprefix(label + ': ')}. The {gpu.name} has no {precision} units, so "
-                "its datasheet has no figure for that precision.",
-                "decide what MFU means when the GPU has no peak for the precision, and return that.",
-            )
-        if peak is None:
+        case = f"an m x {k} by {k} x {n} product in {precision} on the {gpu.name}"
+        want = _min_rows(gpu, precision, k, n)
+        got = call(label, min_rows, gpu, precision, k, n)
+        if want is None:
             if got is not None:
                 fail(
                     label,
-                    f"for {case} you returned {got!r}; the {gpu.name} has no {precision} units (its datasheet has no "
-                    f"{precision} figure), so there is no peak to compare with: expected None.",
-                    "an MFU against another precision's peak measures something else; the answer is then None.",
+                    f"for {case} you returned {got!r}; even as m grows without bound its intensity stays below the "
+                    f"balance point ({gpu.balance_point[precision]:.4g} FLOP/B): expected None.",
+                    "find the limit of the intensity as m grows, and compare that with the balance point.",
                 )
             continue
-        value = _number(label, got, case)
-        model_flops = 6 * n_params * tokens
-        typical = statistics.median(steps)
-        want = model_flops / typical / (peak * 1e12)
-        printed = gpu.printed_tflops[precision]
-
-        def at(seconds: float) -> float:  # the MFU of a step of this many seconds
-            return model_flops / seconds / (peak * 1e12)
-
-        warm = len(_WARMUP)
+        if got is None:
+            fail(label, f"for {case} you returned None, but some number of rows is compute-bound.", hint)
+        if isinstance(got, bool) or not float(got).is_integer():
+            fail(
+                label,
+                f"for {case} you returned {got!r}; a product has a whole number of rows.",
+                "round to the smallest whole number of rows that is still compute-bound.",
+            )
+        got = int(got)
         mistakes = {
-            "the mean of every step, the slow first steps and the checkpoint saves included": at(
-                statistics.fmean(steps)
+            "the bandwidth read as GiB/s: datasheet GB/s are 10^9 bytes per second": _min_rows(
+                gpu, precision, k, n, bandwidth=gpu.bandwidth_gb_s * 2**30 / 1e9
             ),
-            "the mean of the steps after the first, two slow warm-up steps and the checkpoint saves still "
-            "included": at(statistics.fmean(steps[1:])),
-            "the mean of the steps after the warm-up, the slow steps that save a checkpoint still included": at(
-                statistics.fmean(steps[warm:])
+            "TF32 stored in 2 bytes: TF32 changes the arithmetic, not the storage (4 bytes)": _min_rows(
+                gpu, precision, k, n, bytes_per=2 if precision == "tf32" else None
             ),
-            "the time of the whole run instead of one step": at(sum(steps)),
-            f"the datasheet's printed {precision} figure, which assumes 2:4 sparsity: dense products get half of it": (
-                model_flops / typical / (printed * 1e12)
+            "the printed peak, which assumes 2:4 sparsity": _min_rows(
+                gpu, precision, k, n, peak=gpu.printed_tflops[precision]
             ),
-            f"the fp32 peak, not the {precision} peak the products ran at": model_flops
-            / typical
-            / (gpu.dense_tflops["fp32"] * 1e12),
-            "counting only the forward pass (2 FLOPs per parameter per token)": want / 3,
-            "a percentage instead of a fraction": want * 100,
-            "the peak left in TFLOP/s while the FLOPs are plain FLOPs": want * 1e12,
-        }
-        # Mistakes with many close candidates, named only on an exact match. Any one step's time: every step
-        # of the log is far enough from a typical one in at least one of the check's seeded runs to be named
-        # there (tests/test_exercises_benchmarking.py makes sure).
-        exact = {
-            "the first step's time, which pays the run's one-off set-up": at(steps[0]),
-            "the fastest step's time: steady steps vary by a few percent, and the minimum picks the luckiest "
-            "of them, not a typical one": at(min(steps)),
-            "the last step's time: the run ends by saving a checkpoint, so its last step is one of the slowest": at(
-                steps[-1]
+            "one FLOP per multiply-add instead of two": _min_rows(gpu, precision, k, n, flops_per_fma=1),
+            "leaving out the result matrix (m x n) from the bytes": _min_rows(
+                gpu, precision, k, n, output=False
+            ),
+            "counting only the weight's bytes (k x n)": _min_rows(
+                gpu, precision, k, n, output=False, inputs=False
+            ),
+            "rounded down: with that many rows the intensity is still below the balance point": _min_rows(
+                gpu, precision, k, n, rounding=math.floor
             ),
         }
-        exact |= {
-            f"the time of a single step, step {i + 1} of the log ({seconds:.4g} s): steady steps vary by about "
-            f"{_JITTER:.0%} from one to the next, so one step is not a typical step": at(seconds)
-            for i, seconds in enumerate(steps)
-        }
-        for k in range(2, len(steps) // 2):  # the warm-up dropped, by any count, but not the checkpoint saves
-            dropped = "the warm-up" if k == warm else f"the first {k}"
-            warm_left = "a slow warm-up step and " if k < warm else ""
-            exact[
-                f"the mean of the steps after {dropped}, {warm_left}the slow steps that save a checkpoint still "
-                "included"
-            ] = at(statistics.fmean(steps[k:]))
-        _judge(
-            label,
-            value,
-            want,
-            mistakes,
-            case,
-            "check each of the three ingredients: the FLOPs of a step, a typical step's time, and the peak.",
-            rel=0.03,
-            exact=exact,
-        )
+        named = [
+            name for name, value in mistakes.items() if value is not None and value != want and got == value
+        ]
+        if named:  # some mistakes give the same number (a doubled peak and a halved FLOP count): name each
+            fail(
+                label,
+                f"for {case} your answer, {got}, matches a common mistake: {'; or '.join(named)}.",
+                hint,
+            )
+        if got != want:
+            fail(label, f"for {case} your answer, {got} rows, is not right.", hint)

@@ -1,4 +1,4 @@
-"""Checks for the exercises of chapter ``fp8``.
+"""Checks for the exercises of chapter ``fp8`` (delayed scaling's exercise is in ``fp8_training``).
 
 References are independent of the learner's code: torch's own fp8 casts, :mod:`mpcourse.fp8`
 (tested against ``torch._scaled_mm``, Transformer Engine's update rule and the OCP MX rules), and,
@@ -10,7 +10,6 @@ answer that calls the course's own implementation of it.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Callable
 from typing import Any
@@ -230,165 +229,6 @@ def _diagnose_tensorwise_scale(label: str, case: str, x: torch.Tensor, scale: fl
         label,
         f"for {case} your scale is {scale:.6g}: the amax ({amax:.4g}) divided by it is {amax / scale:.4g}, not "
         "E4M3's largest finite value.",
-        hint,
-    )
-
-
-# ---- fp8-delayed ------------------------------------------------------------------------------------
-
-DELAYED_HINTS = (
-    "Compare your list, step by step, with the 'decode scale used' column of the trace above (history 4, "
-    "margin 0): at which steps does the spike of step 3 change the scale, and from which step on has it "
-    "left it?",
-    "Transformer Engine's scale is the *encode* factor (E4M3's largest value over the amax, reduced by "
-    "the margin); the exercise asks for the decode scale, its reciprocal. The margin counts powers of two "
-    "of headroom.",
-    "Keep a running scale that starts at 1. Before step t is cast, look at the amaxes of the history_len "
-    "steps before it (fewer at the start of a run); change the scale only when their maximum is positive "
-    "and finite.",
-)
-
-
-def _delayed_reference(amaxes: list[float], history_len: int, margin: int) -> list[float]:
-    """Decode scales used at each step, from mpcourse.fp8.DelayedScaler (Transformer Engine's kernel)."""
-    scaler = fp8.DelayedScaler("e4m3", amax_history_len=history_len, margin=margin)
-    used = []
-    for amax in amaxes:
-        used.append(float(scaler.scale_inv))
-        scaler.record(amax)
-        scaler.update()
-    return used
-
-
-def _simulate(
-    amaxes: list[float],
-    window_of: Callable[[int], list[float]],
-    decode_of: Callable[[float], float],
-    update_if: Callable[[float, list[float]], bool] = lambda amax, window: 0 < amax < math.inf,
-    *,
-    otherwise: float | None = None,
-) -> list[float]:
-    """Decode scales used at each step when step t's scale comes from the amaxes ``window_of(t)``:
-    ``decode_of(max)`` when ``update_if(max, window)``, else the previous scale (or ``otherwise``)."""
-    used, scale = [], 1.0
-    for t in range(len(amaxes)):
-        window = window_of(t)
-        amax = max(window) if window else 0.0
-        if update_if(amax, window):
-            with contextlib.suppress(ZeroDivisionError, OverflowError):
-                scale = decode_of(amax)
-        elif otherwise is not None:
-            scale = otherwise
-        used.append(scale)
-    return used
-
-
-def _delayed_variants(amaxes: list[float], history_len: int, margin: int) -> dict[str, list[float]]:
-    """Scales from the usual misreadings of delayed scaling, to name the one we see."""
-    n = history_len
-
-    def previous(t: int) -> list[float]:
-        return amaxes[max(0, t - n) : t]
-
-    def decode(amax: float) -> float:
-        return amax * 2.0**margin / E4M3_MAX
-
-    def finite_only(t: int) -> list[float]:
-        return [a for a in previous(t) if math.isfinite(a)]
-
-    return {
-        "the current step's amax is included (that is current scaling, not delayed)": _simulate(
-            amaxes, lambda t: amaxes[max(0, t - n + 1) : t + 1], decode
-        ),
-        "step 0 is cast with a scale from its own amax; the first step has no history yet": _simulate(
-            amaxes, lambda t: previous(t) if t else amaxes[:1], decode
-        ),
-        "the window is one step too long": _simulate(amaxes, lambda t: amaxes[max(0, t - n - 1) : t], decode),
-        "the window is one step too short": _simulate(
-            amaxes, lambda t: amaxes[max(0, t - n + 1) : t], decode
-        ),
-        "the newest amax only ('most_recent') instead of the max over the window": _simulate(
-            amaxes, lambda t: amaxes[max(0, t - 1) : t], decode
-        ),
-        "these are encode scales (Transformer Engine's 'scale', multiplied in before the cast); the "
-        "exercise asks for the decode scale, their reciprocal": _simulate(
-            amaxes, previous, lambda a: E4M3_MAX / (a * 2.0**margin)
-        ),
-        "the margin divides the decode scale instead of multiplying it (a margin is headroom: the "
-        "scaled amax must land *below* 448)": _simulate(
-            amaxes, previous, lambda a: a * 2.0**-margin / E4M3_MAX
-        ),
-        "the margin multiplies the scale by margin, not by 2**margin (it counts powers of two)": _simulate(
-            amaxes, previous, lambda a: a * margin / E4M3_MAX
-        ),
-        "the scale maps the amax to E5M2's largest value (57344), not E4M3's (448)": _simulate(
-            amaxes, previous, lambda a: a * 2.0**margin / 57344.0
-        ),
-        "the scale resets to 1 when the window has no usable amax, instead of keeping the last one": _simulate(
-            amaxes, previous, decode, otherwise=1.0
-        ),
-        "the scale is changed when the window's maximum is 0 or infinite (it becomes 0 or inf); Transformer "
-        "Engine keeps the previous scale then": _simulate(amaxes, previous, decode, lambda a, w: bool(w)),
-        "an infinite amax is left out of the window; Transformer Engine takes the max of the whole window, "
-        "which is then infinite, and keeps the previous scale": _simulate(amaxes, finite_only, decode),
-    }
-
-
-def _delayed_cases() -> list[tuple[str, list[float], int, int]]:
-    return [
-        ("a growing amax, history 4", [1.0, 2.0, 4.0, 8.0, 16.0, 32.0], 4, 0),
-        ("a spike that must stay in the window, history 3", [1.0, 50.0, 1.0, 1.0, 1.0, 1.0, 1.0], 3, 0),
-        ("margin 2, history 2", [3.0, 1.0, 0.5, 0.25, 6.0, 6.0], 2, 2),
-        ("margin 1, a falling amax, history 3", [8.0, 4.0, 2.0, 1.0, 0.5, 0.25, 0.125], 3, 1),
-        ("zeros at the start (no usable amax yet), history 2", [0.0, 0.0, 5.0, 0.0, 0.0, 0.0, 2.0], 2, 0),
-        ("an infinite amax (an overflow) and history 1", [2.0, math.inf, 3.0, 3.0], 1, 0),
-        ("an infinite amax inside a window of 3", [2.0, 4.0, math.inf, 1.0, 1.0, 1.0, 1.0, 0.5], 3, 0),
-        ("TE's default history (1024) over a short run", [0.5, 0.7, 0.2, 0.9, 0.1], 1024, 0),
-    ]
-
-
-def _same(got: list[float], want: list[float]) -> bool:
-    return len(got) == len(want) and all(
-        (g == w) if not (math.isfinite(g) and math.isfinite(w)) else math.isclose(g, w, rel_tol=1e-5)
-        for g, w in zip(got, want)
-    )
-
-
-@register("fp8-delayed", hints=DELAYED_HINTS)
-def check_delayed(delayed_scales: Any) -> None:
-    """``delayed_scales(amaxes, history_len, margin)``: the decode scale each step uses."""
-    label = "fp8-delayed"
-    hint = DELAYED_HINTS[0]
-    results = []
-    for case, amaxes, history_len, margin in _delayed_cases():
-        got = _call_by_hand(label, delayed_scales, "delayed scaling", list(amaxes), history_len, margin)
-        try:
-            got_list = [float(v) for v in got]
-        except (TypeError, ValueError):
-            fail(label, f"for {case} you returned {got!r}; expected a list of numbers, one per step.", hint)
-        if len(got_list) != len(amaxes):
-            fail(
-                label,
-                f"for {case} you returned {plural(len(got_list), 'scale')} for {plural(len(amaxes), 'step')}: "
-                "one scale per step, the first step included.",
-                hint,
-            )
-        results.append((case, amaxes, history_len, margin, got_list))
-    wrong = [r for r in results if not _same(r[4], _delayed_reference(*r[1:4]))]
-    if not wrong:
-        return
-    # A misreading is named only if it explains every case, so that a coincidence in one case is not taken for it.
-    variants = [_delayed_variants(*r[1:4]) for r in results]
-    for name in variants[0]:
-        if all(_same(r[4], v[name]) for r, v in zip(results, variants)):
-            fail(label, f"for {wrong[0][0]} your scales match a common mistake: {name}.", hint)
-    case, amaxes, history_len, margin, got_list = wrong[0]
-    want = _delayed_reference(amaxes, history_len, margin)
-    step = next(t for t, (g, w) in enumerate(zip(got_list, want)) if not _same([g], [w]))
-    fail(
-        label,
-        f"for {case} (amaxes {amaxes}) the scale you give step {step} is {got_list[step]:.6g}, which is "
-        "not the one delayed scaling uses there.",
         hint,
     )
 
@@ -753,3 +593,106 @@ def check_choose_recipe(best_recipe: Any) -> None:
         f"with a budget of 3 bits per element no candidate fits, yet you returned {got!r}.",
         "when no candidate fits the budget there is nothing to choose: say so with a ValueError.",
     )
+
+
+# ---- fp8-rowwise-gemm ---------------------------------------------------------------------------------
+
+GEMM_HINTS = (
+    "Write the dot product of row i of a with row j of w in terms of the quantised data and the two "
+    "row scales: which factors are the same for every term of the sum, and can therefore move out of it?",
+    "A Quantized holds .data (the fp8 elements) and .scale (the decode scales, one per row, shaped (rows, 1)). "
+    "The product of the fp8 data is a matrix of shape (M, N); each of its entries needs the scale of its row "
+    "of a and the scale of its row of w.",
+    "Multiply the fp8 data in float32 (every product of two fp8 values is exact there, and the sums are "
+    "float32's), then scale the result: rows by a's scales, columns by w's.",
+)
+
+
+def _gemm_inputs() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    gen = torch.Generator().manual_seed(31)
+    a = torch.randn(48, 64, generator=gen) * torch.logspace(-3, 2, 48)[:, None]  # rows of very different size
+    w = torch.randn(40, 64, generator=gen) * torch.logspace(1, -2, 40)[:, None]
+    sq_a = torch.randn(32, 32, generator=gen) * torch.logspace(-2, 2, 32)[:, None]
+    sq_w = torch.randn(32, 32, generator=gen) * torch.logspace(2, -2, 32)[:, None]
+    return {"a 48x64 activation and a 40x64 weight": (a, w), "a square 32x32 pair": (sq_a, sq_w)}
+
+
+def _relative(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float((got.double() - want.double()).norm() / want.double().norm())
+
+
+@register("fp8-rowwise-gemm", hints=GEMM_HINTS)
+def check_rowwise_gemm(rowwise_gemm: Any) -> None:
+    """``rowwise_gemm(qa, qw) -> a @ w.T`` from rowwise-quantised operands, scales applied to the product."""
+    label = "fp8-rowwise-gemm"
+    hint = GEMM_HINTS[0]
+    from ..fp8 import gemm as fp8_gemm
+    from ..fp8 import quantized as fp8_quantized
+
+    for case, (a, w) in _gemm_inputs().items():
+        qa, qw = fp8.quantize(a, "rowwise", "e4m3"), fp8.quantize(w, "rowwise", "e4m3")
+        with shortcuts.watch(
+            [
+                (fp8_gemm, "fp8_mm", "fp8.fp8_mm"),
+                (fp8, "fp8_mm", "fp8.fp8_mm"),
+                (fp8_gemm, "scaled_mm", "fp8.scaled_mm"),
+                (fp8, "scaled_mm", "fp8.scaled_mm"),
+                (fp8_quantized.Quantized, "dequantize", "Quantized.dequantize"),
+            ],
+            fn=rowwise_gemm,
+        ) as seen:
+            got = call(label, rowwise_gemm, qa, qw)
+        if seen:
+            fail(
+                label,
+                f"your function calls {seen[0]}, which does the very work the exercise asks for (the check "
+                "compares your product with fp8.fp8_mm's).",
+                "use the quantised data and the scales themselves: .data and .scale.",
+            )
+        want = fp8.fp8_mm(qa, qw)
+        if not isinstance(got, torch.Tensor) or got.shape != want.shape:
+            fail(
+                label,
+                f"for {case} you returned {type(got).__name__} {tuple(getattr(got, 'shape', ()))}; expected the "
+                f"product a @ w.T, shaped {tuple(want.shape)}.",
+                hint,
+            )
+        got = got.detach()
+        if _relative(got, want) <= 1e-6:
+            continue
+        data = qa.data.float() @ qw.data.float().T
+        sa, sw = qa.scale.float(), qw.scale.float()
+        variants: dict[str, Callable[[], torch.Tensor]] = {
+            "the scales are not applied: that is the product of the fp8 data alone": lambda: data,
+            "only a's row scales are applied; w's scale each column of the product too": lambda: data * sa,
+            "only w's scales are applied; a's scale each row of the product too": lambda: data * sw.T,
+            "the scales divide the product: .scale is the decode scale, which multiplies": lambda: (
+                data / sa / sw.T
+            ),
+            "w's scales are applied along the rows of the product (sw not transposed): each must scale its "
+            "own column, the output feature it belongs to": lambda: data * sa * sw,
+            "the product was computed in bfloat16: products of fp8 values are exact in float32, and a GEMM "
+            "accumulates in a wide format": lambda: (
+                (qa.data.bfloat16() @ qw.data.bfloat16().T).float() * sa * sw.T
+            ),
+        }
+        for what, make in variants.items():
+            try:
+                value = make()
+            except RuntimeError:  # a broadcast this case's shapes do not allow
+                continue
+            if value.shape == want.shape and _relative(got, value) <= 1e-6:
+                fail(label, f"for {case} {what}.", hint if "bfloat16" not in what else GEMM_HINTS[2])
+        if _relative(got, a @ w.T) <= 1e-5:
+            fail(
+                label,
+                f"for {case} your product is that of the unquantised tensors: the exercise multiplies the "
+                "quantised ones.",
+                GEMM_HINTS[1],
+            )
+        fail(
+            label,
+            f"for {case} your product differs from the scaled fp8 product by {_relative(got, want):.2e} "
+            "(relative).",
+            hint,
+        )
