@@ -156,3 +156,112 @@ def test_autocast_dtype_accepts_correct_answers(fn, capsys: pytest.CaptureFixtur
 def test_autocast_dtype_rejects_realistic_mistakes(fn, message: str) -> None:
     with pytest.raises(ExerciseFailed, match=message):
         check("bf16-autocast-dtype", fn)
+
+
+# ---- a layer norm that a large mean does not break -------------------------------------------------
+
+
+def norm_two_pass(x: torch.Tensor, eps: float) -> torch.Tensor:
+    x = x.float()
+    mean = x.mean(-1, keepdim=True)
+    variance = ((x - mean) ** 2).mean(-1, keepdim=True)
+    return (x - mean) / torch.sqrt(variance + eps)
+
+
+def norm_var_mean(x: torch.Tensor, eps: float) -> torch.Tensor:
+    variance, mean = torch.var_mean(x.float(), -1, correction=0, keepdim=True)
+    return (x.float() - mean) * torch.rsqrt(variance + eps)
+
+
+def norm_welford(x: torch.Tensor, eps: float) -> torch.Tensor:
+    x = x.float()
+    mean = torch.zeros(x.shape[:-1])
+    m2 = torch.zeros(x.shape[:-1])
+    for k in range(x.shape[-1]):
+        delta = x[..., k] - mean
+        mean = mean + delta / (k + 1)
+        m2 = m2 + delta * (x[..., k] - mean)
+    variance = (m2 / x.shape[-1]).unsqueeze(-1)
+    return (x - mean.unsqueeze(-1)) / torch.sqrt(variance + eps)
+
+
+def norm_float64(x: torch.Tensor, eps: float) -> torch.Tensor:
+    x = x.double()
+    centred = x - x.mean(-1, keepdim=True)
+    return (centred / torch.sqrt(centred.pow(2).mean(-1, keepdim=True) + eps)).float()
+
+
+@pytest.mark.parametrize("fn", [norm_two_pass, norm_var_mean, norm_welford, norm_float64])
+def test_stable_norm_accepts_correct_methods(fn, capsys: pytest.CaptureFixture[str]) -> None:
+    check("bf16-stable-norm", fn)
+    assert "correct" in capsys.readouterr().out
+
+
+def test_stable_norm_accepts_a_float64_output() -> None:
+    check("bf16-stable-norm", lambda x, eps: norm_float64(x, eps).double())
+
+
+def _norm_wrong(variant: str):
+    def fn(x: torch.Tensor, eps: float) -> torch.Tensor:
+        if variant == "bf16-output":  # everything in bf16, as the input came
+            mean = x.mean(-1, keepdim=True)
+            return (x - mean) / torch.sqrt(((x - mean) ** 2).mean(-1, keepdim=True) + eps)
+        if variant == "bf16-arithmetic":  # the same, converted at the end
+            mean = x.mean(-1, keepdim=True)
+            return ((x - mean) / torch.sqrt(((x - mean) ** 2).mean(-1, keepdim=True) + eps)).float()
+        if variant == "bf16-mean":  # the mean of the bf16 tensor (bf16), the rest in fp32
+            mean = x.mean(-1, keepdim=True).float()
+            x = x.float()
+            return (x - mean) / torch.sqrt(((x - mean) ** 2).mean(-1, keepdim=True) + eps)
+        if variant == "one-pass-fp32":  # E[x^2] - E[x]^2, in fp32
+            x = x.float()
+            mean = x.mean(-1, keepdim=True)
+            return (x - mean) / torch.sqrt((x * x).mean(-1, keepdim=True) - mean**2 + eps)
+        if variant == "one-pass-bf16":  # E[x^2] - E[x]^2, in bf16
+            mean = x.mean(-1, keepdim=True)
+            return ((x - mean) / torch.sqrt((x * x).mean(-1, keepdim=True) - mean**2 + eps)).float()
+        x = x.float()
+        mean = x.mean(-1, keepdim=True)
+        biased = ((x - mean) ** 2).mean(-1, keepdim=True)
+        if variant == "no-eps":
+            return (x - mean) / torch.sqrt(biased)
+        if variant == "eps-outside":
+            return (x - mean) / (torch.sqrt(biased) + eps)
+        if variant == "unbiased":
+            return (x - mean) / torch.sqrt(x.var(-1, keepdim=True) + eps)
+        raise AssertionError(variant)
+
+    return fn
+
+
+@pytest.mark.parametrize(
+    ("variant", "message"),
+    [
+        ("bf16-output", "your output is torch.bfloat16"),
+        ("bf16-arithmetic", "rounded on the way"),
+        ("bf16-mean", "mean you subtract is off"),
+        ("one-pass-fp32", "cancellation"),
+        ("one-pass-bf16", "negative or zero|rounded on the way"),
+        ("no-eps", "all equal"),
+        ("eps-outside", "as large as eps"),
+        ("unbiased", r"sqrt\(63/64\)"),
+    ],
+)
+def test_stable_norm_rejects_realistic_mistakes(variant: str, message: str) -> None:
+    with pytest.raises(ExerciseFailed, match=message):
+        check("bf16-stable-norm", _norm_wrong(variant))
+
+
+def test_stable_norm_refuses_layer_norm() -> None:
+    with pytest.raises(ExerciseFailed, match="computes the statistics for you"):
+        check(
+            "bf16-stable-norm",
+            lambda x, eps: torch.nn.functional.layer_norm(x.float(), x.shape[-1:], eps=eps),
+        )
+    with pytest.raises(ExerciseFailed, match="computes the statistics for you"):
+        check("bf16-stable-norm", lambda x, eps: torch.nn.LayerNorm(x.shape[-1], eps, False)(x.float()))
+
+
+def test_stable_norm_rejects_a_wrong_shape() -> None:
+    with pytest.raises(ExerciseFailed, match="shape"):
+        check("bf16-stable-norm", lambda x, eps: norm_two_pass(x, eps).mean(-1))

@@ -1,9 +1,11 @@
 """Checks for the exercises of chapter ``bf16``: rounding fp32 to bf16 on the bit pattern, the gap
-between neighbouring bf16 numbers, and which autocast dtype a GPU should get.
+between neighbouring bf16 numbers, which autocast dtype a GPU should get, and a layer norm of bf16
+activations whose statistics a large mean does not destroy.
 
 References are independent of the learner's code: torch's own fp32-to-bf16 conversion (one rounding,
 to nearest, ties to even), :meth:`mpcourse.formats.FloatFormat.spacing` (exact, from the format's
-parameters), and the compute capability from which NVIDIA GPUs have bf16 tensor cores (8.0, Ampere).
+parameters), the compute capability from which NVIDIA GPUs have bf16 tensor cores (8.0, Ampere), and
+torch's layer_norm in float64 (biased variance, eps inside the square root).
 The exercises of the pure-bf16 page live in :mod:`mpcourse.exercises.pure_bf16`.
 """
 
@@ -13,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .. import formats
 from . import call, fail, register, shortcuts
@@ -249,3 +252,156 @@ def check_autocast_dtype(autocast_dtype: Any) -> None:
                 f"for compute capability {cc} ({_CAPABILITIES[cc]}) you returned {got}, but {why}.",
                 "find the first compute capability with bf16 tensor cores in this chapter's device table.",
             )
+
+
+# ---- bf16-stable-norm -----------------------------------------------------------------------------
+
+#: Row length of the activations the check normalises; short, so that a variance divided by d - 1
+#: instead of d moves every output by a visible amount (a factor sqrt(64/63)).
+_NORM_WIDTH = 64
+#: Largest error allowed in an output (whose standard deviation is 1). fp32 arithmetic, Welford's
+#: update included, stays far below it; a variance from E[x^2] - E[x]^2 in fp32 does not.
+_NORM_TOLERANCE = 1e-3
+
+
+def _norm_cases() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """bf16 activations, one row per case, and masks of the row groups: means near zero, large means
+    (up to 2^14, one row a constant with one element a gap above), a variance comparable to eps, and
+    constant rows (variance zero)."""
+    gen = torch.Generator().manual_seed(13)
+    z = torch.randn(24, _NORM_WIDTH, generator=gen, dtype=torch.float64)
+    near_zero = [(0.0, 1.0), (0.0, 1.0), (0.5, 2.0), (-3.0, 1.0)]
+    large = [(100.0, 1.0), (-100.0, 1.0), (256.0, 1.0), (300.0, 2.0), (1024.0, 4.0), (4000.0, 16.0)]
+    large += [(1000.0, 1.0), (2.0**14, 40.0)]
+    rows = [m + s * z[i] for i, (m, s) in enumerate(near_zero + large)]
+    spike = torch.full((_NORM_WIDTH,), 2.0**14, dtype=torch.float64)
+    spike[5] += BF16.spacing(2.0**14)
+    rows.append(spike)
+    rows += [0.01 + 0.003 * z[20 + i] for i in range(3)]  # variance about 1e-5, as large as eps
+    rows += [
+        torch.full((_NORM_WIDTH,), 3.0, dtype=torch.float64),
+        torch.zeros(_NORM_WIDTH, dtype=torch.float64),
+    ]
+    x = torch.stack(rows).to(torch.bfloat16)
+    group = torch.tensor([0] * len(near_zero) + [1] * (len(large) + 1) + [2] * 3 + [3] * 2)
+    masks = {
+        "near zero": group == 0,
+        "large mean": group == 1,
+        "small variance": group == 2,
+        "constant": group == 3,
+    }
+    return x, masks
+
+
+@register(
+    "bf16-stable-norm",
+    hints=[
+        "bf16 stores x exactly as it is; the damage is done by arithmetic on it. Which operations round "
+        "to bf16 when both of their inputs are bf16, and which dtype can hold every bf16 value exactly?",
+        "A variance is a small number computed from large ones when the mean is large. Compare the size of "
+        "E[x^2] with that of the variance for activations around 1000 with a spread of 1: how many digits "
+        "of E[x^2] must survive for the difference to keep any?",
+        "Deviations from the mean are small numbers to begin with; squaring and averaging them loses "
+        "nothing to cancellation. Then check what layer_norm divides the sum of squares by, and where its "
+        "eps goes.",
+    ],
+)
+def check_stable_norm(layer_norm_stable: Any) -> None:
+    """``layer_norm_stable(x, eps)``: a bf16 tensor normalised over its last dimension (no affine
+    parameters), as float32, with errors from the arithmetic far below those of bf16 rounding."""
+    label = "bf16-stable-norm"
+    x, masks = _norm_cases()
+    eps = 1e-5
+    exact = x.double()
+    want = F.layer_norm(exact, (_NORM_WIDTH,), eps=eps)  # biased variance, eps inside the square root
+    targets = [
+        (F, "layer_norm", "torch.nn.functional.layer_norm"),
+        (torch, "layer_norm", "torch.layer_norm"),
+        (torch, "native_layer_norm", "torch.native_layer_norm"),
+    ]
+    with shortcuts.watch(targets, fn=layer_norm_stable) as used:
+        got = call(label, layer_norm_stable, x.clone(), eps)
+    if used:
+        fail(
+            label,
+            f"your function used {used[0]}, which computes the statistics for you.",
+            "compute the mean and the variance of each row yourself.",
+        )
+    if not isinstance(got, torch.Tensor) or got.shape != x.shape:
+        what = f"a tensor of shape {tuple(got.shape)}" if isinstance(got, torch.Tensor) else repr(got)
+        fail(
+            label,
+            f"expected a tensor of shape {tuple(x.shape)}, got {what}.",
+            "normalise each row of x over its last dimension; keepdim=True keeps the statistics broadcastable.",
+        )
+    if got.dtype not in (torch.float32, torch.float64):
+        fail(
+            label,
+            f"your output is {got.dtype}: rounding the output to 16 bits undoes the care taken in computing it.",
+            "return float32, the dtype autocast gives a layer norm's output; do the arithmetic in it too.",
+        )
+    got = got.detach().cpu().double()
+    finite = torch.isfinite(got).all(-1)
+    if not finite[masks["constant"]].all():
+        fail(
+            label,
+            "a row whose elements are all equal (variance 0) gave NaN or infinity.",
+            "that is what eps is for: look at where layer_norm adds it.",
+        )
+    if not finite.all():
+        i = int((~finite).nonzero()[0])
+        fail(
+            label,
+            f"a row with mean {exact[i].mean().item():.4g} gave NaN or infinity: its variance came out "
+            "negative or zero.",
+            "a variance cannot be negative, but a difference of two nearly equal rounded numbers can be.",
+        )
+    error = (got - want).abs().amax(-1)
+    wrong = error > _NORM_TOLERANCE
+    if not wrong.any():
+        return
+    i = int(wrong.nonzero()[0])
+    case = (
+        f"for the row with mean {exact[i].mean().item():.4g} your output errs by up to {error[i].item():.2g}"
+    )
+    # Away from constant rows, a right answer is an affine map of each row: a * x + b, with a = 1/sigma.
+    variable = ~masks["constant"]
+    design = torch.stack([exact, torch.ones_like(exact)], -1)[variable]
+    coefficients = torch.linalg.lstsq(design, got[variable].unsqueeze(-1)).solution
+    residual = (design @ coefficients).squeeze(-1) - got[variable]
+    if (residual.abs().amax(-1)[wrong[variable]] > 1e-4).any():
+        fail(
+            label,
+            f"{case}, and not just by a wrong mean or scale: values were rounded on the way.",
+            "some of your arithmetic runs in bf16: an operation on bf16 tensors rounds its result to bf16.",
+        )
+    centre = got.mean(-1).abs()
+    if (centre[wrong] > _NORM_TOLERANCE / 2).any():
+        j = int((wrong & (centre > _NORM_TOLERANCE / 2)).nonzero()[0])
+        fail(
+            label,
+            f"for the row with mean {exact[j].mean().item():.4g} your outputs average {got[j].mean().item():.3g}, "
+            "not 0: the mean you subtract is off.",
+            "what dtype does a mean of a bf16 tensor have, and how far apart are bf16 numbers at that size?",
+        )
+    scale = got.std(-1, correction=0) / want.std(-1, correction=0)
+    normal = masks["near zero"] | masks["large mean"]
+    if torch.allclose(
+        scale[normal], torch.full_like(scale[normal], ((_NORM_WIDTH - 1) / _NORM_WIDTH) ** 0.5), atol=1e-4
+    ):
+        fail(
+            label,
+            f"{case}: every output is smaller by a factor sqrt({_NORM_WIDTH - 1}/{_NORM_WIDTH}).",
+            "torch's layer_norm uses the biased estimator of the variance: which count does that divide by?",
+        )
+    if not wrong[normal].any():
+        fail(
+            label,
+            f"{case}, a row whose variance is about as large as eps; rows with a larger variance are right.",
+            "eps is added to one quantity before the square root is taken: to which?",
+        )
+    fail(
+        label,
+        f"{case}: your variance lost its digits to cancellation (rows with a mean near zero are right).",
+        "E[x^2] - E[x]^2 subtracts two numbers near mean^2 from each other; square deviations instead.",
+    )
