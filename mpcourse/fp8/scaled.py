@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from ..formats import dtype_name
+from . import gemm
 from .gemm import UnsupportedFP8Error
 from .nvfp4 import pack_e2m1
 from .quantized import Quantized
@@ -382,22 +383,18 @@ PRIVATE_RECIPES: tuple[str, ...] = ("tensorwise", "rowwise")
 
 
 def _private(a: Quantized, b: Quantized, out_dtype: torch.dtype, use_fast_accum: bool) -> torch.Tensor:
-    """``torch._scaled_mm`` for a torch without the public API: tensorwise and rowwise only."""
+    """``torch._scaled_mm`` for a torch without the public API: tensorwise and rowwise only.
+
+    The call itself is :func:`mpcourse.fp8.gemm.scaled_mm`, the course's wrapper of the private op
+    (also the one :class:`~mpcourse.fp8.linear.FP8Linear` uses), held to this device's rules.
+    """
     if not hasattr(torch, "_scaled_mm") or {_kind(a), _kind(b)} - set(PRIVATE_RECIPES):
         raise UnsupportedFP8Error(
             f"this PyTorch ({torch.__version__}) has no torch.nn.functional.scaled_mm; "
             f"{a.recipe} x {b.recipe} needs PyTorch >= {PUBLIC_API_SINCE} (the fallback, torch._scaled_mm, "
             f"takes {' and '.join(PRIVATE_RECIPES)} only). Use mpcourse.fp8.fp8_mm to emulate it"
         )
-    scale_a, scale_b = _scales(a, "a")[0], _scales(b, "b")[0]
-    return torch._scaled_mm(
-        a.data.contiguous(),
-        b.data.contiguous().t(),
-        scale_a=scale_a,
-        scale_b=scale_b,
-        out_dtype=out_dtype,
-        use_fast_accum=use_fast_accum,
-    )
+    return gemm.scaled_mm(a, b, out_dtype=out_dtype, use_fast_accum=use_fast_accum, portable=False)
 
 
 def scaled_mm(
