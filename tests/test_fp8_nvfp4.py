@@ -445,13 +445,16 @@ def test_pack_e2m1_matches_ml_dtypes_codes() -> None:
     assert np.array_equal(packed.view(torch.uint8).numpy(), codes[:, 0::2] | (codes[:, 1::2] << 4))
 
 
-def test_the_course_recipe_and_this_module_agree_on_typical_tensors() -> None:
-    """fp8.quantize(x, "nvfp4") divides (x / (s_block · s_global)); TE multiplies by reciprocals. Their
-    fp32 results can differ by one rounding at a boundary; on Gaussian tensors they agree exactly."""
-    x = torch.randn(64, 256, generator=torch.Generator().manual_seed(0))
-    a, b = fp8.quantize(x, "nvfp4"), nvfp4.quantize(x)
-    assert torch.equal(a.scale.view(torch.uint8), b.scale.view(torch.uint8))
-    assert (a.data != b.data).float().mean().item() < 1e-3
+def test_the_course_recipe_is_this_module() -> None:
+    """fp8.quantize(x, "nvfp4") calls quantize_steps: the same bits, tensor scale and decoded values,
+    on tensors whose blocks span forty binades (zero, subnormal and saturating scales included)."""
+    for seed in range(3):
+        x = wide((64, 128), seed)
+        a, b = fp8.quantize(x, "nvfp4"), nvfp4.quantize(x)
+        assert torch.equal(a.data, b.data) and torch.equal(
+            a.scale.view(torch.uint8), b.scale.view(torch.uint8)
+        )
+        assert torch.equal(a.tensor_scale, b.tensor_scale) and torch.equal(a.dequantize(), b.dequantize())
 
 
 # ---- bad input ------------------------------------------------------------------------------------
@@ -505,6 +508,18 @@ def test_the_course_recipe_and_this_module_agree_on_typical_tensors() -> None:
         (lambda: nvfp4.rht_matrix((1, 2, 1, 1)), ValueError, "±1"),
         (lambda: nvfp4.pack_e2m1(torch.full((2, 4), 0.3)), ValueError, "E2M1 values"),
         (lambda: nvfp4.pack_e2m1(torch.zeros(3)), ValueError, "even"),
+        (lambda: nvfp4.quantize_steps(torch.zeros(0, 16)), ValueError, r"one element; got shape \(0, 16\)"),
+        (lambda: nvfp4.quantize_steps(torch.ones(4, 16).numpy()), TypeError, "floating-point torch tensor"),
+        (
+            lambda: nvfp4.quantize_steps(torch.ones(4, 16), rounding="even"),
+            ValueError,
+            "'nearest', 'stochastic'",
+        ),
+        (
+            lambda: nvfp4.quantize_steps(torch.ones(48, 20), block_shape="16x16"),
+            ValueError,
+            "pad it with zeros to 32",
+        ),
     ],
 )
 def test_bad_input_raises_a_clear_error(call, error: type[Exception], match: str) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 
-import ml_dtypes
 import numpy as np
 import pytest
 import torch
@@ -115,22 +114,31 @@ def test_mx_rceil_never_saturates_and_floor_may() -> None:
         fp8.quantize(x, "mxfp8", mx_scale_rounding="round")
 
 
-def test_nvfp4_follows_the_documented_two_level_formula() -> None:
-    """TE's NVFP4: s_global = amax / (448 x 6); s_block = (block_amax / 6) / s_global stored in E4M3;
-    elements = E2M1(x / (s_block x s_global)), saturating. Reimplemented here with ml_dtypes."""
-    x = wide_tensor(32, 64, seed=3).double().numpy()
-    q = fp8.quantize(torch.from_numpy(x).float(), "nvfp4")
-    x = x.astype(np.float32).astype(np.float64)
-    s_global = np.float32(np.abs(x).max() / (448.0 * 6.0))
-    block_amax = np.abs(x.reshape(32, 4, 16)).max(-1)
-    s_block = np.clip((block_amax / 6.0).astype(np.float32) / s_global, -448, 448).astype(
-        ml_dtypes.float8_e4m3fn
-    )
-    assert q.tensor_scale.item() == pytest.approx(float(s_global), rel=1e-7)
-    assert np.array_equal(q.scale.double().numpy(), s_block.astype(np.float64))
-    divisor = np.repeat(s_block.astype(np.float32), 16, axis=1) * s_global
-    want = np.clip(x.astype(np.float32) / divisor, -6, 6).astype(ml_dtypes.float4_e2m1fn).astype(np.float64)
-    assert np.array_equal(q.data.double().numpy(), want)
+def test_nvfp4_is_the_nvfp4_modules_quantiser_along_any_axis() -> None:
+    """recipe "nvfp4" delegates to mpcourse.fp8.nvfp4 (TE's arithmetic: s_dec = 1 / (2688 / amax) and
+    reciprocal block scales), so the bits are the same; along axis 0 they are those of the transpose.
+    (tests/test_fp8_conformance.py checks both against a reference written from the paper.)"""
+    from mpcourse.fp8 import nvfp4
+
+    x = wide_tensor(32, 64, seed=3)
+    for q, ref in (
+        (fp8.quantize(x, "nvfp4"), nvfp4.quantize(x)),
+        (fp8.quantize(x, "nvfp4", axis=0), nvfp4.quantize(x.t().contiguous())),
+    ):
+        flip = (lambda t: t.t()) if q.axis == 0 else (lambda t: t)
+        assert torch.equal(flip(q.data), ref.data)
+        assert torch.equal(flip(q.scale).view(torch.uint8), ref.scale.view(torch.uint8))
+        assert torch.equal(q.tensor_scale, ref.tensor_scale) and q.tensor_scale.dtype == torch.float32
+        assert torch.equal(flip(q.dequantize()), ref.dequantize())
+        assert (q.recipe, q.fmt.name, q.block_size, q.scale.dtype) == (
+            "nvfp4",
+            "float4_e2m1fn",
+            16,
+            torch.float8_e4m3fn,
+        )
+    assert fp8.quantize(x, "nvfp4", axis=0).scale.shape == (2, 64)
+    three_d = wide_tensor(6, 64, seed=4).reshape(2, 3, 64)
+    assert torch.equal(fp8.quantize(three_d, "nvfp4").data, nvfp4.quantize(three_d).data)
 
 
 def test_blockwise_2d_tiles_and_axis() -> None:
@@ -346,6 +354,19 @@ def test_error_stats_counts_underflow() -> None:
         (dict(recipe="block_1x128", block_size=64), "means blocks of 128"),
         (dict(recipe="mx", fmt="e8m0"), "stores elements in"),
         (dict(recipe="blockwise", block_size=0), "positive integer"),
+        (dict(recipe="blockwise", block_size=True), "positive integer"),
+        (
+            dict(recipe="nvfp4", block_size=32),
+            r"blocks of 16 elements, fixed by the format.*Accepted: 16 or None",
+        ),
+        (
+            dict(recipe="mx", fmt="e4m3fnuz"),
+            r"stores elements in float8_e4m3fn, float8_e5m2, .*float4_e2m1fn",
+        ),
+        (dict(recipe="delayed", fmt="e2m1"), "stores elements in float8_e4m3fn"),
+        (dict(recipe="mx", fmt="e9m9"), "unknown floating-point format 'e9m9'. Accepted names"),
+        (dict(recipe="mxfp8", mx_scale_rounding="ceil"), "accepted: floor, rceil"),
+        (dict(recipe="mxfp8", axis=2), r"axis=2 is not a dimension.*accepted: -2 to 1"),
     ],
 )
 def test_bad_arguments_name_what_is_accepted(kwargs, message) -> None:
@@ -354,8 +375,14 @@ def test_bad_arguments_name_what_is_accepted(kwargs, message) -> None:
 
 
 def test_type_errors() -> None:
-    with pytest.raises(TypeError, match="floating-point"):
+    with pytest.raises(TypeError, match=r"floating-point tensor \(a torch.Tensor of float32.*x.float\(\)"):
         fp8.quantize(torch.arange(8), "tensorwise")
+    with pytest.raises(TypeError, match=r"got ndarray float32; convert it with torch.as_tensor"):
+        fp8.quantize(np.ones((4, 32), np.float32), "mxfp8")
+    with pytest.raises(TypeError, match=r"recipe must be a name \(a str\), got int 3; accepted: tensorwise"):
+        fp8.resolve(3)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        fp8.quantize(torch.tensor([[math.inf] + [1.0] * 15]), "nvfp4")
     with pytest.raises(ValueError, match="2-D"):
         fp8.quantize(torch.randn(2, 128, 128), "blockwise_2d")
     with pytest.raises(ValueError, match="2-D tensor"):
@@ -422,3 +449,20 @@ def test_a_block_size_that_does_not_divide_names_the_remedy(recipe, block_size, 
         fp8.quantize(torch.randn(*shape), recipe, block_size=block_size)
     if recipe in ("mxfp8", "mxfp4", "nvfp4", "mx"):
         assert "choose a block size" not in str(info.value) and "e.g." not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "args, kwargs, message",
+    [
+        (("bogus",), {}, r"unknown scaling recipe 'bogus'; accepted: tensorwise, .*nvfp4 \(aliases: current"),
+        (("nvfp4", "e4m3"), {}, r"recipe 'nvfp4' stores elements in float4_e2m1fn; got 'float8_e4m3fn'"),
+        (("mxfp8", "e5m2"), {}, r"recipe 'mxfp8' means float8_e4m3fn elements.*Use recipe 'mx'"),
+        (("nvfp4",), {"block_size": 8}, r"got block_size=8\. Accepted: 16 or None"),
+        (("tensorwise",), {"block_size": 32}, "has no blocks; block_size is only for blockwise"),
+    ],
+)
+def test_resolve_names_what_is_accepted(args, kwargs, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        fp8.resolve(*args, **kwargs)
+    spec, fmt, block = fp8.resolve("nvfp4", block_size=16)
+    assert (spec.name, fmt.name, block) == ("nvfp4", "float4_e2m1fn", 16)

@@ -246,6 +246,58 @@ def _bad(q: fp8.Quantized, **changes: object) -> fp8.Quantized:
             ),
             r"rowwise needs \(64, 1\)",
         ),
+        (
+            lambda a, b: (_bad(a, data=a.data.float()), b),
+            "a's elements are float32; float8_e4m3fn elements are stored as float8_e4m3fn",
+        ),
+        (
+            lambda a, b: (
+                _bad(fp8.quantize(torch.randn(64, 256), "nvfp4"), tensor_scale=torch.ones(64)),
+                fp8.quantize(torch.randn(32, 256), "nvfp4"),
+            ),
+            r"tensor scale is a float32 tensor of shape \(64,\); ScalingType.TensorWise takes one float32",
+        ),
+        (
+            lambda a, b: (
+                fp8.quantize(torch.randn(64, 256), "nvfp4"),
+                _bad(
+                    fp8.quantize(torch.randn(32, 256), "nvfp4"),
+                    tensor_scale=torch.ones((), dtype=torch.bfloat16),
+                ),
+            ),
+            r"b's nvfp4 tensor scale is a bfloat16 tensor of shape \(\)",
+        ),
+        (
+            lambda a, b: (
+                _bad(fp8.quantize(torch.randn(64, 256), "nvfp4"), scale=torch.ones(64, 16)),
+                fp8.quantize(torch.randn(32, 256), "nvfp4"),
+            ),
+            "a's scales are float32; nvfp4 needs float8_e4m3fn",
+        ),
+        (
+            lambda a, b: (
+                _bad(
+                    fp8.quantize(torch.randn(64, 256), "nvfp4"),
+                    scale=torch.ones(64, 8).to(torch.float8_e4m3fn),
+                ),
+                fp8.quantize(torch.randn(32, 256), "nvfp4"),
+            ),
+            r"a's scale has shape \(64, 8\); nvfp4 needs \(64, 16\)",
+        ),
+        (
+            lambda a, b: (
+                fp8.quantize(torch.randn(64, 256), "mx", block_size=16),
+                fp8.quantize(torch.randn(32, 256), "mxfp8"),
+            ),
+            "a has blocks of 16; ScalingType.BlockWise1x32 means 32",
+        ),
+        (
+            lambda a, b: (
+                fp8.quantize(torch.randn(64, 256), "tensorwise", "e2m1"),
+                fp8.quantize(torch.randn(32, 256), "tensorwise", "e2m1"),
+            ),
+            "a holds float4_e2m1fn elements; F.scaled_mm's tensorwise kernels take float8_e4m3fn",
+        ),
     ],
 )
 def test_bad_operands_get_errors_naming_what_is_accepted(make, match: str) -> None:
@@ -258,6 +310,18 @@ def test_bad_operands_get_errors_naming_what_is_accepted(make, match: str) -> No
 def test_non_quantized_operand_is_a_type_error() -> None:
     with pytest.raises(TypeError, match="a must be a Quantized"):
         scaled.scaled_mm(torch.randn(16, 16), fp8.quantize(torch.randn(16, 16)))
+    with pytest.raises(TypeError, match=r"b must be a Quantized \(from mpcourse.fp8.quantize\), got Tensor"):
+        scaled.check_operands(fp8.quantize(torch.randn(16, 16)), torch.randn(16, 16))
+    with pytest.raises(TypeError, match="a must be a Quantized"):
+        scaled.scaled_mm_arguments(torch.ones(16, 16, dtype=torch.int8), fp8.quantize(torch.randn(16, 16)))
+
+
+def test_scaled_mm_arguments_checks_before_building() -> None:
+    """The printable arguments are refused for the same reasons as the call, with the same message."""
+    a = fp8.quantize(torch.randn(64, 256), "blockwise")
+    b = fp8.quantize(torch.randn(32, 256), "tensorwise")
+    with pytest.raises(ValueError, match="no F.scaled_mm kernel for blockwise x tensorwise; accepted pairs"):
+        scaled.scaled_mm_arguments(a, b)
 
 
 def test_cuda_rules_are_checked_by_name() -> None:

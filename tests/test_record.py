@@ -60,15 +60,19 @@ def test_files_go_where_the_chapters_read_them() -> None:
     assert record.destination("matmul", "h200", "full").parent == reference.folder("matmul")
     assert record.destination("train", "h200", "full").parent == reference.folder("train")
     assert record.destination("fp8", "h200", "full").parent == reference.folder("fp8")
+    assert (
+        record.destination("fp8_recipes", "h200", "full")
+        == reference.folder("fp8_recipes") / "h200-full.json"
+    )
     assert record.destination("verify", "h200", "full") == reference.folder("verified") / "h200-full.json"
-    with pytest.raises(ValueError, match="accepted: matmul, train, fp8, verify"):
+    with pytest.raises(ValueError, match="accepted: matmul, train, fp8, fp8_recipes, verify"):
         record.destination("roofline", "h200", "full")
 
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"steps": ["matmul", "speed"]}, "accepted: matmul, train, fp8, verify"),
+        ({"steps": ["matmul", "speed"]}, "accepted: matmul, train, fp8, fp8_recipes, verify"),
         ({"steps": []}, "accepted: matmul"),
         ({"profile_name": "huge"}, "accepted: ci, small, full"),
         ({"jobs": 0}, "positive number"),

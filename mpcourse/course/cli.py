@@ -24,6 +24,7 @@ from typing import NoReturn
 BENCHES: dict[str, str] = {
     "formats": "mpcourse.bench.formats:benchmark",
     "fp8": "mpcourse.bench.fp8:benchmark",
+    "fp8_recipes": "mpcourse.bench.fp8_recipes:benchmark",
     "matmul": "mpcourse.bench.commands:matmul",
     "train": "mpcourse.bench.commands:train",
 }

@@ -2,7 +2,7 @@
 
 The chapters plot stored reference results next to what the reader's machine measures: matmul
 sweeps and training steps (:mod:`mpcourse.bench.results`), fp8 GEMMs (:mod:`mpcourse.bench.fp8`),
-and the outcome of every chapter (:mod:`mpcourse.course.verify`). Adding a machine to them used to take
+the losses of the fp8 training recipes (:mod:`mpcourse.bench.fp8_recipes`), and the outcome of every chapter (:mod:`mpcourse.course.verify`). Adding a machine to them used to take
 four commands, each with a file name to invent. :func:`record` runs them in order, names every file
 after the machine (:func:`machine_slug`), and goes on when one step fails, because time on a large
 GPU is often short and the other steps are still worth keeping. A step that cannot run on this
@@ -30,7 +30,7 @@ from .. import device as devices
 from .. import sizes
 
 #: The steps of a recording, in the order they run.
-STEPS: tuple[str, ...] = ("matmul", "train", "fp8", "verify")
+STEPS: tuple[str, ...] = ("matmul", "train", "fp8", "fp8_recipes", "verify")
 
 #: The package folder; every stored result lives below it.
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
@@ -40,6 +40,7 @@ DESTINATIONS: dict[str, str] = {
     "matmul": "reference/matmul/{slug}.json",
     "train": "reference/train/{slug}.json",
     "fp8": "reference/fp8/{slug}.json",
+    "fp8_recipes": "reference/fp8_recipes/{slug}-{profile}.json",
     "verify": "reference/verified/{slug}-{profile}.json",
 }
 
@@ -183,6 +184,7 @@ def record(
         "matmul": _bench("matmul", quick, force),
         "train": _bench("train", quick, force),
         "fp8": _bench("fp8", quick, force),
+        "fp8_recipes": _bench("fp8_recipes", quick, force),
         "verify": _verify(name, notebooks, jobs, force),
     }
     print(

@@ -40,8 +40,10 @@ from .linear import (
     CONFIGS,
     FP8Config,
     FP8Linear,
+    NVFP4Linear,
     convert_to_fp8,
     get_config,
+    layer_class,
     plan,
 )
 from .quantized import Quantized, dequantize, error_stats, expand_blocks, pow2
@@ -70,6 +72,7 @@ __all__ = [
     "DelayedScaling",
     "FP8Config",
     "FP8Linear",
+    "NVFP4Linear",
     "Quantized",
     "ScalingRecipe",
     "UnsupportedFP8Error",
@@ -82,6 +85,7 @@ __all__ = [
     "flops",
     "fp8_mm",
     "get_config",
+    "layer_class",
     "plan",
     "pow2",
     "quantize",

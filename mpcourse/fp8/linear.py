@@ -27,6 +27,7 @@ norms, softmax, the loss, the optimizer) runs as the rest of the recipe says (bf
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -35,9 +36,11 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
 
 from .. import device as device_mod
 from .. import formats
+from . import nvfp4
 from .delayed import DelayedScaling
 from .gemm import fp8_mm, scaled_mm, scaled_mm_problems
 from .recipes import Quantized, quantize, resolve
@@ -53,6 +56,13 @@ class FP8Config:
     ``input_recipe`` applies to activations, ``weight_recipe`` to weights, ``grad_recipe`` to the
     output gradient; ``forward_format`` to activations and weights, ``backward_format`` to gradients.
     ``delayed`` (a :class:`~mpcourse.fp8.delayed.DelayedScaling`) is used by the ``"delayed"`` recipe.
+
+    Two fields describe recipes whose backward pass differs from the forward's:
+    ``dgrad_weight_recipe`` quantises the weight for the input-gradient GEMM with another recipe
+    than the forward's (None: the same), and ``wgrad_precision="bf16"`` runs the weight-gradient
+    GEMM on bf16 operands instead of fp8: both as torchao's ``rowwise_with_gw_hp`` does
+    (``torchao/float8/config.py``: the weight tensorwise for dgrad, the weight gradient "in high
+    precision"). ``layer="nvfp4"`` selects :class:`NVFP4Linear`, NVIDIA's NVFP4 training recipe.
     """
 
     name: str
@@ -65,9 +75,31 @@ class FP8Config:
     block_size: int | None = None
     pow2_scales: bool = False
     delayed: DelayedScaling | None = None
+    dgrad_weight_recipe: str | None = None
+    wgrad_precision: Literal["fp8", "bf16"] = "fp8"
+    layer: Literal["fp8", "nvfp4"] = "fp8"
     sources: tuple[str, ...] = field(default=())
 
     def __post_init__(self) -> None:
+        if self.wgrad_precision not in ("fp8", "bf16"):
+            raise ValueError(
+                f"configuration {self.name!r}: wgrad_precision={self.wgrad_precision!r}; accepted: 'fp8', 'bf16'"
+            )
+        if self.layer not in ("fp8", "nvfp4"):
+            raise ValueError(f"configuration {self.name!r}: layer={self.layer!r}; accepted: 'fp8', 'nvfp4'")
+        if self.layer == "nvfp4" and {self.input_recipe, self.weight_recipe, self.grad_recipe} != {"nvfp4"}:
+            raise ValueError(
+                f"configuration {self.name!r}: layer='nvfp4' quantises every operand with NVIDIA's NVFP4 "
+                f"recipe; set input, weight and grad recipes to 'nvfp4' (got {self.input_recipe}, "
+                f"{self.weight_recipe}, {self.grad_recipe})"
+            )
+        if self.dgrad_weight_recipe is not None:
+            resolve(self.dgrad_weight_recipe, self.forward_format)
+            if resolve(self.dgrad_weight_recipe)[0].granularity != "tensor":
+                raise ValueError(
+                    f"configuration {self.name!r}: dgrad_weight_recipe={self.dgrad_weight_recipe!r}; "
+                    "accepted: a recipe with one scale per tensor ('tensorwise'), as torchao uses"
+                )
         for _role, recipe, fmt in (
             ("input", self.input_recipe, self.forward_format),
             ("weight", self.weight_recipe, self.forward_format),
@@ -157,6 +189,34 @@ CONFIGS: dict[str, FP8Config] = {
             block_size=32,
             sources=("ocp2023mx", "nvidia-te-recipes"),
         ),
+        FP8Config(
+            "fp8_rowwise_gw_hp",
+            "per-row E4M3 scales (powers of two) for the forward and the input gradient, the weight "
+            "tensorwise for the input gradient, the weight gradient in bf16 (torchao "
+            "'rowwise_with_gw_hp')",
+            "rowwise",
+            "rowwise",
+            "rowwise",
+            backward_format="float8_e4m3fn",
+            pow2_scales=True,
+            dgrad_weight_recipe="tensorwise",
+            wgrad_precision="bf16",
+            sources=("torchao-float8",),
+        ),
+        FP8Config(
+            "nvfp4",
+            "NVFP4 (E2M1, an E4M3 scale per 16 and an fp32 tensor scale): 16x16 weight tiles, "
+            "gradients rounded stochastically, a Hadamard transform on the weight-gradient inputs "
+            "(NVIDIA's NVFP4 training recipe)",
+            "nvfp4",
+            "nvfp4",
+            "nvfp4",
+            forward_format="float4_e2m1fn",
+            backward_format="float4_e2m1fn",
+            block_size=16,
+            layer="nvfp4",
+            sources=("nvidia2025nvfp4", "nvidia-te-nvfp4"),
+        ),
     )
 }
 
@@ -226,13 +286,16 @@ class FP8LinearFunction(torch.autograd.Function):
         with torch.autocast(dy.device.type, enabled=False):
             q_dy = layer.quantize("grad_output", dy)  # along out_features
             # input-gradient GEMM: dx = dy w, inner dimension out_features
-            dx = layer.matmul(q_dy, layer.quantize_transposed("weight", w, qw))
+            dx = layer.matmul(q_dy, layer.quantize_transposed("weight_dgrad", w, qw))
             # weight-gradient GEMM: dw = dy^T x, inner dimension the tokens (padded to whole blocks)
-            pad = layer.wgrad_block()
-            dw = layer.matmul(
-                layer.quantize_transposed("grad_output", dy, q_dy, pad=pad),
-                layer.quantize_transposed("input", x2, qx, pad=pad),
-            )
+            if layer.config.wgrad_precision == "bf16":  # torchao's rowwise_with_gw_hp: this one in bf16
+                dw = (dy.t().to(torch.bfloat16) @ x2.to(torch.bfloat16)).float()
+            else:
+                pad = layer.wgrad_block()
+                dw = layer.matmul(
+                    layer.quantize_transposed("grad_output", dy, q_dy, pad=pad),
+                    layer.quantize_transposed("input", x2, qx, pad=pad),
+                )
         db = dy.sum(0) if has_bias else None
         # Straight through: dx and dw are the gradients of x and w, as if quantising were the identity.
         return dx.reshape(x_shape).to(x_dtype), dw.to(w_dtype), db, None
@@ -285,7 +348,18 @@ class FP8Linear(nn.Linear):
     def from_linear(
         cls, linear: nn.Linear, config: str | FP8Config = "fp8_tensorwise", gemm: Gemm = "auto"
     ) -> FP8Linear:
-        """An FP8Linear sharing ``linear``'s parameters (the same Parameter objects)."""
+        """An FP8Linear sharing ``linear``'s parameters (the same Parameter objects).
+
+        A weight under a parametrisation (``torch.nn.utils.parametrize``) keeps it: the new layer
+        gets the same original Parameter and the same parametrisation modules, so it computes with
+        the same effective weight and the optimizer still updates the original.
+        """
+        if any(parametrize.is_parametrized(linear, name) for name in ("bias",)):
+            raise ValueError(
+                "from_linear keeps a parametrised weight, not a parametrised bias; remove it first"
+            )
+        parametrized = parametrize.is_parametrized(linear, "weight")
+        weight = linear.parametrizations.weight.original if parametrized else linear.weight
         new = cls(
             linear.in_features,
             linear.out_features,
@@ -294,12 +368,15 @@ class FP8Linear(nn.Linear):
             gemm=gemm,
             device="meta",
         )
-        new.weight = linear.weight
+        new.weight = weight
         new.bias = linear.bias
         for scaler in new.scalers.values():
-            scaler.to_empty(device=linear.weight.device)
+            scaler.to_empty(device=weight.device)
             scaler.amax_history.zero_()
             scaler.scale.fill_(1.0)
+        if parametrized:
+            for module in linear.parametrizations.weight:
+                parametrize.register_parametrization(new, "weight", module)
         return new
 
     # -- pieces the autograd function calls --
@@ -309,6 +386,7 @@ class FP8Linear(nn.Linear):
         return {
             "input": (cfg.input_recipe, cfg.forward_format),
             "weight": (cfg.weight_recipe, cfg.forward_format),
+            "weight_dgrad": (cfg.dgrad_weight_recipe or cfg.weight_recipe, cfg.forward_format),
             "grad_output": (cfg.grad_recipe, cfg.backward_format),
         }[role]
 
@@ -335,9 +413,13 @@ class FP8Linear(nn.Linear):
         history), after appending zero rows to ``t`` up to a multiple of ``pad``: blocks along the
         inner dimension must be whole, and zeros add nothing to the product.
         """
-        if cast is not None and pad <= 1 and self.tensor_scaled(role):
+        if cast is not None and pad <= 1 and self.tensor_scaled(role) and self._same_cast(role):
             return _transposed(cast)
         return self.quantize(role, _pad_rows(t, pad).t(), record=False)
+
+    def _same_cast(self, role: str) -> bool:
+        """Whether ``role`` is quantised as the forward quantised its tensor (``weight_dgrad`` may not be)."""
+        return role != "weight_dgrad" or self._recipe_and_format(role) == self._recipe_and_format("weight")
 
     def quantize(self, role: str, t: torch.Tensor, *, record: bool = True) -> Quantized:
         """Quantise operand ``role`` (``input``, ``weight`` or ``grad_output``) along its last axis.
@@ -348,7 +430,8 @@ class FP8Linear(nn.Linear):
         recipe, fmt = self._recipe_and_format(role)
         if recipe == "delayed":
             record = record and self.training
-            return self.scalers[role].quantize(t, record=record, update=record)
+            scaler = self.scalers["weight" if role == "weight_dgrad" else role]
+            return scaler.quantize(t, record=record, update=record)
         return quantize(
             t,
             recipe,
@@ -382,6 +465,92 @@ class FP8Linear(nn.Linear):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, config={self.config.name}, gemm={self.gemm}"
+
+
+class NVFP4Linear(FP8Linear):
+    """``nn.Linear`` trained with NVIDIA's NVFP4 recipe, emulated exactly (:mod:`mpcourse.fp8.nvfp4`).
+
+    The three GEMMs run on NVFP4 operands as the paper specifies them [NVFP4 §4]: activations in
+    1x16 blocks, rounded to nearest; the weight in 16x16 tiles, so that its quantisation serves the
+    input-gradient GEMM transposed (:func:`~mpcourse.fp8.nvfp4.transpose`), with no second pass; the
+    output gradient rounded stochastically; and both inputs of the weight-gradient GEMM multiplied
+    along the tokens by the 16x16 random Hadamard transform (TE's fixed signs) before they are
+    quantised. The transform cancels in the product, so the layer computes the same function.
+    Stochastic rounding draws from the layer's own generator, seeded from a hash of the layer's
+    weights when it is converted: two runs from the same initial weights draw the same rounding, so
+    a seeded run is reproducible without touching the global random state.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        config: str | FP8Config = "nvfp4",
+        gemm: Gemm = "emulated",
+        device: Any = None,
+        dtype: Any = None,
+    ) -> None:
+        super().__init__(
+            in_features, out_features, bias, config=config, gemm="emulated", device=device, dtype=dtype
+        )
+        if self.config.layer != "nvfp4":
+            raise ValueError(
+                f"NVFP4Linear needs a configuration with layer='nvfp4' (e.g. 'nvfp4'); got {self.config.name!r}"
+            )
+        if gemm != "emulated":
+            raise ValueError(f"NVFP4Linear runs emulated only (gemm='emulated'); got gemm={gemm!r}")
+        self._seed = 0
+        self._generators: dict[torch.device, torch.Generator] = {}
+        self.rht = nvfp4.rht_matrix(nvfp4.TE_WGRAD_SIGNS)
+
+    @classmethod
+    def from_linear(
+        cls, linear: nn.Linear, config: str | FP8Config = "nvfp4", gemm: Gemm = "emulated"
+    ) -> NVFP4Linear:
+        new = super().from_linear(linear, config, gemm)
+        digest = hashlib.sha256(linear.weight.detach().float().cpu().numpy().tobytes()).digest()
+        new._seed = int.from_bytes(digest[:7], "little")
+        return new
+
+    def _generator(self, dev: torch.device) -> torch.Generator:
+        if dev not in self._generators:
+            self._generators[dev] = torch.Generator(device=dev).manual_seed(self._seed)
+        return self._generators[dev]
+
+    def quantize(self, role: str, t: torch.Tensor, *, record: bool = True) -> Quantized:
+        """``weight``: 16x16 tiles; ``input``: 1x16 blocks, nearest; ``grad_output``: 1x16, stochastic."""
+        if role in ("weight", "weight_dgrad"):
+            return nvfp4.quantize_weight(t)
+        if role == "input":
+            return nvfp4.quantize_activation(t)
+        return nvfp4.quantize_gradient(t, self._generator(t.device))
+
+    def keep_for_backward(self, role: str, q: Quantized) -> Quantized | None:
+        return q if role == "weight" else None  # 16x16 tiles transpose; 1x16 blocks do not
+
+    def quantize_transposed(
+        self, role: str, t: torch.Tensor, cast: Quantized | None, *, pad: int = 1
+    ) -> Quantized:
+        """``W^T`` from the forward's tiles; ``dy^T`` and ``x^T`` rotated along the tokens, then quantised."""
+        if role in ("weight", "weight_dgrad"):
+            return nvfp4.transpose(cast if cast is not None else self.quantize("weight", t))
+        rotated = nvfp4.apply_rht(_pad_rows(t, nvfp4.BLOCK).t(), self.rht.to(t.device))
+        return self.quantize(role, rotated)
+
+    def wgrad_block(self) -> int:
+        return nvfp4.BLOCK
+
+    def matmul(self, a: Quantized, b: Quantized) -> torch.Tensor:
+        """``a @ b.T`` of the decoded operands in fp32 (what the block-scaled GEMM computes, up to the
+        order of the fp32 additions)."""
+        return a.dequantize() @ b.dequantize().t()
+
+
+def layer_class(config: str | FP8Config) -> type[FP8Linear]:
+    """The layer that implements ``config``: :class:`NVFP4Linear` for ``layer="nvfp4"``, else :class:`FP8Linear`."""
+    return NVFP4Linear if get_config(config).layer == "nvfp4" else FP8Linear
 
 
 # ---- converting a model -------------------------------------------------------------------------
@@ -466,7 +635,12 @@ def convert_to_fp8(
         for child_name, child in list(module.named_children()):
             full = f"{name}.{child_name}" if name else child_name
             if full in chosen and isinstance(child, nn.Linear) and not isinstance(child, FP8Linear):
-                setattr(module, child_name, FP8Linear.from_linear(child, cfg, gemm))
+                cls = layer_class(cfg)
+                setattr(
+                    module,
+                    child_name,
+                    cls.from_linear(child, cfg, "emulated" if cls is NVFP4Linear else gemm),
+                )
     if verbose:
         kept = table[~table["fp8"]]
         print(
@@ -482,7 +656,9 @@ __all__ = [
     "FP8Config",
     "FP8Linear",
     "FP8LinearFunction",
+    "NVFP4Linear",
     "convert_to_fp8",
     "get_config",
+    "layer_class",
     "plan",
 ]

@@ -44,9 +44,10 @@ layers in the paper's 12B model), stay in BF16 (§4.1); that choice belongs to t
 Elements are returned in the course's :class:`~mpcourse.fp8.quantized.Quantized` container, as a
 float32 tensor holding E2M1 values (torch's ``float4_e2m1fn_x2`` packs two per byte and has almost
 no operations; :func:`pack_e2m1` produces that layout); block scales as ``torch.float8_e4m3fn``;
-``tensor_scale`` is ``s_dec``. :func:`~mpcourse.fp8.recipes.quantize` with ``recipe="nvfp4"`` is
-the textbook formula with divisions; this module is the recipe with TE's arithmetic, 2D blocks,
-stochastic rounding and the Hadamard transform.
+``tensor_scale`` is ``s_dec``. :func:`~mpcourse.fp8.recipes.quantize` with ``recipe="nvfp4"`` calls
+:func:`quantize_steps` (1x16 blocks along its ``axis``, to nearest), so the course has one NVFP4
+quantiser and one arithmetic, TE's; this module adds the 16x16 weight tiles, stochastic rounding
+and the Hadamard transform of the training recipe.
 """
 
 from __future__ import annotations

@@ -25,6 +25,10 @@ MX spec calls X). Transformer Engine's ``scale`` is the reciprocal, the factor a
 cast; :class:`mpcourse.fp8.delayed.DelayedScaler` (the state of the stateful ``delayed`` recipe, in
 its own module) keeps TE's convention internally, as its docstring says.
 
+``nvfp4`` here is :mod:`mpcourse.fp8.nvfp4`'s quantiser (Transformer Engine's arithmetic), with its
+blocks along ``axis``; that module adds NVFP4 training's 16x16 weight tiles, stochastic rounding and
+Hadamard transform.
+
 Casting is saturating by default (values beyond the format's largest finite value become ±max, as
 TE and torchao do); ``saturate=False`` gives the OCP spec's other conversion, where they become NaN
 (E4M3, which has no infinity) or ±inf (E5M2). Elements are stored in torch's own fp8 dtypes where
@@ -195,7 +199,10 @@ def resolve(
             each naming what is accepted.
     """
     if not isinstance(recipe, str):
-        raise TypeError(f"recipe must be a name, got {type(recipe).__name__}")
+        raise TypeError(
+            f"recipe must be a name (a str), got {type(recipe).__name__} {recipe!r}; accepted: "
+            f"{', '.join(RECIPES)} (aliases: {', '.join(ALIASES)})"
+        )
     key = recipe.strip().lower()
     alias_fmt, alias_block = None, None
     if key in ALIASES:
@@ -219,13 +226,19 @@ def resolve(
     if block_size is not None and alias_block is not None and block_size != alias_block:
         raise ValueError(f"recipe {recipe!r} means blocks of {alias_block}; got block_size={block_size}")
     size = block_size if block_size is not None else (alias_block or spec.block_size)
+    if spec.name == "nvfp4" and size != spec.block_size:
+        raise ValueError(
+            f"recipe 'nvfp4' has blocks of {spec.block_size} elements, fixed by the format (one E4M3 scale per "
+            f"16, arXiv 2509.25149 §2); got block_size={size!r}. Accepted: {spec.block_size} or None; "
+            "for other block sizes use recipe 'mx' (E8M0 scales) or 'blockwise' (fp32 scales)"
+        )
     if spec.granularity in ("tensor", "row"):
         if block_size is not None:
             raise ValueError(
                 f"recipe {spec.name!r} has no blocks; block_size is only for blockwise, blockwise_2d, mx, nvfp4"
             )
         size = None
-    elif not isinstance(size, int) or size < 1:
+    elif isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise ValueError(f"block_size must be a positive integer, got {size!r}")
     return spec, chosen, size
 
@@ -344,6 +357,25 @@ def _mx_scale(amax: torch.Tensor, fmt: formats.FloatFormat, rounding: str) -> to
     return torch.where(torch.isfinite(amax), scale, torch.full_like(amax, math.nan))
 
 
+def _nvfp4(x2: torch.Tensor, shape: torch.Size, axis: int) -> Quantized:
+    """NVFP4 of the (rows, K) view ``x2``, by :func:`mpcourse.fp8.nvfp4.quantize_steps` (1x16 blocks, to
+    nearest): one implementation with Transformer Engine's fp32 arithmetic, put back in ``shape`` with
+    its scales along ``axis``. (Imported here: :mod:`~mpcourse.fp8.nvfp4` imports :func:`cast` from this
+    module.) A NaN or inf in the tensor is an error there, naming where to look."""
+    from . import nvfp4
+
+    steps = nvfp4.quantize_steps(x2, block_shape="1x16", rounding="nearest")
+    return Quantized(
+        _restore(steps.elements, shape, axis, x2.shape[1]),
+        _restore(steps.block_scale, shape, axis, x2.shape[1] // nvfp4.BLOCK),
+        "nvfp4",
+        E2M1,
+        nvfp4.BLOCK,
+        axis,
+        steps.global_decode,
+    )
+
+
 def quantize(
     x: torch.Tensor,
     recipe: str = "tensorwise",
@@ -367,19 +399,32 @@ def quantize(
         axis: the dimension rows and blocks run along: the inner (K) dimension of the GEMM that
             consumes the tensor. ``-1`` for ``x`` in ``x @ w.T`` and for ``w``; ``0`` for the
             operands of a weight-gradient GEMM.
-        saturate: clamp overflow to ±max (default) or produce NaN/inf as the format defines.
+        saturate: clamp overflow to ±max (default) or produce NaN/inf as the format defines (E2M1
+            and the FP6 formats define neither, so their elements saturate either way).
         pow2_scales: round fp32 scales up to powers of two (TE's blockwise default; exact rescaling).
         mx_scale_rounding: ``"floor"`` (the OCP spec) or ``"rceil"`` (NVIDIA's cuBLAS), for ``mx``.
         scaler: the :class:`DelayedScaler` holding the amax history, for ``recipe="delayed"``.
 
+    ``"nvfp4"`` is computed by :func:`mpcourse.fp8.nvfp4.quantize_steps` (1x16 blocks along ``axis``,
+    round to nearest even), so both give the same bits: Transformer Engine's fp32 arithmetic, with
+    reciprocals where the textbook formula divides. That module has the 16x16 weight tiles,
+    stochastic rounding and the Hadamard transform of NVFP4 training.
+
     Raises:
         ValueError / TypeError: unknown recipe or format, a block size that does not divide the
-            tensor, ``delayed`` without a scaler, each naming what is accepted.
+            tensor (or, for ``nvfp4``, is not 16), ``delayed`` without a scaler, NaN or inf in a
+            tensor for ``nvfp4``, each naming what is accepted.
     """
     spec, fmt, block = resolve(recipe, fmt, block_size)
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise TypeError(
-            f"quantize expects a floating-point tensor, got {type(x).__name__} {getattr(x, 'dtype', '')}"
+            f"quantize expects a floating-point tensor (a torch.Tensor of float32, bfloat16, float16 or "
+            f"float64), got {type(x).__name__} {getattr(x, 'dtype', '')}".rstrip()
+            + (
+                "; convert it with torch.as_tensor(x, dtype=torch.float32)"
+                if not isinstance(x, torch.Tensor)
+                else "; convert an integer or boolean tensor first, e.g. with x.float()"
+            )
         )
     if mx_scale_rounding not in MX_SCALE_ROUNDINGS:
         raise ValueError(
@@ -434,28 +479,19 @@ def quantize(
         )
 
     _check_divides(length, block, "K, the length along the scaled axis", spec.name)
+    if spec.name == "nvfp4":
+        return _nvfp4(x2, x.shape, ax)
     blocks = x2.reshape(rows, length // block, block)
     amax = blocks.abs().amax(dim=2)
-    tensor_scale = None
     if spec.name == "mx":
         scale2 = _mx_scale(amax, fmt, mx_scale_rounding)
         divisor = expand_blocks(scale2, x2.shape)
         stored = float_to_e8m0(scale2)
-    elif spec.name == "nvfp4":
-        global_amax = x.abs().amax() if x.numel() else torch.zeros((), device=x.device)
-        tensor_scale = global_amax / (E4M3.max * fmt.max)  # TE: s_global = amax / (448 * 6)
-        tensor_scale = torch.where(
-            torch.isfinite(tensor_scale) & (tensor_scale > 0), tensor_scale, torch.ones_like(tensor_scale)
-        )
-        stored = cast((amax / fmt.max) / tensor_scale, E4M3, saturate=True)  # s_block, stored in E4M3
-        divisor = expand_blocks(stored.float() * tensor_scale, x2.shape)
     else:
         scale2 = _amax_scale(amax, fmt, pow2_scales)
         divisor = expand_blocks(scale2, x2.shape)
         stored = scale2
-    scaled = torch.where(
-        divisor > 0, x2 / divisor, torch.zeros_like(x2)
-    )  # an E4M3 block scale can round to 0
+    scaled = torch.where(divisor > 0, x2 / divisor, torch.zeros_like(x2))  # a NaN scale (MX) stores 0
     data2 = cast(scaled, fmt, saturate=saturate)
     return Quantized(
         _restore(data2, x.shape, ax, length),
@@ -464,7 +500,6 @@ def quantize(
         fmt,
         block,
         ax,
-        tensor_scale,
     )
 
 

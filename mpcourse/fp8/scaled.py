@@ -226,6 +226,12 @@ def _check_one(name: str, q: object) -> list[str]:
         )
     if problems:
         return problems
+    stored = q.fmt.torch_dtype or torch.float32  # FP4 elements: float32 holding E2M1 values, packed later
+    if q.data.dtype != stored:
+        problems.append(
+            f"{name}'s elements are {dtype_name(q.data.dtype)}; {q.fmt.name} elements are stored as "
+            f"{dtype_name(stored)} (quantize with mpcourse.fp8.quantize, which casts them)"
+        )
     if dtype_name(q.scale.dtype) != lay.scale_dtype:
         problems.append(f"{name}'s scales are {dtype_name(q.scale.dtype)}; {kind} needs {lay.scale_dtype}")
     if q.scale.numel() != 1 or kind != "tensorwise":
@@ -235,6 +241,20 @@ def _check_one(name: str, q: object) -> list[str]:
             problems.append(f"{name}'s scale has shape {tuple(q.scale.shape)}; {kind} needs {want}")
     if kind == "nvfp4" and q.tensor_scale is None:
         problems.append(f"{name} is nvfp4 without its fp32 tensor scale (Quantized.tensor_scale)")
+    elif kind == "nvfp4" and (
+        not isinstance(q.tensor_scale, torch.Tensor)
+        or q.tensor_scale.numel() != 1
+        or q.tensor_scale.dtype != torch.float32
+    ):
+        got = q.tensor_scale
+        what = (
+            f"a {dtype_name(got.dtype)} tensor of shape {tuple(got.shape)}"
+            if isinstance(got, torch.Tensor)
+            else type(got).__name__
+        )
+        problems.append(
+            f"{name}'s nvfp4 tensor scale is {what}; ScalingType.TensorWise takes one float32 value (a 0-d tensor)"
+        )
     return problems
 
 

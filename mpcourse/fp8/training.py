@@ -15,7 +15,7 @@ from torch import nn
 from ..train import RECIPES as TRAIN_RECIPES
 from ..train import Recipe, register_recipe
 from .linear import CONFIGS, convert_to_fp8
-from .torchao import torchao_convert
+from .torchao import TORCHAO_RECIPES, torchao_convert
 
 
 def _prepare(config: str) -> Callable[[nn.Module], nn.Module]:
@@ -34,7 +34,8 @@ def _prepare_torchao(recipe: str) -> Callable[[nn.Module], nn.Module]:
 
 def training_recipes() -> tuple[Recipe, ...]:
     """The fp8 training recipes: :data:`CONFIGS` (emulated anywhere, real GEMMs where possible) and
-    torchao's (sm_89+ only). :data:`mpcourse.train.RECIPES` loads them on first use."""
+    torchao's three (``torchao_tensorwise``, ``torchao_rowwise``, ``torchao_rowwise_with_gw_hp``;
+    sm_89+ only, since they measure torchao where it is fast). :data:`mpcourse.train.RECIPES` loads them on first use."""
     ours = tuple(
         Recipe(
             cfg.name,
@@ -53,7 +54,7 @@ def training_recipes() -> tuple[Recipe, ...]:
             precision="fp8",
             prepare_model=_prepare_torchao(name),
         )
-        for name in ("tensorwise", "rowwise")
+        for name in TORCHAO_RECIPES
     )
     return ours + torchao
 

@@ -7,9 +7,10 @@ Those measurements are data, never numbers typed into the text, and they live he
       matmul/    ``mpcourse bench matmul --save`` records, one file per machine (cpu-amx-2core.json, h200.json)
       train/     ``mpcourse bench train --save`` records
       fp8/       ``mpcourse bench fp8 --save`` records (GPUs with fp8 tensor cores only)
+      fp8_recipes/ ``mpcourse bench fp8_recipes --save`` records: losses of the fp8 training recipes
       verified/  ``mpcourse verify`` records: which chapters passed where, how long each took
 
-``mpcourse record`` writes all four for the machine it runs on. :func:`records` reads a topic
+``mpcourse record`` writes all five for the machine it runs on. :func:`records` reads a topic
 back, checking each benchmark record's format (:func:`mpcourse.bench.results.load`) so that a
 damaged file fails loudly instead of drawing a wrong figure.
 """
@@ -24,7 +25,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent
 
 #: Topics stored as benchmark records (:mod:`mpcourse.bench.results`), and all topics.
-BENCH_TOPICS: tuple[str, ...] = ("matmul", "train", "fp8")
+BENCH_TOPICS: tuple[str, ...] = ("matmul", "train", "fp8", "fp8_recipes")
 TOPICS: tuple[str, ...] = (*BENCH_TOPICS, "verified")
 
 
