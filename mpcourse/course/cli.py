@@ -288,7 +288,7 @@ def parser() -> argparse.ArgumentParser:
     rec.add_argument(
         "--steps",
         nargs="+",
-        choices=["matmul", "train", "fp8", "verify"],
+        choices=["matmul", "train", "fp8", "fp8_recipes", "verify"],
         help="what to run (default: all, in that order)",
     )
     rec.add_argument(

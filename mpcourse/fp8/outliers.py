@@ -25,7 +25,9 @@ tabulates the final losses, their spread over seeds, and each recipe's gap to bf
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -164,18 +166,19 @@ def compare_recipes(
     runs = []
     for recipe, label in zip(recipes, labels, strict=True):
         for seed in seeds:
-            history = train_mod.train(
-                make_model,
-                data,
-                recipe,
-                steps=steps,
-                batch_size=batch_size,
-                lr=lr,
-                seed=seed,
-                label=f"{label}, seed {seed}",
-                verbose=False,
-                progress=False,
-            )
+            with contextlib.redirect_stdout(io.StringIO()):  # each conversion's note would repeat per run
+                history = train_mod.train(
+                    make_model,
+                    data,
+                    recipe,
+                    steps=steps,
+                    batch_size=batch_size,
+                    lr=lr,
+                    seed=seed,
+                    label=f"{label}, seed {seed}",
+                    verbose=False,
+                    progress=False,
+                )
             runs.append(RecipeRun(label, seed, history))
     return runs
 
@@ -251,7 +254,8 @@ def gradient_errors(
     def step(recipe: train_mod.Recipe | None) -> tuple[float, torch.Tensor]:
         net = copy.deepcopy(model).train()
         if recipe is not None and recipe.prepare_model is not None:
-            net = recipe.prepare_model(net)
+            with contextlib.redirect_stdout(io.StringIO()):  # the conversion's note, once per recipe
+                net = recipe.prepare_model(net)
         dtype = recipe.autocast_dtype if recipe is not None else None
         with torch.autocast(inputs.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
             logits = net(inputs)
