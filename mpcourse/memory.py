@@ -174,9 +174,23 @@ def matmul_parameter_count(model: nn.Module) -> int:
     )
 
 
-def _storage_key(t: torch.Tensor) -> tuple[str, int]:
+def _storages(t: torch.Tensor) -> list[tuple[tuple[str, int], int]]:
+    """``((device, address), bytes)`` of each storage behind ``t``.
+
+    A wrapper tensor subclass (torchao's fp8 training tensors, say) has no storage of its own to
+    read: its memory is that of the plain tensors it wraps (``__tensor_flatten__``), which are
+    counted instead.
+    """
+    if type(t) is not torch.Tensor and hasattr(t, "__tensor_flatten__"):
+        names, _ = t.__tensor_flatten__()
+        return [item for name in names for item in _storages(getattr(t, name))]
     storage = t.untyped_storage()
-    return (str(t.device), storage.data_ptr())
+    return [((str(t.device), storage.data_ptr()), storage.nbytes())]
+
+
+def _storage_key(t: torch.Tensor) -> tuple[str, int] | None:
+    found = _storages(t)
+    return found[0][0] if found else None
 
 
 def storage_bytes(tensors: Iterable[torch.Tensor]) -> int:
@@ -184,7 +198,7 @@ def storage_bytes(tensors: Iterable[torch.Tensor]) -> int:
     seen: dict[tuple[str, int], int] = {}
     for t in tensors:
         if isinstance(t, torch.Tensor) and t.numel():
-            seen[_storage_key(t)] = t.untyped_storage().nbytes()
+            seen.update(_storages(t))
     return sum(seen.values())
 
 
@@ -234,7 +248,7 @@ class _ParameterCasts(TorchDispatchMode):
             and _storage_key(source) in self.param_keys
             and out.dtype != source.dtype
         ):
-            self.copies[_storage_key(out)] = out.untyped_storage().nbytes()
+            self.copies.update(_storages(out))
         return out
 
 
@@ -258,7 +272,8 @@ class SavedTensorMeter:
 
     def _pack(self, t: torch.Tensor) -> torch.Tensor:
         if t.numel():
-            self._saved.setdefault(_storage_key(t), t.untyped_storage().nbytes())
+            for key, nbytes in _storages(t):
+                self._saved.setdefault(key, nbytes)
         return t
 
     def __enter__(self) -> SavedTensorMeter:

@@ -379,3 +379,308 @@ def test_delayed_hints_do_not_give_the_formula() -> None:
     from mpcourse.exercises import hints
 
     assert all("2**margin / 448" not in step for step in hints("fp8_training-delayed"))
+
+
+# ---- fp8_training-nvfp4_scales ---------------------------------------------------------------------------
+
+
+def scales_reference(x):
+    x = x.float()
+    global_decode = x.abs().max() / (6 * 448)
+    block_amax = x.abs().reshape(*x.shape[:-1], -1, 16).amax(-1)
+    return global_decode, ((block_amax / 6) / global_decode).clamp(max=448).to(torch.float8_e4m3fn)
+
+
+def scales_encode_first(x):  # TE's order: the encode scale first, multiplied in; float32 values returned
+    x = x.float()
+    amax = x.abs().max()
+    s_enc = torch.div(torch.tensor(2688.0), amax)
+    block_amax = x.abs().reshape(x.shape[0], x.shape[1] // 16, 16).amax(-1)
+    scales = (block_amax / 6 * s_enc).clamp(-448, 448).to(torch.float8_e4m3fn).float()
+    return float(1 / s_enc), scales
+
+
+def scales_float64(x):  # numpy in float64, rounded to E4M3 by ml_dtypes, a Python float for the global scale
+    import ml_dtypes
+
+    a = np.abs(x.double().numpy())
+    s_dec = a.max() / 2688.0
+    blocks = a.reshape(a.shape[0], -1, 16).max(-1)
+    scales = np.minimum(blocks / 6.0 / s_dec, 448.0).astype(ml_dtypes.float8_e4m3fn).astype(np.float32)
+    return float(s_dec), torch.from_numpy(scales)
+
+
+@pytest.mark.parametrize("answer", [scales_reference, scales_encode_first, scales_float64])
+@pytest.mark.filterwarnings("error")
+def test_nvfp4_scales_accepts_correct_answers(answer, capsys) -> None:
+    check("fp8_training-nvfp4_scales", answer)
+    assert capsys.readouterr().err == ""
+
+
+def _scales_wrong(variant):
+    def fn(x):
+        x = x.float()
+        amax = x.abs().max()
+        s_dec = amax / (6 * 448)
+        block_amax = x.abs().reshape(x.shape[0], -1, 16).amax(-1)
+        unrounded = (block_amax / 6) / s_dec
+        if variant == "no-global":
+            return s_dec, (block_amax / 6).to(torch.float8_e4m3fn)
+        if variant == "by-448":
+            s_dec = amax / 448
+            return s_dec, ((block_amax / 6) / s_dec).to(torch.float8_e4m3fn)
+        if variant == "encode":
+            return 1 / s_dec, unrounded.clamp(max=448).to(torch.float8_e4m3fn)
+        if variant == "round-first":
+            return s_dec, (block_amax / 6).clamp(max=448).to(torch.float8_e4m3fn).float() / s_dec
+        if variant == "e8m0":
+            return s_dec, torch.exp2(torch.ceil(torch.log2(unrounded)))
+        if variant == "zero-as-one":  # the tensorwise fp8 recipe's guard, misapplied
+            return s_dec, torch.where(block_amax == 0, 1.0, unrounded).clamp(max=448).to(torch.float8_e4m3fn)
+        if variant == "zero-nan":
+            return s_dec, (block_amax / (6 * s_dec * block_amax) * block_amax).clamp(max=448).to(
+                torch.float8_e4m3fn
+            )
+        if variant == "unrounded":
+            return s_dec, unrounded
+        if variant == "per-row":
+            return s_dec, unrounded.amax(-1, keepdim=True).to(torch.float8_e4m3fn)
+        if variant == "shortcut":
+            from mpcourse.fp8 import nvfp4
+
+            steps = nvfp4.quantize_steps(x)
+            return steps.global_decode, steps.block_scale
+        raise AssertionError(variant)
+
+    return fn
+
+
+@pytest.mark.parametrize(
+    ("variant", "message"),
+    [
+        ("no-global", "without the global\\s+scale"),
+        ("by-448", "amax / 448"),
+        ("encode", "encode scale"),
+        ("round-first", "rounded amax / 6 to E4M3 first"),
+        ("e8m0", "power of two"),
+        ("zero-as-one", "all-zero block gets scale 1"),
+        ("zero-nan", "all-zero block gets scale nan"),
+        ("unrounded", "not E4M3 values"),
+        ("per-row", "has shape"),
+        ("shortcut", "nvfp4.quantize_steps"),
+    ],
+)
+def test_nvfp4_scales_rejects_mistakes(variant, message) -> None:
+    with pytest.raises(ExerciseFailed, match=message):
+        check("fp8_training-nvfp4_scales", _scales_wrong(variant))
+
+
+def test_nvfp4_scales_inputs_make_the_mistakes_visible() -> None:
+    """The large input saturates without the global scale; the zero block and tiny rows are present."""
+    from mpcourse.exercises import fp8_training as ex
+
+    inputs = ex._nvfp4_scales_inputs()
+    assert max(float(x.abs().max()) for x in inputs.values()) / 6 > 448
+    assert any(bool((x.reshape(x.shape[0], -1, 16).abs().amax(-1) == 0).any()) for x in inputs.values())
+
+
+# ---- fp8_training-hadamard -------------------------------------------------------------------------------
+
+
+def _sylvester(n=16):
+    h = torch.ones(1, 1)
+    while h.shape[0] < n:
+        h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)])
+    return h
+
+
+def hadamard_left(signs):
+    return torch.diag(signs.float()) @ _sylvester() / 4
+
+
+def hadamard_right(signs):  # signs on the columns instead: H diag(s), also orthogonal
+    return (_sylvester() / 4) @ torch.diag(signs.float())
+
+
+H4 = torch.tensor([[1.0, 1, 1, -1], [1, 1, -1, 1], [1, -1, 1, 1], [-1, 1, 1, 1]])
+
+
+def hadamard_kron(signs):  # another Hadamard matrix of order 16 (not Sylvester's), float64
+    h = torch.kron(H4, H4).double()[torch.randperm(16, generator=torch.Generator().manual_seed(0))]
+    return signs.double()[:, None] * h / 4
+
+
+@pytest.mark.parametrize("answer", [hadamard_left, hadamard_right, hadamard_kron])
+@pytest.mark.filterwarnings("error")
+def test_hadamard_accepts_correct_answers(answer, capsys) -> None:
+    check("fp8_training-hadamard", answer)
+    assert capsys.readouterr().err == ""
+
+
+def test_the_alternative_hadamard_is_not_sylvester() -> None:
+    h = hadamard_kron(torch.ones(16)) * 4
+    assert torch.equal(h @ h.t(), 16 * torch.eye(16, dtype=h.dtype))
+    assert not torch.equal(h.float(), _sylvester())
+
+
+def _hadamard_wrong(variant):
+    def fn(signs):
+        s = torch.diag(signs.float())
+        h = _sylvester()
+        if variant == "unnormalised":
+            return s @ h
+        if variant == "by-16":
+            return s @ h / 16
+        if variant == "twice":
+            return s @ h @ s / 4
+        if variant == "not-orthogonal":
+            bad = h.clone()
+            bad[1] = bad[0]
+            return s @ bad / 4
+        if variant == "no-signs":
+            return h / 4
+        if variant == "signs-change-h":  # a different Hadamard matrix for each sign vector
+            perm = torch.argsort(signs + torch.arange(16) / 100)
+            return s @ h[perm] / 4
+        if variant == "shortcut":
+            from mpcourse.fp8 import nvfp4
+
+            return nvfp4.rht_matrix(signs)
+        if variant == "wrong-shape":
+            return s[:8, :8]
+        raise AssertionError(variant)
+
+    return fn
+
+
+@pytest.mark.parametrize(
+    ("variant", "message"),
+    [
+        ("unnormalised", "not normalised"),
+        ("by-16", "entries of 1/16"),
+        ("twice", "applied twice"),
+        ("not-orthogonal", "not orthogonal"),
+        ("no-signs", "signs are left out"),
+        ("signs-change-h", "Hadamard part changes"),
+        ("shortcut", "nvfp4.rht_matrix"),
+        ("wrong-shape", "expected a 16x16"),
+    ],
+)
+def test_hadamard_rejects_mistakes(variant, message) -> None:
+    with pytest.raises(ExerciseFailed, match=message):
+        check("fp8_training-hadamard", _hadamard_wrong(variant))
+
+
+# ---- fp8_training-stochastic -----------------------------------------------------------------------------
+
+GRID = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
+
+
+def sr_searchsorted(x, generator):
+    a = x.abs().clamp(max=6.0)
+    i = torch.searchsorted(GRID, a, right=True) - 1
+    below, above = GRID[i], GRID[(i + 1).clamp(max=7)]
+    gap = torch.where(above > below, above - below, torch.ones_like(a))
+    up = torch.rand(a.shape, generator=generator) < (a - below) / gap
+    return torch.sign(x) * torch.where(up, above, below)
+
+
+def sr_binades(x, generator):  # the gap from the binade, a Bernoulli draw, copysign
+    a = x.double().abs().clamp(max=6.0)
+    gap = torch.where(a < 1, torch.full_like(a, 0.5), torch.exp2(torch.floor(torch.log2(a.clamp(min=1))) - 1))
+    below = torch.floor(a / gap) * gap
+    p = (a - below) / gap
+    rounded = below + gap * torch.bernoulli(p, generator=generator)
+    return torch.copysign(rounded.clamp(max=6.0), x.double()).float()
+
+
+def sr_loop(x, generator):  # one value at a time, as a first attempt might do it
+    u = torch.rand(x.shape, generator=generator).tolist()
+    out = []
+    for v, r in zip(x.tolist(), u, strict=True):
+        a = min(abs(v), 6.0)
+        below = max(g for g in GRID.tolist() if g <= a)
+        above = min(g for g in GRID.tolist() if g >= a)
+        q = above if above > below and r < (a - below) / (above - below) else below
+        out.append(math.copysign(q, v))
+    return torch.tensor(out)
+
+
+@pytest.mark.parametrize("answer", [sr_searchsorted, sr_binades, sr_loop])
+@pytest.mark.filterwarnings("error")
+def test_stochastic_accepts_correct_answers(answer, capsys) -> None:
+    check("fp8_training-stochastic", answer)
+    assert capsys.readouterr().err == ""
+
+
+def test_stochastic_tolerance_is_met_by_the_course_rounding() -> None:
+    """The bound the check derives holds for mpcourse.formats' stochastic rounding over many seeds."""
+    from mpcourse import formats
+    from mpcourse.exercises import fp8_training as ex
+
+    for seed in range(20):
+        gen = torch.Generator().manual_seed(seed)
+        for v in ex.STOCHASTIC_VALUES:
+            x = torch.full((ex.STOCHASTIC_DRAWS,), v)
+            r = formats.round_tensor(x, "e2m1", rounding="stochastic", generator=gen).double()
+            lo, hi = ex._neighbours(v)
+            p = (abs(v) - abs(lo)) / (abs(hi) - abs(lo))
+            sd = abs(hi - lo) * math.sqrt(p * (1 - p) / ex.STOCHASTIC_DRAWS)
+            assert abs(r.mean().item() - v) <= ex.STOCHASTIC_SIGMAS * sd
+
+
+def _sr_wrong(variant):
+    def fn(x, generator):
+        a = x.abs().clamp(max=6.0)
+        i = torch.searchsorted(GRID, a, right=True) - 1
+        below, above = GRID[i], GRID[(i + 1).clamp(max=7)]
+        gap = torch.where(above > below, above - below, torch.ones_like(a))
+        p = (a - below) / gap
+        u = torch.rand(a.shape, generator=generator)
+        if variant == "nearest":
+            up = p > 0.5
+        elif variant == "coin":
+            up = (u < 0.5) & (p > 0)
+        elif variant == "swapped":
+            up = (u < 1 - p) & (p > 0)
+        elif variant == "global-rng":
+            up = torch.rand(a.shape) < p
+        else:
+            up = u < p
+        q = torch.where(up, above, below)
+        if variant == "even-grid":  # neighbours 0.5 apart everywhere
+            below = torch.floor(a * 2) / 2
+            q = below + 0.5 * (u < (a - below) * 2)
+        if variant == "no-sign":
+            b = x.clamp(0, 6)
+            j = torch.searchsorted(GRID, b, right=True) - 1
+            lo, hi = GRID[j], GRID[(j + 1).clamp(max=7)]
+            g = torch.where(hi > lo, hi - lo, torch.ones_like(b))
+            return torch.where(u < (b - lo) / g, hi, lo)
+        if variant == "no-saturation":
+            return torch.where(x.abs() > 6, x, torch.sign(x) * q)
+        if variant == "shortcut":
+            from mpcourse import formats
+
+            return formats.round_tensor(x, "e2m1", saturate=True, rounding="stochastic", generator=generator)
+        return torch.sign(x) * q
+
+    return fn
+
+
+@pytest.mark.parametrize(
+    ("variant", "message"),
+    [
+        ("nearest", "deterministic rounding"),
+        ("coin", "probability 1/2"),
+        ("swapped", "swapped"),
+        ("global-rng", "seeded alike"),
+        ("even-grid", "not an E2M1 value"),
+        ("no-sign", "sign is lost"),
+        ("no-saturation", "beyond ±6"),
+        ("shortcut", "formats.round_tensor"),
+    ],
+)
+def test_stochastic_rejects_mistakes(variant, message) -> None:
+    with pytest.raises(ExerciseFailed, match=message):
+        check("fp8_training-stochastic", _sr_wrong(variant))

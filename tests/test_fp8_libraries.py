@@ -26,16 +26,6 @@ needs_torchao = pytest.mark.skipif(
     not HAS_TORCHAO, reason="torchao is not installed (the `frameworks` extra)"
 )
 
-#: Keys proposed for book/references.bib by this table's author (/tmp/errata/libraries.bib), accepted here
-#: until they are merged; any other key must already be in the bibliography.
-PROPOSED_KEYS = {
-    "torchao-delayed-removal",
-    "torchao-mx-training",
-    "torchao-blockwise-training",
-    "nvidia-te-current",
-    "nvidia-te-mxfp8",
-}
-
 
 def _caps(
     name: str, cc: tuple[int, int], *, preset: str | None = "test", rocm: bool = False
@@ -62,12 +52,11 @@ def test_the_table_has_every_recipe_and_every_library() -> None:
     assert set(full.columns) >= {"API", "status", "GPU", "version", "defaults", "notes", "sources"}
 
 
-def test_every_source_is_in_the_bibliography_or_proposed_for_it() -> None:
+def test_every_source_is_in_the_bibliography() -> None:
     bib = (ROOT / "book" / "references.bib").read_text(encoding="utf-8")
     known = set(re.findall(r"^@\w+\{([^,\s]+),", bib, flags=re.MULTILINE))
     used = {key for r in LIBRARY_TABLE.values() for o in r.offers.values() for key in o.sources}
-    assert used - known <= PROPOSED_KEYS, f"unknown source keys: {sorted(used - known - PROPOSED_KEYS)}"
-    assert PROPOSED_KEYS - known <= used  # no stale proposal
+    assert used <= known, f"source keys missing from book/references.bib: {sorted(used - known)}"
 
 
 def test_the_course_column_names_its_configurations(monkeypatch) -> None:

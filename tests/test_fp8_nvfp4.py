@@ -542,3 +542,23 @@ def test_cuda_gives_the_same_bits_as_the_cpu(block_shape: str) -> None:
     assert torch.equal(gpu.tensor_scale.cpu(), cpu.tensor_scale)
     sr = nvfp4.quantize_gradient(x.cuda(), torch.Generator("cuda").manual_seed(0))
     assert torch.isin(sr.data.cpu(), torch.from_numpy(E2M1_GRID).float()).all()
+
+
+@pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
+def test_the_e2m1_rounding_written_out_is_the_general_routine_bit_for_bit(rounding: str) -> None:
+    """nvfp4's own E2M1 rounding (for speed) against mpcourse.formats.round_tensor, with the same draws."""
+    from mpcourse import formats
+    from mpcourse.fp8.nvfp4 import _round_elements
+
+    grid = torch.linspace(-6, 6, 12_001)  # every tie, every gap boundary, both signs, and -0.0
+    values = torch.cat([grid, torch.tensor([-0.0, 0.0, 0.25, 0.75, 1.75, 2.5, 3.5, 5.0, 5.999, 6.0])])
+    values = torch.cat(
+        [values, torch.nextafter(values, torch.tensor(7.0)), torch.nextafter(values, torch.tensor(-7.0))]
+    )
+    values = values.clamp(-6, 6)
+    fast = _round_elements(values, rounding, torch.Generator().manual_seed(3))
+    general = formats.round_tensor(
+        values, formats.E2M1, saturate=True, rounding=rounding, generator=torch.Generator().manual_seed(3)
+    )
+    assert torch.equal(fast, general)
+    assert torch.equal(torch.signbit(fast), torch.signbit(general))

@@ -204,3 +204,13 @@ def test_step_peak_prediction_matches_max_memory_allocated() -> None:
     )
     predicted = memory.step_peak(est)["predicted"]
     assert predicted <= peak <= predicted * (1 + memory.PEAK_TOLERANCE), (peak, predicted)
+
+
+def test_wrapper_tensor_subclasses_count_the_tensors_they_wrap() -> None:
+    """torchao's fp8 training tensors wrap plain tensors and have no storage of their own to read."""
+    from torch.testing._internal.two_tensor import TwoTensor
+
+    a, b = torch.zeros(8), torch.zeros(4, dtype=torch.float16)
+    wrapped = TwoTensor(a, a.clone())
+    assert memory.storage_bytes([wrapped]) == 2 * a.nbytes
+    assert memory.storage_bytes([wrapped, b, b[:2]]) == 2 * a.nbytes + b.nbytes  # views count once

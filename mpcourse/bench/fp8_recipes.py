@@ -35,12 +35,12 @@ RECIPES: tuple[tuple[str, str, bool], ...] = (
 
 def config(quick: bool = False) -> dict[str, Any]:
     """Sizes of the comparison for the active profile (``quick``: a smoke run of a few steps)."""
-    base = {"gain": 1e5, "width": 128, "depth": 2, "block_size": 32, "lr": 2e-3}
+    base = {"gain": 1e5, "width": 128, "depth": 2, "block_size": 32, "lr": 3e-3}
     if quick:
         return base | {"steps": 4, "batch_size": 4, "seeds": [0]}
     return base | sizes.pick(
         ci={"steps": 30, "batch_size": 8, "seeds": [0]},
-        small={"steps": 300, "batch_size": 16, "seeds": [0, 1, 2]},
+        small={"steps": 600, "batch_size": 16, "seeds": [0, 1, 2]},
         full={"steps": 600, "batch_size": 32, "seeds": [0, 1, 2]},
     )
 

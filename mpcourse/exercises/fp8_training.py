@@ -605,3 +605,439 @@ def check_convert(layers_to_convert: Any) -> None:
             f"for {case} you convert {sorted(got)}; the recipe converts {sorted(want)}.",
             hint,
         )
+
+
+# ---- fp8_training-nvfp4_scales ------------------------------------------------------------------------
+
+NVFP4_SCALES_HINTS = (
+    "Read the steps table of the section 'NVFP4 training, step by step': which two numbers are stored "
+    "besides the 4-bit elements, and which step makes every block scale fit in E4M3?",
+    "The global decode scale has to leave room for two factors at once: the largest block scale E4M3 holds "
+    "and the largest element E2M1 holds. Each block scale is expressed in units of that global scale, and "
+    "the number stored is an E4M3 number: which step should come last?",
+    "Compute in float32: the amax over the whole tensor, then the amax of each row's groups of 16 "
+    "(reshape the last axis into (K/16, 16)). A block of zeros has amax 0: its scale must come out 0, "
+    "not NaN, whatever the order of your operations.",
+)
+
+_FP32_TINY_REL = 1e-6
+
+
+def _nvfp4_scales_inputs() -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(31)
+    zero_block = torch.randn(4, 64, generator=gen)
+    zero_block[1, 16:32] = 0.0
+    spread = torch.randn(6, 64, generator=gen) * torch.logspace(-6, 0, 6)[:, None]
+    return {
+        "a Gaussian tensor (std 1)": torch.randn(8, 64, generator=gen),
+        "large values (std 3000)": torch.randn(4, 48, generator=gen) * 3000.0,
+        "small values (std 1e-3)": torch.randn(4, 32, generator=gen) * 1e-3,
+        "a tensor with an all-zero block (row 1, elements 16-31)": zero_block,
+        "rows from 1e-6 to 1 in size": spread,
+    }
+
+
+def _as_float_tensor(value: Any) -> torch.Tensor | None:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().float()
+    try:
+        return torch.as_tensor(value, dtype=torch.float32)
+    except (TypeError, ValueError, RuntimeError):
+        return None
+
+
+def _is_e4m3(t: torch.Tensor) -> torch.Tensor:
+    """Where ``t`` holds a value E4M3 represents (NaN excluded)."""
+    finite = torch.isfinite(t)
+    safe = torch.where(finite, t, torch.zeros_like(t)).clamp(-E4M3_MAX, E4M3_MAX)
+    return finite & (safe.to(torch.float8_e4m3fn).float() == t)
+
+
+def _near_tie(unrounded: torch.Tensor, got: torch.Tensor, want: torch.Tensor) -> torch.Tensor:
+    """Where ``got`` and ``want`` are the two E4M3 neighbours of a value that sits on their midpoint, up
+    to float32 rounding: an answer that orders its fp32 operations differently may round the other way."""
+    mid = (got + want) / 2
+    return (got != want) & ((unrounded - mid).abs() <= 4 * _FP32_TINY_REL * mid.abs())
+
+
+@register("fp8_training-nvfp4_scales", hints=NVFP4_SCALES_HINTS)
+def check_nvfp4_scales(nvfp4_scales: Any) -> None:
+    """``nvfp4_scales(x) -> (global_decode, block_scales)``: NVFP4's two-level scale of a 2-D tensor."""
+    from ..fp8 import nvfp4
+
+    label = "fp8_training-nvfp4_scales"
+    hint = NVFP4_SCALES_HINTS[0]
+    for case, x in _nvfp4_scales_inputs().items():
+        with shortcuts.watch(
+            [
+                (nvfp4, "quantize_steps", "nvfp4.quantize_steps"),
+                (nvfp4, "quantize", "nvfp4.quantize"),
+                (nvfp4, "global_encode_scale", "nvfp4.global_encode_scale"),
+                (fp8, "quantize", "fp8.quantize"),
+            ],
+            fn=nvfp4_scales,
+        ) as seen:
+            out = call(label, nvfp4_scales, x.clone())
+        if seen:
+            fail(
+                label,
+                f"your function calls {seen[0]}, which computes the very scales the exercise asks for.",
+                "compute the two scales yourself with torch operations; the course's quantiser is there to "
+                "check your result by hand afterwards.",
+            )
+        if not (isinstance(out, tuple) and len(out) == 2):
+            fail(
+                label,
+                f"for {case} you returned {type(out).__name__}; expected a pair (global_decode, block_scales).",
+                hint,
+            )
+        s_got, scales = _as_float_tensor(out[0]), _as_float_tensor(out[1])
+        if s_got is None or s_got.numel() != 1 or scales is None:
+            fail(label, f"for {case} the pair must hold one number and a tensor of block scales.", hint)
+        steps = nvfp4.quantize_steps(x)
+        s_dec = float(steps.global_decode)
+        want = steps.block_scale.float()
+        s = float(s_got.reshape(()))
+        amax = float(x.abs().max())
+        if not math.isclose(s, s_dec, rel_tol=1e-5):
+            for wrong, what in (
+                (
+                    amax / E4M3_MAX,
+                    "amax / 448: that maps the amax to E4M3's largest value, but each block scale "
+                    "is later multiplied by an E2M1 element up to 6, so the global scale must leave room for both",
+                ),
+                (amax / 6.0, "amax / 6, which leaves no room for the block scales' range"),
+                (
+                    1.0 / s_dec,
+                    "the encode scale (6 * 448 / amax), the reciprocal of the decode scale asked for",
+                ),
+                (amax, "the amax itself"),
+            ):
+                if math.isclose(s, wrong, rel_tol=1e-5):
+                    fail(label, f"for {case} your global decode scale is {what}.", NVFP4_SCALES_HINTS[1])
+            fail(
+                label,
+                f"for {case} your global decode scale is {s:.6g}; it should map the tensor's amax "
+                f"({amax:.6g}) to 6 x 448.",
+                NVFP4_SCALES_HINTS[1],
+            )
+        if scales.shape != want.shape:
+            fail(
+                label,
+                f"for {case} block_scales has shape {tuple(scales.shape)}; NVFP4 gives every 16 consecutive "
+                f"elements of a row one scale, shape {tuple(want.shape)} here.",
+                hint,
+            )
+        zero = steps.block_amax == 0
+        if bool(zero.any()) and not bool((scales[zero] == 0).all()):
+            shown = scales[zero][scales[zero] != 0][0].item()
+            fail(
+                label,
+                f"for {case} the all-zero block gets scale {shown}"
+                f"{' (from dividing by its amax of 0)' if not math.isfinite(shown) else ''}; it must be 0, so "
+                "that the block decodes to zeros and no NaN reaches the GEMM.",
+                NVFP4_SCALES_HINTS[2],
+            )
+        if torch.equal(scales, want):
+            continue
+        unrounded = steps.block_decode_unrounded
+        bad = scales != want
+        if not bool((bad & ~_near_tie(unrounded, scales, want)).any()):
+            continue
+        block_amax = steps.block_amax
+        no_global = (block_amax / 6.0).clamp(max=E4M3_MAX).to(torch.float8_e4m3fn).float()
+        if bool(torch.isnan(scales).any()) or torch.equal(scales, no_global):
+            fail(
+                label,
+                f"for {case} your block scales are the blocks' amax / 6 rounded to E4M3 without the global "
+                "scale: for large tensors they pass 448 and saturate (or become NaN), for small ones they lose "
+                "precision or underflow.",
+                NVFP4_SCALES_HINTS[1],
+            )
+        round_first = no_global / s_dec
+        if torch.allclose(scales, round_first, rtol=1e-5, atol=0.0):
+            fail(
+                label,
+                f"for {case} you rounded amax / 6 to E4M3 first and divided by the global decode scale afterwards: "
+                "the stored block scale is the E4M3 value, so the rounding comes last.",
+                NVFP4_SCALES_HINTS[1],
+            )
+        nonzero = scales[scales != 0]
+        if nonzero.numel() and bool((torch.frexp(nonzero.abs()).mantissa == 0.5).all()):
+            fail(
+                label,
+                f"for {case} every block scale is a power of two, as an E8M0 scale of the MX formats would be; "
+                "NVFP4's block scales are E4M3 numbers, with 3 bits of mantissa.",
+                NVFP4_SCALES_HINTS[1],
+            )
+        if not bool(_is_e4m3(scales).all()):
+            fail(
+                label,
+                f"for {case} some block scales are not E4M3 values: round them to torch.float8_e4m3fn, the "
+                "format they are stored in.",
+                NVFP4_SCALES_HINTS[1],
+            )
+        if torch.allclose(scales, unrounded.float(), rtol=1e-5, atol=0.0):
+            fail(label, f"for {case} your block scales are not rounded to E4M3.", NVFP4_SCALES_HINTS[1])
+        fail(
+            label,
+            f"for {case}, {plural(int(bad.sum()), 'block scale')} differ from NVFP4's.",
+            hint,
+        )
+
+
+# ---- fp8_training-hadamard ----------------------------------------------------------------------------
+
+HADAMARD_HINTS = (
+    "A Hadamard matrix of order 16 has entries +1 and -1 and mutually orthogonal rows; the RHT of the "
+    "section above divides it by the square root of its order and multiplies it by a diagonal of signs.",
+    "Sylvester's construction doubles a Hadamard matrix H into [[H, H], [H, -H]], starting from [[1]]: four "
+    "doublings give order 16. Check your matrix R with R @ R.T, which must be the identity.",
+    "The random signs enter once, as torch.diag(signs) on one side of the normalised Hadamard matrix; the "
+    "Hadamard part must not depend on the signs.",
+)
+
+
+def _hadamard_signs() -> list[torch.Tensor]:
+    from ..fp8 import nvfp4
+
+    gen = torch.Generator().manual_seed(41)
+    return [
+        torch.ones(16),
+        torch.tensor(nvfp4.TE_WGRAD_SIGNS, dtype=torch.float32),
+        nvfp4.random_signs(16, gen),
+        nvfp4.random_signs(16, gen),
+    ]
+
+
+@register("fp8_training-hadamard", hints=HADAMARD_HINTS)
+def check_hadamard(random_hadamard: Any) -> None:
+    """``random_hadamard(signs) -> R``: a normalised 16x16 Hadamard matrix with a diagonal of signs."""
+    from ..fp8 import nvfp4
+
+    label = "fp8_training-hadamard"
+    hint = HADAMARD_HINTS[0]
+    matrices = []
+    for signs in _hadamard_signs():
+        with shortcuts.watch(
+            [(nvfp4, "rht_matrix", "nvfp4.rht_matrix"), (nvfp4, "hadamard_matrix", "nvfp4.hadamard_matrix")],
+            fn=random_hadamard,
+        ) as seen:
+            out = call(label, random_hadamard, signs.clone())
+        if seen:
+            fail(
+                label,
+                f"your function calls {seen[0]}, which builds the matrix the exercise asks for.",
+                "build the Hadamard matrix yourself (hint() gives a construction); nvfp4's is for checking yours.",
+            )
+        r = _as_float_tensor(out)
+        if r is None or r.shape != (16, 16):
+            fail(
+                label,
+                f"you returned {type(out).__name__} {tuple(getattr(out, 'shape', ()))}; expected a 16x16 tensor.",
+                hint,
+            )
+        r = r.double()
+        if not bool(torch.isfinite(r).all()):
+            fail(label, "your matrix holds NaN or inf.", hint)
+        size = r.abs()
+        if bool((size == 1).all()):
+            fail(
+                label,
+                "your matrix has entries ±1: it is a Hadamard matrix, but not normalised. R @ R.T is then 16 I, "
+                "so the transform would multiply every block's norm by 4 and its transpose would not undo it.",
+                HADAMARD_HINTS[1],
+            )
+        if not bool(torch.allclose(size, torch.full_like(size, 0.25), rtol=1e-6, atol=0.0)):
+            got = "1/16" if bool(torch.allclose(size, torch.full_like(size, 1 / 16))) else "other sizes"
+            fail(
+                label,
+                f"your matrix has entries of {got}; a normalised Hadamard matrix of order 16 has entries ±1/4 "
+                "(±1 divided by the square root of 16).",
+                HADAMARD_HINTS[1],
+            )
+        if not bool(torch.allclose(r @ r.t(), torch.eye(16, dtype=r.dtype), atol=1e-6)):
+            fail(
+                label,
+                "your matrix has entries ±1/4 but is not orthogonal (R @ R.T is not the identity): some rows "
+                "are not perpendicular, so its transpose does not undo it and the GEMM's product would change.",
+                HADAMARD_HINTS[1],
+            )
+        matrices.append(r)
+    signs = [s.double() for s in _hadamard_signs()]
+    if all(torch.equal(m, matrices[0]) for m in matrices):
+        fail(
+            label, "your matrix is the same for every sign vector: the signs are left out.", HADAMARD_HINTS[2]
+        )
+    left = [torch.diag(s) @ m for s, m in zip(signs, matrices, strict=True)]
+    right = [m @ torch.diag(s) for s, m in zip(signs, matrices, strict=True)]
+    both = [torch.diag(s) @ m @ torch.diag(s) for s, m in zip(signs, matrices, strict=True)]
+    same = lambda ms: all(torch.allclose(m, ms[0], atol=1e-9) for m in ms)
+    if not (same(left) or same(right)):
+        if same(both):
+            fail(
+                label,
+                "your signs are applied twice, on both sides: diag(s) H diag(s). It is orthogonal, but it is "
+                "not the RHT, which flips each row (or each column) of H once.",
+                HADAMARD_HINTS[2],
+            )
+        fail(
+            label,
+            "for different sign vectors your matrices are not one Hadamard matrix with a diagonal of signs on "
+            "one side: the Hadamard part changes with the signs.",
+            HADAMARD_HINTS[2],
+        )
+    r = matrices[1].float()
+    outlier = torch.zeros(3, 16)
+    outlier[torch.arange(3), torch.tensor([0, 7, 15])] = torch.tensor([8.0, -5.0, 100.0])
+    spread = nvfp4.apply_rht(outlier, r)
+    if not torch.allclose(spread.abs(), outlier.abs().amax(-1, keepdim=True).expand(3, 16) / 4, rtol=1e-5):
+        fail(label, "your matrix does not spread a single outlier evenly over the 16 values.", hint)
+    if not torch.allclose(nvfp4.apply_rht(spread, r.t()), outlier, atol=1e-4):
+        fail(label, "the transpose of your matrix does not undo it.", HADAMARD_HINTS[1])
+
+
+# ---- fp8_training-stochastic ---------------------------------------------------------------------------
+
+STOCHASTIC_HINTS = (
+    "For each value find the two E2M1 values around it, the one below and the one above; the sign and the "
+    "values beyond ±6 need their own treatment.",
+    "E2M1's magnitudes are 0, 0.5, 1, 1.5, 2, 3, 4, 6: the gap between neighbours is not the same everywhere. "
+    "Work on |x| clamped to 6 and put the sign back at the end; torch.searchsorted finds the neighbours.",
+    "Round up with probability (|x| - below) / (above - below), comparing that with torch.rand(..., "
+    "generator=generator): the expected result is then |x| exactly. Use the generator you are given.",
+)
+
+E2M1_MAGNITUDES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
+#: Values whose rounding is tested in distribution, each repeated STOCHASTIC_DRAWS times: their
+#: probability of rounding up is 0.2, 0.3, 0.6, 0.7, 0.8 or 0.9, never 0.5 (which a coin flip would match).
+STOCHASTIC_VALUES = (0.1, 0.35, 0.8, 1.3, 1.85, 2.2, 2.7, 3.3, 4.4, 5.6, -0.15, -1.15, -2.6, -4.6)
+STOCHASTIC_DRAWS = 4000
+#: Accept a mean within this many standard deviations of the value: for the 14 values, the chance that a
+#: correct answer fails is below 14 * 6e-7 (two-sided normal tail at 5 sigma), and the draws are fixed.
+STOCHASTIC_SIGMAS = 5.0
+
+
+def _neighbours(v: float) -> tuple[float, float]:
+    a = min(abs(v), 6.0)
+    below = max(m for m in E2M1_MAGNITUDES if m <= a)
+    above = min(m for m in E2M1_MAGNITUDES if m >= a)
+    sign = -1.0 if v < 0 else 1.0
+    return sign * below, sign * above
+
+
+@register("fp8_training-stochastic", hints=STOCHASTIC_HINTS)
+def check_stochastic(stochastic_round_e2m1: Any) -> None:
+    """``stochastic_round_e2m1(x, generator)``: each value to one of its two E2M1 neighbours, unbiased."""
+    from .. import formats
+
+    label = "fp8_training-stochastic"
+    hint = STOCHASTIC_HINTS[0]
+    exact = [s * m for m in E2M1_MAGNITUDES for s in (1.0, -1.0)]
+    beyond = [6.5, -7.0, 100.0, -1e4]
+    x = torch.tensor(exact + beyond + [v for v in STOCHASTIC_VALUES for _ in range(STOCHASTIC_DRAWS)])
+    with shortcuts.watch(
+        [
+            (formats, "round_tensor", "formats.round_tensor"),
+            (formats.FloatFormat, "round", "FloatFormat.round"),
+        ],
+        fn=stochastic_round_e2m1,
+    ) as seen:
+        out = call(label, stochastic_round_e2m1, x.clone(), torch.Generator().manual_seed(0))
+        again = call(label, stochastic_round_e2m1, x.clone(), torch.Generator().manual_seed(0))
+    if seen:
+        fail(
+            label,
+            f"your function calls {seen[0]}, the course's own rounding, which is what the exercise asks for.",
+            "round with torch operations yourself; the course's function is there to compare with afterwards.",
+        )
+    got = _as_float_tensor(out)
+    if got is None or got.shape != x.shape:
+        fail(
+            label,
+            f"you returned {type(out).__name__} {tuple(getattr(out, 'shape', ()))}; expected a tensor shaped like x.",
+            hint,
+        )
+    negative = x <= -0.5  # whose two neighbours are both negative
+    if bool((got[negative] >= 0).all()) or bool((got[x >= 0.5] <= 0).all()):
+        fail(
+            label,
+            f"the inputs {sorted(set(x[negative].tolist()))[:3]}... came out non-negative (or the positive ones "
+            "non-positive): the sign is lost. Round the magnitude and give the result the sign of x.",
+            STOCHASTIC_HINTS[1],
+        )
+    n_exact, n_beyond = len(exact), len(beyond)
+    clamped = torch.tensor([math.copysign(6.0, v) for v in beyond])
+    if not torch.equal(got[n_exact : n_exact + n_beyond], clamped):
+        fail(
+            label,
+            f"values beyond ±6 ({beyond}) became {got[n_exact : n_exact + n_beyond].tolist()}; they must saturate "
+            "to ±6, E2M1's largest magnitude, as NVFP4 clamps the scaled elements before rounding.",
+            STOCHASTIC_HINTS[1],
+        )
+    grid = torch.tensor(E2M1_MAGNITUDES)
+    off_grid = ~torch.isin(got.abs(), grid) | torch.isnan(got)
+    if bool(off_grid.any()):
+        i = int(off_grid.nonzero()[0])
+        fail(
+            label,
+            f"{x[i].item():g} became {got[i].item():g}, which is not an E2M1 value (±0, 0.5, 1, 1.5, 2, 3, 4, 6): "
+            "are your neighbours spaced evenly? E2M1's gaps are 0.5 below 2, 1 from 2 to 4 and 2 above.",
+            STOCHASTIC_HINTS[1],
+        )
+    if not torch.equal(got[:n_exact].abs(), x[:n_exact].abs()):
+        fail(label, "an E2M1 value itself must round to itself, and some do not.", hint)
+    rest = x[n_exact + n_beyond :]
+    drawn = got[n_exact + n_beyond :]
+    pairs = torch.tensor([_neighbours(v) for v in STOCHASTIC_VALUES]).repeat_interleave(STOCHASTIC_DRAWS, 0)
+    low, high = pairs[:, 0], pairs[:, 1]
+    neither = (drawn != low) & (drawn != high)
+    if bool(neither.any()):
+        i = int(neither.nonzero()[0])
+        v = rest[i].item()
+        fail(
+            label,
+            f"{v:g} became {drawn[i].item():g}, which is not one of its two E2M1 neighbours "
+            f"({low[i].item():g} and {high[i].item():g}).",
+            STOCHASTIC_HINTS[1],
+        )
+    again = _as_float_tensor(again)
+    if again is None or not torch.equal(again, got):
+        fail(
+            label,
+            "two calls with generators seeded alike gave different results: draw your random numbers from the "
+            "generator passed in (torch.rand(..., generator=generator)), so that a run can be reproduced.",
+            STOCHASTIC_HINTS[2],
+        )
+    for j, v in enumerate(STOCHASTIC_VALUES):
+        part = drawn[j * STOCHASTIC_DRAWS : (j + 1) * STOCHASTIC_DRAWS].double()
+        lo, hi = _neighbours(v)
+        p = (abs(v) - abs(lo)) / (abs(hi) - abs(lo))
+        sd = abs(hi - lo) * math.sqrt(p * (1 - p) / STOCHASTIC_DRAWS)
+        mean = part.mean().item()
+        if abs(mean - v) <= STOCHASTIC_SIGMAS * sd:
+            continue
+        if bool((part == part[0]).all()):
+            fail(
+                label,
+                f"{v:g} became {part[0].item():g} every time: that is deterministic rounding, whose error has "
+                f"the same sign at every step. Stochastic rounding picks {lo:g} or {hi:g} at random.",
+                STOCHASTIC_HINTS[2],
+            )
+        coin = (lo + hi) / 2
+        flipped = lo + (1 - p) * (hi - lo) if v > 0 else lo - (1 - p) * (hi - lo)
+        seen_as = f"over {STOCHASTIC_DRAWS} draws {v:g} averaged {mean:.4f} (allowed: {v:g} ± {STOCHASTIC_SIGMAS * sd:.4f})"
+        if abs(mean - coin) <= STOCHASTIC_SIGMAS * abs(hi - lo) * 0.5 / math.sqrt(STOCHASTIC_DRAWS):
+            fail(
+                label,
+                f"{seen_as}, close to the midpoint of {lo:g} and {hi:g}: you round up with probability 1/2, which is "
+                "unbiased only for values halfway between neighbours.",
+                STOCHASTIC_HINTS[2],
+            )
+        if abs(mean - flipped) <= STOCHASTIC_SIGMAS * sd:
+            fail(
+                label,
+                f"{seen_as}: your probabilities are swapped, so the farther neighbour is chosen more often.",
+                STOCHASTIC_HINTS[2],
+            )
+        fail(label, f"{seen_as}: the rounding is biased.", STOCHASTIC_HINTS[2])

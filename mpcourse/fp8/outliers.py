@@ -39,6 +39,7 @@ from torch.nn.utils import parametrize
 from .. import train as train_mod
 from ..data import TextData
 from ..models import CharTransformer
+from ..train.resolve import resolve_threads
 
 __all__ = [
     "OUTLIER_CHANNELS",
@@ -265,10 +266,18 @@ def gradient_errors(
             [p.grad.flatten().float() for p in net.parameters() if p.grad is not None]
         )
 
-    ref_loss, ref_grad = step(None)
+    n_params = sum(p.numel() for p in model.parameters())
+    threads = resolve_threads(None, inputs.device, n_params * targets.numel(), [])  # as a training run would
+    saved_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        ref_loss, ref_grad = step(None)
+        results = [step(train_mod.get_recipe(recipe)) for recipe in recipes]
+    finally:
+        torch.set_num_threads(saved_threads)
     rows = []
-    for recipe, label in zip(recipes, labels, strict=True):
-        loss, grad = step(train_mod.get_recipe(recipe))
+    for label, (loss, grad) in zip(labels, results, strict=True):
         rows.append(
             {
                 "recipe": label,
