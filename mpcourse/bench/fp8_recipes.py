@@ -18,6 +18,9 @@ import pandas as pd
 from .. import sizes
 from . import results
 
+#: The model and optimiser of the comparison, the same at every size.
+BASE: dict[str, Any] = {"gain": 1e5, "width": 128, "depth": 2, "block_size": 32, "lr": 3e-3}
+
 #: The recipes compared, in the order tables and plots show them: (label, recipe name, first and
 #: last linear layers kept in bf16).
 RECIPES: tuple[tuple[str, str, bool], ...] = (
@@ -34,14 +37,27 @@ RECIPES: tuple[tuple[str, str, bool], ...] = (
 
 
 def config(quick: bool = False) -> dict[str, Any]:
-    """Sizes of the comparison for the active profile (``quick``: a smoke run of a few steps)."""
-    base = {"gain": 1e5, "width": 128, "depth": 2, "block_size": 32, "lr": 3e-3}
+    """Sizes of the stored comparison for the active profile (``quick``: a smoke run of a few steps).
+
+    These are the benchmark's sizes, longer than a chapter can afford: :func:`chapter_config` gives
+    the chapter's.
+    """
     if quick:
-        return base | {"steps": 4, "batch_size": 4, "seeds": [0]}
-    return base | sizes.pick(
+        return BASE | {"steps": 4, "batch_size": 4, "seeds": [0]}
+    return BASE | sizes.pick(
         ci={"steps": 30, "batch_size": 8, "seeds": [0]},
         small={"steps": 600, "batch_size": 16, "seeds": [0, 1, 2]},
-        full={"steps": 600, "batch_size": 32, "seeds": [0, 1, 2]},
+        full={"steps": 1000, "batch_size": 32, "seeds": [0, 1, 2]},
+    )
+
+
+def chapter_config() -> dict[str, Any]:
+    """Sizes of the comparison the fp8_training chapter runs live: a minute or less on a CPU in
+    every profile but ``full`` (a GPU), where it runs three seeds."""
+    return BASE | sizes.pick(
+        ci={"steps": 30, "batch_size": 8, "seeds": [0]},
+        small={"steps": 60, "batch_size": 8, "seeds": [0, 1]},
+        full={"steps": 300, "batch_size": 16, "seeds": [0, 1, 2]},
     )
 
 
@@ -123,4 +139,4 @@ def stored_gaps(record: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(record["tables"]["gaps"]).set_index("recipe")
 
 
-__all__ = ["RECIPES", "benchmark", "config", "curves", "recipe", "run", "stored_gaps"]
+__all__ = ["BASE", "RECIPES", "benchmark", "chapter_config", "config", "curves", "recipe", "run", "stored_gaps"]
