@@ -139,4 +139,14 @@ def stored_gaps(record: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(record["tables"]["gaps"]).set_index("recipe")
 
 
-__all__ = ["BASE", "RECIPES", "benchmark", "chapter_config", "config", "curves", "recipe", "run", "stored_gaps"]
+__all__ = [
+    "BASE",
+    "RECIPES",
+    "benchmark",
+    "chapter_config",
+    "config",
+    "curves",
+    "recipe",
+    "run",
+    "stored_gaps",
+]
