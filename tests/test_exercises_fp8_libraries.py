@@ -18,7 +18,9 @@ from mpcourse.exercises import fp8_libraries as ex
 from mpcourse.fp8 import libraries
 
 HAS_TORCHAO = importlib.util.find_spec("torchao") is not None
-needs_torchao = pytest.mark.skipif(not HAS_TORCHAO, reason="torchao is not installed (the `frameworks` extra)")
+needs_torchao = pytest.mark.skipif(
+    not HAS_TORCHAO, reason="torchao is not installed (the `frameworks` extra)"
+)
 
 # ---- fp8_libraries-speedup ---------------------------------------------------------------------------
 
