@@ -182,3 +182,12 @@ def test_set_gain_changes_only_the_planted_channels_and_gradient_errors_compare_
         outliers.set_gain(nn.Sequential(nn.Linear(2, 2)), 10.0)
     with pytest.raises(ValueError, match="positive"):
         outliers.set_gain(model, -1.0)
+
+
+def test_what_a_recipe_prints_while_converting_is_silent_unless_verbose(capsys) -> None:
+    text = data.load_text("pydoc", source="local", block_size=16, max_chars=20_000, verbose=False)
+    make = lambda: outliers.outlier_transformer(text, gain=1.0, width=128, depth=1)
+    for verbose in (False, True):
+        train.train(make, text, "fp8_tensorwise", steps=1, batch_size=2, progress=False, verbose=verbose)
+        said = capsys.readouterr().out
+        assert ("linear layer(s) in fp8" in said) is verbose

@@ -20,7 +20,6 @@ and any recipe a later chapter registers). This module adds what a benchmark nee
 from __future__ import annotations
 
 import contextlib
-import io
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -204,20 +203,19 @@ def recipe_table(
         if layers is not None:
             row["fp8_layers"] = layers[0]
         try:
-            with _quiet():
-                run = engine.train(
-                    factory,
-                    data,
-                    name,
-                    steps=steps,
-                    batch_size=batch_size,
-                    device=dev,
-                    eval_every=steps,
-                    eval_items=8,
-                    progress=progress,
-                    verbose=False,
-                    label=name,
-                )
+            run = engine.train(
+                factory,
+                data,
+                name,
+                steps=steps,
+                batch_size=batch_size,
+                device=dev,
+                eval_every=steps,
+                eval_items=8,
+                progress=progress,
+                verbose=False,
+                label=name,
+            )
         except Exception as exc:  # noqa: BLE001 - a benchmark reports a recipe that cannot run here, and goes on
             rows.append(row | {"status": "failed", "note": _describe(exc)})
             continue
@@ -242,21 +240,12 @@ def recipe_table(
             "note": "; ".join([*([layers[1]] if layers else []), *run.notes[1:]]),
         }
         try:
-            with _quiet():
-                kernels.append(
-                    _kernels(run.model, data, name, batch_size, dev, profile_top).assign(recipe=name)
-                )
+            kernels.append(_kernels(run.model, data, name, batch_size, dev, profile_top).assign(recipe=name))
         except Exception as exc:  # noqa: BLE001 - e.g. a profiler without GPU tracing (CUPTI) support
             row["note"] = "; ".join(filter(None, [row["note"], f"no kernel table: {_describe(exc)}"]))
         rows.append(row)
     frame = pd.DataFrame(rows)
     return frame, (pd.concat(kernels, ignore_index=True) if kernels else pd.DataFrame())
-
-
-def _quiet() -> contextlib.AbstractContextManager[Any]:
-    """Silence what a recipe's preparation prints (e.g. which layers it converted, once per call):
-    the table's ``fp8_layers`` and ``note`` columns say it once per recipe."""
-    return contextlib.redirect_stdout(io.StringIO())
 
 
 def _describe(exc: BaseException) -> str:

@@ -40,6 +40,7 @@ from .. import train as train_mod
 from ..data import TextData
 from ..models import CharTransformer
 from ..train.resolve import resolve_threads
+from .linear import CONFIGS, convert_to_fp8
 
 __all__ = [
     "OUTLIER_CHANNELS",
@@ -124,8 +125,6 @@ def with_layers(recipe: str, *, skip_first_last: bool) -> train_mod.Recipe:
     """The course's fp8 ``recipe`` (a name in :data:`mpcourse.fp8.CONFIGS`) converting the first and
     last linear layers too (``skip_first_last=False``) or keeping them in higher precision (True,
     what every registered recipe does)."""
-    from .linear import CONFIGS, convert_to_fp8  # here: this module is imported by the package's __init__
-
     if recipe not in CONFIGS:
         raise ValueError(
             f"recipe {recipe!r} is not one of the course's fp8 recipes; accepted: {', '.join(CONFIGS)}"
@@ -167,19 +166,18 @@ def compare_recipes(
     runs = []
     for recipe, label in zip(recipes, labels, strict=True):
         for seed in seeds:
-            with contextlib.redirect_stdout(io.StringIO()):  # each conversion's note would repeat per run
-                history = train_mod.train(
-                    make_model,
-                    data,
-                    recipe,
-                    steps=steps,
-                    batch_size=batch_size,
-                    lr=lr,
-                    seed=seed,
-                    label=f"{label}, seed {seed}",
-                    verbose=False,
-                    progress=False,
-                )
+            history = train_mod.train(
+                make_model,
+                data,
+                recipe,
+                steps=steps,
+                batch_size=batch_size,
+                lr=lr,
+                seed=seed,
+                label=f"{label}, seed {seed}",
+                verbose=False,
+                progress=False,
+            )
             runs.append(RecipeRun(label, seed, history))
     return runs
 

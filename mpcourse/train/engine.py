@@ -18,6 +18,7 @@ a factory is passed) and every batch.
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -210,7 +211,9 @@ def train(
     caps = caps or device_mod.capabilities(kind=dev.type)
     notes: list[str] = []
     status = support_status(recipe, caps, dev, on_unsupported, notes)
-    net = build_model(model, recipe, seed, dev, notes)
+    # What a recipe's preparation prints (which layers it converted, say) is a note: silent unless verbose.
+    with contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO()):
+        net = build_model(model, recipe, seed, dev, notes)
     params = [p for p in net.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters")
