@@ -7,6 +7,7 @@ prepares figures to render everywhere. The machinery the chapters share lives in
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 from .claims import claim
@@ -16,6 +17,12 @@ if TYPE_CHECKING:
     from .device import Capabilities
 
 __version__ = "0.1.0"
+
+# torch.utils.cpp_extension (imported by torch.utils.benchmark and the compiler) warns on import,
+# on a machine that has a CUDA toolkit but no GPU, that it found no CUDA runtime. No chapter
+# compiles a C++ extension, so the warning says nothing a learner needs, and on the website it
+# sat in four chapters' outputs. Errors from that module still show.
+logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
 #: The oldest torch the chapters and tests are run with (``make versions-check``): the floor declared
 #: in pyproject.toml. An older one may work, but nothing has shown it, so setup() says so.

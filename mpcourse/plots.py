@@ -24,7 +24,9 @@ class _SiteHtmlRenderer(MimetypeRenderer):
             fig_dict,
             include_plotlyjs=False,
             full_html=False,
-            config={"displaylogo": False, "responsive": True},
+            # plotly.js 3 adds a "Share chart" button that uploads the figure to a cloud service:
+            # no figure of the course leaves the page, so the modebar goes without it.
+            config={"displaylogo": False, "responsive": True, "modeBarButtonsToRemove": ["sendChartToCloud"]},
         )
         return {"text/html": html}
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -65,3 +67,22 @@ def test_dtypes_come_from_the_event_or_else_from_the_raw_results() -> None:
     # newer releases: the event's own record wins
     assert _dtypes(SimpleNamespace(id=7, input_dtypes=["float", "c10::Half"]), raw) == "fp32, fp16"
     assert _dtypes(SimpleNamespace(id=8), raw) == "-"
+
+
+def test_profiler_notes_are_held_back_and_other_stderr_passes(capfd) -> None:
+    from mpcourse.bench.profiling import _quiet_profiler_notes
+
+    with _quiet_profiler_notes():
+        os.write(2, b"USDT:2026-12-02 SyncActivityProfilerHandler.cpp:39] profiler_start\n")
+        os.write(2, b"ERROR:2026 DeviceProperties.cpp:56] gpuGetDeviceCount failed with code 35\n")
+        os.write(2, b"a real problem\n")
+    err = capfd.readouterr().err
+    assert "a real problem" in err
+    assert "profiler_start" not in err and "gpuGetDeviceCount" not in err
+
+
+def test_kernel_table_writes_no_profiler_notes(capfd) -> None:
+    a = torch.randn(32, 32)
+    kernel_table(lambda: a @ a, device="cpu")
+    err = capfd.readouterr().err
+    assert "profiler_start" not in err and "USDT" not in err, err

@@ -42,6 +42,26 @@ def test_chapter_pages_load_plotly_once_and_never_inline_it(built_site, page) ->
     assert len(text.encode()) < 3_000_000, f"{page} is {len(text.encode())} bytes: is plotly.js inlined?"
 
 
+def test_pages_without_figures_do_not_load_plotly(built_site) -> None:
+    figure_free = [
+        html.relative_to(built_site).as_posix()
+        for html in built_site.rglob("*.html")
+        if "Plotly.newPlot" not in html.read_text(encoding="utf-8")
+    ]
+    assert "book/intro.html" in figure_free and "search.html" in figure_free
+    for page in figure_free:
+        assert "vendor/plotly.min.js" not in (built_site / page).read_text(encoding="utf-8"), page
+
+
+@pytest.mark.parametrize("page", CHAPTERS)
+def test_no_stream_output_on_stderr(built_site, page) -> None:
+    """A library's log line or warning in a built page is noise to a reader: each is silenced where
+    it starts (mpcourse's import, the profiler wrapper), and a new one fails here."""
+    text = (built_site / f"{page}.html").read_text(encoding="utf-8")
+    found = [m[:200] for m in re.findall(r'class="output stderr[^"]*">(.*?)</div>', text, flags=re.DOTALL)]
+    assert not found, f"{page} shows stderr output: {found}"
+
+
 @pytest.mark.parametrize("page", CHAPTERS)
 def test_colab_button_opens_the_notebook(built_site, page) -> None:
     text = (built_site / f"{page}.html").read_text(encoding="utf-8")

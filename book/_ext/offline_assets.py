@@ -165,7 +165,18 @@ def _drop_thebe(app: Sphinx, pagename: str, templatename: str, context: dict, do
     ]
 
 
+def _drop_unused_plotly(app: Sphinx, pagename: str, templatename: str, context: dict, doctree: object) -> None:
+    """Load plotly.js (about 4.6 MB) only on pages that draw a plotly figure: the intro, the
+    appendices and the search page have none, and a first visit to them should not pay for it."""
+    if "Plotly.newPlot" in str(context.get("body", "")):
+        return
+    context["script_files"] = [
+        js for js in context.get("script_files", []) if "plotly.min.js" not in str(getattr(js, "filename", js) or "")
+    ]
+
+
 def setup(app: Sphinx) -> dict[str, object]:
     app.connect("config-inited", _configure, priority=100)
     app.connect("html-page-context", _drop_thebe)
+    app.connect("html-page-context", _drop_unused_plotly)
     return {"parallel_read_safe": True, "parallel_write_safe": True, "version": "1"}

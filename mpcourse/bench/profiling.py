@@ -15,8 +15,13 @@ CUDA device, GPU kernels by their time on the GPU.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
+import sys
+import tempfile
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pandas as pd
 import torch
@@ -25,6 +30,38 @@ from torch.profiler import ProfilerActivity, profile
 from ..formats import dtype_name
 
 __all__ = ["kernel_table", "short_dtype"]
+
+#: What the profiler's C++ side (Kineto) writes to the process's stderr on every start and stop,
+#: and on a machine without a GPU driver: notes, not problems, and noise in a chapter's output.
+_PROFILER_NOTES = re.compile(
+    r"USDT:.*profiler_(start|stop)|gpuGetDeviceCount failed|SyncActivityProfilerHandler"
+)
+
+
+@contextlib.contextmanager
+def _quiet_profiler_notes() -> Iterator[None]:
+    """Hold back what C++ code writes to file descriptor 2 meanwhile, and pass on every line that
+    is not one of the profiler's routine notes (so a real error still shows)."""
+    fd = 2  # where C++ writes, whatever sys.stderr is (a notebook's stream, pytest's capture)
+    with tempfile.TemporaryFile(mode="w+b") as held:
+        sys.stderr.flush()
+        saved = os.dup(fd)
+        os.dup2(held.fileno(), fd)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, fd)
+            os.close(saved)
+            held.seek(0)
+            kept = [
+                ln
+                for ln in held.read().decode(errors="replace").splitlines()
+                if not _PROFILER_NOTES.search(ln)
+            ]
+            if kept:
+                print("\n".join(kept), file=sys.stderr)
+
 
 #: The profiler's C++ names of the dtypes it records, and the dtypes they are.
 _CPP_DTYPES: dict[str, torch.dtype] = {
@@ -89,7 +126,7 @@ def kernel_table(
     for _ in range(warmup):
         fn()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if kind == "cuda" else [])
-    with profile(activities=activities, record_shapes=True) as prof:
+    with _quiet_profiler_notes(), profile(activities=activities, record_shapes=True) as prof:
         for _ in range(steps):
             fn()
         if kind == "cuda":
