@@ -109,27 +109,3 @@ def test_colab_link_targets_the_notebook(page_report) -> None:
 
 def test_solution_is_hidden_until_opened(page_report) -> None:
     assert page_report["solution_code_visible"] is False
-
-
-def test_no_page_scrolls_sideways_on_a_phone(server: str, built_site: Path) -> None:
-    """At 390 px (a phone held upright) the page is no wider than the screen: code blocks and
-    tables may scroll inside their own box, the page itself never does."""
-    from playwright.sync_api import sync_playwright
-
-    pages = sorted(
-        html.relative_to(built_site).as_posix()
-        for folder in ("notebooks", "book")
-        for html in (built_site / folder).glob("*.html")
-    )
-    assert len(pages) > 10
-    wide = {}
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        page = browser.new_page(viewport={"width": 390, "height": 900})
-        for name in pages:
-            page.goto(f"{server}/{name}", wait_until="networkidle")
-            width = page.evaluate("document.documentElement.scrollWidth")
-            if width > 390:
-                wide[name] = width
-        browser.close()
-    assert not wide, f"pages wider than a 390 px screen (their scroll width): {wide}"
